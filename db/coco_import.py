@@ -1,0 +1,358 @@
+"""Import a COCO instances file and its images, as one transaction.
+
+Everything is checked before anything is written to the database; image files copied
+into the store by a failed import are removed again, so a failed import leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import insert, select
+
+from db import masks
+from db.engine import Database
+from db.errors import BadImageError, CocoImportError
+from db.imagestore import ImageStore, probe
+from db.models import Annotation, Category, Image, ReviewState, Source, Split
+
+# progress(iterable, total, description) -> iterable; e.g. a tqdm factory on the command line.
+Progress = Callable[[Iterable, int, str], Iterable]
+
+
+def _no_progress(items: Iterable, total: int, description: str) -> Iterable:
+    return items
+
+
+@dataclass
+class ImportReport:
+    images_added: int = 0
+    images_existing: int = 0
+    annotations_added: int = 0
+    annotations_existing: int = 0
+    categories_added: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"images: {self.images_added} added, {self.images_existing} already there; "
+                f"annotations: {self.annotations_added} added, {self.annotations_existing} already there; "
+                f"categories: {self.categories_added} added")
+
+
+@dataclass
+class _ImageEntry:
+    coco_id: int
+    file_name: str
+    sha256: str
+    width: int
+    height: int
+    stored_path: str
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def safe_relative_path(file_name: Any) -> PurePosixPath | None:
+    """The file name as a path inside the images folder, or None if it would leave it."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        return None
+    if "\x00" in file_name:
+        return None
+    posix = PurePosixPath(file_name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(file_name).drive or ".." in posix.parts:
+        return None
+    return posix
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CocoImportError(str(path), ["the annotations file does not exist; check the path"]) from None
+    except UnicodeDecodeError:
+        raise CocoImportError(str(path), ["the file is not UTF-8 text; is it really a COCO JSON file?"]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CocoImportError(str(path), [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
+                                          "fix the file (a JSON validator shows where)"]) from None
+    if not isinstance(data, dict):
+        raise CocoImportError(str(path), ["the top level is not a JSON object with 'images', 'annotations' and 'categories'"])
+    problems = [f"'{key}' is missing or not a list; a COCO instances file has 'images', 'annotations' and 'categories' lists"
+                for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
+    if problems:
+        raise CocoImportError(str(path), problems)
+    return data
+
+
+def _check_categories(data: dict, existing: dict[int, Category], problems: list[str]) -> dict[int, dict]:
+    by_id: dict[int, dict] = {}
+    names: dict[str, int] = {}
+    existing_names = {c.name: c.id for c in existing.values()}
+    for index, cat in enumerate(data["categories"]):
+        where = f"categories[{index}]"
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or cat["id"] < 1:
+            problems.append(f"{where}: 'id' must be an integer >= 1")
+            continue
+        name = cat.get("name")
+        where = f"category {cat['id']}"
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}: 'name' must be a non-empty string")
+            continue
+        if cat["id"] in by_id:
+            problems.append(f"{where}: the id appears twice in the file; give each category its own id")
+            continue
+        if name in names:
+            problems.append(f"{where}: name {name!r} is also used by category {names[name]}; names must be unique")
+            continue
+        if cat["id"] in existing and existing[cat["id"]].name != name:
+            problems.append(f"{where}: is {name!r} in the file but {existing[cat['id']].name!r} in the database; "
+                            "rename one of them so that they agree, or renumber the file's category")
+            continue
+        if name in existing_names and existing_names[name] != cat["id"]:
+            problems.append(f"{where}: name {name!r} already belongs to category {existing_names[name]} in the "
+                            "database; use that id in the file")
+            continue
+        by_id[cat["id"]] = cat
+        names[name] = cat["id"]
+    return by_id
+
+
+def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: list[str],
+                  written: list[Path], progress: Progress) -> dict[int, _ImageEntry]:
+    root = images_dir.resolve()
+    entries: dict[int, _ImageEntry] = {}
+    items = data["images"]
+    for index, img in enumerate(progress(items, len(items), "images")):
+        if not isinstance(img, dict) or not _is_int(img.get("id")):
+            problems.append(f"images[{index}]: 'id' must be an integer")
+            continue
+        where = f"image {img['id']}"
+        if img["id"] in entries:
+            problems.append(f"{where}: the id appears twice in the file")
+            continue
+        relative = safe_relative_path(img.get("file_name"))
+        if relative is None:
+            problems.append(f"{where}: file_name {img.get('file_name')!r} is not a relative path inside the images "
+                            "folder (absolute paths and '..' are refused); use the path relative to --images")
+            continue
+        path = root.joinpath(*relative.parts)
+        if not path.resolve().is_relative_to(root):
+            problems.append(f"{where}: file_name {img['file_name']!r} leads outside the images folder (through a link); "
+                            "copy the image into the folder")
+            continue
+        if not path.is_file():
+            problems.append(f"{where}: image file {str(path)!r} does not exist; check --images or the file_name")
+            continue
+        data_bytes = path.read_bytes()
+        try:
+            info = probe(data_bytes, f"{where} ({img['file_name']})")
+        except BadImageError as exc:
+            problems.append(str(exc))
+            continue
+        declared = (img.get("width"), img.get("height"))
+        if declared != (None, None) and declared != (info.width, info.height):
+            problems.append(f"{where}: the file says {declared[0]}x{declared[1]} but {img['file_name']} is "
+                            f"{info.width}x{info.height} (after EXIF orientation); fix width/height in the file")
+            continue
+        if problems:
+            continue  # the import will fail: do not copy more files
+        stored_path, created = store.put(data_bytes, info)
+        if created:
+            written.append(store.data_dir / stored_path)
+        entries[img["id"]] = _ImageEntry(img["id"], str(relative), info.sha256, info.width, info.height, stored_path)
+    return entries
+
+
+def _segmentation_counts(seg: Any, where: str, height: int, width: int, problems: list[str]) -> str | None | bool:
+    """RLE counts of the annotation's mask, None for box-only, False when invalid."""
+    if seg is None or seg == [] or seg == {}:
+        return None
+    if isinstance(seg, list):
+        for part_index, part in enumerate(seg):
+            if not isinstance(part, list) or not all(_is_number(v) for v in part):
+                problems.append(f"{where}: polygon part {part_index} is not a list of numbers")
+                return False
+            if len(part) < 6 or len(part) % 2:
+                problems.append(f"{where}: polygon part {part_index} has {len(part)} numbers; a polygon needs at "
+                                "least 3 (x, y) points; remove the part or redraw the mask")
+                return False
+        return masks.from_polygons(seg, height, width)
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            problems.append(f"{where}: RLE 'size' must be [height, width]")
+            return False
+        if size != [height, width]:
+            problems.append(f"{where}: the mask is {size[1]}x{size[0]} (w x h) but its image is {width}x{height}; "
+                            "the mask belongs to another image or the image was resized")
+            return False
+        if isinstance(counts, str):
+            try:
+                counts_bytes = counts.encode("ascii")
+                from pycocotools import mask as mask_utils
+                total = int(mask_utils.area({"size": size, "counts": counts_bytes}))
+                decoded = mask_utils.decode({"size": size, "counts": counts_bytes})
+            except Exception:
+                problems.append(f"{where}: the compressed RLE counts cannot be decoded")
+                return False
+            if decoded.shape != (height, width) or total < 0:
+                problems.append(f"{where}: the compressed RLE does not decode to a {width}x{height} mask")
+                return False
+            return masks.encode(decoded)  # canonical form
+        if isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts):
+            if sum(counts) != height * width:
+                problems.append(f"{where}: uncompressed RLE counts sum to {sum(counts)}, not height*width = "
+                                f"{height * width}; the mask does not fit its image")
+                return False
+            return masks.from_uncompressed(seg, height, width)
+        problems.append(f"{where}: RLE 'counts' must be a string (compressed) or a list of non-negative integers")
+        return False
+    problems.append(f"{where}: 'segmentation' must be a list of polygons, an RLE object, or empty for box-only")
+    return False
+
+
+def _fingerprint(category_id: int, iscrowd: bool, counts: str | None, bbox: list[float]) -> str:
+    key = f"{category_id}|{int(iscrowd)}|{counts if counts is not None else ','.join(f'{v:.2f}' for v in bbox)}"
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: dict[int, dict],
+                       problems: list[str], warnings: list[str], progress: Progress) -> list[dict]:
+    rows: list[dict] = []
+    seen_ids: set[int] = set()
+    items = data["annotations"]
+    for index, ann in enumerate(progress(items, len(items), "annotations")):
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            problems.append(f"annotations[{index}]: 'id' must be an integer")
+            continue
+        where = f"annotation {ann['id']}"
+        if ann["id"] in seen_ids:
+            problems.append(f"{where}: the id appears twice in the file")
+            continue
+        seen_ids.add(ann["id"])
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            if not any(isinstance(i, dict) and i.get("id") == ann.get("image_id") for i in data["images"]):
+                problems.append(f"{where}: image_id {ann.get('image_id')!r} is not in the file's 'images'; "
+                                "add the image or remove the annotation")
+            continue  # otherwise the image itself was reported
+        if ann.get("category_id") not in categories:
+            problems.append(f"{where}: category_id {ann.get('category_id')!r} is not in the file's 'categories'; "
+                            "add the category or remove the annotation")
+            continue
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1, True, False):
+            problems.append(f"{where}: 'iscrowd' must be 0 or 1")
+            continue
+        counts = _segmentation_counts(ann.get("segmentation"), where, image.height, image.width, problems)
+        if counts is False:
+            continue
+        if counts is None:
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+                problems.append(f"{where}: a box-only annotation (empty segmentation) needs 'bbox' [x, y, w, h]")
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            x2, y2 = min(x + w, image.width), min(y + h, image.height)
+            x, y = max(x, 0.0), max(y, 0.0)
+            if x2 <= x or y2 <= y:
+                problems.append(f"{where}: bbox {bbox} is empty or outside its {image.width}x{image.height} image")
+                continue
+            bbox = [x, y, x2 - x, y2 - y]
+            area = bbox[2] * bbox[3]
+        else:
+            bbox = masks.tight_box(counts, image.height, image.width)
+            area = float(masks.area(counts, image.height, image.width))
+            if area == 0:
+                warnings.append(f"{where}: its mask is empty (a degenerate polygon?); kept as an empty mask")
+        rows.append({
+            "image_sha": image.sha256, "category_id": ann["category_id"],
+            "bbox_x": bbox[0], "bbox_y": bbox[1], "bbox_w": bbox[2], "bbox_h": bbox[3],
+            "mask_rle": counts, "area": area, "iscrowd": bool(iscrowd),
+            "fingerprint": _fingerprint(ann["category_id"], bool(iscrowd), counts, bbox),
+        })
+    return rows
+
+
+def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Path, *,
+                split: str = "train", progress: Progress = _no_progress) -> ImportReport:
+    """Import a COCO instances file; raises :class:`CocoImportError` and writes nothing on bad input."""
+    annotations_path, images_dir = Path(annotations_path), Path(images_dir)
+    source = str(annotations_path)
+    if split not in (Split.train.value, Split.val.value):
+        raise CocoImportError(source, [f"split {split!r} is neither 'train' nor 'val'"])
+    if not images_dir.is_dir():
+        raise CocoImportError(source, [f"images folder {str(images_dir)!r} does not exist"])
+    data = _load_json(annotations_path)
+    store = ImageStore(db.data_dir)
+    problems: list[str] = []
+    written: list[Path] = []
+    report = ImportReport()
+    try:
+        with db.session() as session:
+            existing = {c.id: c for c in session.scalars(select(Category))}
+            categories = _check_categories(data, existing, problems)
+            images = _check_images(data, images_dir, store, problems, written, progress)
+            rows = _check_annotations(data, images, categories, problems, report.warnings, progress)
+            if problems:
+                raise CocoImportError(source, problems)
+
+            for cid, cat in categories.items():
+                if cid not in existing:
+                    session.add(Category(id=cid, name=cat["name"], supercategory=str(cat.get("supercategory") or "")))
+                    report.categories_added += 1
+            session.flush()
+
+            shas = {entry.sha256 for entry in images.values()}
+            image_ids: dict[str, int] = {}
+            for chunk in _chunks(sorted(shas), 500):
+                image_ids.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).all())
+            report.images_existing = len(image_ids)
+            new_images = {}
+            for entry in images.values():
+                if entry.sha256 not in image_ids and entry.sha256 not in new_images:
+                    new_images[entry.sha256] = Image(sha256=entry.sha256, stored_path=entry.stored_path,
+                                                     file_name=entry.file_name, width=entry.width,
+                                                     height=entry.height, split=Split(split))
+            session.add_all(new_images.values())
+            session.flush()
+            image_ids.update({sha: image.id for sha, image in new_images.items()})
+            report.images_added = len(new_images)
+
+            existing_prints: set[tuple[int, str]] = set()
+            for chunk in _chunks(sorted(image_ids.values()), 500):
+                existing_prints.update(session.execute(
+                    select(Annotation.image_id, Annotation.fingerprint).where(Annotation.image_id.in_(chunk))).all())
+            to_insert = []
+            for row in rows:
+                key = (image_ids[row["image_sha"]], row["fingerprint"])
+                if key in existing_prints:
+                    report.annotations_existing += 1
+                    continue
+                existing_prints.add(key)
+                row = dict(row, image_id=key[0], source=Source.imported, review_state=ReviewState.accepted)
+                del row["image_sha"]
+                to_insert.append(row)
+            for chunk in _chunks(to_insert, 5000):
+                session.execute(insert(Annotation), chunk)
+            report.annotations_added = len(to_insert)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

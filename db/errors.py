@@ -1,0 +1,17 @@
+"""Errors whose message tells the user what is wrong and what to do."""
+
+
+class WorkbenchError(Exception):
+    """A problem with the user's input or data (not a bug): shown as is, exit status 2."""
+
+
+class CocoImportError(WorkbenchError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{source}: nothing was imported, {len(problems)} problem(s) found:\n{shown}{more}")
+
+
+class BadImageError(WorkbenchError):
+    pass

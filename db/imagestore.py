@@ -1,0 +1,101 @@
+"""Content-addressed image files in ``<data_dir>/images`` and safe image decoding."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from db.errors import BadImageError
+
+# EXIF orientations 5-8 rotate by 90 degrees: width and height swap.
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: str
+    width: int  # after EXIF orientation
+    height: int
+    extension: str
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def probe(data: bytes, name: str) -> ImageInfo:
+    """Check that ``data`` is a complete, decodable image; size after EXIF orientation."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format or ""
+            width, height = image.size
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+            if fmt == "JPEG":
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))  # fast, still reads every byte
+            image.load()
+    except UnidentifiedImageError:
+        raise BadImageError(f"{name}: not an image file (Pillow cannot identify it); remove it or replace it with the real image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(f"{name}: the image cannot be decoded ({exc}); the file is corrupt or truncated, replace it") from None
+    if fmt not in FORMAT_EXTENSIONS:
+        raise BadImageError(f"{name}: image format {fmt or 'unknown'} is not supported; convert it to JPEG or PNG")
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(sha256=sha256_of(data), width=width, height=height, extension=FORMAT_EXTENSIONS[fmt])
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array, EXIF orientation applied."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(image.convert("RGB"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: never a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ImageStore:
+    """Stores each image once, named by its content hash."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "images"
+
+    def relative_path(self, info: ImageInfo) -> str:
+        return f"images/{info.sha256[:2]}/{info.sha256}{info.extension}"
+
+    def absolute(self, stored_path: str) -> Path:
+        path = (self.data_dir / stored_path).resolve()
+        if not path.is_relative_to(self.data_dir.resolve()):
+            raise BadImageError(f"stored path {stored_path!r} leaves the data folder")
+        return path
+
+    def put(self, data: bytes, info: ImageInfo) -> tuple[str, bool]:
+        """Store the bytes; returns (stored path, whether a new file was written)."""
+        relative = self.relative_path(info)
+        path = self.data_dir / relative
+        if path.exists() and path.stat().st_size == len(data):
+            return relative, False
+        atomic_write(path, data)
+        return relative, True

@@ -1,0 +1,168 @@
+"""ORM schema of the annotation database (SQLAlchemy 2, typed ``Mapped[...]``).
+
+The schema is owned by the Alembic migrations in ``db/migrations``; a test checks that
+these models and the migration head describe the same tables.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Split(str, enum.Enum):
+    train = "train"
+    val = "val"
+
+
+class Source(str, enum.Enum):
+    """Where an annotation came from."""
+
+    imported = "imported"  # read from a COCO file
+    drawn = "drawn"  # drawn or corrected by a person
+    grabcut = "grabcut"  # mask made by GrabCut inside a person's box
+    model = "model"  # proposed by a model version (see Annotation.model_version_id)
+
+
+class ReviewState(str, enum.Enum):
+    proposed = "proposed"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class RunStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK constraint: portable across SQLite and PostgreSQL.
+    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=16,
+                values_callable=lambda members: [m.value for m in members])
+
+
+class Category(Base):
+    __tablename__ = "categories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    supercategory: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    stored_path: Mapped[str] = mapped_column(String(300))  # relative to the data folder
+    file_name: Mapped[str] = mapped_column(String(1000))  # original (relative) name, used in exports
+    width: Mapped[int] = mapped_column(Integer)  # after EXIF orientation
+    height: Mapped[int] = mapped_column(Integer)
+    split: Mapped[Split] = mapped_column(_enum(Split, "split"), default=Split.train)
+    # Bumped on every change of the image's annotations (optimistic concurrency for the UI).
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    annotations: Mapped[list["Annotation"]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    checkpoint_path: Mapped[str] = mapped_column(String(1000))  # relative to the data folder
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    training_run_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"), default=RunStatus.queued)
+    mode: Mapped[str] = mapped_column(String(32), default="full")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    iterations: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [[iteration, loss], ...]
+    message: Mapped[str] = mapped_column(Text, default="")
+    pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Annotation(Base):
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("image_id", "fingerprint", name="uq_annotation_image_fingerprint"),
+        Index("ix_annotations_image_state", "image_id", "review_state"),
+        Index("ix_annotations_category", "category_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id", ondelete="RESTRICT"))
+    # Box [x, y, w, h] in pixels; for masks it is the tight box of the mask.
+    bbox_x: Mapped[float] = mapped_column(Float)
+    bbox_y: Mapped[float] = mapped_column(Float)
+    bbox_w: Mapped[float] = mapped_column(Float)
+    bbox_h: Mapped[float] = mapped_column(Float)
+    # Compressed COCO RLE counts (a str) of a mask of the image's size; None for box-only.
+    mask_rle: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    area: Mapped[float] = mapped_column(Float)  # mask pixels, or w * h for box-only
+    iscrowd: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[Source] = mapped_column(_enum(Source, "source"), default=Source.imported)
+    model_version_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
+    score: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    review_state: Mapped[ReviewState] = mapped_column(
+        _enum(ReviewState, "review_state"), default=ReviewState.accepted)
+    # Content fingerprint of imported annotations: importing the same file twice adds nothing.
+    fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="annotations")
+    category: Mapped[Category] = relationship()
+
+    @property
+    def bbox(self) -> list[float]:
+        return [self.bbox_x, self.bbox_y, self.bbox_w, self.bbox_h]

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""The workbench's one entry point.
+
+    python launch.py                 start the browser workbench (same as `serve`)
+    python launch.py SUB-COMMAND -h  help of a sub-command
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "./workbench_data"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def _progress(iterable, total, description):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, unit="", dynamic_ncols=True, file=sys.stderr)
+
+
+def _open(args):
+    from db.engine import open_database
+
+    return open_database(args.data_dir, args.db)
+
+
+def cmd_serve(args) -> int:
+    from app.ui import serve
+
+    serve(_open(args), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_import_coco(args) -> int:
+    from db.coco_import import import_coco
+
+    db = _open(args)
+    report = import_coco(db, args.annotations, args.images, split=args.split, progress=_progress)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"imported {args.annotations}: {report.summary()}")
+    return 0
+
+
+def cmd_export_coco(args) -> int:
+    from db.coco_export import export_coco
+
+    report = export_coco(_open(args), args.out, mask_format=args.mask_format, progress=_progress)
+    print(f"exported {report.summary()}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from partial_sup.training import train_from_database
+
+    result = train_from_database(
+        _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
+        mode=args.mode, show_progress=True)
+    print(result.summary())
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from partial_sup.inference import predict_files
+
+    report = predict_files(_open(args), args.images, args.out, checkpoint=args.checkpoint, device=args.device,
+                           score_threshold=args.score_threshold, progress=_progress)
+    print(report)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from partial_sup.evaluation import evaluate_file, format_metrics
+
+    metrics = evaluate_file(_open(args), args.annotations, args.images, args.out, checkpoint=args.checkpoint,
+                            device=args.device, progress=_progress)
+    print(format_metrics(metrics))
+    print(f"metrics written to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path,
+                        help=f"folder of the SQLite database, stored images and checkpoints (default {DEFAULT_DATA_DIR})")
+    common.add_argument("--db", metavar="URL", default=None,
+                        help="SQLAlchemy database URL to use instead of the SQLite file in --data-dir "
+                             "(e.g. postgresql+psycopg://user@host:5432/db)")
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py", description="Instance segmentation annotation workbench. Without a sub-command: serve.",
+        parents=[common])
+    sub = parser.add_subparsers(dest="command", metavar="SUB-COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="start the browser workbench (the default)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.set_defaults(func=cmd_serve)
+
+    imp = sub.add_parser("import-coco", parents=[common], help="import a COCO instances file and its images")
+    imp.add_argument("annotations", type=Path, help="COCO instances JSON file")
+    imp.add_argument("--images", type=Path, required=True, help="folder that the file's file_name entries are relative to")
+    imp.add_argument("--split", choices=["train", "val"], default="train", help="split the images join (default train)")
+    imp.set_defaults(func=cmd_import_coco)
+
+    exp = sub.add_parser("export-coco", parents=[common], help="export all images and accepted annotations as COCO")
+    exp.add_argument("--out", type=Path, required=True, help="output JSON file")
+    exp.add_argument("--mask-format", choices=["polygon", "rle"], default="polygon",
+                     help="polygon (most widely readable, default) or rle (exact, keeps holes)")
+    exp.set_defaults(func=cmd_export_coco)
+
+    train = sub.add_parser("train", parents=[common], help="train the model on the train split; registers a new active model version")
+    train.add_argument("--iterations", type=int, default=2000)
+    train.add_argument("--image-size", type=int, default=600, help="short side of training images in pixels (default 600)")
+    train.add_argument("--backbone", choices=["mobilenet_v2", "resnet50"], default="mobilenet_v2")
+    train.add_argument("--backbone-weights", default=None, metavar="PATH|none",
+                       help="ImageNet weights file for the backbone, or 'none' for random initialisation; "
+                            "default: torchvision's ImageNet weights (downloaded or cached)")
+    train.add_argument("--mode", choices=["full", "heads"], default="full", help="train end-to-end or only the heads")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    train.set_defaults(func=cmd_train)
+
+    pred = sub.add_parser("predict", parents=[common], help="predict instances on images, write COCO results JSON")
+    pred.add_argument("images", nargs="+", type=Path, help="image files")
+    pred.add_argument("--out", type=Path, required=True, help="COCO results JSON file")
+    pred.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the active model version)")
+    pred.add_argument("--device", default=None)
+    pred.add_argument("--score-threshold", type=float, default=None)
+    pred.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", parents=[common], help="COCOeval of the model on a COCO ground-truth file")
+    ev.add_argument("--annotations", type=Path, required=True, help="ground-truth COCO instances JSON")
+    ev.add_argument("--images", type=Path, required=True, help="folder of the ground truth's images")
+    ev.add_argument("--out", type=Path, required=True, help="metrics JSON file")
+    ev.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the active model version)")
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    from db.errors import WorkbenchError
+
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
