@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     result = train_from_database(
         _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
-        mode=args.mode, show_progress=True)
+        show_progress=True)
     print(result.summary())
     return 0
 
@@ -82,6 +82,22 @@ def cmd_evaluate(args) -> int:
                             device=args.device, progress=_progress)
     print(format_metrics(metrics))
     print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from db import registry
+
+    db = _open(args)
+    if args.activate is not None:
+        registry.activate_version(db, args.activate)
+        print(f"model version {args.activate} is now active")
+    versions = registry.list_versions(db)
+    if not versions:
+        print("no model versions yet: `python launch.py train` makes one")
+    for v in versions:
+        metrics = ", ".join(f"{k} {val:.3f}" if isinstance(val, float) else f"{k} {val}" for k, val in v.metrics.items())
+        print(f"{'*' if v.is_active else ' '} v{v.id:<4} {v.created_at:%Y-%m-%d %H:%M}  {v.name}  [{metrics}]  {v.checkpoint_path}")
     return 0
 
 
@@ -122,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone-weights", default=None, metavar="PATH|none",
                        help="ImageNet weights file for the backbone, or 'none' for random initialisation; "
                             "default: torchvision's ImageNet weights (downloaded or cached)")
-    train.add_argument("--mode", choices=["full", "heads"], default="full", help="train end-to-end or only the heads")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
@@ -143,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the active model version)")
     ev.add_argument("--device", default=None)
     ev.set_defaults(func=cmd_evaluate)
+    models = sub.add_parser("models", parents=[common], help="list model versions (* = active); --activate N")
+    models.add_argument("--activate", type=int, default=None, metavar="N", help="make version N the active model")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

@@ -11,12 +11,14 @@ import contextlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import tempfile
 from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 from pycocotools.coco import COCO
 from sqlalchemy import func, select
@@ -28,6 +30,8 @@ from db.errors import WorkbenchError
 from db.models import Annotation, Category, Image, ReviewState, Source
 
 MASK_FORMATS = ("polygon", "rle")
+PARALLEL_MIN_JOBS = 20_000  # below this, starting worker processes costs more than it saves
+PARALLEL_BATCH = 2_000
 _MASK_SOURCE = {Source.imported: "imported", Source.drawn: "drawn", Source.grabcut: "grabcut", Source.model: "predicted"}
 
 
@@ -46,16 +50,32 @@ class ExportReport:
                 f"({self.masks} masks, {self.box_only} box-only, {self.crowd} crowd)")
 
 
-def _segmentation(counts: str, height: int, width: int, iscrowd: bool, mask_format: str, bbox: list[float]):
-    if mask_format == "rle" or iscrowd:
-        return masks.rle_dict(counts, height, width)
+def _polygons(job: tuple[str, int, int, list[float]]) -> list[list[float]]:
+    counts, height, width, bbox = job
     # The stored box of a mask is its tight box (whole pixels): decode and trace only inside it.
     x, y = int(bbox[0]), int(bbox[1])
     x2, y2 = int(math.ceil(bbox[0] + bbox[2])), int(math.ceil(bbox[1] + bbox[3]))
     if x2 <= x or y2 <= y:
         return []
-    crop = masks.decode_crop(counts, height, width, x, y, x2, y2)
-    return masks.to_polygons(crop, offset=(x, y))
+    return masks.to_polygons(masks.decode_crop(counts, height, width, x, y, x2, y2), offset=(x, y))
+
+
+def _polygons_batch(jobs: list[tuple[str, int, int, list[float]]]) -> list[list[list[float]]]:
+    return [_polygons(job) for job in jobs]
+
+
+def _all_polygons(jobs: list, progress: Progress) -> list[list[list[float]]]:
+    """Polygons of every job, on all CPU cores when there are many (tracing dominates an export)."""
+    batches = [jobs[i:i + PARALLEL_BATCH] for i in range(0, len(jobs), PARALLEL_BATCH)]
+    workers = min(os.cpu_count() or 1, len(batches))
+    if len(jobs) < PARALLEL_MIN_JOBS or workers < 2:
+        return [_polygons(job) for job in progress(jobs, len(jobs), "polygons")]
+    # spawn: the caller may be a threaded process (the UI, torch), where fork is unsafe
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = []
+        for batch in progress(pool.map(_polygons_batch, batches), len(batches), f"polygons ({workers} processes)"):
+            results.extend(batch)
+        return results
 
 
 def build_coco(db: Database, *, mask_format: str = "polygon", progress: Progress = _no_progress) -> dict:
@@ -76,6 +96,7 @@ def build_coco(db: Database, *, mask_format: str = "polygon", progress: Progress
                         Annotation.area, Annotation.iscrowd, Annotation.source, Annotation.score)
                  .where(accepted).order_by(Annotation.id).execution_options(yield_per=5000))
         annotations = []
+        polygon_jobs, polygon_anns = [], []
         for row in progress(session.execute(query), count, "annotations"):
             bbox = [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h]
             ann = {"id": row.id, "image_id": row.image_id, "category_id": row.category_id, "bbox": bbox,
@@ -86,12 +107,18 @@ def build_coco(db: Database, *, mask_format: str = "polygon", progress: Progress
                 ann["box_only"] = True
             else:
                 height, width = sizes[row.image_id]
-                ann["segmentation"] = _segmentation(row.mask_rle, height, width, row.iscrowd, mask_format, bbox)
+                if mask_format == "rle" or row.iscrowd:  # crowd regions stay RLE, as in COCO
+                    ann["segmentation"] = masks.rle_dict(row.mask_rle, height, width)
+                else:
+                    polygon_jobs.append((row.mask_rle, height, width, bbox))
+                    polygon_anns.append(ann)
                 ann["mask_source"] = _MASK_SOURCE[row.source]
                 ann["box_only"] = False
             if row.score is not None:
                 ann["score"] = row.score
             annotations.append(ann)
+    for ann, polygons in zip(polygon_anns, _all_polygons(polygon_jobs, progress)):
+        ann["segmentation"] = polygons
     return {
         "info": {"description": "Exported by the instance segmentation workbench", "version": "1.0",
                  "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,13 +146,13 @@ def validate_coco_file(path: Path) -> COCO:
     return coco
 
 
-def write_json_atomic(data: dict, out_path: Path, validate=None) -> None:
+def write_json_atomic(data: Any, out_path: Path, validate=None) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
+            handle.write(json.dumps(data, separators=(",", ":")))  # dumps uses the C encoder, dump does not
             handle.flush()
             os.fsync(handle.fileno())
         if validate is not None:

@@ -66,7 +66,9 @@ def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list
     for contour in contours:
         points = contour.reshape(-1, 2) // 2 + np.asarray(offset)  # (p - 1 border + 1) // 2 = ceil((p - 1) / 2)
         # drop consecutive repeats that the mapping creates
-        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
+        points = points[np.concatenate(([True], np.any(points[1:] != points[:-1], axis=1)))]
+        if len(points) > 1 and (points[0] == points[-1]).all():
+            points = points[:-1]
         if len(points) >= 3:
             polygons.append(points.reshape(-1).astype(float).tolist())
     return polygons

@@ -1,0 +1,113 @@
+"""Model versions and training runs: the records that training processes and the UI share.
+
+Checkpoint files live in ``<data_dir>/models``; the database keeps their relative paths.
+Activating a version is one transaction, so exactly one version is active at any time.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from db.engine import Database
+from db.errors import WorkbenchError
+from db.models import ModelVersion, RunStatus, TrainingRun
+
+
+def models_dir(db: Database) -> Path:
+    path = db.data_dir / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
+    with db.session() as session:
+        run = TrainingRun(mode=mode, iterations=iterations, params=params, status=RunStatus.running,
+                          pid=os.getpid(), started_at=datetime.now(timezone.utc), history=[])
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, message: str = "") -> bool:
+    """Store the run's progress; returns True when someone asked to cancel it."""
+    with db.session() as session:
+        run = session.get(TrainingRun, run_id)
+        run.iteration = iteration
+        run.loss = loss
+        run.history = [*run.history, [iteration, loss]]
+        if message:
+            run.message = message
+        return run.cancel_requested
+
+
+def request_cancel(db: Database, run_id: int) -> None:
+    with db.session() as session:
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(cancel_requested=True))
+
+
+def finish_run(db: Database, run_id: int, status: RunStatus, message: str = "") -> None:
+    with db.session() as session:
+        run = session.get(TrainingRun, run_id)
+        run.status = status
+        run.message = message
+        run.finished_at = datetime.now(timezone.utc)
+
+
+def get_run(db: Database, run_id: int) -> TrainingRun:
+    with db.session() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise WorkbenchError(f"there is no training run {run_id}")
+        return run
+
+
+def register_version(db: Database, checkpoint: Path, *, name: str, config: dict, metrics: dict,
+                     run_id: int | None = None, activate: bool = True) -> int:
+    """Add a model version for a checkpoint inside the data folder; optionally make it the active one."""
+    relative = Path(checkpoint).resolve().relative_to(db.data_dir)
+    with db.session() as session:
+        version = ModelVersion(name=name, checkpoint_path=str(relative), config=config, metrics=metrics,
+                               training_run_id=run_id, is_active=False)
+        session.add(version)
+        session.flush()
+        if activate:
+            session.execute(update(ModelVersion).values(is_active=ModelVersion.id == version.id))
+        return version.id
+
+
+def activate_version(db: Database, version_id: int) -> None:
+    with db.session() as session:
+        if session.get(ModelVersion, version_id) is None:
+            raise WorkbenchError(f"there is no model version {version_id}; `launch.py models` lists them")
+        session.execute(update(ModelVersion).values(is_active=ModelVersion.id == version_id))
+
+
+def list_versions(db: Database) -> list[ModelVersion]:
+    with db.session() as session:
+        return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def active_version(db: Database) -> ModelVersion | None:
+    with db.session() as session:
+        return session.scalars(select(ModelVersion).where(ModelVersion.is_active.is_(True))).first()
+
+
+def checkpoint_path(db: Database, version: ModelVersion) -> Path:
+    return db.data_dir / version.checkpoint_path
+
+
+def active_checkpoint(db: Database) -> Path:
+    version = active_version(db)
+    if version is None:
+        raise WorkbenchError("no model has been trained yet: run `python launch.py train` "
+                             "(or pass --checkpoint FILE)")
+    path = checkpoint_path(db, version)
+    if not path.is_file():
+        raise WorkbenchError(f"the active model version {version.id} has lost its checkpoint {path}; "
+                             "activate another version or train again")
+    return path

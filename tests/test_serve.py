@@ -1,0 +1,67 @@
+"""`python launch.py serve` starts the workbench on loopback and shows the database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {seconds} s")
+
+
+@pytest.fixture
+def server(tmp_path, synthetic_coco):
+    data_dir = tmp_path / "wb"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, str(ROOT / "launch.py"), "import-coco", str(synthetic_coco), "--images",
+                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir)], check=True, env=env,
+                   capture_output=True)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
+                                "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_lists_images_categories_and_counts(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    overview, categories, images = client.predict(api_name="/overview")
+    assert "4 images" in overview and "13 annotations" in overview and "3 categories" in overview
+    rows = {row[1]: row for row in categories["data"]}
+    assert rows["sign"][2:] == [4, 0, "box-only"]
+    assert rows["ball"][2:] == [0, 4, "mask"]
+    assert sorted(row[1] for row in images["data"]) == ["img_0.jpg", "img_2.jpg", "img_3.jpg", "sub/img_1.jpg"]
