@@ -1,12 +1,15 @@
 """Export the database as a COCO instances file (rules: shared/notes/coco_export_rules.md).
 
 Only accepted annotations are exported (a model's proposal becomes a label once a person
-accepts it). Every export is written to a temporary file, loaded back with pycocotools,
-and only then renamed into place: a failed or interrupted export leaves no file behind.
+accepts it). The file is streamed: annotations are read in batches, turned into JSON
+text (polygon tracing on all CPU cores for large exports) and appended, so memory stays
+flat. It is written to a temporary file, loaded back with pycocotools and checked, and
+only then renamed into place: a failed or interrupted export leaves no file behind.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -14,11 +17,11 @@ import math
 import multiprocessing
 import os
 import tempfile
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, Iterator
 
 from pycocotools.coco import COCO
 from sqlalchemy import func, select
@@ -27,12 +30,15 @@ from db import masks
 from db.coco_import import Progress, _no_progress
 from db.engine import Database
 from db.errors import WorkbenchError
-from db.models import Annotation, Category, Image, ReviewState, Source
+from db.models import Annotation, Category, Image, ReviewState
 
 MASK_FORMATS = ("polygon", "rle")
-PARALLEL_MIN_JOBS = 20_000  # below this, starting worker processes costs more than it saves
-PARALLEL_BATCH = 2_000
-_MASK_SOURCE = {Source.imported: "imported", Source.drawn: "drawn", Source.grabcut: "grabcut", Source.model: "predicted"}
+BATCH = 2_000  # annotations per batch (one JSON chunk, one worker task)
+PARALLEL_MIN_ANNOTATIONS = 20_000  # below this, starting worker processes costs more than it saves
+_MASK_SOURCE = {"imported": "imported", "drawn": "drawn", "grabcut": "grabcut", "model": "predicted"}
+
+# (id, image_id, category_id, x, y, w, h, mask_rle, mask_polygons, area, iscrowd, source, score, height, width)
+Row = tuple
 
 
 @dataclass
@@ -50,8 +56,7 @@ class ExportReport:
                 f"({self.masks} masks, {self.box_only} box-only, {self.crowd} crowd)")
 
 
-def _polygons(job: tuple[str, int, int, list[float]]) -> list[list[float]]:
-    counts, height, width, bbox = job
+def _polygons(counts: str, height: int, width: int, bbox: list[float]) -> list[list[float]]:
     # The stored box of a mask is its tight box (whole pixels): decode and trace only inside it.
     x, y = int(bbox[0]), int(bbox[1])
     x2, y2 = int(math.ceil(bbox[0] + bbox[2])), int(math.ceil(bbox[1] + bbox[3]))
@@ -60,80 +65,87 @@ def _polygons(job: tuple[str, int, int, list[float]]) -> list[list[float]]:
     return masks.to_polygons(masks.decode_crop(counts, height, width, x, y, x2, y2), offset=(x, y))
 
 
-def _polygons_batch(jobs: list[tuple[str, int, int, list[float]]]) -> list[list[list[float]]]:
-    return [_polygons(job) for job in jobs]
+def annotation_json(row: Row, mask_format: str) -> dict:
+    ann_id, image_id, category_id, x, y, w, h, counts, polygons, area, iscrowd, source, score, height, width = row
+    bbox = [x, y, w, h]
+    ann: dict[str, Any] = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
+                           "area": area, "iscrowd": int(iscrowd)}
+    if counts is None:
+        ann.update(segmentation=[], mask_source="absent", box_only=True)
+    else:
+        if mask_format == "rle" or iscrowd:  # crowd regions stay RLE, as in COCO
+            ann["segmentation"] = masks.rle_dict(counts, height, width)
+        elif polygons is not None:  # the polygons the mask was made from
+            ann["segmentation"] = json.loads(polygons)
+        else:
+            ann["segmentation"] = _polygons(counts, height, width, bbox)
+        ann.update(mask_source=_MASK_SOURCE[source], box_only=False)
+    if score is not None:
+        ann["score"] = score
+    return ann
 
 
-def _all_polygons(jobs: list, progress: Progress) -> list[list[list[float]]]:
-    """Polygons of every job, on all CPU cores when there are many (tracing dominates an export)."""
-    batches = [jobs[i:i + PARALLEL_BATCH] for i in range(0, len(jobs), PARALLEL_BATCH)]
-    workers = min(os.cpu_count() or 1, len(batches))
-    if len(jobs) < PARALLEL_MIN_JOBS or workers < 2:
-        return [_polygons(job) for job in progress(jobs, len(jobs), "polygons")]
+def encode_batch(rows: list[Row], mask_format: str) -> str:
+    """A batch of annotations as comma-separated JSON objects (runs in worker processes)."""
+    return ",".join(json.dumps(annotation_json(row, mask_format), separators=(",", ":")) for row in rows)
+
+
+class _InlineExecutor:
+    """Runs each task at once in this process (small exports, RLE exports)."""
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _executor(to_trace: int, mask_format: str) -> contextlib.AbstractContextManager:
+    """Worker processes when many masks have to be traced into polygons, else this process."""
+    workers = os.cpu_count() or 1
+    if mask_format != "polygon" or to_trace < PARALLEL_MIN_ANNOTATIONS or workers < 2:
+        return contextlib.nullcontext(_InlineExecutor())
     # spawn: the caller may be a threaded process (the UI, torch), where fork is unsafe
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = []
-        for batch in progress(pool.map(_polygons_batch, batches), len(batches), f"polygons ({workers} processes)"):
-            results.extend(batch)
-        return results
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def build_coco(db: Database, *, mask_format: str = "polygon", progress: Progress = _no_progress) -> dict:
-    if mask_format not in MASK_FORMATS:
-        raise WorkbenchError(f"mask format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
-    accepted = Annotation.review_state == ReviewState.accepted
-    with db.session() as session:
-        masked = set(session.scalars(select(Annotation.category_id).distinct().where(
-            accepted, Annotation.mask_rle.is_not(None), Annotation.iscrowd.is_(False))))
-        categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory, "has_masks": c.id in masked}
-                      for c in session.scalars(select(Category).order_by(Category.id))]
-        images = [{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height, "split": i.split.value}
-                  for i in session.scalars(select(Image).order_by(Image.id))]
-        sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-        count = session.scalar(select(func.count()).select_from(Annotation).where(accepted))
-        query = (select(Annotation.id, Annotation.image_id, Annotation.category_id, Annotation.bbox_x,
-                        Annotation.bbox_y, Annotation.bbox_w, Annotation.bbox_h, Annotation.mask_rle,
-                        Annotation.area, Annotation.iscrowd, Annotation.source, Annotation.score)
-                 .where(accepted).order_by(Annotation.id).execution_options(yield_per=5000))
-        annotations = []
-        polygon_jobs, polygon_anns = [], []
-        for row in progress(session.execute(query), count, "annotations"):
-            bbox = [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h]
-            ann = {"id": row.id, "image_id": row.image_id, "category_id": row.category_id, "bbox": bbox,
-                   "area": row.area, "iscrowd": int(row.iscrowd)}
-            if row.mask_rle is None:
-                ann["segmentation"] = []
-                ann["mask_source"] = "absent"
-                ann["box_only"] = True
-            else:
-                height, width = sizes[row.image_id]
-                if mask_format == "rle" or row.iscrowd:  # crowd regions stay RLE, as in COCO
-                    ann["segmentation"] = masks.rle_dict(row.mask_rle, height, width)
-                else:
-                    polygon_jobs.append((row.mask_rle, height, width, bbox))
-                    polygon_anns.append(ann)
-                ann["mask_source"] = _MASK_SOURCE[row.source]
-                ann["box_only"] = False
-            if row.score is not None:
-                ann["score"] = row.score
-            annotations.append(ann)
-    for ann, polygons in zip(polygon_anns, _all_polygons(polygon_jobs, progress)):
-        ann["segmentation"] = polygons
-    return {
-        "info": {"description": "Exported by the instance segmentation workbench", "version": "1.0",
-                 "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "mask_format": mask_format},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
+def _rows(session, sizes: dict[int, tuple[int, int]]) -> Iterator[list[Row]]:
+    query = (select(Annotation.id, Annotation.image_id, Annotation.category_id, Annotation.bbox_x,
+                    Annotation.bbox_y, Annotation.bbox_w, Annotation.bbox_h, Annotation.mask_rle,
+                    Annotation.mask_polygons, Annotation.area, Annotation.iscrowd, Annotation.source, Annotation.score)
+             .where(Annotation.review_state == ReviewState.accepted).order_by(Annotation.id)
+             .execution_options(yield_per=BATCH))
+    for partition in session.execute(query).partitions():
+        yield [(*row[:11], row[11].value, row[12], *sizes[row[1]]) for row in partition]
+
+
+def _write_annotations(handle: IO[str], batches: Iterator[list[Row]], executor: Executor | _InlineExecutor,
+                       mask_format: str, on_batch: Callable[[list[Row]], None]) -> None:
+    pending: collections.deque = collections.deque()
+    first = True
+
+    def drain_one() -> None:
+        nonlocal first
+        text = pending.popleft().result()
+        if text:
+            handle.write(text if first else "," + text)
+            first = False
+
+    for batch in batches:
+        on_batch(batch)
+        pending.append(executor.submit(encode_batch, batch, mask_format))
+        while len(pending) > 4:  # bounded: memory stays flat however large the export
+            drain_one()
+    while pending:
+        drain_one()
 
 
 def validate_coco_file(path: Path) -> COCO:
     """Load with pycocotools and check the rules a loader relies on; raises WorkbenchError."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(path))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(path))
+    except Exception as exc:
+        raise WorkbenchError(f"the export does not load with pycocotools ({exc}); nothing was written") from None
     problems = []
     for key in ("images", "categories", "annotations"):
         bad = [item["id"] for item in coco.dataset[key] if not (isinstance(item["id"], int) and item["id"] >= 1)]
@@ -146,30 +158,68 @@ def validate_coco_file(path: Path) -> COCO:
     return coco
 
 
-def write_json_atomic(data: Any, out_path: Path, validate=None) -> None:
+@contextlib.contextmanager
+def atomic_text_file(out_path: Path) -> Iterator[tuple[IO[str], Path]]:
+    """A temporary file beside ``out_path``; renamed into place only if the block succeeds."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, separators=(",", ":")))  # dumps uses the C encoder, dump does not
+            yield handle, tmp_path
             handle.flush()
             os.fsync(handle.fileno())
-        if validate is not None:
-            validate(tmp_path)
         os.replace(tmp_path, out_path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def write_json_atomic(data: Any, out_path: Path) -> None:
+    with atomic_text_file(Path(out_path)) as (handle, _):
+        handle.write(json.dumps(data, separators=(",", ":")))  # dumps uses the C encoder, dump does not
+
+
 def export_coco(db: Database, out_path: str | Path, *, mask_format: str = "polygon",
-                progress: Progress = _no_progress) -> ExportReport:
+                progress: Progress = _no_progress, validate: Callable[[Path], Any] | None = None) -> ExportReport:
+    if mask_format not in MASK_FORMATS:
+        raise WorkbenchError(f"mask format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
+    validate = validate or validate_coco_file
     out_path = Path(out_path)
-    data = build_coco(db, mask_format=mask_format, progress=progress)
-    write_json_atomic(data, out_path, validate=validate_coco_file)
-    anns = data["annotations"]
-    box_only = sum(1 for a in anns if a["box_only"])
-    return ExportReport(path=out_path, images=len(data["images"]), categories=len(data["categories"]),
-                        annotations=len(anns), masks=len(anns) - box_only, box_only=box_only,
-                        crowd=sum(a["iscrowd"] for a in anns))
+    accepted = Annotation.review_state == ReviewState.accepted
+    stats = collections.Counter()
+    with db.session() as session:
+        masked = set(session.scalars(select(Annotation.category_id).distinct().where(
+            accepted, Annotation.mask_rle.is_not(None), Annotation.iscrowd.is_(False))))
+        categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory, "has_masks": c.id in masked}
+                      for c in session.scalars(select(Category).order_by(Category.id))]
+        images = [{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height, "split": i.split.value}
+                  for i in session.scalars(select(Image).order_by(Image.id))]
+        sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+        count = session.scalar(select(func.count()).select_from(Annotation).where(accepted))
+        to_trace = session.scalar(select(func.count()).select_from(Annotation).where(
+            accepted, Annotation.mask_rle.is_not(None), Annotation.mask_polygons.is_(None),
+            Annotation.iscrowd.is_(False)))
+        bar = iter(progress(range(count), count, "annotations"))
+
+        def on_batch(batch: list[Row]) -> None:
+            stats["annotations"] += len(batch)
+            stats["box_only"] += sum(row[7] is None for row in batch)
+            stats["crowd"] += sum(bool(row[10]) for row in batch)
+            for _ in batch:
+                next(bar, None)
+
+        info = {"description": "Exported by the instance segmentation workbench", "version": "1.0",
+                "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mask_format": mask_format}
+        with atomic_text_file(out_path) as (handle, tmp_path), _executor(to_trace, mask_format) as executor:
+            dumps = json.JSONEncoder(separators=(",", ":")).encode
+            handle.write(f'{{"info":{dumps(info)},"licenses":[],"images":{dumps(images)},'
+                         f'"categories":{dumps(categories)},"annotations":[')
+            _write_annotations(handle, _rows(session, sizes), executor, mask_format, on_batch)
+            handle.write("]}")
+            handle.flush()
+            validate(tmp_path)
+        next(bar, None)
+    return ExportReport(path=out_path, images=len(images), categories=len(categories),
+                        annotations=stats["annotations"], masks=stats["annotations"] - stats["box_only"],
+                        box_only=stats["box_only"], crowd=stats["crowd"])

@@ -254,9 +254,11 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
         if iscrowd not in (0, 1, True, False):
             problems.append(f"{where}: 'iscrowd' must be 0 or 1")
             continue
-        counts = _segmentation_counts(ann.get("segmentation"), where, image.height, image.width, problems)
+        segmentation = ann.get("segmentation")
+        counts = _segmentation_counts(segmentation, where, image.height, image.width, problems)
         if counts is False:
             continue
+        polygons = json.dumps(segmentation, separators=(",", ":")) if counts and isinstance(segmentation, list) else None
         if counts is None:
             bbox = ann.get("bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
@@ -278,7 +280,7 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
         rows.append({
             "image_sha": image.sha256, "category_id": ann["category_id"],
             "bbox_x": bbox[0], "bbox_y": bbox[1], "bbox_w": bbox[2], "bbox_h": bbox[3],
-            "mask_rle": counts, "area": area, "iscrowd": bool(iscrowd),
+            "mask_rle": counts, "mask_polygons": polygons, "area": area, "iscrowd": bool(iscrowd),
             "fingerprint": _fingerprint(ann["category_id"], bool(iscrowd), counts, bbox),
         })
     return rows

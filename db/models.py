@@ -146,6 +146,9 @@ class Annotation(Base):
     bbox_h: Mapped[float] = mapped_column(Float)
     # Compressed COCO RLE counts (a str) of a mask of the image's size; None for box-only.
     mask_rle: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    # The mask as COCO polygons (JSON), when it was made from polygons (e.g. imported ones):
+    # exported as they are instead of being traced again. Always set together with mask_rle.
+    mask_polygons: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     area: Mapped[float] = mapped_column(Float)  # mask pixels, or w * h for box-only
     iscrowd: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[Source] = mapped_column(_enum(Source, "source"), default=Source.imported)

@@ -31,6 +31,26 @@ def _precision_at(evaluator: COCOeval, iou: float, category_index: int | None = 
     return float(valid.mean()) if valid.size else -1.0
 
 
+def _with_box_only_as_ignore_regions(gt: COCO) -> COCO:
+    """Ground truth for mask AP: box-only annotations (no mask known) become crowd-style ignore
+    regions shaped like their boxes, so detections there count neither as hits nor as errors."""
+    if all(a.get("segmentation") for a in gt.dataset["annotations"]):
+        return gt
+    dataset = dict(gt.dataset)
+    annotations = []
+    for ann in gt.dataset["annotations"]:
+        if not ann.get("segmentation"):
+            x, y, w, h = ann["bbox"]
+            ann = dict(ann, iscrowd=1, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]])
+        annotations.append(ann)
+    dataset["annotations"] = annotations
+    truth = COCO()
+    truth.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth.createIndex()
+    return truth
+
+
 def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | None = None) -> dict:
     """{"segm": {...}, "bbox": {...}, "per_category": {...}} as fractions; AP70 is the MNC paper's mAP^r@0.7.
 
@@ -38,13 +58,15 @@ def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | No
     out: dict = {"images": len(gt.getImgIds()), "detections": len(results), "per_category": {}}
     cat_ids = sorted(gt.getCatIds()) if category_ids is None else sorted(category_ids)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    segm_gt = _with_box_only_as_ignore_regions(gt)
     for iou_type in ("segm", "bbox"):
         if not results:
             out[iou_type] = {name: 0.0 for name in (*STAT_NAMES, "AP70")}
             continue
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes([dict(r) for r in results])
-            evaluator = COCOeval(gt, dt, iou_type)
+            truth = segm_gt if iou_type == "segm" else gt
+            dt = truth.loadRes([dict(r) for r in results])
+            evaluator = COCOeval(truth, dt, iou_type)
             evaluator.params.catIds = cat_ids
             evaluator.evaluate()
             evaluator.accumulate()

@@ -148,19 +148,44 @@ def test_polygon_export_keeps_the_masks(database, synthetic_coco, tmp_path):
     assert stats[1] == pytest.approx(1.0) and stats[0] >= 0.9
 
 
-def test_failed_export_leaves_no_file(database, synthetic_coco, tmp_path, monkeypatch):
-    import db.coco_export as coco_export
+def test_polygon_export_gives_back_the_imported_polygons(database, synthetic_coco, tmp_path):
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    export_coco(database, tmp_path / "export.json")
+    original = json.loads(synthetic_coco.read_text())
+    exported = json.loads((tmp_path / "export.json").read_text())
+    originals = sorted(json.dumps(a["segmentation"]) for a in original["annotations"]
+                       if isinstance(a["segmentation"], list) and a["segmentation"])
+    polygons = sorted(json.dumps(a["segmentation"]) for a in exported["annotations"]
+                      if a["category_id"] == 3 and not a["iscrowd"])
+    assert originals == polygons and len(polygons) == 4
 
+
+def test_failed_export_leaves_no_file(database, synthetic_coco, tmp_path):
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
     out = tmp_path / "out" / "export.json"
 
     def broken_check(path):
+        assert path.is_file() and path != out  # checked while still a temporary file
         raise WorkbenchError("simulated check failure")
 
-    monkeypatch.setattr(coco_export, "validate_coco_file", broken_check)
     with pytest.raises(WorkbenchError):
-        coco_export.export_coco(database, out)
+        export_coco(database, out, validate=broken_check)
     assert list(out.parent.iterdir()) == []
+    export_coco(database, out)
+    assert [p.name for p in out.parent.iterdir()] == ["export.json"]
+
+
+def test_large_export_in_worker_processes_equals_inline(database, synthetic_coco, tmp_path, monkeypatch):
+    import db.coco_export as coco_export
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    export_coco(database, tmp_path / "inline.json")
+    monkeypatch.setattr(coco_export, "PARALLEL_MIN_ANNOTATIONS", 1)
+    monkeypatch.setattr(coco_export, "BATCH", 3)
+    export_coco(database, tmp_path / "parallel.json")
+    inline, parallel = (json.loads((tmp_path / name).read_text()) for name in ("inline.json", "parallel.json"))
+    inline["info"].pop("date_created"), parallel["info"].pop("date_created")
+    assert inline == parallel and len(parallel["annotations"]) == 13
 
 
 # ---------------------------------------------------------------- bad input

@@ -56,3 +56,38 @@ def test_foreign_keys_are_enforced(database):
 def test_plain_postgresql_url_means_psycopg3():
     assert normalise_url("postgresql://u@h:5432/d") == "postgresql+psycopg://u@h:5432/d"
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from db.engine import MIGRATIONS_DIR, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")  # a database made by the first release
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO categories (id, name, supercategory, created_at) "
+                                "VALUES (4, 'dog', '', '2026-01-01')"))
+        connection.execute(text("INSERT INTO images (id, sha256, stored_path, file_name, width, height, split, "
+                                "revision, created_at) VALUES (1, 'ab', 'images/ab.jpg', 'a.jpg', 4, 3, 'train', 0, "
+                                "'2026-01-01')"))
+        connection.execute(text("INSERT INTO annotations (id, image_id, category_id, bbox_x, bbox_y, bbox_w, bbox_h, "
+                                "mask_rle, area, iscrowd, source, review_state, created_at, updated_at) VALUES "
+                                "(1, 1, 4, 0, 0, 2, 2, '0', 4, 0, 'imported', 'accepted', '2026-01-01', '2026-01-01')"))
+    engine.dispose()
+    db = open_database(tmp_path, url)  # upgrades to the newest schema
+    from db.models import Annotation
+
+    with db.session() as session:
+        ann = session.get(Annotation, 1)
+        assert (ann.category_id, ann.mask_rle, ann.mask_polygons, ann.area) == (4, "0", None, 4)
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    db.close()

@@ -1,0 +1,129 @@
+"""End-to-end gradients (Eq. 5-9), has_mask handling, config round trip, losses and inference shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mnc_core import MNCConfig, build_model
+from mnc_core.preprocess import batch_images
+from mnc_core.train import prepare_sample
+
+from test_mnc_helpers import ShapesDataset, small_config
+
+torch.set_num_threads(2)
+
+
+def _batch(ds, cfg, idx=(0, 1)):
+    cat_to_label = {c: i + 1 for i, (c, _) in enumerate(ds.categories)}
+    imgs, sizes, tgts = [], [], []
+    for i in idx:
+        img, size, t = prepare_sample(ds[i], cat_to_label, cfg, False, torch.device("cpu"))
+        imgs.append(img)
+        sizes.append(size)
+        tgts.append(t)
+    return batch_images(imgs, cfg.size_divisibility), sizes, tgts
+
+
+def _losses(cfg, ds=None, seed=0):
+    torch.manual_seed(seed)
+    ds = ds or ShapesDataset(2)
+    model = build_model(cfg, 2, backbone_weights="none").train()
+    images, sizes, tgts = _batch(ds, cfg)
+    return model, model(images, sizes, tgts)
+
+
+def test_mask_loss_reaches_rpn_box_deltas_end_to_end():
+    model, losses = _losses(small_config())
+    assert losses["mask"].item() > 0
+    w = model.rpn.head.bbox_pred.weight
+    (g,) = torch.autograd.grad(losses["mask"], w, allow_unused=True, retain_graph=True)
+    assert g is not None and g.abs().sum().item() > 0
+    # the clamp in backward bounds what reaches the deltas, but the signal is there
+    (g45,) = torch.autograd.grad(losses["mask_s45"], w, allow_unused=True)
+    assert g45 is not None and g45.abs().sum().item() > 0
+
+
+def test_detached_proposals_block_the_box_gradient():
+    model, losses = _losses(small_config(detach_proposals=True))
+    w = model.rpn.head.bbox_pred.weight
+    for name in ("mask", "cls", "seg_cls", "mask_s45", "cls_s45"):
+        (g,) = torch.autograd.grad(losses[name], w, allow_unused=True, retain_graph=True)
+        assert g is None or g.abs().sum().item() == 0, name
+    # the RPN's own regression loss still trains it
+    (g,) = torch.autograd.grad(losses["rpn_box"], w)
+    assert g.abs().sum().item() > 0
+
+
+def test_gradient_clip_bounds_the_delta_gradient():
+    from mnc_core.rpn import clip_gradient
+    x = torch.zeros(5, 4, requires_grad=True)
+    y = clip_gradient(x, 0.01)
+    (y * torch.linspace(-1, 1, 20).view(5, 4)).sum().backward()
+    assert x.grad.abs().max().item() == pytest.approx(0.01)
+    assert torch.equal(y, x)
+
+
+def test_instances_without_masks_give_no_mask_loss_but_train_the_rest():
+    ds = ShapesDataset(2, drop_masks=True)
+    model, losses = _losses(small_config(), ds)
+    assert losses["mask"].item() == 0.0 and losses["mask_s45"].item() == 0.0
+    assert losses["cls"].item() > 0 and losses["rpn_cls"].item() > 0 and losses["bbox"].item() > 0
+    mask_params = [model.mask_head.pred.weight, model.mask_head.fc.weight]
+    grads = torch.autograd.grad(losses["mask"] + losses["mask_s45"], mask_params, allow_unused=True,
+                                retain_graph=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)
+    total = model.total_loss(losses)
+    total.backward()
+    assert model.classify_head.cls_score.weight.grad.abs().sum() > 0
+    assert model.rpn.head.cls_logits.weight.grad.abs().sum() > 0
+    # stage 3 still sends gradient into the (unsupervised) mask through the masking layer
+    assert model.mask_head.pred.weight.grad.abs().sum() > 0
+
+
+def test_partial_masks_only_supervise_instances_with_masks():
+    ds = ShapesDataset(2)
+    for s in ds.samples:  # keep the mask of the first instance only
+        s.has_mask[1:] = False
+        s.masks[1:] = False
+    _, losses = _losses(small_config(), ds)
+    assert losses["mask"].item() > 0
+
+
+def test_three_stage_structure_has_no_cascade_losses():
+    _, losses = _losses(small_config(num_stages=3))
+    assert not any(k.endswith("_s45") for k in losses)
+    assert set(losses) == {"rpn_cls", "rpn_box", "mask", "cls", "seg_cls", "bbox"}
+
+
+def test_config_round_trip_and_validation():
+    c = small_config(num_stages=3, mask_voting=False)
+    d = c.to_dict()
+    assert all(not isinstance(v, tuple) for v in d.values())
+    assert MNCConfig.from_dict(d) == c
+    with pytest.raises(ValueError):
+        MNCConfig(num_stages=4)
+    with pytest.raises(ValueError):
+        MNCConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(Exception):
+        c.min_size = 3  # frozen
+
+
+@pytest.mark.parametrize("stages,voting", [(5, True), (3, False)])
+def test_detect_outputs(stages, voting):
+    torch.manual_seed(0)
+    cfg = small_config(num_stages=stages, mask_voting=voting)
+    model = build_model(cfg, 2, backbone_weights="none").eval()
+    ds = ShapesDataset(2)
+    images, sizes, _ = _batch(ds, cfg)
+    cands = model(images, sizes)
+    assert len(cands) == 2
+    n = cfg.rpn_post_nms_top_n_test * (2 if stages == 5 else 1)
+    assert cands[0]["boxes"].shape[0] <= n and cands[0]["scores"].shape[1] == 3
+    dets = model.detect(images, sizes, [(288, 352), (144, 176)], score_thresh=0.0)
+    d = dets[0]
+    assert d["masks"].shape[1:] == (288, 352) and d["masks"].dtype == torch.bool
+    assert dets[1]["masks"].shape[1:] == (144, 176)
+    assert 0 < d["scores"].numel() <= cfg.detections_per_image
+    assert torch.all(d["scores"][:-1] >= d["scores"][1:])
+    assert set(d["labels"].tolist()) <= {1, 2}

@@ -1,0 +1,85 @@
+"""roi_warp: gradcheck (features and box coordinates) and equality with roi_align for inside boxes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from mnc_core.roi_warp import roi_warp, roi_warp_pooled
+
+
+def _inside_boxes(dtype=torch.float64) -> torch.Tensor:
+    # feature map 12 x 14 at stride 8 -> image 96 x 112; coordinates chosen off the sample-grid
+    return torch.tensor([[0, 10.3, 12.1, 80.7, 70.2],
+                         [1, 20.1, 30.3, 90.7, 81.9],
+                         [0, 40.2, 40.6, 100.3, 85.1],
+                         [1, 9.7, 8.9, 30.2, 25.4]], dtype=dtype)
+
+
+@pytest.mark.parametrize("size", [5, 7, 8])
+def test_forward_matches_roi_align_inside_the_map(size):
+    torch.manual_seed(0)
+    f = torch.randn(2, 3, 12, 14, dtype=torch.float64)
+    b = _inside_boxes()
+    ref = roi_align(f, b, size, 1 / 8, sampling_ratio=1, aligned=True)
+    out = roi_warp(f, b, size, 1 / 8)
+    assert out.shape == (4, 3, size, size)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_forward_matches_roi_align_float32_single_image_many_boxes():
+    torch.manual_seed(1)
+    f = torch.randn(1, 16, 20, 24)
+    xy = torch.rand(50, 2) * torch.tensor([150.0, 120.0]) + 10
+    wh = torch.rand(50, 2) * 60 + 4
+    b = torch.cat([torch.zeros(50, 1), xy, (xy + wh).clamp(max=torch.tensor([23 * 8.0, 19 * 8.0]))], 1)
+    ref = roi_align(f, b, 14, 1 / 8, sampling_ratio=1, aligned=True)
+    torch.testing.assert_close(roi_warp(f, b, 14, 1 / 8), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_equals_warp_then_maxpool():
+    torch.manual_seed(2)
+    f = torch.randn(2, 4, 12, 14)
+    b = _inside_boxes(torch.float32)
+    torch.testing.assert_close(roi_warp_pooled(f, b, 8, 1 / 8), F.max_pool2d(roi_warp(f, b, 8, 1 / 8), 2))
+
+
+def test_boxes_outside_map_differ_from_roi_align_only_by_padding_convention():
+    f = torch.ones(1, 1, 6, 6, dtype=torch.float64)
+    b = torch.tensor([[0, -40.0, -40.0, 24.0, 24.0]], dtype=torch.float64)  # mostly outside
+    out = roi_warp(f, b, 4, 1 / 8)
+    assert out[0, 0, 0, 0] == 0.0 and out[0, 0, -1, -1] == 1.0  # zero padding far outside, 1 inside
+
+
+def test_gradcheck_features():
+    torch.manual_seed(3)
+    f = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    b = _inside_boxes()[:, :] * torch.tensor([1, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: roi_warp(x, b, 4, 1 / 8), (f,))
+
+
+def test_gradcheck_boxes():
+    torch.manual_seed(4)
+    f = torch.randn(2, 2, 12, 14, dtype=torch.float64)
+    b = _inside_boxes()
+    coords = b[:, 1:].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: roi_warp(f, torch.cat([b[:, :1], c], 1), 5, 1 / 8), (coords,))
+    # the box gradient is real (non-zero), which roi_align cannot provide
+    out = roi_warp(f, torch.cat([b[:, :1], coords], 1), 5, 1 / 8)
+    (g,) = torch.autograd.grad(out.square().sum(), coords)
+    assert g.abs().sum() > 0
+
+
+def test_gradcheck_pooled_boxes():
+    torch.manual_seed(5)
+    f = torch.randn(1, 2, 12, 14, dtype=torch.float64)
+    b = _inside_boxes()[[0, 2]]
+    b[:, 0] = 0
+    coords = b[:, 1:].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: roi_warp_pooled(f, torch.cat([b[:, :1], c], 1), 6, 1 / 8), (coords,))
+
+
+def test_empty_boxes():
+    f = torch.randn(1, 3, 5, 5)
+    assert roi_warp(f, torch.zeros(0, 5), 4, 1.0).shape == (0, 3, 4, 4)

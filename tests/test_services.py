@@ -1,0 +1,107 @@
+"""train / predict / evaluate / models through the command line, on a database made from synthetic COCO."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pycocotools.coco import COCO
+
+from db import registry
+from db.engine import open_database
+from db.models import RunStatus
+from test_coco_import_export import run_cli
+
+
+@pytest.fixture
+def trained(tmp_path, synthetic_coco):
+    data_dir = tmp_path / "wb"
+    images = synthetic_coco.parent / "images"
+    assert run_cli("import-coco", synthetic_coco, "--images", images, "--data-dir", data_dir, cwd=tmp_path).returncode == 0
+    result = run_cli("train", "--iterations", "2", "--image-size", "64", "--backbone-weights", "none",
+                     "--device", "cpu", "--data-dir", data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "model version 1" in result.stdout
+    return data_dir, synthetic_coco
+
+
+def test_train_records_a_run_and_an_active_version(trained):
+    data_dir, _ = trained
+    db = open_database(data_dir)
+    version = registry.active_version(db)
+    assert version is not None and version.id == 1
+    assert registry.checkpoint_path(db, version).is_file()
+    run = registry.get_run(db, version.training_run_id)
+    assert run.status == RunStatus.succeeded and run.iteration == 2 and run.history[-1][0] == 2
+    assert version.config["min_size"] == 64
+    db.close()
+
+
+def test_predict_writes_coco_results_with_file_names(trained, tmp_path):
+    data_dir, coco_file = trained
+    images = sorted((coco_file.parent / "images").glob("*.jpg"))
+    out = tmp_path / "results.json"
+    result = run_cli("predict", *images, "--out", out, "--score-threshold", "0", "--data-dir", data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    assert isinstance(results, list)
+    names = {p.name for p in images}
+    for r in results:
+        assert r["file_name"] in names
+        assert r["category_id"] in (3, 7, 12)
+        assert set(r["segmentation"]) == {"size", "counts"} and isinstance(r["segmentation"]["counts"], str)
+        assert len(r["bbox"]) == 4 and 0 <= r["score"] <= 1
+
+
+def test_evaluate_writes_the_metrics(trained, tmp_path):
+    data_dir, coco_file = trained
+    out = tmp_path / "metrics.json"
+    result = run_cli("evaluate", "--annotations", coco_file, "--images", coco_file.parent / "images", "--out", out,
+                     "--data-dir", data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    for iou_type in ("segm", "bbox"):
+        assert {"AP", "AP50", "AP70", "AP75"} <= set(metrics[iou_type])
+        assert all(-1 <= metrics[iou_type][k] <= 1 for k in ("AP", "AP50", "AP70", "AP75"))
+    assert "segm" in result.stdout and "AP70" in result.stdout
+
+
+def test_models_lists_and_activates(trained, tmp_path):
+    data_dir, _ = trained
+    listed = run_cli("models", "--data-dir", data_dir, cwd=tmp_path)
+    assert listed.returncode == 0 and "* v1" in listed.stdout
+    missing = run_cli("models", "--activate", "9", "--data-dir", data_dir, cwd=tmp_path)
+    assert missing.returncode == 2 and "no model version 9" in missing.stderr
+
+
+def test_predict_without_a_model_says_what_to_do(tmp_path, synthetic_coco):
+    result = run_cli("predict", synthetic_coco.parent / "images" / "img_0.jpg", "--out", tmp_path / "r.json",
+                     "--data-dir", tmp_path / "empty", cwd=tmp_path)
+    assert result.returncode == 2 and "launch.py train" in result.stderr
+
+
+def test_train_without_annotations_says_what_to_do(tmp_path):
+    result = run_cli("train", "--iterations", "1", "--backbone-weights", "none", "--data-dir", tmp_path / "empty",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "import-coco" in result.stderr
+
+
+def test_cancelled_run_leaves_the_active_model_unchanged(trained, monkeypatch):
+    from partial_sup import training
+
+    data_dir, _ = trained
+    db = open_database(data_dir)
+    real_start = registry.start_run
+
+    def start_and_cancel(*args, **kwargs):
+        run_id = real_start(*args, **kwargs)
+        registry.request_cancel(db, run_id)  # as another client (the UI) would
+        return run_id
+
+    monkeypatch.setattr(training.registry, "start_run", start_and_cancel)
+    monkeypatch.setattr(training, "PROGRESS_EVERY", 1)
+    result = training.train_from_database(db, iterations=50, image_size=64, backbone_weights="none", device="cpu")
+    assert result.version_id is None and result.iterations < 50
+    assert registry.active_version(db).id == 1
+    assert registry.get_run(db, result.run_id).status == RunStatus.cancelled
+    db.close()
