@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(e.g. postgresql+psycopg://user@host:5432/db)")
 
     parser = argparse.ArgumentParser(
-        prog="launch.py", description="Instance segmentation annotation workbench. Without a sub-command: serve.",
-        parents=[common])
+        prog="launch.py", description="Instance segmentation annotation workbench. Without a sub-command: serve "
+                                      "(`python launch.py --port 8000` = `python launch.py serve --port 8000`).")
     sub = parser.add_subparsers(dest="command", metavar="SUB-COMMAND")
 
     serve = sub.add_parser("serve", parents=[common], help="start the browser workbench (the default)")
@@ -164,14 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse keeps them here)
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # serve is the default sub-command
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from db.errors import WorkbenchError
 
     try:

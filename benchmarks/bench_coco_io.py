@@ -5,7 +5,9 @@
 
 Makes the images (640x480 JPEGs) and a COCO file with polygon masks, then times, each in
 its own process so that its peak memory (max RSS) is its own:
-`launch.py import-coco`, `export-coco --mask-format polygon`, `export-coco --mask-format rle`.
+`launch.py import-coco`, `export-coco --mask-format polygon` (the imported polygons),
+`export-coco --mask-format rle`, then the RLE export imported into a second database and
+exported as polygons again (every mask traced: the case of masks drawn with a brush).
 """
 
 from __future__ import annotations
@@ -100,6 +102,17 @@ def main() -> None:
                      run_phase(["export-coco", "--out", str(out), "--mask-format", fmt, "--data-dir", str(data_dir)])))
         exported = json.loads(out.read_text())
         assert len(exported["annotations"]) == args.images * args.per_image
+    # Worst case for polygons: masks stored as RLE only (drawn with a brush, or imported as RLE)
+    # must be traced into polygons at export, in worker processes on every core.
+    rle_dir = work / "workbench_data_rle"
+    if rle_dir.exists():
+        import shutil
+
+        shutil.rmtree(rle_dir)
+    rows.append(("import-coco (RLE)", run_phase(["import-coco", str(work / "export_rle.json"), "--images",
+                                                 str(work / "images"), "--data-dir", str(rle_dir)])))
+    rows.append(("export-coco --mask-format polygon, traced from RLE",
+                 run_phase(["export-coco", "--out", str(work / "export_traced.json"), "--data-dir", str(rle_dir)])))
     n = args.images * args.per_image
     print(f"\n{args.images} images, {n} mask annotations, {os.cpu_count()} CPUs")
     print(f"| phase | seconds | annotations/s | peak memory (MB) |\n|---|---:|---:|---:|")

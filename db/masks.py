@@ -74,7 +74,7 @@ def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list
     return polygons
 
 
-def _counts_from_string(counts: str) -> np.ndarray:
+def run_lengths(counts: str) -> np.ndarray:
     """COCO's compressed RLE string -> run lengths, vectorised (pycocotools' ``rleFrString``).
 
     pycocotools only decodes whole masks; the exporter needs the runs to decode just the
@@ -83,6 +83,8 @@ def _counts_from_string(counts: str) -> np.ndarray:
     the last character = negative; from the third run on, runs are deltas to run m - 2.
     """
     chars = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if (chars < 0).any() or (chars > 63).any():
+        raise ValueError("not a COCO RLE string")
     if chars.size == 0:
         return np.zeros(0, dtype=np.int64)
     last = (chars & 0x20) == 0  # the last character of each number
@@ -102,7 +104,7 @@ def _counts_from_string(counts: str) -> np.ndarray:
 
 def decode_crop(counts: str, height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """The (y1 - y0, x1 - x0) bool window of a compressed-RLE mask, without decoding the rest."""
-    runs = _counts_from_string(counts)
+    runs = run_lengths(counts)
     ends = np.cumsum(runs)
     begins = ends - runs
     lo, hi = x0 * height, x1 * height  # column-major: the window's columns are one flat range

@@ -210,6 +210,7 @@ BAD_INPUTS = {
     "absolute path": (lambda d: _first(d, "images", id=3).update(file_name="/etc/passwd"), "/etc/passwd"),
     "uncompressed RLE of the wrong length": (
         lambda d: _first(d, "annotations", iscrowd=1)["segmentation"].update(counts=[5, 5]), "sum to 10"),
+    "corrupt compressed RLE": (lambda d: d["annotations"][1]["segmentation"].update(counts="0a1"), "annotation 101"),
     "category renamed against the database": (lambda d: d["categories"][0].update(name="automobile"), None),
 }
 
@@ -286,6 +287,18 @@ def test_cli_help_lists_the_sub_commands(tmp_path):
         assert command in result.stdout
         sub = run_cli(command, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and "--data-dir" in sub.stdout and "--db" in sub.stdout
+
+
+def test_serve_is_the_default_sub_command():
+    import launch
+
+    args = launch.parse_args([])
+    assert (args.command, args.host, args.port, str(args.data_dir), args.db) == (
+        "serve", "127.0.0.1", 7860, "workbench_data", None)
+    args = launch.parse_args(["--port", "8001", "--data-dir", "/tmp/x"])
+    assert (args.command, args.port, str(args.data_dir)) == ("serve", 8001, "/tmp/x")
+    args = launch.parse_args(["export-coco", "--out", "f.json", "--db", "sqlite:///a.db"])
+    assert (args.command, args.mask_format, args.db) == ("export-coco", "polygon", "sqlite:///a.db")
 
 
 def test_cli_import_export_and_bad_input(tmp_path, synthetic_coco):
