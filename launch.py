@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     result = train_from_database(
         _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
-        show_progress=True)
+        show_progress=True, run_id=args.run_id)
     print(result.summary())
     return 0
 
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run (background training)
     train.set_defaults(func=cmd_train)
 
     pred = sub.add_parser("predict", parents=[common], help="predict instances on images, write COCO results JSON")

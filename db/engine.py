@@ -87,6 +87,11 @@ class Database:
             yield session
 
     @property
+    def url(self) -> str:
+        """The URL to reach this database from another process (password included)."""
+        return self.engine.url.render_as_string(hide_password=False)
+
+    @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 

@@ -24,13 +24,36 @@ def models_dir(db: Database) -> Path:
     return path
 
 
-def start_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
+def create_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
+    """A queued run, for a training process that is about to start."""
     with db.session() as session:
-        run = TrainingRun(mode=mode, iterations=iterations, params=params, status=RunStatus.running,
-                          pid=os.getpid(), started_at=datetime.now(timezone.utc), history=[])
+        run = TrainingRun(mode=mode, iterations=iterations, params=params, status=RunStatus.queued, history=[])
         session.add(run)
         session.flush()
         return run.id
+
+
+def claim_run(db: Database, run_id: int, params: dict[str, Any]) -> None:
+    """The training process takes a queued run: running, with its pid."""
+    with db.session() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.status != RunStatus.queued:
+            raise WorkbenchError(f"training run {run_id} does not exist or is not queued")
+        run.status = RunStatus.running
+        run.pid = os.getpid()
+        run.params = {**run.params, **params}
+        run.started_at = datetime.now(timezone.utc)
+
+
+def start_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
+    run_id = create_run(db, mode=mode, iterations=iterations, params=params)
+    claim_run(db, run_id, {})
+    return run_id
+
+
+def set_pid(db: Database, run_id: int, pid: int) -> None:
+    with db.session() as session:
+        session.get(TrainingRun, run_id).pid = pid
 
 
 def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, message: str = "") -> bool:

@@ -42,16 +42,29 @@ def default_lr(config: MNCConfig) -> float:
 def train_from_database(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
                         backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
                         lr: float | None = None, config: MNCConfig | None = None,
-                        show_progress: bool = False) -> TrainResult:
+                        show_progress: bool = False, run_id: int | None = None) -> TrainResult:
+    """Train on the accepted annotations of the train split; on success the new model version is active.
+
+    ``run_id``: a queued run (made by :func:`partial_sup.service.start_training`) that this process
+    takes over; otherwise a new run is recorded. Progress and the final state are stored in it."""
     if iterations < 1:
         raise WorkbenchError("--iterations must be at least 1")
     config = (config or MNCConfig()).replace(backbone=backbone, min_size=image_size,
                                              max_size=max(image_size, int(image_size * 5 / 3)))
     lr = default_lr(config) if lr is None else lr
-    dataset = DatabaseDataset(db, "train")
+    try:
+        dataset = DatabaseDataset(db, "train")
+    except WorkbenchError as exc:
+        if run_id is not None:
+            registry.claim_run(db, run_id, {})
+            registry.finish_run(db, run_id, RunStatus.failed, str(exc))
+        raise
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
               "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories)}
-    run_id = registry.start_run(db, mode="full", iterations=iterations, params=params)
+    if run_id is None:
+        run_id = registry.start_run(db, mode="full", iterations=iterations, params=params)
+    else:
+        registry.claim_run(db, run_id, params)
     bar = None
     if show_progress:
         from tqdm import tqdm

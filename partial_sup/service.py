@@ -1,0 +1,99 @@
+"""Training in its own process, so that the UI stays responsive.
+
+``start_training`` records a queued run and starts ``launch.py train --run-id N`` as a
+separate process; that process stores its progress (iteration, loss, history) and final
+state in the database, where any client reads it. ``cancel_training`` asks the process
+to stop (it checks between iterations). A process that dies (crash, ``kill -9``) is
+noticed by ``run_state`` and its run marked failed; the active model only ever changes
+when a run finishes and registers its version in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from db import registry
+from db.engine import Database
+from db.models import RunStatus
+
+LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+ACTIVE = (RunStatus.queued, RunStatus.running)
+
+
+@dataclass
+class RunState:
+    run_id: int
+    status: str
+    iteration: int
+    iterations: int
+    loss: float | None
+    history: list
+    message: str
+    version_id: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (RunStatus.queued.value, RunStatus.running.value)
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reaps it if it is our finished child
+    except ChildProcessError:
+        pass  # not our child: fine, ask the kernel below
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def start_training(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
+                   backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
+                   lr: float | None = None) -> int:
+    params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed,
+              "backbone_weights": backbone_weights, "device": device, "lr": lr}
+    run_id = registry.create_run(db, mode="full", iterations=iterations, params=params)
+    command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir),
+               "--db", db.url, "--iterations", str(iterations), "--image-size", str(image_size),
+               "--backbone", backbone, "--seed", str(seed)]
+    if backbone_weights is not None:
+        command += ["--backbone-weights", backbone_weights]
+    if device is not None:
+        command += ["--device", device]
+    if lr is not None:
+        command += ["--lr", str(lr)]
+    logs = db.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"run{run_id:04d}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=dict(os.environ, TQDM_MININTERVAL="5"))
+    registry.set_pid(db, run_id, process.pid)
+    return run_id
+
+
+def cancel_training(db: Database, run_id: int) -> None:
+    registry.request_cancel(db, run_id)
+
+
+def run_state(db: Database, run_id: int) -> RunState:
+    run = registry.get_run(db, run_id)
+    if run.status in ACTIVE and not _process_alive(run.pid):
+        registry.finish_run(db, run_id, RunStatus.failed,
+                            f"the training process ended unexpectedly; see {db.data_dir / 'logs'}/run{run_id:04d}.log")
+        run = registry.get_run(db, run_id)
+    version = next((v.id for v in registry.list_versions(db) if v.training_run_id == run_id), None)
+    return RunState(run_id=run.id, status=run.status.value, iteration=run.iteration, iterations=run.iterations,
+                    loss=run.loss, history=list(run.history), message=run.message, version_id=version)

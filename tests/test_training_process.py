@@ -1,0 +1,69 @@
+"""Training in its own process: progress in the database, cancel, and a killed process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from db import registry
+from db.coco_import import import_coco
+from partial_sup.service import cancel_training, run_state, start_training
+
+TINY = dict(image_size=64, backbone_weights="none", device="cpu")
+
+
+@pytest.fixture
+def db_with_data(database, synthetic_coco):
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    return database
+
+
+def wait_until(predicate, seconds: float = 300, every: float = 0.5):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def test_background_run_trains_and_activates_a_version(db_with_data):
+    db = db_with_data
+    run_id = start_training(db, iterations=12, **TINY)
+    state = wait_until(lambda: (s := run_state(db, run_id)).finished and s)
+    assert state.status == "succeeded", state.message
+    assert state.iteration == 12 and [h[0] for h in state.history] == [10, 12]
+    assert registry.active_version(db).id == state.version_id is not None
+
+
+def test_cancel_stops_the_run_and_keeps_the_active_model(db_with_data):
+    db = db_with_data
+    run_id = start_training(db, iterations=100_000, **TINY)
+    wait_until(lambda: run_state(db, run_id).iteration >= 10)
+    cancel_training(db, run_id)
+    state = wait_until(lambda: (s := run_state(db, run_id)).finished and s, seconds=120)
+    assert state.status == "cancelled" and state.version_id is None
+    assert 10 <= state.iteration < 100_000
+    assert registry.active_version(db) is None
+
+
+def test_killed_process_leaves_a_consistent_database(db_with_data):
+    db = db_with_data
+    first = start_training(db, iterations=2, **TINY)
+    done = wait_until(lambda: (s := run_state(db, first)).finished and s)
+    assert done.status == "succeeded"
+    run_id = start_training(db, iterations=100_000, **TINY)
+    wait_until(lambda: run_state(db, run_id).iteration >= 10)
+    os.kill(registry.get_run(db, run_id).pid, signal.SIGKILL)
+    state = wait_until(lambda: (s := run_state(db, run_id)).finished and s, seconds=60)
+    assert state.status == "failed" and "ended unexpectedly" in state.message
+    assert db.integrity_ok()
+    active = registry.active_version(db)
+    assert active.id == done.version_id and registry.checkpoint_path(db, active).is_file()
+    from mnc_core import Predictor
+
+    Predictor.from_checkpoint(registry.checkpoint_path(db, active))  # still loads
