@@ -169,3 +169,20 @@ class Annotation(Base):
     @property
     def bbox(self) -> list[float]:
         return [self.bbox_x, self.bbox_y, self.bbox_w, self.bbox_h]
+
+
+class JournalEntry(Base):
+    """The annotations of an image as they were before a change: undo restores them (and
+    survives a restart); a save that lost a conflict is kept here too, so nothing is lost."""
+
+    __tablename__ = "annotation_journal"
+    __table_args__ = (Index("ix_journal_image", "image_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)  # the image's revision that this snapshot was
+    action: Mapped[str] = mapped_column(String(32))  # save, review, undo, conflict
+    snapshot: Mapped[list[Any]] = mapped_column(JSON)  # the annotations (plain dicts)
+    undone: Mapped[bool] = mapped_column(Boolean, default=False)
+    user: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,218 @@
+"""Editing the annotations of one image: save, review, undo, with conflict detection.
+
+Every change of an image's annotations is one transaction that
+1. bumps the image's revision only if it is still the revision the client saw
+   (``UPDATE ... WHERE revision = :seen``): two people saving the same image cannot
+   overwrite each other silently, the second gets :class:`ConflictError`;
+2. writes the annotations as they were before into the journal (undo restores them,
+   also after a restart); a save that lost a conflict is journalled as well, so both
+   versions stay recoverable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+from sqlalchemy import delete, select, update
+
+from db import masks
+from db.engine import Database
+from db.errors import WorkbenchError
+from db.models import Annotation, Category, Image, JournalEntry, ReviewState, Source
+
+
+class ConflictError(WorkbenchError):
+    def __init__(self, image_id: int, seen: int, current: int, journal_id: int):
+        self.image_id, self.seen, self.current, self.journal_id = image_id, seen, current, journal_id
+        super().__init__(f"image {image_id} was changed by someone else since you opened it (revision {seen}, now "
+                         f"{current}); your version was kept in the journal (entry {journal_id}). "
+                         "Reload the image, then re-apply your changes.")
+
+
+@dataclass
+class InstanceData:
+    """One annotation as the UI and the API see it (plain values; mask as an (H, W) bool array)."""
+
+    category_id: int
+    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2; derived from the mask when None
+    mask: np.ndarray | None = None
+    source: str = "drawn"
+    review_state: str = "accepted"
+    score: float | None = None
+    model_version_id: int | None = None
+    iscrowd: bool = False
+    id: int | None = None  # an existing annotation's id: it is updated, keeping its id
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_SNAPSHOT_FIELDS = ("id", "category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons",
+                    "area", "iscrowd", "source", "model_version_id", "score", "review_state", "created_by")
+
+
+def _snapshot(annotations: Iterable[Annotation]) -> list[dict]:
+    out = []
+    for ann in annotations:
+        row = {name: getattr(ann, name) for name in _SNAPSHOT_FIELDS}
+        row["source"], row["review_state"] = ann.source.value, ann.review_state.value
+        out.append(row)
+    return out
+
+
+def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
+    if inst.mask is not None:
+        mask = np.asarray(inst.mask, dtype=bool)
+        if mask.shape != (image.height, image.width):
+            raise WorkbenchError(f"a mask of {mask.shape[1]}x{mask.shape[0]} does not fit image {image.id} "
+                                 f"({image.width}x{image.height})")
+        counts = masks.encode(mask)
+        x, y, w, h = masks.tight_box(counts, image.height, image.width)
+        area = float(masks.area(counts, image.height, image.width))
+        if area == 0:
+            raise WorkbenchError("the mask is empty; paint the object or delete the annotation")
+    else:
+        if inst.box is None:
+            raise WorkbenchError("an annotation needs a box or a mask")
+        x1, y1, x2, y2 = (float(v) for v in inst.box)
+        x1, y1 = max(0.0, min(x1, x2)), max(0.0, min(y1, y2))
+        x2, y2 = min(float(image.width), max(inst.box[0], inst.box[2])), min(float(image.height), max(inst.box[1], inst.box[3]))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise WorkbenchError(f"box {inst.box} is empty or outside image {image.id}")
+        counts, x, y, w, h, area = None, x1, y1, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)
+    return {"category_id": int(inst.category_id), "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "mask_rle": counts, "mask_polygons": None, "area": area, "iscrowd": bool(inst.iscrowd),
+            "source": Source(inst.source), "review_state": ReviewState(inst.review_state), "score": inst.score,
+            "model_version_id": inst.model_version_id, "created_by": user}
+
+
+def _bump(session, image_id: int, seen: int | None) -> Image:
+    """Take the next revision of the image, or raise ConflictError (after journalling nothing)."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise WorkbenchError(f"there is no image {image_id}")
+    if seen is None:
+        seen = image.revision
+    result = session.execute(update(Image).where(Image.id == image_id, Image.revision == seen)
+                             .values(revision=Image.revision + 1).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        return None
+    session.refresh(image)
+    return image
+
+
+def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = None) -> tuple[int, list[dict]]:
+    """(revision, annotations as dicts with decoded masks) of one image."""
+    with db.session() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise WorkbenchError(f"there is no image {image_id}")
+        query = select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id)
+        if states is not None:
+            query = query.where(Annotation.review_state.in_([ReviewState(s) for s in states]))
+        rows = []
+        for ann in session.scalars(query):
+            rows.append({"id": ann.id, "category_id": ann.category_id,
+                         "box": (ann.bbox_x, ann.bbox_y, ann.bbox_x + ann.bbox_w, ann.bbox_y + ann.bbox_h),
+                         "mask": None if ann.mask_rle is None else masks.decode(ann.mask_rle, image.height, image.width),
+                         "source": ann.source.value, "review_state": ann.review_state.value, "score": ann.score,
+                         "model_version_id": ann.model_version_id, "iscrowd": ann.iscrowd,
+                         "created_by": ann.created_by})
+        return image.revision, rows
+
+
+def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int | None,
+                     user: str | None = None, action: str = "save") -> int:
+    """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
+    the others added, the rest deleted). Returns the new revision."""
+    conflict = None
+    with db.session() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise WorkbenchError(f"there is no image {image_id}")
+        known = {c for c in session.scalars(select(Category.id))}
+        for inst in instances:
+            if inst.category_id not in known:
+                raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
+        columns = [_columns(inst, image, user) for inst in instances]
+        current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
+        before = _snapshot(current)
+        if _bump(session, image_id, seen_revision) is None:
+            entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", user=user,
+                                 snapshot=[{**{k: (v.value if hasattr(v, "value") else v) for k, v in c.items()},
+                                            "id": inst.id} for c, inst in zip(columns, instances)])
+            session.add(entry)
+            session.flush()
+            conflict = ConflictError(image_id, seen_revision, image.revision, entry.id)
+        else:
+            revision = _apply(session, image, instances, columns, current, before, action, user)
+    if conflict is not None:  # the losing version is committed to the journal; now tell the client
+        raise conflict
+    return revision
+
+
+def _apply(session, image: Image, instances: list[InstanceData], columns: list[dict], current: list[Annotation],
+           before: list[dict], action: str, user: str | None) -> int:
+    image_id = image.id
+    session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action=action, snapshot=before,
+                             user=user))
+    by_id = {ann.id: ann for ann in current}
+    keep = set()
+    for inst, values in zip(instances, columns):
+        ann = by_id.get(inst.id) if inst.id is not None else None
+        if ann is None:
+            session.add(Annotation(image_id=image_id, **values))
+        else:
+            keep.add(ann.id)
+            if ann.mask_rle == values["mask_rle"]:
+                values["mask_polygons"] = ann.mask_polygons  # unchanged mask keeps its polygons
+            for name, value in values.items():
+                if name == "created_by" and ann.created_by is not None:
+                    continue
+                setattr(ann, name, value)
+    gone = [ann_id for ann_id in by_id if ann_id not in keep]
+    if gone:
+        session.execute(delete(Annotation).where(Annotation.id.in_(gone)))
+    return image.revision
+
+
+def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int], state: str, *,
+                     seen_revision: int | None = None, user: str | None = None) -> int:
+    """Accept or reject proposals (or reopen them). Returns the new revision."""
+    ids = list(annotation_ids)
+    with db.session() as session:
+        current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
+        before = _snapshot(current)
+        image = _bump(session, image_id, seen_revision)
+        if image is None:  # nothing of this client's was lost: a review is one click to redo
+            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, 0)
+        session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action="review", snapshot=before,
+                                 user=user))
+        session.execute(update(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
+                        .values(review_state=ReviewState(state)))
+        return image.revision
+
+
+def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
+    """Restore the annotations as they were before the last change that is not undone yet."""
+    with db.session() as session:
+        entry = session.scalars(select(JournalEntry).where(
+            JournalEntry.image_id == image_id, JournalEntry.undone.is_(False),
+            JournalEntry.action.in_(("save", "review"))).order_by(JournalEntry.id.desc()).limit(1)).first()
+        if entry is None:
+            raise WorkbenchError(f"nothing to undo on image {image_id}")
+        image = _bump(session, image_id, None)
+        session.execute(delete(Annotation).where(Annotation.image_id == image_id))
+        for row in entry.snapshot:
+            values = dict(row)
+            values["source"], values["review_state"] = Source(values["source"]), ReviewState(values["review_state"])
+            session.add(Annotation(image_id=image_id, **values))
+        entry.undone = True
+        return image.revision
+
+
+def conflict_versions(db: Database, image_id: int) -> list[JournalEntry]:
+    """Saves that lost a conflict on this image (newest first): nothing anyone saved is lost."""
+    with db.session() as session:
+        return list(session.scalars(select(JournalEntry).where(
+            JournalEntry.image_id == image_id, JournalEntry.action == "conflict").order_by(JournalEntry.id.desc())))
