@@ -14,6 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.errors import BadImageError
 
+MAX_PIXELS = 150_000_000  # a 10000 x 10000 photo is fine; beyond this, refuse (decompression bombs)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above twice this; we refuse above it
+
 # EXIF orientations 5-8 rotate by 90 degrees: width and height swap.
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -44,8 +47,14 @@ def probe(data: bytes, name: str) -> ImageInfo:
             image.load()
     except UnidentifiedImageError:
         raise BadImageError(f"{name}: not an image file (Pillow cannot identify it); remove it or replace it with the real image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise BadImageError(f"{name}: the image is larger than {MAX_PIXELS // 1_000_000} megapixels; "
+                            "downscale it before uploading") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{name}: the image cannot be decoded ({exc}); the file is corrupt or truncated, replace it") from None
+    if width * height > MAX_PIXELS:
+        raise BadImageError(f"{name}: {width}x{height} is more than {MAX_PIXELS // 1_000_000} megapixels; "
+                            "downscale it before uploading")
     if fmt not in FORMAT_EXTENSIONS:
         raise BadImageError(f"{name}: image format {fmt or 'unknown'} is not supported; convert it to JPEG or PNG")
     if orientation in _SWAPPING_ORIENTATIONS:
@@ -53,11 +62,25 @@ def probe(data: bytes, name: str) -> ImageInfo:
     return ImageInfo(sha256=sha256_of(data), width=width, height=height, extension=FORMAT_EXTENSIONS[fmt])
 
 
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow image -> (H, W, 3) uint8 RGB: 16/32-bit greyscale scaled down (not clipped),
+    transparency composited on white, CMYK and palettes converted."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        grey = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 RGB array, EXIF orientation applied."""
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return np.asarray(image.convert("RGB"))
+        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
