@@ -115,7 +115,8 @@ def _rows(session, sizes: dict[int, tuple[int, int]]) -> Iterator[list[Row]]:
              .where(Annotation.review_state == ReviewState.accepted).order_by(Annotation.id)
              .execution_options(yield_per=BATCH))
     for partition in session.execute(query).partitions():
-        yield [(*row[:11], row[11].value, row[12], *sizes[row[1]]) for row in partition]
+        # sizes holds the exported images only: annotations of other images are left out
+        yield [(*row[:11], row[11].value, row[12], *sizes[row[1]]) for row in partition if row[1] in sizes]
 
 
 def _write_annotations(handle: IO[str], batches: Iterator[list[Row]], executor: Executor | _InlineExecutor,
@@ -181,7 +182,9 @@ def write_json_atomic(data: Any, out_path: Path) -> None:
 
 
 def export_coco(db: Database, out_path: str | Path, *, mask_format: str = "polygon",
-                progress: Progress = _no_progress, validate: Callable[[Path], Any] | None = None) -> ExportReport:
+                progress: Progress = _no_progress, validate: Callable[[Path], Any] | None = None,
+                image_ids: set[int] | None = None) -> ExportReport:
+    """``image_ids``: export only these images and their annotations (default: all)."""
     if mask_format not in MASK_FORMATS:
         raise WorkbenchError(f"mask format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
     validate = validate or validate_coco_file
@@ -189,17 +192,30 @@ def export_coco(db: Database, out_path: str | Path, *, mask_format: str = "polyg
     accepted = Annotation.review_state == ReviewState.accepted
     stats = collections.Counter()
     with db.session() as session:
-        masked = set(session.scalars(select(Annotation.category_id).distinct().where(
-            accepted, Annotation.mask_rle.is_not(None), Annotation.iscrowd.is_(False))))
+        wanted = (lambda image_id: True) if image_ids is None else {int(i) for i in image_ids}.__contains__
+        has_mask = (accepted, Annotation.mask_rle.is_not(None), Annotation.iscrowd.is_(False))
+        if image_ids is None:
+            masked = set(session.scalars(select(Annotation.category_id).distinct().where(*has_mask)))
+        else:
+            masked = {category_id for image_id, category_id in session.execute(
+                select(Annotation.image_id, Annotation.category_id).distinct().where(*has_mask)) if wanted(image_id)}
         categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory, "has_masks": c.id in masked}
                       for c in session.scalars(select(Category).order_by(Category.id))]
         images = [{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height, "split": i.split.value}
-                  for i in session.scalars(select(Image).order_by(Image.id))]
+                  for i in session.scalars(select(Image).order_by(Image.id)) if wanted(i.id)]
         sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-        count = session.scalar(select(func.count()).select_from(Annotation).where(accepted))
-        to_trace = session.scalar(select(func.count()).select_from(Annotation).where(
-            accepted, Annotation.mask_rle.is_not(None), Annotation.mask_polygons.is_(None),
-            Annotation.iscrowd.is_(False)))
+        trace = (Annotation.mask_rle.is_not(None) & Annotation.mask_polygons.is_(None)
+                 & Annotation.iscrowd.is_(False))
+        if image_ids is None:
+            count = session.scalar(select(func.count()).select_from(Annotation).where(accepted))
+            to_trace = session.scalar(select(func.count()).select_from(Annotation).where(accepted, trace))
+        else:
+            count = to_trace = 0
+            for image_id, n, n_trace in session.execute(
+                    select(Annotation.image_id, func.count(), func.count().filter(trace))
+                    .where(accepted).group_by(Annotation.image_id)):
+                if image_id in sizes:
+                    count, to_trace = count + n, to_trace + n_trace
         bar = iter(progress(range(count), count, "annotations"))
 
         def on_batch(batch: list[Row]) -> None:

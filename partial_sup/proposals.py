@@ -1,0 +1,114 @@
+"""Model proposals stored in the database, and masks for boxes that a person drew.
+
+``propose`` runs a model version's predictor on one image and replaces the image's
+still-``proposed`` model annotations by the new ones (source "model", the version's id,
+the score); everything a person accepted, rejected or drew stays as it is. Accepting a
+proposal (``db.annotations.set_review_state``) makes it a label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from db.annotations import InstanceData, get_annotations, save_annotations
+from db.engine import Database
+from db.imagestore import ImageStore, load_rgb
+from db.models import Category, Image
+from partial_sup.grabcut import grabcut_mask
+
+DEFAULT_MIN_SCORE = 0.05  # proposals below this score are not stored
+
+
+@dataclass
+class ProposalResult:
+    revision: int
+    added: int  # new proposals stored
+    replaced: int  # older proposals removed
+    skipped: int  # instances of classes that no longer exist, or with empty masks
+
+
+def image_rgb(db: Database, image_id: int) -> np.ndarray:
+    with db.session() as session:
+        image = session.get(Image, int(image_id))
+        if image is None:
+            from db.errors import WorkbenchError
+
+            raise WorkbenchError(f"there is no image {image_id}")
+        stored = image.stored_path
+    return load_rgb(ImageStore(db.data_dir).absolute(stored))
+
+
+def _as_instance_data(row: dict) -> InstanceData:
+    return InstanceData(category_id=row["category_id"], box=row["box"], mask=row["mask"], source=row["source"],
+                        review_state=row["review_state"], score=row["score"],
+                        model_version_id=row["model_version_id"], iscrowd=row["iscrowd"], id=row["id"])
+
+
+def propose(db: Database, image_id: int, predictor, version_id: int | None, *, score_threshold: float | None = None,
+            seen_revision: int | None = None, image: np.ndarray | None = None, user: str | None = None,
+            instances: list | None = None) -> ProposalResult:
+    """Predict on the image and store the instances as proposals (see the module's doc).
+
+    ``seen_revision``: the revision the caller saw (ConflictError when someone changed the
+    image since); ``instances``: predictions already made (skips running the model)."""
+    threshold = DEFAULT_MIN_SCORE if score_threshold is None else float(score_threshold)
+    revision, rows = get_annotations(db, image_id)
+    if seen_revision is None:
+        seen_revision = revision
+    if instances is None:
+        image = image_rgb(db, image_id) if image is None else image
+        instances = predictor(image, score_threshold=threshold)
+    with db.session() as session:
+        known = set(session.scalars(select(Category.id)))
+    keep = [row for row in rows if not (row["review_state"] == "proposed" and row["source"] == "model")]
+    new, skipped = [], 0
+    for inst in instances:
+        if inst.score < threshold or inst.category_id not in known:
+            skipped += 1
+            continue
+        mask = np.asarray(inst.mask, bool)  # read once: it may be computed on access
+        if not mask.any():
+            skipped += 1
+            continue
+        new.append(InstanceData(category_id=int(inst.category_id), box=tuple(float(v) for v in inst.box),
+                                mask=mask, source="model", review_state="proposed",
+                                score=float(inst.score), model_version_id=version_id))
+    revision = save_annotations(db, image_id, [_as_instance_data(r) for r in keep] + new,
+                                seen_revision=seen_revision, user=user)
+    return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped)
+
+
+def box_iou(a, b) -> float:
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    iw, ih = max(0.0, min(ax2, bx2) - max(ax1, bx1)), max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def mask_for_box(image: np.ndarray, box, category_id: int, predictions: list | None, *,
+                 min_iou: float = 0.3) -> tuple[np.ndarray, str]:
+    """A mask for a box a person drew: the best-overlapping predicted instance of the same
+    class (kept inside the box) when the model has one, else GrabCut inside the box.
+    Returns (mask, source): source is "model" or "grabcut"."""
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    best, best_iou = None, min_iou
+    for inst in predictions or []:
+        if int(inst.category_id) != int(category_id):
+            continue
+        iou = box_iou((x1, y1, x2, y2), inst.box)
+        if iou >= best_iou:
+            best, best_iou = inst, iou
+    if best is not None:
+        inside = np.zeros((height, width), bool)
+        inside[max(0, int(np.floor(y1))):min(height, int(np.ceil(y2))),
+               max(0, int(np.floor(x1))):min(width, int(np.ceil(x2)))] = True
+        mask = np.asarray(best.mask, bool) & inside
+        if mask.any():
+            return mask, "model"
+    return grabcut_mask(image, (x1, y1, x2, y2)), "grabcut"

@@ -1,0 +1,142 @@
+"""The headless API through gradio_client: upload_images, propose, save_annotations, retrain, export_coco."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_synthetic_coco
+from test_app_helpers import free_port, register_tiny_model
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    from app.ui import launch_app
+    from db.coco_import import import_coco
+    from db.engine import open_database
+
+    root = tmp_path_factory.mktemp("api")
+    coco = make_synthetic_coco(root / "coco")
+    db = open_database(root / "data")
+    import_coco(db, coco, coco.parent / "images")
+    version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+    port = free_port()
+    demo = launch_app(db, "127.0.0.1", port, block=False, proposal_min_score=0.0)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
+    finally:
+        demo.close()
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server["url"], verbose=False)
+
+
+def _files(folder):
+    folder.mkdir(exist_ok=True)
+    pixels = np.full((60, 80, 3), 40, np.uint8)
+    pixels[10:30, 10:40] = (220, 40, 40)
+    pixels[35:55, 45:75] = (40, 220, 40)
+    Image.fromarray(pixels).save(folder / "shapes.png")
+    Image.fromarray(pixels).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(60 * 80).reshape(60, 80) * 13).astype(np.uint16)).save(folder / "deep.png")
+    rgba = np.dstack([pixels, np.full((60, 80), 128, np.uint8)])
+    Image.fromarray(rgba).save(folder / "alpha.png")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, ::-1].copy()).save(buffer, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (folder / "notes.txt.png").write_bytes(b"this is not an image")
+    return [folder / n for n in ("shapes.png", "cmyk.jpg", "deep.png", "alpha.png", "truncated.jpg", "notes.txt.png")]
+
+
+def test_upload_images_returns_ids_and_says_why_files_are_refused(client, app_server):
+    from gradio_client import handle_file
+
+    files = _files(app_server["root"] / "uploads")
+    result = client.predict([handle_file(str(f)) for f in files], api_name="/upload_images")
+    assert result["added"] == 4 and result["existing"] == 0 and len(result["image_ids"]) == 4
+    refused = " ".join(result["refused"])
+    assert "truncated.jpg" in refused and "notes.txt.png" in refused and "not an image" in refused
+    again = client.predict([handle_file(str(files[0]))], "val", api_name="/upload_images")
+    assert again["image_ids"] == result["image_ids"][:1] and again["existing"] == 1
+    app_server["uploaded"] = result["image_ids"]
+
+
+def test_propose_then_save_with_conflict_detection(client, app_server):
+    image_id = app_server.get("uploaded", [None])[0]
+    if image_id is None:
+        pytest.skip("needs the upload test")
+    proposed = client.predict(image_id, 0.0, api_name="/propose")
+    assert proposed["image_id"] == image_id and proposed["added"] == len(proposed["instances"]) > 0
+    assert proposed["model_version_id"] == app_server["version"]
+    first = proposed["instances"][0]
+    assert first["review_state"] == "proposed" and first["source"] == "model" and 0 <= first["score"] <= 1
+    assert first["mask"]["size"] == [60, 80] and isinstance(first["mask"]["counts"], str)
+    assert first["category"] in ("car", "ball", "sign")
+    revision = proposed["revision"]
+
+    keep = dict(first, review_state="accepted")
+    drawn = {"category": "ball", "box": [45, 35, 75, 55]}  # box-only
+    painted = {"category_id": 3, "mask": [[10, 10, 40, 10, 40, 30, 10, 30]]}  # a polygon
+    saved = client.predict(image_id, [keep, drawn, painted], revision, api_name="/save_annotations")
+    assert saved["revision"] == revision + 1
+    by_source = sorted((i["source"], i["review_state"], i["mask"] is None) for i in saved["instances"])
+    assert by_source == [("drawn", "accepted", False), ("drawn", "accepted", True), ("model", "accepted", False)]
+    assert any(i["id"] == first["id"] for i in saved["instances"])
+
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="changed by someone else"):  # the revision this client saw is old now
+        client.predict(image_id, [drawn], revision, api_name="/save_annotations")
+    from db.annotations import conflict_versions
+
+    lost = conflict_versions(app_server["db"], image_id)
+    assert len(lost) == 1 and lost[0].snapshot[0]["category_id"] == 7  # the losing version is kept
+    with pytest.raises(AppError, match="no class 'dog'"):
+        client.predict(image_id, [{"category": "dog", "box": [1, 1, 9, 9]}], api_name="/save_annotations")
+
+
+def test_export_coco_defaults_and_reviewed_rle(client, app_server):
+    from pycocotools.coco import COCO
+
+    path = client.predict(api_name="/export_coco")  # polygon, all images
+    data = json.loads(open(path).read())
+    assert data["info"]["mask_format"] == "polygon"
+    assert len(data["images"]) >= 4
+    assert all(isinstance(a["segmentation"], list) for a in data["annotations"] if not a["iscrowd"])
+    reviewed = client.predict("rle", "reviewed", api_name="/export_coco")
+    coco = COCO(reviewed)
+    from db.queries import reviewed_image_ids
+
+    assert set(coco.getImgIds()) == reviewed_image_ids(app_server["db"])
+    masks = [a for a in coco.dataset["annotations"] if not a.get("box_only")]
+    assert masks and all(isinstance(a["segmentation"], dict) for a in masks)
+    assert coco.annToMask(masks[0]).sum() == masks[0]["area"]
+
+
+def test_retrain_waits_for_the_new_version(client, app_server):
+    from db import registry
+
+    before = registry.active_version(app_server["db"]).id
+    job = client.submit("quick", 2, 64, "none", api_name="/retrain")
+    seen = []
+    while not job.done():
+        progress = job.status().progress_data
+        if progress:
+            seen.append((progress[0].index, progress[0].length, progress[0].desc))
+        time.sleep(0.2)
+    result = job.result(timeout=240)
+    assert seen and all("training run" in desc for _, _, desc in seen)
+    assert result["status"] == "succeeded" and result["iterations"] == 2
+    assert result["version_id"] != before and result["active"] is True
+    assert "final_loss" in result["metrics"] and result["history"][-1][0] == 2
+    assert registry.active_version(app_server["db"]).id == result["version_id"]

@@ -1,0 +1,230 @@
+"""Services the UI stands on: classes, proposals, image statuses, reviewed-only export, the UI's handlers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from db import categories, queries
+from db.annotations import ConflictError, InstanceData, get_annotations, save_annotations, set_review_state
+from db.coco_export import export_coco
+from db.coco_import import import_coco
+from db.errors import WorkbenchError
+from test_app_helpers import register_tiny_model
+
+
+@pytest.fixture
+def db(database, synthetic_coco):
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    return database
+
+
+def names(db):
+    return queries.category_names(db)
+
+
+def test_add_rename_and_their_errors(db):
+    new_id = categories.add_category(db, "  person  ")
+    assert new_id == 13 and names(db)[13] == "person"
+    with pytest.raises(WorkbenchError, match="already exists"):
+        categories.add_category(db, "CAR")
+    with pytest.raises(WorkbenchError, match="needs a name"):
+        categories.add_category(db, "   ")
+    categories.rename_category(db, 13, "pedestrian")
+    assert names(db)[13] == "pedestrian"
+    with pytest.raises(WorkbenchError, match="already exists"):
+        categories.rename_category(db, 13, "ball")
+    with pytest.raises(WorkbenchError, match="no class 99"):
+        categories.rename_category(db, 99, "x")
+    categories.rename_category(db, 13, "Pedestrian")  # its own name in another case is fine
+    assert names(db)[13] == "Pedestrian"
+
+
+def test_merge_moves_annotations_and_bumps_revisions(db):
+    before = {c.name: (c.boxes, c.masks) for c in queries.summary(db).categories}
+    revision, _ = get_annotations(db, 1)
+    moved = categories.merge_categories(db, 12, 3)  # sign (box-only) into car
+    assert moved == 4
+    after = {c.name: (c.boxes, c.masks) for c in queries.summary(db).categories}
+    assert "sign" not in after
+    assert after["car"] == (before["car"][0] + 4, before["car"][1])
+    with pytest.raises(ConflictError):  # someone who opened image 1 before the merge
+        save_annotations(db, 1, [], seen_revision=revision)
+    with pytest.raises(WorkbenchError, match="two different"):
+        categories.merge_categories(db, 3, 3)
+
+
+def test_delete_needs_confirmation_when_annotated(db):
+    with pytest.raises(WorkbenchError, match="has 4 annotation"):
+        categories.delete_category(db, 7)
+    assert 7 in names(db)
+    assert categories.delete_category(db, 7, delete_annotations=True) == 4
+    assert 7 not in names(db)
+    empty = categories.add_category(db, "unused")
+    assert categories.delete_category(db, empty) == 0
+
+
+def test_image_status_follows_the_review(db, tmp_path):
+    from db.uploads import add_images
+    from PIL import Image
+
+    path = tmp_path / "new.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(path)
+    new_id = add_images(db, [path]).image_ids[0]
+    assert queries.status_counts(db) == {"new": 1, "proposed": 0, "in review": 0, "done": 4}
+    mask = np.zeros((30, 40), bool)
+    mask[5:15, 5:20] = True
+    save_annotations(db, new_id, [InstanceData(3, mask=mask, source="model", review_state="proposed", score=0.9),
+                                  InstanceData(7, box=(20, 10, 35, 25), source="model", review_state="proposed",
+                                               score=0.4)], seen_revision=0)
+    assert [r["status"] for r in queries.list_images(db, status="proposed")] == ["proposed"]
+    _, rows = get_annotations(db, new_id)
+    set_review_state(db, new_id, [rows[0]["id"]], "accepted")
+    assert queries.list_images(db, status="in review")[0]["id"] == new_id
+    set_review_state(db, new_id, [rows[1]["id"]], "rejected")
+    assert new_id in queries.reviewed_image_ids(db)
+
+
+def test_export_restricted_to_some_images(db, tmp_path):
+    out = tmp_path / "two.json"
+    report = export_coco(db, out, mask_format="rle", image_ids={1, 3})
+    data = json.loads(out.read_text())
+    assert sorted(i["id"] for i in data["images"]) == [1, 3]
+    assert {a["image_id"] for a in data["annotations"]} == {1, 3}
+    assert report.images == 2 and report.annotations == len(data["annotations"]) == 7
+    full = export_coco(db, tmp_path / "all.json")
+    assert full.images == 4 and full.annotations == 13
+
+
+def test_proposals_replace_only_still_proposed_model_annotations(db, tmp_path_factory):
+    from app.workbench import Workbench
+
+    version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+    wb = Workbench(db, proposal_min_score=0.0)
+    first = wb.propose(1)
+    assert first.added > 0
+    _, rows = get_annotations(db, 1)
+    proposed = [r for r in rows if r["review_state"] == "proposed"]
+    assert len(proposed) == first.added
+    assert all(r["source"] == "model" and r["model_version_id"] == version and r["score"] is not None
+               for r in proposed)
+    kept = proposed[0]["id"]
+    set_review_state(db, 1, [kept], "accepted")
+    second = wb.propose(1)
+    assert second.replaced == first.added - 1
+    _, rows = get_annotations(db, 1)
+    assert any(r["id"] == kept and r["review_state"] == "accepted" for r in rows)
+    assert sum(r["source"] == "imported" for r in rows) == 4  # the imported labels are untouched
+
+
+def test_box_mask_from_model_or_grabcut():
+    from mnc_core import Instance
+    from partial_sup.proposals import mask_for_box
+
+    image = np.full((40, 50, 3), 30, np.uint8)
+    image[10:30, 10:30] = 220
+    predicted = np.zeros((40, 50), bool)
+    predicted[8:32, 8:34] = True
+    instance = Instance(category_id=3, score=0.9, box=(8, 8, 34, 32), mask=predicted)
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, [instance])
+    assert source == "model" and mask.sum() == 22 * 22  # the model's mask, kept inside the box
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 7, [instance])  # no instance of class 7
+    assert source == "grabcut" and mask[15:25, 15:25].all() and not mask[:5].any()
+
+
+def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory, tmp_path):
+    """Opening a new image proposes; two people on one image: the second save gets a clear
+    message and a way back to their version."""
+    from PIL import Image
+
+    from app.ui import build_app
+
+    register_tiny_model(db, tmp_path_factory.getbasetemp())
+    demo = build_app(db, proposal_min_score=0.0)
+    ui = demo.ui
+    path = tmp_path / "shapes.png"
+    pixels = np.full((60, 80, 3), 40, np.uint8)
+    pixels[10:30, 10:40] = (220, 40, 40)
+    Image.fromarray(pixels).save(path)
+    new_id = ui.wb.upload([path]).image_ids[0]
+    # open it: the active model's proposals are stored and drawn
+    image_id, title, overlay, table, _, _, revision_a, shown, message, statuses, editor, _ = ui.open(new_id, 0.0)
+    assert image_id == new_id and f"Image {new_id}" in title and "model proposed" in message
+    assert table and all(row[3] == "proposed" and row[4] == "model" for row in table) and len(shown) == len(table)
+    assert len(overlay.value["annotations"]) == len(shown) and editor is None
+    assert ("proposed (1)", "proposed") in statuses.choices
+    first, second = table[0][0], table[1][0]
+    # person B (same revision) accepts one proposal
+    out_b = ui.act(new_id, 0.0, first, lambda: ui.wb.review(new_id, [first], "accepted", revision_a), "ok")
+    assert out_b[7] == "ok" and out_b[5] == revision_a + 1 and "in review" in out_b[0]
+    # person A, still on revision_a, deletes another one: conflict, both versions kept
+    out_a = ui.act(new_id, 0.0, None, lambda: ui.wb.delete_instance(new_id, second, revision_a), "deleted")
+    assert "Conflict" in out_a[7] and "someone else" in out_a[7]
+    assert "lost in conflicts kept" in out_a[0]
+    _, rows = get_annotations(db, new_id)
+    assert any(r["id"] == second for r in rows)  # B's version is what the image shows
+    # A recovers the lost version: the deleted proposal is gone, B's accept is undone with it
+    revision = ui.wb.recover_conflict(new_id, out_a[5])
+    _, rows = get_annotations(db, new_id)
+    assert not any(r["id"] == second for r in rows) and len(rows) == len(table) - 1
+    # accept all above a threshold
+    scores = sorted(r["score"] for r in rows)
+    cut = scores[len(scores) // 2]
+    to_accept = {r["id"] for r in rows if r["review_state"] == "proposed" and r["score"] >= cut}
+    already = {r["id"] for r in rows if r["review_state"] == "accepted"}
+    revision, accepted = ui.wb.accept_all(new_id, cut, revision)
+    _, rows = get_annotations(db, new_id)
+    assert accepted == len(to_accept) > 0
+    assert {r["id"] for r in rows if r["review_state"] == "accepted"} == to_accept | already
+
+
+def test_large_images_are_predicted_downscaled_with_full_size_masks():
+    from app.display import FULL_MASK_BUDGET, predict_scaled
+    from mnc_core import Instance
+
+    seen = []
+
+    def predictor(image, score_threshold=None):
+        seen.append(image.shape)
+        mask = np.zeros(image.shape[:2], bool)
+        mask[10:20, 10:30] = True
+        return [Instance(3, 0.9 - k * 0.01, (10, 10, 30, 20), mask) for k in range(30)]
+
+    huge = predict_scaled(predictor, np.zeros((10000, 10000, 3), np.uint8), 0.0)
+    assert len(huge) == 15 and seen == [(1600, 1600, 3)]  # 15 masks of 100 MB fit in the budget
+    seen.clear()
+    image = np.zeros((3200, 4000, 3), np.uint8)
+    out = predict_scaled(predictor, image, 0.0)
+    assert seen == [(1280, 1600, 3)]
+    assert len(out) == min(30, FULL_MASK_BUDGET // (3200 * 4000)) and out[0].box == (25.0, 25.0, 75.0, 50.0)
+    assert out[0].mask.shape == (3200, 4000) and out[0].mask.sum() == 25 * 50
+    small = np.zeros((300, 400, 3), np.uint8)
+    assert len(predict_scaled(predictor, small, 0.0)) == 30 and seen[-1] == (300, 400, 3)
+
+
+def test_drawn_boxes_and_painted_masks_without_a_model(db):
+    from app.workbench import Workbench
+
+    wb = Workbench(db)
+    revision, before = get_annotations(db, 1)
+    revision, sources = wb.add_boxes(1, [(7, (30.0, 20.0, 55.0, 40.0)), (12, (2.0, 2.0, 20.0, 15.0))],
+                                     box_only=False, seen_revision=revision)
+    assert sources == ["grabcut mask", "grabcut mask"]  # no model yet: GrabCut
+    revision, _ = wb.add_boxes(1, [(12, (40.0, 2.0, 60.0, 12.0))], box_only=True, seen_revision=revision)
+    _, rows = get_annotations(db, 1)
+    new = rows[len(before):]
+    assert [(r["category_id"], r["source"], r["mask"] is None) for r in new] == [
+        (7, "grabcut", False), (12, "grabcut", False), (12, "drawn", True)]
+    painted = np.zeros((48, 64), bool)
+    painted[5:9, 5:30] = True
+    revision = wb.save_mask(1, None, "ball", painted, revision)  # a new painted instance of a class by name
+    revision = wb.save_mask(1, new[0]["id"], None, painted, revision)  # replaces the GrabCut mask
+    _, rows = get_annotations(db, 1)
+    assert sum(r["source"] == "drawn" and r["mask"] is not None and r["mask"].sum() == painted.sum()
+               for r in rows) == 2
+    with pytest.raises(WorkbenchError, match="empty"):
+        wb.save_mask(1, None, "ball", np.zeros((48, 64), bool), revision)
+    with pytest.raises(WorkbenchError, match="no model is trained"):
+        wb.propose(1)
