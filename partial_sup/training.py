@@ -11,7 +11,7 @@ from db import registry
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
-from mnc_core import BackboneWeightsError, MNCConfig, TrainProgress, save_checkpoint, train_model
+from mnc_core import BackboneWeightsError, MNCConfig, TrainProgress, default_lr, save_checkpoint, train_model
 from partial_sup.data import DatabaseDataset
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
@@ -33,10 +33,6 @@ class TrainResult:
         loss = f", final loss {self.final_loss:.3f}" if self.final_loss is not None else ""
         return (f"training run {self.run_id}: {self.iterations} iterations in {self.seconds:.0f} s{loss}; "
                 f"model version {self.version_id} ({self.checkpoint}) is now active")
-
-
-def default_lr(config: MNCConfig) -> float:
-    return 1e-4 if config.optimizer == "adamw" else 0.01
 
 
 def train_from_database(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",

@@ -1,7 +1,6 @@
 """End-to-end gradients (Eq. 5-9), has_mask handling, config round trip, losses and inference shapes."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -127,3 +126,40 @@ def test_detect_outputs(stages, voting):
     assert 0 < d["scores"].numel() <= cfg.detections_per_image
     assert torch.all(d["scores"][:-1] >= d["scores"][1:])
     assert set(d["labels"].tolist()) <= {1, 2}
+
+
+def test_prefix_nms_helpers_equal_torchvision():
+    from torchvision.ops import batched_nms, nms
+
+    from mnc_core.postprocess import batched_nms_top_n
+    from mnc_core.rpn import nms_top_n
+    g = torch.Generator().manual_seed(0)
+    for n in (20, 3000, 15000):
+        xy = torch.rand(n, 2, generator=g) * 500
+        b = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 150 + 5], 1)
+        s = torch.rand(n, generator=g)
+        lab = torch.randint(0, 50, (n,), generator=g)
+        assert torch.equal(nms_top_n(b, s, 0.7, 300), nms(b, s, 0.7)[:300])
+        assert torch.equal(batched_nms_top_n(b, s, lab, 0.3, 100), batched_nms(b, s, lab, 0.3)[:100])
+
+
+@pytest.mark.parametrize("top_n", [None, 10])
+def test_cascade_top_n_limits_stage_4_5_rois(top_n):
+    torch.manual_seed(0)
+    cfg = small_config(cascade_top_n_test=top_n)
+    model = build_model(cfg, 2, backbone_weights="none").eval()
+    images, sizes, _ = _batch(ShapesDataset(1), cfg, idx=(0,))
+    n_props = model.rpn(images, model.backbone(images), sizes)[0][0].shape[0]
+    assert n_props == 64
+    cands = model(images, sizes)[0]
+    assert cands["boxes"].shape[0] == n_props + (n_props if top_n is None else top_n)
+
+
+def test_image_without_instances_trains():
+    ds = ShapesDataset(2)
+    s = ds.samples[1]
+    s.boxes, s.category_ids = s.boxes[:0], s.category_ids[:0]
+    s.masks, s.has_mask = s.masks[:0], s.has_mask[:0]
+    model, losses = _losses(small_config(), ds)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.total_loss(losses).backward()

@@ -80,6 +80,10 @@ def test_predictor_output_contract(trained):
     ious = [(top.mask & m).sum() / (top.mask | m).sum() for m, c in zip(s.masks, s.category_ids) if c == top.category_id]
     assert max(ious) > 0.5
     assert [len(r) for r in pred.predict_batch([img, big], 0.5)] == [len(hi), len(pred(big, 0.5))]
+    gray = pred(img.mean(axis=2).astype(np.uint8), 0.5)  # (H, W) grayscale is accepted
+    assert all(i.mask.shape == img.shape[:2] for i in gray)
+    with pytest.raises(ValueError):
+        pred(img.astype(np.float32))
 
 
 def test_checkpoint_round_trip(trained, tmp_path):

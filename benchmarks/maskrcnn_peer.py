@@ -1,0 +1,185 @@
+"""The peer of the MNC benchmarks: torchvision's Mask R-CNN on MNC's own backbone.
+
+Same body as `mnc_core`'s default backbone: MobileNetV2 `features[:14]` (feature stride 16,
+96 channels, frozen BatchNorm, first 4 `features` modules frozen), then a 1x1 conv to 256
+channels + ReLU, one feature map; same anchors (sizes 32-512, ratios 0.5/1/2), 300 RPN
+proposals at test time, same image sizes. Everything else is torchvision's stock Mask R-CNN
+(RoIAlign 7x7 box head with two 1024-d fcs, 4-conv mask head at 14x14 -> 28x28).
+
+Used by bench_mnc_latency.py (eval-mode latency) and bench_mnc_accuracy.py (training and
+COCO evaluation with the same data as MNC).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "coco_subset"
+
+
+def require(path: Path, what: str) -> Path:
+    """Exit with a clear message when a shared input is absent (data and weights are never in the repo)."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"error: {what} not found at {path}; pass its path explicitly (see --help)")
+    return path
+
+
+class PeerBackbone(nn.Module):
+    """MobileNetV2 features[:14] (stride 16, 96 ch) -> 1x1 conv 256 -> ReLU; like mnc_core.backbone."""
+
+    def __init__(self, weights: str | Path | None, out_channels: int = 256, frozen_blocks: int = 4) -> None:
+        super().__init__()
+        net = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
+        if weights is not None and str(weights).lower() != "none":
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        else:  # same data-independent BN calibration as MNC's random init, so both start alike
+            from mnc_core.backbone import calibrate_frozen_bn
+
+            calibrate_frozen_bn(net.features[:14])
+        self.body = net.features[:14]
+        for i in range(frozen_blocks):
+            for p in self.body[i].parameters():
+                p.requires_grad_(False)
+        self.reduce = nn.Conv2d(96, out_channels, 1)
+        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.reduce.bias)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.reduce(self.body(x)))
+
+
+def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size: int = 600, max_size: int = 1000,
+               box_score_thresh: float = 0.05, detections_per_img: int = 100,
+               rpn_post_nms_top_n_test: int = 300, rpn_pre_nms_top_n_test: int = 6000,
+               rpn_post_nms_top_n_train: int = 2000, box_batch_size_per_image: int = 512) -> MaskRCNN:
+    """torchvision's defaults except the backbone, anchors, single-map RoIAlign, test-time proposal counts
+    and image sizes; `rpn_post_nms_top_n_train` / `box_batch_size_per_image` (training RoI budget) are
+    torchvision's 2000 / 512 unless given (the accuracy benchmark passes MNC's 300 / 64)."""
+    backbone = PeerBackbone(weights)
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    return MaskRCNN(
+        backbone, num_classes=num_classes_with_bg, min_size=min_size, max_size=max_size,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        box_batch_size_per_image=box_batch_size_per_image,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2),
+        box_score_thresh=box_score_thresh, box_detections_per_img=detections_per_img)
+
+
+def image_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]; the model's transform resizes and normalises."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float().div_(255.0)
+
+
+def sample_to_target(sample, cat_to_label: dict[int, int], flip: bool, device) -> tuple[torch.Tensor, dict]:
+    img = image_tensor(sample.image, device)
+    H, W = sample.image.shape[:2]
+    boxes = torch.as_tensor(np.asarray(sample.boxes, np.float32), device=device).reshape(-1, 4)
+    labels = torch.tensor([cat_to_label[int(c)] for c in sample.category_ids], dtype=torch.int64, device=device)
+    masks = torch.as_tensor(np.asarray(sample.masks), device=device).reshape(-1, H, W).to(torch.uint8)
+    if flip:
+        img = img.flip(-1)
+        masks = masks.flip(-1)
+        boxes = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], 1)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    return img, {"boxes": boxes[keep], "labels": labels[keep], "masks": masks[keep]}
+
+
+def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path | None, lr: float = 0.01,
+               momentum: float = 0.9, weight_decay: float = 1e-4, warmup_iters: int = 50,
+               warmup_factor: float = 0.001, lr_steps: tuple[float, ...] = (0.75, 0.9), grad_clip_norm: float = 10.0,
+               hflip_prob: float = 0.5, seed: int = 0, device: str = "cpu",
+               rpn_post_nms_top_n_train: int = 300, box_batch_size_per_image: int = 64,
+               on_progress: Callable[[int, float, float], None] | None = None) -> tuple[MaskRCNN, dict]:
+    """Training RoI budget defaults to MNC's (300 proposals, 64 sampled RoIs per image, 25 % foreground)
+    rather than torchvision's 2000 / 512: on this 2-core CPU the stock budget's mask head (4 convs on up
+    to 128 positives) makes an iteration ~2.5x slower than MNC's. Batch 1 SGD with linear warmup and step decay (MNC's train_model schedule, torchvision's reference
+    optimiser); images drawn in a seeded random order epoch by epoch, horizontal flips; all annotations
+    of the dataset have masks (mask-less ones would be dropped)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    categories = [(int(c), str(n)) for c, n in dataset.categories]
+    cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
+    model = build_peer(len(categories) + 1, weights, min_size=image_size,
+                       max_size=max(image_size, int(image_size * 5 / 3)),
+                       rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+                       box_batch_size_per_image=box_batch_size_per_image).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=lr, momentum=momentum)
+    order: list[int] = []
+    start = time.perf_counter()
+    history = []
+    for it in range(iterations):
+        f = 1.0
+        if it < warmup_iters:
+            a = it / warmup_iters
+            f = warmup_factor * (1 - a) + a
+        for s in lr_steps:
+            if it >= int(s * iterations):
+                f *= 0.1
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+        if not order:
+            order = list(rng.permutation(len(dataset)))
+        s = dataset[int(order.pop())]
+        if not np.asarray(s.has_mask).all():
+            keep = np.asarray(s.has_mask, bool)
+            s = type(s)(image=s.image, boxes=s.boxes[keep], category_ids=s.category_ids[keep], masks=s.masks[keep],
+                        has_mask=s.has_mask[keep], image_id=s.image_id)
+        img, tgt = sample_to_target(s, cat_to_label, bool(rng.random() < hflip_prob), device)
+        losses = model([img], [tgt])
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(total):
+            continue
+        total.backward()
+        if grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
+        opt.step()
+        history.append(float(total.detach()))
+        if on_progress is not None:
+            on_progress(it + 1, history[-1], time.perf_counter() - start)
+    model.eval()
+    tail = history[-20:]
+    return model, {"iterations": iterations, "seconds": time.perf_counter() - start, "categories": categories,
+                   "final_loss": sum(tail) / len(tail) if tail else math.nan}
+
+
+@torch.inference_mode()
+def peer_predict(model: MaskRCNN, image: np.ndarray, categories: list[tuple[int, str]], device="cpu",
+                 mask_thresh: float = 0.5):
+    """-> list of mnc_core.Instance (so partial_sup.inference.instance_to_result applies)."""
+    from mnc_core import Instance
+
+    out = model([image_tensor(image, device)])[0]
+    masks = (out["masks"][:, 0] >= mask_thresh).cpu().numpy()
+    boxes = out["boxes"].cpu().numpy()
+    res = []
+    for i in range(len(out["scores"])):
+        res.append(Instance(category_id=categories[int(out["labels"][i]) - 1][0], score=float(out["scores"][i]),
+                            box=tuple(float(v) for v in boxes[i]), mask=masks[i]))
+    return res

@@ -1,0 +1,130 @@
+"""`MNCConfig`: every hyper-parameter of the model, its training and its inference.
+
+One frozen dataclass, serialisable to plain types (`to_dict`) and back (`from_dict`),
+so a checkpoint can describe the model that it holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MNCConfig:
+    # ---- backbone (feature stride 16) ----
+    backbone: str = "mobilenet_v2"          # "mobilenet_v2" | "resnet50"
+    feature_channels: int = 256             # 1x1 conv after the backbone reduces to this
+    mobilenet_dilated: bool = False         # True: keep blocks 14-17 at stride 16 (dilation 2); False: stop after block 13
+    backbone_frozen_blocks: int = 4         # mobilenet_v2: first N `features` modules frozen; resnet50: 0 none, 1 stem, 2 stem+layer1
+    # ---- stage 1: RPN ----
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # paper: (128, 256, 512) for ~600-1000 px VOC images
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_channels: int = 256
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_size: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_nms_thresh: float = 0.7
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_post_nms_top_n_train: int = 300
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_test: int = 300
+    rpn_min_size: float = 4.0               # proposals smaller than this (input pixels) are dropped
+    # ---- end-to-end box gradients ----
+    detach_proposals: bool = False          # True: torchvision-style detached proposals (no Eq. 9 gradient)
+    proposal_grad_clip: float = 1.0 / 512   # element-wise clip of d(loss)/d(box deltas) flowing back through decoding
+    # ---- stage 2/3 RoI sampling (training) ----
+    roi_batch_size: int = 64                # RoIs per image
+    roi_positive_fraction: float = 0.25
+    roi_fg_iou: float = 0.5
+    roi_bg_iou_lo: float = 0.1              # bg mostly from [lo, fg_iou) ...
+    roi_bg_low_fraction: float = 0.25       # ... and this fraction of the bg quota from [0, lo)
+    # ---- heads ----
+    warp_size: int = 28                     # RoI warp resolution; 2x2 max-pool -> warp_size // 2 (14)
+    mask_size: int = 28                     # m: stage-2 mask resolution (m x m)
+    mask_fc_dim: int = 256
+    mask_pathway_dim: int = 512             # stage-3 fcs on the masked feature
+    box_pathway_dim: int = 512              # stage-3 fcs on the unmasked feature
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # = 1 / stds (0.1, 0.1, 0.2, 0.2)
+    mask_target_thresh: float = 0.4         # GT mask crop binarised at this
+    seg_mask_iou: float = 0.5               # seg_cls positive: box IoU >= roi_fg_iou AND mask IoU >= this
+    # ---- cascade ----
+    num_stages: int = 5                     # 3 or 5 (training structure)
+    inference_stages: int | None = None     # None: same as num_stages
+    cascade_top_n_test: int | None = 100    # inference: stages 4-5 refine only the top-n stage-3 RoIs by
+                                            # foreground score (None: all 300, as in the paper)
+    # ---- loss weights (release: same again for stages 4-5) ----
+    loss_rpn_cls: float = 1.0
+    loss_rpn_box: float = 1.0
+    loss_mask: float = 2.0
+    loss_cls: float = 1.0
+    loss_seg_cls: float = 1.0
+    loss_bbox: float = 1.0
+    loss_cascade: float = 1.0               # multiplier on the stage 4-5 losses
+    # ---- inference ----
+    score_thresh: float = 0.05              # candidates (and default Predictor threshold)
+    nms_thresh: float = 0.3
+    detections_per_image: int = 100
+    mask_voting: bool = True
+    vote_iou_thresh: float = 0.5
+    vote_score_thresh: float = 0.05         # only candidates above this vote (and get pasted)
+    vote_resolution: int = 56               # voting is done on an R x R grid over each survivor's window
+    mask_thresh: float = 0.4
+    # ---- images ----
+    min_size: int = 600                     # short side
+    max_size: int = 1000                    # long side cap
+    size_divisibility: int = 32
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)   # RGB in [0, 1]
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # ---- training ----
+    optimizer: str = "adamw"                # "adamw" | "sgd" (AdamW learns much faster on short budgets; see train.py)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    warmup_factor: float = 0.001
+    lr_steps: tuple[float, ...] = (0.75, 0.9)   # fractions of the iterations where lr *= 0.1
+    grad_clip_norm: float = 10.0
+    hflip_prob: float = 0.5
+    images_per_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("mobilenet_v2", "resnet50"):
+            raise ValueError(f"unknown backbone {self.backbone!r}; use 'mobilenet_v2' or 'resnet50'")
+        if self.num_stages not in (3, 5):
+            raise ValueError("num_stages must be 3 or 5")
+        if self.inference_stages not in (None, 3, 5):
+            raise ValueError("inference_stages must be None, 3 or 5")
+        if self.warp_size % 4 != 0:
+            raise ValueError("warp_size must be a multiple of 4 (two 2x2 max-pools)")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError("optimizer must be 'sgd' or 'adamw'")
+
+    @property
+    def pooled_size(self) -> int:
+        return self.warp_size // 2
+
+    @property
+    def test_stages(self) -> int:
+        return self.num_stages if self.inference_stages is None else self.inference_stages
+
+    def replace(self, **changes: Any) -> "MNCConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MNCConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown MNCConfig fields: {sorted(unknown)}")
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)

@@ -1,0 +1,227 @@
+"""MNC: backbone -> RPN (stage 1) -> mask (stage 2) -> categorise (stage 3) [-> stages 4-5 with shared weights]."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import boxes as box_ops
+
+from .backbone import Backbone, build_backbone
+from .config import MNCConfig
+from .heads import ClassifyHead, MaskHead
+from .losses import box_regression_loss, classification_loss, mask_loss, total_loss
+from .postprocess import postprocess_image
+from .roi_warp import roi_warp_pooled
+from .rpn import RegionProposalNetwork, clip_gradient
+from .targets import ImageTargets, mask_iou_in_roi, mask_targets, match_rois, sample_rois
+
+
+class MNC(nn.Module):
+    """Multi-task Network Cascade.
+
+    forward(images (N, 3, H, W) normalised + padded, image_sizes [(h, w)], targets=None)
+      training: dict of unweighted losses (see `loss_weights` / `total_loss`)
+      eval:     per image dict of raw candidates: boxes (K, 4), scores (K, N+1) seg_cls softmax,
+                mask_probs (K, m, m) (300 from stage 3 + 300 from stage 5)
+    detect(...) additionally runs NMS + mask voting + pasting (see postprocess.py).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, config: MNCConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.rpn = RegionProposalNetwork(
+            backbone.out_channels, c.rpn_channels, c.anchor_sizes, c.anchor_ratios, c.rpn_fg_iou, c.rpn_bg_iou,
+            c.rpn_batch_size, c.rpn_positive_fraction,
+            {"training": c.rpn_pre_nms_top_n_train, "testing": c.rpn_pre_nms_top_n_test},
+            {"training": c.rpn_post_nms_top_n_train, "testing": c.rpn_post_nms_top_n_test},
+            c.rpn_nms_thresh, c.rpn_min_size, c.proposal_grad_clip, c.detach_proposals)
+        self.mask_head = MaskHead(backbone.out_channels, c.pooled_size, c.mask_fc_dim, c.mask_size)
+        self.classify_head = ClassifyHead(backbone.out_channels, c.pooled_size, c.mask_pathway_dim,
+                                          c.box_pathway_dim, num_classes)
+        self.box_coder = det_utils.BoxCoder(weights=tuple(c.bbox_reg_weights))
+        self.spatial_scale = 1.0 / backbone.stride
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        c = self.config
+        return {"rpn_cls": c.loss_rpn_cls, "rpn_box": c.loss_rpn_box, "mask": c.loss_mask, "cls": c.loss_cls,
+                "seg_cls": c.loss_seg_cls, "bbox": c.loss_bbox, "cascade": c.loss_cascade}
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        return total_loss(losses, self.loss_weights)
+
+    # ---- stages 2-3 (and 4-5, same weights) ----
+    def _stages(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """rois: N x (R_i, 4) -> mask_logits (R, m, m), cls (R, N+1), seg_cls (R, N+1), bbox (R, 4(N+1))."""
+        idx = torch.cat([torch.full((r.shape[0], 1), i, dtype=r.dtype, device=r.device) for i, r in enumerate(rois)])
+        rois5 = torch.cat([idx, torch.cat(rois)], dim=1)  # (R, 5)
+        x = roi_warp_pooled(features, rois5, self.config.warp_size, self.spatial_scale)  # (R, C, 14, 14)
+        mask_logits = self.mask_head(x).float()
+        cls, seg, bbox = self.classify_head(x, torch.sigmoid(mask_logits))
+        return mask_logits, cls.float(), seg.float(), bbox.float()
+
+    def _refine(self, rois: list[Tensor], cls: Tensor, bbox: Tensor, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """Stage-3 class-specific regression at the argmax foreground class -> next-stage boxes."""
+        R = cls.shape[0]
+        if R == 0:
+            return [r for r in rois]
+        c = cls.detach()[:, 1:].argmax(dim=1) + 1
+        deltas = bbox.view(R, -1, 4)[torch.arange(R, device=bbox.device), c]  # (R, 4)
+        if self.config.detach_proposals:
+            deltas = deltas.detach()
+        else:
+            deltas = clip_gradient(deltas, self.config.proposal_grad_clip)
+        ref = torch.cat(rois)
+        if self.config.detach_proposals:
+            ref = ref.detach()
+        boxes = self.box_coder.decode_single(deltas, ref)
+        out, start = [], 0
+        for r, size in zip(rois, image_sizes):
+            b = box_ops.clip_boxes_to_image(boxes[start:start + r.shape[0]], size)
+            # keep boxes at least 1 px wide/high (a box regressed onto the border would otherwise
+            # collapse and give infinite box targets)
+            b = torch.stack([b[:, 0], b[:, 1], torch.maximum(b[:, 2], b[:, 0] + 1), torch.maximum(b[:, 3], b[:, 1] + 1)], 1)
+            out.append(b)
+            start += r.shape[0]
+        return out
+
+    def _stage_losses(self, features: Tensor, rois: list[Tensor], targets: list[ImageTargets], suffix: str
+                      ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        c = self.config
+        labels, seg_fg, box_tgts, mask_sel, mask_gt_idx = [], [], [], [], []
+        for r, t in zip(rois, targets):
+            iou, gi = match_rois(r.detach(), t.boxes)
+            fg = iou >= c.roi_fg_iou
+            lab = torch.where(fg, t.labels[gi] if t.labels.numel() else torch.zeros_like(gi), torch.zeros_like(gi))
+            labels.append(lab)
+            seg_fg.append(fg)
+            gt_b = t.boxes[gi] if t.boxes.numel() else r.detach()
+            box_tgts.append(self.box_coder.encode_single(gt_b, r.detach()))
+            hm = t.has_mask[gi] if t.has_mask.numel() else torch.zeros_like(fg)
+            mask_sel.append(fg & hm)
+            mask_gt_idx.append(gi)
+        mask_logits, cls, seg, bbox = self._stages(features, rois)
+        labels_t = torch.cat(labels)
+        sel = torch.cat(mask_sel)
+
+        # mask targets per image (each image has its own GT mask tensor)
+        m_tgts, m_iou_full = [], []
+        for r, t, s, gi, start in zip(rois, targets, mask_sel, mask_gt_idx, _starts(rois)):
+            if s.any():
+                rr = r.detach()[s]
+                tg = mask_targets(t.masks, gi[s], rr, c.mask_size, c.mask_target_thresh)
+                m_tgts.append(tg)
+                probs = torch.sigmoid(mask_logits.detach()[start:start + r.shape[0]][s])
+                areas = t.masks.flatten(1).sum(1).float()[gi[s]]
+                iou = mask_iou_in_roi(probs, tg, rr, areas, c.mask_thresh)
+                full = torch.ones(r.shape[0], device=r.device)  # rois without a GT mask: box criterion only
+                full[s] = iou
+                m_iou_full.append(full)
+            else:
+                m_iou_full.append(torch.ones(r.shape[0], device=r.device))
+        tg_all = torch.cat(m_tgts) if m_tgts else mask_logits.new_zeros((0, c.mask_size, c.mask_size))
+        seg_labels = torch.where(torch.cat(seg_fg) & (torch.cat(m_iou_full) >= c.seg_mask_iou), labels_t,
+                                 torch.zeros_like(labels_t))
+        losses = {
+            "mask" + suffix: mask_loss(mask_logits[sel], tg_all),
+            "cls" + suffix: classification_loss(cls, labels_t),
+            "seg_cls" + suffix: classification_loss(seg, seg_labels),
+            "bbox" + suffix: box_regression_loss(bbox, labels_t, torch.cat(box_tgts)),
+        }
+        return losses, cls, bbox
+
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
+                targets: list[ImageTargets] | None = None):
+        c = self.config
+        features = self.backbone(images)  # (N, C, H/16, W/16)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            proposals, losses = self.rpn(images, features, image_sizes, [t.boxes for t in targets])
+            rois = []
+            for p, t in zip(proposals, targets):
+                cand = torch.cat([p, t.boxes.to(p.dtype)]) if t.boxes.numel() else p  # gt boxes appended
+                iou, _ = match_rois(cand.detach(), t.boxes)
+                keep = sample_rois(iou, c.roi_batch_size, c.roi_positive_fraction, c.roi_fg_iou,
+                                   c.roi_bg_iou_lo, c.roi_bg_low_fraction)
+                rois.append(cand[keep])
+            l23, cls, bbox = self._stage_losses(features, rois, targets, "")
+            losses.update(l23)
+            if c.num_stages == 5:
+                rois2 = self._refine(rois, cls, bbox, image_sizes)
+                l45, _, _ = self._stage_losses(features, rois2, targets, "_s45")
+                losses.update(l45)
+            return losses
+        return self._candidates(images, features, image_sizes)
+
+    def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        proposals, _ = self.rpn(images, features, image_sizes)
+        mask_logits, cls, seg, bbox = self._stages(features, proposals)
+        boxes, scores, masks = [torch.cat(proposals)], [F.softmax(seg, -1)], [torch.sigmoid(mask_logits)]
+        counts = [p.shape[0] for p in proposals]
+        parts = [(boxes[0], scores[0], masks[0], counts)]
+        if self.config.test_stages == 5:
+            rois2 = self._refine(proposals, cls, bbox, image_sizes)
+            top_n = self.config.cascade_top_n_test
+            if top_n is not None:  # refine only the most object-like RoIs of each image
+                fg = F.softmax(cls, -1)[:, 1:].amax(dim=1) if cls.shape[0] else cls.new_zeros(0)
+                sel, start = [], 0
+                for r in rois2:
+                    n = r.shape[0]
+                    sel.append(fg[start:start + n].topk(min(top_n, n)).indices)
+                    start += n
+                rois2 = [r[i] for r, i in zip(rois2, sel)]
+            mask_logits2, _, seg2, _ = self._stages(features, rois2)
+            parts.append((torch.cat(rois2), F.softmax(seg2, -1), torch.sigmoid(mask_logits2), [r.shape[0] for r in rois2]))
+        out = []
+        starts = [_starts_from_counts(p[3]) for p in parts]
+        for i in range(len(proposals)):
+            sl = [slice(st[i], st[i] + p[3][i]) for p, st in zip(parts, starts)]
+            out.append({"boxes": torch.cat([p[0][s] for p, s in zip(parts, sl)]).detach(),
+                        "scores": torch.cat([p[1][s] for p, s in zip(parts, sl)]).detach(),
+                        "mask_probs": torch.cat([p[2][s] for p, s in zip(parts, sl)]).detach()})
+        return out
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]] | None = None,
+               score_thresh: float | None = None) -> list[dict[str, Tensor]]:
+        """Eval-mode inference + post-processing. Returns per image: boxes (D, 4) in original pixels,
+        scores (D,), labels (D,) class indices 1..N, masks (D, H0, W0) bool; sorted by score desc."""
+        was_training = self.training
+        self.eval()
+        try:
+            cands = self.forward(images, image_sizes)
+        finally:
+            self.train(was_training)
+        original_sizes = original_sizes or image_sizes
+        return [postprocess_image(cd["boxes"].float(), cd["scores"].float(), cd["mask_probs"].float(), size, orig,
+                                  self.config, score_thresh)
+                for cd, size, orig in zip(cands, image_sizes, original_sizes)]
+
+
+def _starts_from_counts(counts: list[int]) -> list[int]:
+    out, s = [], 0
+    for c in counts:
+        out.append(s)
+        s += c
+    return out
+
+
+def _starts(rois: list[Tensor]) -> list[int]:
+    out, s = [], 0
+    for r in rois:
+        out.append(s)
+        s += r.shape[0]
+    return out
+
+
+def build_model(config: MNCConfig, num_classes: int, backbone_weights: str | None = None) -> MNC:
+    """backbone_weights: None = torchvision ImageNet weights via the weights API (clear error offline),
+    "none" = explicit random init, or a path to a .pth state dict."""
+    backbone = build_backbone(config.backbone, config.feature_channels, backbone_weights,
+                              dilated=config.mobilenet_dilated, frozen_blocks=config.backbone_frozen_blocks)
+    return MNC(backbone, num_classes, config)

@@ -1,0 +1,79 @@
+"""Predictor: numpy RGB image in, list of `Instance` (full-size boolean masks) out."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import MNCConfig
+from .model import MNC
+from .preprocess import batch_images, image_to_tensor, resized_shape
+
+
+@dataclass
+class Instance:
+    category_id: int
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
+    mask: np.ndarray                         # (H, W) bool, full original image
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    def __init__(self, model: MNC, config: MNCConfig, categories: list[tuple[int, str]],
+                 device: str | torch.device | None = None) -> None:
+        if len(categories) != model.num_classes:
+            raise ValueError(f"{len(categories)} categories for a model with {model.num_classes} classes")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.categories = [(int(c), str(n)) for c, n in categories]
+
+    @classmethod
+    def from_checkpoint(cls, path, device=None) -> "Predictor":
+        dev = torch.device(device) if device is not None else default_device()
+        model, config, categories, _ = load_checkpoint(path, device=dev)
+        return cls(model, config, categories, dev)
+
+    def __call__(self, image: np.ndarray, score_threshold: float | None = None) -> list[Instance]:
+        return self.predict_batch([image], score_threshold)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: list[np.ndarray], score_threshold: float | None = None) -> list[list[Instance]]:
+        if not images:
+            return []
+        c = self.config
+        tensors, sizes, originals = [], [], []
+        for im in images:
+            im = np.asarray(im)
+            if im.ndim == 2:
+                im = np.repeat(im[:, :, None], 3, axis=2)
+            if im.ndim != 3 or im.shape[2] != 3:
+                raise ValueError(f"expected an (H, W, 3) RGB image, got shape {im.shape}")
+            if im.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 image, got {im.dtype}")
+            H, W = im.shape[:2]
+            h, w, _ = resized_shape(H, W, c.min_size, c.max_size)
+            tensors.append(image_to_tensor(im, (h, w), c.pixel_mean, c.pixel_std, self.device))
+            sizes.append((h, w))
+            originals.append((H, W))
+        batch = batch_images(tensors, c.size_divisibility)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        with amp:
+            dets = self.model.detect(batch, sizes, originals, score_thresh=score_threshold)
+        out = []
+        for d in dets:
+            boxes = d["boxes"].float().cpu().numpy()
+            scores = d["scores"].float().cpu().numpy()
+            labels = d["labels"].cpu().numpy()
+            masks = d["masks"].cpu().numpy()
+            order = np.argsort(-scores, kind="stable")
+            out.append([Instance(category_id=self.categories[int(labels[i]) - 1][0], score=float(scores[i]),
+                                 box=tuple(float(v) for v in boxes[i]), mask=masks[i]) for i in order])
+        return out

@@ -1,0 +1,110 @@
+"""Differentiable RoI warping (MNC paper, Eq. 6-9).
+
+`roi_warp` crops and bilinearly resamples each box of a feature map to a fixed
+P x P grid. Sample positions follow torchvision's RoIAlign with `aligned=True`
+and `sampling_ratio=1` (one sample at each bin centre, pixel centres at integer
+coordinates after subtracting 0.5), so for boxes whose samples lie inside the map
+the forward equals `roi_align(..., sampling_ratio=1, aligned=True)`.
+
+Unlike `roi_align`, the result is differentiable w.r.t. the box coordinates: the
+sampling grid is built from the boxes without detaching them and fed to
+`grid_sample`, whose bilinear kernel kappa(.) = max(0, 1 - |.|) is exactly the paper's
+Eq. 8, so autograd yields Eq. 9. Border convention: `padding_mode='zeros'` (samples
+fade linearly to 0 within one pixel outside the map and are 0 beyond); RoIAlign
+instead replicates the border for samples in [-1, 0) and 0 beyond -1, so the two
+differ only for samples within one feature pixel outside the map.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def max_pool_2x2(x: Tensor) -> Tensor:
+    """2x2 / stride-2 max-pool over the last two dims (both even). Without autograd it is the max of four
+    strided views, ~8x faster on CPU than max_pool2d for the tall (1, C, K*P, P) warp output; with
+    autograd it is F.max_pool2d (whose index-based backward is the fastest option measured)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.max_pool2d(x, kernel_size=2, stride=2)
+    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
+def _sampling_grid(boxes: Tensor, height: int, width: int, output_size: int, spatial_scale: float) -> Tensor:
+    """boxes (K, 4) image pixels -> grid (K, P, P, 2) in grid_sample's normalised coordinates."""
+    P = output_size
+    x1 = boxes[:, 0] * spatial_scale - 0.5
+    y1 = boxes[:, 1] * spatial_scale - 0.5
+    bin_w = (boxes[:, 2] - boxes[:, 0]) * spatial_scale / P  # (K,)
+    bin_h = (boxes[:, 3] - boxes[:, 1]) * spatial_scale / P
+    centres = torch.arange(P, device=boxes.device, dtype=boxes.dtype) + 0.5  # (P,)
+    xs = x1[:, None] + centres[None, :] * bin_w[:, None]  # (K, P) feature-pixel coords
+    ys = y1[:, None] + centres[None, :] * bin_h[:, None]
+    # align_corners=False: pixel coordinate p <-> normalised (2p + 1) / W - 1
+    gx = (2.0 * xs + 1.0) / width - 1.0
+    gy = (2.0 * ys + 1.0) / height - 1.0
+    K = boxes.shape[0]
+    return torch.stack((gx[:, None, :].expand(K, P, P), gy[:, :, None].expand(K, P, P)), dim=-1)
+
+
+def _warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float, pool: bool) -> Tensor:
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"boxes must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
+    N, C, H, W = features.shape
+    P = output_size
+    Q = P // 2 if pool else P
+    K = boxes.shape[0]
+    if K == 0:
+        return features.new_zeros((0, C, Q, Q))
+    boxes = boxes.to(features.dtype) if boxes.dtype != features.dtype and not torch.is_autocast_enabled() else boxes
+    # channels-last makes grid_sample's per-sample work contiguous across channels (~15-30% less
+    # CPU time forward + backward); the conversion of the (N, C, h, w) map is negligible.
+    if features.device.type == "cpu":
+        features = features.contiguous(memory_format=torch.channels_last)
+    batch_idx = boxes[:, 0].detach().long()  # (K,)
+    coords = boxes[:, 1:]
+    outs: list[Tensor] = []
+    order: list[Tensor] = []
+    groups = [torch.arange(K, device=boxes.device)] if N == 1 else [
+        (batch_idx == b).nonzero().squeeze(1) for b in range(N)]
+    for b, idx in enumerate(groups):
+        k = idx.numel()
+        if k == 0:
+            continue
+        c = coords if N == 1 else coords[idx]
+        grid = _sampling_grid(c, H, W, P, spatial_scale).to(features.dtype)  # (k, P, P, 2)
+        # All RoIs of one image in one call: grid (1, k*P, P, 2) -> out (1, C, k*P, P).
+        out = F.grid_sample(features[b:b + 1], grid.reshape(1, k * P, P, 2), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        if pool:  # 2x2 windows never straddle two RoIs since P is even
+            out = max_pool_2x2(out)
+        outs.append(out.reshape(C, k, Q, Q).permute(1, 0, 2, 3))
+        order.append(idx)
+    result = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+    if N == 1:
+        return result.contiguous()
+    perm = torch.cat(order)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(K, device=perm.device)
+    return result[inv].contiguous()
+
+
+def roi_warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float) -> Tensor:
+    """Differentiable RoI warp.
+
+    features: (N, C, H, W); boxes: (K, 5) rows [batch_index, x1, y1, x2, y2] in input-image
+    pixels; returns (K, C, output_size, output_size). Gradients flow to features and boxes.
+    """
+    return _warp(features, boxes, output_size, spatial_scale, pool=False)
+
+
+def roi_warp_pooled(features: Tensor, boxes: Tensor, warp_size: int, spatial_scale: float) -> Tensor:
+    """roi_warp to warp_size x warp_size followed by a 2x2 max-pool (paper: 28 -> 14).
+
+    Equal to `F.max_pool2d(roi_warp(...), 2)` but pools before the per-RoI transpose, so the
+    (K, C, 28, 28) tensor is never copied. Returns (K, C, warp_size // 2, warp_size // 2).
+    """
+    if warp_size % 2:
+        raise ValueError("warp_size must be even")
+    return _warp(features, boxes, warp_size, spatial_scale, pool=True)

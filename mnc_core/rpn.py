@@ -1,0 +1,149 @@
+"""Stage 1: region proposal network whose proposals stay attached to the box-delta conv.
+
+torchvision's RPN detaches its proposals; here the decoded boxes keep their autograd
+history so that stage 2-5 losses reach `bbox_pred` through the differentiable RoI warp
+(paper Eq. 5-9). Only the *selection* (top-k, NMS, small-box removal) uses detached values.
+
+Gradient safety (following the released Caffe code, which clipped the gradient mapped back
+onto the RPN deltas to +-1/512 and zeroed it for clipped boxes):
+- `clip_gradient(deltas, c)` is an identity whose backward clamps each element of
+  d(loss)/d(delta) to [-c, c]. c defaults to 1/512: RPN box loss is normalised by the 256
+  sampled anchors, so its own per-element gradient is at most ~1/256; the downstream signal
+  may steer the deltas but never dominates the RPN's own regression target.
+- box coordinates clamped to the image (`clip_boxes_to_image` uses clamp) and dw/dh clamped
+  at log(1000/16) get zero gradient, i.e. clipped boxes send nothing back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import boxes as box_ops
+
+from .losses import rpn_losses
+
+
+class _ClipGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, limit: float) -> Tensor:  # type: ignore[override]
+        ctx.limit = limit
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return grad.clamp(-ctx.limit, ctx.limit), None
+
+
+def clip_gradient(x: Tensor, limit: float) -> Tensor:
+    """Identity forward; backward clamps every gradient element to [-limit, limit] (limit <= 0: off)."""
+    if limit <= 0 or not x.requires_grad:
+        return x
+    return _ClipGradient.apply(x, limit)
+
+
+def nms_top_n(boxes: Tensor, scores: Tensor, iou_thresh: float, top_n: int) -> Tensor:
+    """`nms(boxes, scores, iou_thresh)[:top_n]`, computed exactly but faster: greedy NMS decides each box
+    from higher-scored boxes only, so NMS over a score-sorted prefix gives the same first kept boxes;
+    grow the prefix until it yields top_n boxes (12000 boxes -> usually one pass over ~2000)."""
+    order = scores.argsort(descending=True)
+    n = order.numel()
+    m = min(n, max(1000, 6 * top_n))
+    while True:
+        idx = order[:m]
+        keep = box_ops.nms(boxes[idx], scores[idx], iou_thresh)
+        if keep.numel() >= top_n or m == n:
+            return idx[keep[:top_n]]
+        m = min(n, m * 4)
+
+
+class RPNHead(nn.Module):
+    """3x3 conv -> ReLU -> (objectness (N, A, h, w), deltas (N, 4A, h, w))."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_anchors: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(mid_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(mid_channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        t = F.relu(self.conv(x))
+        return self.cls_logits(t), self.bbox_pred(t)
+
+
+class RegionProposalNetwork(nn.Module):
+    def __init__(self, in_channels: int, mid_channels: int, anchor_sizes: tuple[int, ...],
+                 anchor_ratios: tuple[float, ...], fg_iou: float, bg_iou: float, batch_size: int,
+                 positive_fraction: float, pre_nms_top_n: dict[str, int], post_nms_top_n: dict[str, int],
+                 nms_thresh: float, min_size: float, grad_clip: float, detach_proposals: bool) -> None:
+        super().__init__()
+        self.anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_ratios),))
+        self.num_anchors = len(anchor_sizes) * len(anchor_ratios)
+        self.head = RPNHead(in_channels, mid_channels, self.num_anchors)
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.matcher = det_utils.Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size, positive_fraction)
+        self.pre_nms_top_n = dict(pre_nms_top_n)
+        self.post_nms_top_n = dict(post_nms_top_n)
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.grad_clip = grad_clip
+        self.detach_proposals = detach_proposals
+
+    def _mode(self) -> str:
+        return "training" if self.training else "testing"
+
+    def forward(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
+                gt_boxes: list[Tensor] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """images (N, 3, Hp, Wp) padded batch (only its shape is used); features (N, C, h, w).
+        Returns proposals [(P_i, 4) input pixels, attached unless detach_proposals] and losses."""
+        objectness, deltas = self.head(features)  # (N, A, h, w), (N, 4A, h, w)
+        N, A, h, w = objectness.shape
+        objectness = objectness.permute(0, 2, 3, 1).reshape(N, -1).float()  # (N, hwA)
+        deltas = deltas.view(N, A, 4, h, w).permute(0, 3, 4, 1, 2).reshape(N, -1, 4).float()  # (N, hwA, 4)
+        anchors = self.anchor_generator(ImageList(images, image_sizes), [features])  # N x (hwA, 4)
+
+        proposals: list[Tensor] = []
+        pre_n = self.pre_nms_top_n[self._mode()]
+        post_n = self.post_nms_top_n[self._mode()]
+        for i in range(N):
+            obj_i = objectness[i].detach()
+            k = min(pre_n, obj_i.numel())
+            top = obj_i.topk(k).indices  # (k,)
+            d = deltas[i, top]
+            d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip)
+            boxes = self.box_coder.decode_single(d, anchors[i][top])  # (k, 4), differentiable
+            boxes = box_ops.clip_boxes_to_image(boxes, image_sizes[i])
+            bd = boxes.detach()
+            keep = box_ops.remove_small_boxes(bd, self.min_size)
+            keep = keep[nms_top_n(bd[keep], obj_i[top][keep], self.nms_thresh, post_n)]
+            proposals.append(boxes[keep])
+
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if gt_boxes is None:
+                raise ValueError("gt_boxes are required in training")
+            labels, targets = self._targets(anchors, gt_boxes)
+            losses = rpn_losses(objectness, deltas, labels, targets, self.sampler)
+        return proposals, losses
+
+    @torch.no_grad()
+    def _targets(self, anchors: list[Tensor], gt_boxes: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        labels, targets = [], []
+        for a, g in zip(anchors, gt_boxes):
+            if g.numel() == 0:
+                labels.append(torch.zeros(a.shape[0], device=a.device))
+                targets.append(torch.zeros_like(a))
+                continue
+            idx = self.matcher(box_ops.box_iou(g, a))  # (hwA,) gt index, -1 bg, -2 ignore
+            lab = (idx >= 0).float()
+            lab[idx == self.matcher.BELOW_LOW_THRESHOLD] = 0.0
+            lab[idx == self.matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels.append(lab)
+            targets.append(self.box_coder.encode_single(g[idx.clamp(min=0)], a))
+        return labels, targets

@@ -1,0 +1,75 @@
+"""Training targets for stages 2-5: RoI matching, sampling, box/mask targets, mask-IoU labels.
+
+All functions take detached boxes and return tensors without gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, roi_align
+
+
+@dataclass
+class ImageTargets:
+    """Per-image ground truth at network-input scale."""
+    boxes: Tensor      # (G, 4) float
+    labels: Tensor     # (G,) int64 class indices 1..N
+    masks: Tensor      # (G, H, W) uint8; rows without a mask are 0
+    has_mask: Tensor   # (G,) bool
+
+
+@torch.no_grad()
+def match_rois(rois: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """rois (R, 4), gt_boxes (G, 4) -> (max IoU (R,), matched gt index (R,); 0 when G == 0)."""
+    R = rois.shape[0]
+    if gt_boxes.shape[0] == 0 or R == 0:
+        return rois.new_zeros(R), torch.zeros(R, dtype=torch.long, device=rois.device)
+    iou, idx = box_iou(rois, gt_boxes).max(dim=1)
+    return iou, idx
+
+
+@torch.no_grad()
+def sample_rois(max_iou: Tensor, batch_size: int, positive_fraction: float, fg_iou: float,
+                bg_iou_lo: float, bg_low_fraction: float) -> Tensor:
+    """Indices of a sample: <= batch_size * positive_fraction with IoU >= fg_iou, the rest background,
+    mostly from [bg_iou_lo, fg_iou) and a `bg_low_fraction` share from [0, bg_iou_lo)."""
+    def pick(idx: Tensor, n: int) -> Tensor:
+        return idx[torch.randperm(idx.numel(), device=idx.device)[:n]]
+
+    fg = torch.where(max_iou >= fg_iou)[0]
+    bg_hi = torch.where((max_iou >= bg_iou_lo) & (max_iou < fg_iou))[0]
+    bg_lo = torch.where(max_iou < bg_iou_lo)[0]
+    n_fg = min(int(round(batch_size * positive_fraction)), fg.numel())
+    n_bg = batch_size - n_fg
+    n_lo = min(int(round(n_bg * bg_low_fraction)), bg_lo.numel())
+    n_hi = min(n_bg - n_lo, bg_hi.numel())
+    n_lo = min(n_bg - n_hi, bg_lo.numel())
+    return torch.cat([pick(fg, n_fg), pick(bg_hi, n_hi), pick(bg_lo, n_lo)])
+
+
+@torch.no_grad()
+def mask_targets(gt_masks: Tensor, gt_index: Tensor, rois: Tensor, mask_size: int, thresh: float) -> Tensor:
+    """GT masks (G, H, W) cropped to rois (F, 4) of their matched gt (gt_index (F,)), resized to
+    (F, m, m) and binarised at `thresh`. roi_align is fine here: targets need no box gradient."""
+    if rois.shape[0] == 0:
+        return rois.new_zeros((0, mask_size, mask_size))
+    r = torch.cat([gt_index.to(rois.dtype)[:, None], rois], dim=1)
+    crops = roi_align(gt_masks[:, None].float(), r, (mask_size, mask_size), 1.0, sampling_ratio=2, aligned=True)
+    return (crops[:, 0] >= thresh).float()
+
+
+@torch.no_grad()
+def mask_iou_in_roi(mask_probs: Tensor, targets: Tensor, rois: Tensor, gt_areas: Tensor, thresh: float) -> Tensor:
+    """Approximate full-image mask IoU between predicted masks (F, m, m) (binarised at `thresh`, living
+    inside their RoI) and GT masks: intersection and predicted area from the RoI grid (scaled by the
+    RoI's pixel area), GT area from the full GT mask (gt_areas (F,)), so GT outside the RoI counts."""
+    if rois.shape[0] == 0:
+        return rois.new_zeros(0)
+    pred = (mask_probs >= thresh).float()
+    area = ((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])).clamp(min=1e-6)
+    inter = (pred * targets).mean(dim=(1, 2)) * area
+    pred_area = pred.mean(dim=(1, 2)) * area
+    union = (pred_area + gt_areas - inter).clamp(min=1e-6)
+    return inter / union

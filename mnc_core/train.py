@@ -1,0 +1,178 @@
+"""train_model: AdamW (default) or SGD with momentum, linear warmup + step decay, horizontal flips,
+gradient-norm clipping, batch of `images_per_batch` images (1 by default).
+
+Optimizer choice (measured here, 2-core CPU): memorising the synthetic shapes from random init, AdamW
+(lr 1e-3) reaches mask AP50 1.0 in 200-300 iterations where SGD (lr 0.01-0.03, momentum 0.9) is still
+near 0 (classification loss stuck at ~0.5); on 8 COCO photos from ImageNet MobileNetV2 weights AdamW
+at 400 px, 300 iterations: mask AP50 0.47 at lr 3e-4, 0.38 at lr 1e-4 (same photos, train = eval).
+"""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint
+from .config import MNCConfig
+from .data import InstanceDataset, Sample, validate_sample
+from .model import MNC, build_model
+from .preprocess import batch_images, image_to_tensor, resized_shape
+from .targets import ImageTargets
+
+
+@dataclass
+class TrainProgress:
+    iteration: int
+    iterations: int
+    losses: dict[str, float]
+    seconds: float  # elapsed
+
+
+def default_lr(config: MNCConfig) -> float:
+    """Per-image learning rate for the configured optimizer (AdamW 3e-4: on 8 COCO photos at 400 px,
+    300 iterations gave mask AP50 0.47 vs 0.38 at 1e-4)."""
+    return 3e-4 if config.optimizer == "adamw" else 0.01
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def prepare_sample(sample: Sample, cat_to_label: dict[int, int], config: MNCConfig, flip: bool,
+                   device: torch.device) -> tuple[torch.Tensor, tuple[int, int], ImageTargets]:
+    """Sample -> normalised (3, h, w) image at the training scale + targets at that scale."""
+    validate_sample(sample)
+    H, W = sample.image.shape[:2]
+    h, w, _ = resized_shape(H, W, config.min_size, config.max_size)
+    sx, sy = w / W, h / H
+    img = image_to_tensor(sample.image, (h, w), config.pixel_mean, config.pixel_std, device)
+    boxes = torch.as_tensor(np.asarray(sample.boxes, dtype=np.float32), device=device).reshape(-1, 4)
+    boxes = boxes * torch.tensor([sx, sy, sx, sy], device=device)
+    try:
+        labels = torch.tensor([cat_to_label[int(c)] for c in sample.category_ids], dtype=torch.long, device=device)
+    except KeyError as e:
+        raise ValueError(f"image {sample.image_id}: category id {e.args[0]} is not in dataset.categories") from None
+    has_mask = torch.as_tensor(np.asarray(sample.has_mask, dtype=bool), device=device).reshape(-1)
+    K = boxes.shape[0]
+    if K:
+        m = torch.as_tensor(np.asarray(sample.masks, dtype=bool), device=device).reshape(K, H, W)
+        m = m & has_mask[:, None, None]
+        masks = (F.interpolate(m[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0] >= 0.5)
+        masks = masks.to(torch.uint8)
+    else:
+        masks = torch.zeros((0, h, w), dtype=torch.uint8, device=device)
+    if flip:
+        img = img.flip(-1)
+        masks = masks.flip(-1)
+        boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    ok = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    t = ImageTargets(boxes=boxes[ok], labels=labels[ok], masks=masks[ok], has_mask=has_mask[ok])
+    return img, (h, w), t
+
+
+def _lr_factor(it: int, iterations: int, config: MNCConfig) -> float:
+    f = 1.0
+    if it < config.warmup_iters:
+        a = it / max(1, config.warmup_iters)
+        f = config.warmup_factor * (1 - a) + a
+    for s in config.lr_steps:
+        if it >= int(s * iterations):
+            f *= 0.1
+    return f
+
+
+def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, device: str | None = None,
+                seed: int = 0, lr: float | None = None, backbone_weights: str | None = None,
+                on_progress: Callable[[TrainProgress], None] | None = None,
+                should_stop: Callable[[], bool] | None = None,
+                init_checkpoint: str | None = None) -> tuple[MNC, dict]:
+    """Train an MNC on `dataset`; returns (model in eval mode, summary).
+
+    backbone_weights: None = torchvision ImageNet weights (weights API; clear error offline),
+    "none" = random init, or a path to a .pth state dict. Ignored with init_checkpoint (whose
+    categories must equal dataset.categories). lr: None = `default_lr(config)` (AdamW 3e-4, SGD 0.01)."""
+    if iterations < 0:
+        raise ValueError("iterations must be >= 0")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    lr = default_lr(config) if lr is None else float(lr)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    categories = [(int(c), str(n)) for c, n in dataset.categories]
+    cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
+    if init_checkpoint is not None:
+        model, _, ck_cats, _ = load_checkpoint(init_checkpoint, device=dev)
+        if [c for c, _ in ck_cats] != [c for c, _ in categories]:
+            raise ValueError(f"{init_checkpoint}: its categories {ck_cats} differ from the dataset's {categories}")
+    else:
+        model = build_model(config, len(categories), backbone_weights)
+    model.to(dev).train()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+
+    order: list[int] = []
+    start = time.perf_counter()
+    done, stopped, skipped = 0, False, 0
+    history: list[dict[str, float]] = []
+    for it in range(iterations):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr * _lr_factor(it, iterations, config)
+        imgs, sizes, tgts = [], [], []
+        for _ in range(config.images_per_batch):
+            if not order:
+                order = list(rng.permutation(len(dataset)))
+            s = dataset[int(order.pop())]
+            img, size, t = prepare_sample(s, cat_to_label, config, bool(rng.random() < config.hflip_prob), dev)
+            imgs.append(img)
+            sizes.append(size)
+            tgts.append(t)
+        batch = batch_images(imgs, config.size_divisibility)
+        with amp:
+            losses = model(batch, sizes, tgts)
+        total = model.total_loss(losses)
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(total):
+            skipped += 1
+            if skipped > max(10, iterations // 10):
+                raise FloatingPointError(f"loss is not finite ({total.item()}) at iteration {it}; lower the lr")
+            continue
+        total.backward()
+        if config.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
+        opt.step()
+        done = it + 1
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        vals["total"] = float(total.detach())
+        history.append(vals)
+        if on_progress is not None:
+            on_progress(TrainProgress(iteration=done, iterations=iterations, losses=vals,
+                                      seconds=time.perf_counter() - start))
+    model.eval()
+    tail = history[-20:]
+    final = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
+    summary = {"iterations": done, "iterations_requested": iterations, "stopped_early": stopped,
+               "final_losses": final, "seconds": time.perf_counter() - start, "device": str(dev),
+               "skipped_steps": skipped, "seed": seed, "lr": lr}
+    return model, summary
