@@ -7,9 +7,6 @@ failure are written to the test's temporary folder (its path is printed)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import COCO_SUBSET, make_synthetic_coco
-from test_app_helpers import free_port, register_tiny_model
-from test_serve import wait_for
+from test_app_helpers import register_tiny_model
+from test_serve import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,18 +48,10 @@ def workbench(tmp_path, tmp_path_factory):
     db = open_database(data_dir)
     import_coco(db, coco, coco.parent / "images")
     register_tiny_model(db, tmp_path_factory.getbasetemp())
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), WORKBENCH_PROPOSAL_MIN_SCORE="0")
-    process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
-                                "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(url, process)
-        yield url, db
+        with serving(data_dir, WORKBENCH_PROPOSAL_MIN_SCORE="0") as url:
+            yield url, db
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         db.close()
 
 

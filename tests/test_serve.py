@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from test_app_helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
@@ -35,13 +31,10 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 90) -> None:
     raise AssertionError(f"{url} did not answer in {seconds} s")
 
 
-@pytest.fixture
-def server(tmp_path, synthetic_coco):
-    data_dir = tmp_path / "wb"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, str(ROOT / "launch.py"), "import-coco", str(synthetic_coco), "--images",
-                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir)], check=True, env=env,
-                   capture_output=True)
+@contextlib.contextmanager
+def serving(data_dir: Path, **env_extra: str):
+    """`python launch.py serve` on a free loopback port as a subprocess; yields its URL."""
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), **env_extra)
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
                                 "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
@@ -53,6 +46,17 @@ def server(tmp_path, synthetic_coco):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path, synthetic_coco):
+    data_dir = tmp_path / "wb"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, str(ROOT / "launch.py"), "import-coco", str(synthetic_coco), "--images",
+                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir)], check=True, env=env,
+                   capture_output=True)
+    with serving(data_dir) as url:
+        yield url
 
 
 def test_serve_lists_images_categories_and_counts(server):
