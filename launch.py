@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     result = train_from_database(
         _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
-        show_progress=True, run_id=args.run_id)
+        mode=args.mode, mask_head=args.mask_head, init=args.init, show_progress=True, run_id=args.run_id)
     print(result.summary())
     return 0
 
@@ -86,7 +86,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from db import registry
+    from db import queries, registry
 
     db = _open(args)
     if args.activate is not None:
@@ -96,7 +96,7 @@ def cmd_models(args) -> int:
     if not versions:
         print("no model versions yet: `python launch.py train` makes one")
     for v in versions:
-        metrics = ", ".join(f"{k} {val:.3f}" if isinstance(val, float) else f"{k} {val}" for k, val in v.metrics.items())
+        metrics = ", ".join(f"{header} {text}" for header, text in queries.version_metrics(v.metrics).items())
         print(f"{'*' if v.is_active else ' '} v{v.id:<4} {v.created_at:%Y-%m-%d %H:%M}  {v.name}  [{metrics}]  {v.checkpoint_path}")
     return 0
 
@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    train.add_argument("--mode", choices=["full", "heads"], default="full",
+                       help="full: end-to-end (default); heads: frozen backbone with cached features, the fast "
+                            "path on a CPU")
+    train.add_argument("--mask-head", choices=["transfer", "agnostic", "none"], default="transfer",
+                       help="transfer (default): Mask^X weight transfer, so box-only classes get masks; agnostic: "
+                            "the class-agnostic baseline; none: plain MNC masks")
+    train.add_argument("--init", choices=["auto", "active", "backbone"], default="auto",
+                       help="start from the active model version (active), from the backbone weights (backbone), "
+                            "or the active one when it has the same architecture (auto, default)")
     train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run (background training)
     train.set_defaults(func=cmd_train)
 

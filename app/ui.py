@@ -33,10 +33,11 @@ from partial_sup import service  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-CATEGORY_HEADERS = ["id", "name", "boxes", "masks", "supervision"]
+CATEGORY_HEADERS = ["id", "name", "train box-only", "train masks", "set"]  # accepted, non-crowd, train split
 IMAGE_HEADERS = ["id", "file_name", "width", "height", "split", "annotations", "status"]
 INSTANCE_HEADERS = ["id", "class", "score", "state", "source", "kind"]
-VERSION_HEADERS = ["version", "active", "name", "created", "final loss", "train images", "run"]
+VERSION_HEADERS = ["version", "active", "name", "created",
+                   *(header for header, _, _ in queries.VERSION_METRIC_COLUMNS), "run"]
 STATUS_FILTERS = ["all", "new", "proposed", "in review", "done"]
 GALLERY_LIMIT = 300
 MAX_SHOWN = 60  # instances drawn on the image at once
@@ -249,9 +250,9 @@ class UI:
     def versions(self):
         rows = []
         for v in registry.list_versions(self.db):
-            loss = v.metrics.get("final_loss")
+            metrics = queries.version_metrics(v.metrics)
             rows.append([v.id, "●" if v.is_active else "", v.name, f"{v.created_at:%Y-%m-%d %H:%M}",
-                         "" if loss is None else round(float(loss), 4), v.metrics.get("train_images", ""),
+                         *(metrics[header] for header, _, _ in queries.VERSION_METRIC_COLUMNS),
                          v.training_run_id or ""])
         choices = [(f"v{v[0]} {v[2]}" + (" (active)" if v[1] else ""), v[0]) for v in rows]
         return rows, gr.Dropdown(choices=choices, value=None)
@@ -352,6 +353,9 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                                                 eraser=gr.Eraser(default_size=12), elem_id="editor", height=520,
                                                 canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE))
                     with gr.Tab("Classes", id="classes"):
+                        gr.Markdown("Counts of the accepted annotations of the **train** split (crowd regions "
+                                    "left out). Set **A**: at least one mask (mask-supervised); **B**: boxes "
+                                    "only (the model transfers masks to them); **-**: no train annotations.")
                         categories = gr.Dataframe(headers=CATEGORY_HEADERS, interactive=False, elem_id="categories")
                         class_msg = gr.Markdown(elem_id="class-message")
                         with gr.Row():
@@ -371,7 +375,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                             delete_class_btn = gr.Button("Delete class", variant="stop", elem_id="delete-class")
                     with gr.Tab("Train", id="train"):
                         with gr.Row():
-                            mode = gr.Radio(list(TRAIN_MODES), value="quick", label="Mode",
+                            mode = gr.Radio(list(TRAIN_MODES), value="heads", label="Mode",
                                             info=", ".join(f"{k}: {v[0]} iterations at {v[1]} px"
                                                            for k, v in TRAIN_MODES.items()))
                             iterations = gr.Number(label="Iterations (0 = the mode's)", value=0, precision=0,
@@ -411,7 +415,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             api_threshold = gr.Number(value=wb.min_score, label="score_threshold")
             api_instances = gr.JSON(label="instances")
             api_seen = gr.Number(value=-1, label="seen_revision (-1: no check)", precision=0)
-            api_mode = gr.Textbox(value="quick", label="mode")
+            api_mode = gr.Textbox(value="heads", label="mode")
             api_iterations = gr.Number(value=0, label="iterations", precision=0)
             api_size = gr.Number(value=0, label="image_size", precision=0)
             api_weights = gr.Textbox(value="", label="backbone_weights")
@@ -424,6 +428,11 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
         view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter]
         open_outputs = [image_id, *view_outputs, editor, editing]
         gallery_outputs = [gallery, ids, status_filter]
+
+        def _refresh_gallery(event):
+            """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
+            return event.then(ui.gallery, [status_filter], gallery_outputs, show_progress="hidden",
+                              api_visibility="private")
         class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target]
         run_outputs = [train_status, train_bar, loss_plot, versions, version_pick, timer, run_id]
         private = dict(api_visibility="private")
@@ -499,7 +508,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             return ui.act(i, t, s, lambda: wb.propose(int(i), seen_revision=rev),
                           lambda r: f"The model proposed {r.added} instance(s); {r.replaced} older proposal(s) replaced.")
 
-        propose_btn.click(propose_click, [image_id, threshold, instance, revision], view_outputs, **private)
+        _refresh_gallery(propose_btn.click(propose_click, [image_id, threshold, instance, revision], view_outputs, **private))
 
         def review_click(state):
             def handler(i, t, s, rev):
@@ -510,11 +519,11 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 return ui.act(i, t, s, action, f"Instance #{s} {state}.")
             return handler
 
-        accept_btn.click(review_click("accepted"), [image_id, threshold, instance, revision], view_outputs, **private)
-        reject_btn.click(review_click("rejected"), [image_id, threshold, instance, revision], view_outputs, **private)
-        accept_all_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.accept_all(int(i), float(t), rev),
+        _refresh_gallery(accept_btn.click(review_click("accepted"), [image_id, threshold, instance, revision], view_outputs, **private))
+        _refresh_gallery(reject_btn.click(review_click("rejected"), [image_id, threshold, instance, revision], view_outputs, **private))
+        _refresh_gallery(accept_all_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.accept_all(int(i), float(t), rev),
                                                          lambda r: f"{r[1]} proposal(s) accepted."),
-                             [image_id, threshold, instance, revision], view_outputs, **private)
+                             [image_id, threshold, instance, revision], view_outputs, **private))
 
         def delete_click(i, t, s, rev):
             def action():
@@ -523,12 +532,12 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 return wb.delete_instance(int(i), int(s), rev)
             return ui.act(i, t, None, action, f"Instance #{s} deleted (Undo brings it back).")
 
-        delete_btn.click(delete_click, [image_id, threshold, instance, revision], view_outputs, **private)
-        undo_btn.click(lambda i, t, s: ui.act(i, t, s, lambda: wb.undo(int(i)), "Undone."),
-                       [image_id, threshold, instance], view_outputs, **private)
-        recover_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.recover_conflict(int(i), rev),
+        _refresh_gallery(delete_btn.click(delete_click, [image_id, threshold, instance, revision], view_outputs, **private))
+        _refresh_gallery(undo_btn.click(lambda i, t, s: ui.act(i, t, s, lambda: wb.undo(int(i)), "Undone."),
+                       [image_id, threshold, instance], view_outputs, **private))
+        _refresh_gallery(recover_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.recover_conflict(int(i), rev),
                                                       "Your version from the conflict is back (Undo reverts it)."),
-                          [image_id, threshold, instance, revision], view_outputs, **private)
+                          [image_id, threshold, instance, revision], view_outputs, **private))
 
         # ---- draw --------------------------------------------------------------------------
         def save_boxes(i, t, s, rev, value, only):
@@ -554,8 +563,8 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 return wb.add_boxes(int(i), new, box_only=bool(only), seen_revision=rev)
             return ui.act(i, t, s, action, lambda r: f"{len(r[1])} box(es) added: {', '.join(r[1])}.")
 
-        save_boxes_btn.click(save_boxes, [image_id, threshold, instance, revision, annotator, box_only], view_outputs,
-                             **private)
+        _refresh_gallery(save_boxes_btn.click(save_boxes, [image_id, threshold, instance, revision, annotator, box_only], view_outputs,
+                             **private))
 
         # ---- correct (kept out of progress-heavy events: explicit buttons only) ------------
         def load_editor(i, s):
@@ -612,8 +621,8 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 return (*out, None, None)  # saved: the editor is emptied
             return (*out, gr.skip(), gr.skip())  # not saved: the painting stays
 
-        save_mask_btn.click(save_mask, [image_id, threshold, revision, editor, editing, new_class],
-                            [*view_outputs, editor, editing], **private)
+        _refresh_gallery(save_mask_btn.click(save_mask, [image_id, threshold, revision, editor, editing, new_class],
+                            [*view_outputs, editor, editing], **private))
 
         # ---- classes ---------------------------------------------------------------------
         def class_action(action, success, keep=None):

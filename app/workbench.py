@@ -26,8 +26,8 @@ from partial_sup import service
 from partial_sup.proposals import DEFAULT_MIN_SCORE, mask_for_box, propose
 
 TRAIN_MODES = {  # mode -> (iterations, short side in pixels)
-    "quick": (300, 400),
-    "full": (2000, 600),
+    "heads": (400, 600),   # frozen backbone with cached features, from the active model: the fast path on a CPU
+    "full": (2000, 600),   # end-to-end
 }
 
 
@@ -204,21 +204,20 @@ class Workbench:
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
                   box_only: bool, seen_revision: int | None) -> tuple[int, list[str]]:
         """Boxes a person drew (category id, x1 y1 x2 y2 in image pixels) become accepted annotations,
-        with a mask from the model (its best-overlapping instance of the class) or GrabCut."""
+        with the active model's mask for that box and class (box-only classes included, through the
+        weight transfer) or, without a model that knows the class, GrabCut."""
         if not boxes:
             raise WorkbenchError("draw a box first (the 'Create box' tool), give it a class, then add it")
         _, image = self.rgb(image_id)
         _, rows = get_annotations(self.db, image_id)
-        predictions, version_id = [], None
-        if not box_only:
-            version_id, predictions = self.models.predictions(image_id, image)
+        version_id = None if box_only else self.models.active()[0]
         new, sources = [], []
         for category_id, box in boxes:
             if box_only:
                 new.append(InstanceData(category_id=category_id, box=box, mask=None, source="drawn"))
                 sources.append("box only")
                 continue
-            mask, source = mask_for_box(image, box, category_id, predictions)
+            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
             new.append(InstanceData(category_id=category_id, box=box, mask=mask, source=source,
                                     model_version_id=version_id if source == "model" else None))
             sources.append(f"{source} mask")
@@ -269,8 +268,8 @@ class Workbench:
         return save_annotations(self.db, image_id, data, seen_revision=seen_revision)
 
     # ---- training -------------------------------------------------------------------
-    def start_training(self, mode: str = "quick", iterations=None, image_size=None, backbone_weights=None) -> int:
-        mode = (mode or "quick").strip().lower()
+    def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:
+        mode = (mode or "heads").strip().lower()
         if mode not in TRAIN_MODES:
             raise WorkbenchError(f"training mode {mode!r} is not one of {', '.join(TRAIN_MODES)}")
         preset_iterations, preset_size = TRAIN_MODES[mode]
@@ -283,7 +282,7 @@ class Workbench:
             raise WorkbenchError(f"training run {running} is still running: wait for it or cancel it first")
         weights = (str(backbone_weights).strip() or None) if backbone_weights else default_backbone_weights()
         return service.start_training(self.db, iterations=iterations, image_size=image_size,
-                                      backbone_weights=weights, device=self.device)
+                                      backbone_weights=weights, device=self.device, mode=mode)
 
     def wait_for_run(self, run_id: int, on_progress=None, poll: float = 1.0) -> service.RunState:
         while True:

@@ -109,9 +109,9 @@ def brief(metrics: dict) -> dict:
 
 
 def mnc_predict_fn(checkpoint: Path, **config_changes):
-    from mnc_core import Predictor
+    from partial_sup.maskx import load_predictor
 
-    pred = Predictor.from_checkpoint(checkpoint, device="cpu")
+    pred = load_predictor(checkpoint, device="cpu")
     if config_changes:
         pred.config = pred.config.replace(**config_changes)
         pred.model.config = pred.config  # detect() post-processes with the model's config
@@ -134,7 +134,7 @@ def train_variant(db_dir: Path, name: str, args, log, **changes) -> dict:
     t = time.perf_counter()
     res = train_from_database(db, iterations=args.iterations, image_size=args.image_size,
                               backbone_weights=str(args.weights), device="cpu", seed=args.seed, config=config,
-                              show_progress=True)
+                              mask_head="none", init="backbone", show_progress=True)
     dt = time.perf_counter() - t
     log.write(f"{name}: {res.summary()} [{dt:.1f} s]\n")
     log.flush()
@@ -151,7 +151,7 @@ def step_mnc(args, log) -> dict:
         (data_dir / "imported.ok").write_text(stamp())
     train_cmd = ["train", "--data-dir", str(data_dir), "--iterations", str(args.iterations), "--image-size",
                  str(args.image_size), "--backbone-weights", str(args.weights), "--device", "cpu", "--seed",
-                 str(args.seed)]
+                 str(args.seed), "--mask-head", "none", "--init", "backbone"]  # the figures are plain MNC
     load_before = load()
     dt = cli(train_cmd, log, args.threads)
     from db import registry
@@ -159,7 +159,8 @@ def step_mnc(args, log) -> dict:
 
     db = open_database(data_dir)
     checkpoint = registry.active_checkpoint(db)
-    final_loss = (registry.active_version(db).metrics or {}).get("final_loss")
+    metrics_v = registry.active_version(db).metrics or {}
+    final_loss = metrics_v.get("train_loss", metrics_v.get("final_loss"))
     out = args.work / "mnc_metrics.json"
     cli(["evaluate", "--data-dir", str(data_dir), "--annotations", str(args.gt), "--images",
          str(args.data / "images"), "--out", str(out), "--checkpoint", str(checkpoint)], log, args.threads)

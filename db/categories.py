@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 
 from db.engine import Database
 from db.errors import WorkbenchError
-from db.models import Annotation, Category, Image
+from db.models import Annotation, Category, Image, JournalEntry
 
 MAX_NAME = 200
 
@@ -46,6 +46,20 @@ def _bump_images_of(session, category_id: int) -> int:
     result = session.execute(update(Image).where(Image.id.in_(image_ids)).values(revision=Image.revision + 1)
                              .execution_options(synchronize_session=False))
     return result.rowcount or 0
+
+
+def _rewrite_journal(session, category_id: int, target_id: int | None) -> None:
+    """Keep undo working across a merge (snapshots name the target class instead) or a delete
+    (the class's rows leave the snapshots): a snapshot never refers to a class that is gone."""
+    for entry in session.scalars(select(JournalEntry)):
+        rows = entry.snapshot or []
+        if not any(int(row.get("category_id", -1)) == category_id for row in rows):
+            continue
+        if target_id is None:
+            entry.snapshot = [row for row in rows if int(row.get("category_id", -1)) != category_id]
+        else:
+            entry.snapshot = [dict(row, category_id=target_id) if int(row.get("category_id", -1)) == category_id
+                              else row for row in rows]
 
 
 def add_category(db: Database, name: str, supercategory: str = "") -> int:
@@ -84,6 +98,7 @@ def merge_categories(db: Database, source_id: int, target_id: int) -> int:
         _bump_images_of(session, int(source_id))
         moved = session.execute(update(Annotation).where(Annotation.category_id == int(source_id))
                                 .values(category_id=int(target_id)).execution_options(synchronize_session=False))
+        _rewrite_journal(session, int(source_id), int(target_id))
         session.execute(delete(Category).where(Category.id == int(source_id)))
         return moved.rowcount or 0
 
@@ -101,6 +116,7 @@ def delete_category(db: Database, category_id: int, *, delete_annotations: bool 
         if count:
             _bump_images_of(session, category.id)
             session.execute(delete(Annotation).where(Annotation.category_id == category.id))
+        _rewrite_journal(session, category.id, None)
         session.delete(category)
         return count
 

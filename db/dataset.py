@@ -18,6 +18,7 @@ class InstanceRecord:
     category_id: int
     bbox: tuple[float, float, float, float]  # x, y, w, h
     mask_rle: str | None  # compressed COCO RLE counts of an image-sized mask, None for box-only
+    iscrowd: bool = False  # a crowd region (only in ``reviewed_records``: training leaves them out)
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,29 @@ def training_records(db: Database, split: str = "train") -> tuple[list[ImageReco
     records = [ImageRecord(image_id, *meta[image_id], tuple(instances)) for image_id, instances in grouped.items()]
     used = sorted({inst.category_id for record in records for inst in record.instances})
     return records, [(cid, names[cid]) for cid in used]
+
+
+def reviewed_records(db: Database, split: str = "val") -> list[ImageRecord]:
+    """Images of ``split`` whose review is finished (``queries.reviewed_image_ids``: status done) with
+    all their accepted annotations, crowd regions included (``iscrowd``): evaluation ground truth.
+
+    An image whose proposals were all rejected is kept, with no instances (it has no objects)."""
+    from db.queries import reviewed_image_ids
+
+    reviewed = reviewed_image_ids(db)
+    with db.session() as session:
+        images = session.execute(
+            select(Image.id, Image.stored_path, Image.width, Image.height)
+            .where(Image.split == Split(split)).order_by(Image.id)).all()
+        rows = session.execute(
+            select(Annotation.image_id, Annotation.category_id, Annotation.bbox_x, Annotation.bbox_y,
+                   Annotation.bbox_w, Annotation.bbox_h, Annotation.mask_rle, Annotation.iscrowd)
+            .join(Image, Image.id == Annotation.image_id)
+            .where(Image.split == Split(split), Annotation.review_state == ReviewState.accepted)
+            .order_by(Annotation.image_id, Annotation.id)).all()
+    grouped: dict[int, list[InstanceRecord]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(
+            InstanceRecord(row[1], (row[2], row[3], row[4], row[5]), row[6], bool(row[7])))
+    return [ImageRecord(image_id, str(db.data_dir / path), width, height, tuple(grouped.get(image_id, ())))
+            for image_id, path, width, height in images if image_id in reviewed]

@@ -7,19 +7,53 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, or_, select
 
 from db.engine import Database
-from db.models import Annotation, Category, Image, ModelVersion, ReviewState, RunStatus, TrainingRun
+from db.models import Annotation, Category, Image, ModelVersion, ReviewState, RunStatus, Split, TrainingRun
+
+
+SET_LABELS = {"A": "A (masks)", "B": "B (boxes only)", None: "-"}
 
 
 @dataclass
 class CategoryStats:
+    """A category's accepted, non-crowd annotations in the train split (what training uses)."""
+
     id: int
     name: str
-    boxes: int  # accepted annotations without a mask
-    masks: int  # accepted annotations with a mask
+    boxes: int  # accepted train-split annotations without a mask (box-only)
+    masks: int  # accepted train-split annotations with a mask
+
+    @property
+    def category_set(self) -> str | None:
+        """The Mask^X set: "A" (at least one mask), "B" (boxes only), None (no train annotations: unused)."""
+        return "A" if self.masks else "B" if self.boxes else None
 
     @property
     def supervision(self) -> str:
-        return "mask" if self.masks else "box-only"
+        return SET_LABELS[self.category_set]
+
+
+def _train_counts(session) -> list[tuple[int, str, int, int]]:
+    """(id, name, box-only, with mask) counts of accepted, non-crowd train-split annotations per category."""
+    train = (select(Annotation.category_id, Annotation.mask_rle).join(Image, Image.id == Annotation.image_id)
+             .where(Image.split == Split.train, Annotation.review_state == ReviewState.accepted,
+                    Annotation.iscrowd.is_(False))
+             .subquery())
+    return [tuple(row) for row in session.execute(
+        select(Category.id, Category.name,
+               func.count(train.c.category_id).filter(train.c.mask_rle.is_(None)),
+               func.count(train.c.category_id).filter(train.c.mask_rle.is_not(None)))
+        .outerjoin(train, train.c.category_id == Category.id)
+        .group_by(Category.id, Category.name).order_by(Category.id)).all()]
+
+
+def category_sets(db: Database) -> dict[int, str]:
+    """Mask^X sets derived from the data: category id -> "A" (at least one accepted mask annotation
+    in the train split) or "B" (accepted train annotations, all box-only). Categories without
+    accepted train annotations are left out; crowd regions and proposals do not count (training
+    leaves them out too, see ``db.dataset.training_records``)."""
+    with db.session() as session:
+        stats = [CategoryStats(*row) for row in _train_counts(session)]
+    return {c.id: c.category_set for c in stats if c.category_set is not None}
 
 
 @dataclass
@@ -34,15 +68,10 @@ class Summary:
 
 
 def summary(db: Database) -> Summary:
-    accepted = Annotation.review_state == ReviewState.accepted
+    """Image and annotation counts; per category the train-split counts and its set (A / B / unused)."""
     with db.session() as session:
         split_counts = dict(session.execute(select(Image.split, func.count()).group_by(Image.split)).all())
-        rows = session.execute(
-            select(Category.id, Category.name,
-                   func.count(Annotation.id).filter(accepted, Annotation.mask_rle.is_(None)),
-                   func.count(Annotation.id).filter(accepted, Annotation.mask_rle.is_not(None)))
-            .outerjoin(Annotation, Annotation.category_id == Category.id)
-            .group_by(Category.id, Category.name).order_by(Category.id)).all()
+        rows = _train_counts(session)
         states = dict(session.execute(select(Annotation.review_state, func.count()).group_by(Annotation.review_state)).all())
         active = session.scalars(select(ModelVersion).where(ModelVersion.is_active.is_(True))).first()
     train = sum(v for k, v in split_counts.items() if k.value == "train")
@@ -136,3 +165,32 @@ def image_info(db: Database, image_id: int) -> dict:
 def category_names(db: Database) -> dict[int, str]:
     with db.session() as session:
         return dict(session.execute(select(Category.id, Category.name).order_by(Category.id)).all())
+
+
+# A model version's metrics as the UI and `launch.py models` show them: (header, keys in order of
+# preference, decimals). Versions before the validation metrics stored the training loss (mean total
+# loss of the last 20 iterations) as ``final_loss``; newer ones store it as ``train_loss``.
+VERSION_METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...], int | None], ...] = (
+    ("train loss (last 20 it)", ("train_loss", "final_loss"), 4),
+    ("mask AP A", ("mask_AP_A",), 3),
+    ("mask AP B", ("mask_AP_B",), 3),
+    ("box AP", ("box_AP",), 3),
+    ("val images", ("val_images",), None),
+    ("train images", ("train_images",), None),
+)
+
+
+def version_metrics(metrics: dict | None) -> dict[str, str]:
+    """header -> text of each of ``VERSION_METRIC_COLUMNS``; "-" where the version has no such metric
+    (not measured, e.g. no reviewed val image or no val mask of a set-B class)."""
+    metrics = metrics or {}
+    out = {}
+    for header, keys, decimals in VERSION_METRIC_COLUMNS:
+        value = next((metrics[k] for k in keys if metrics.get(k) is not None), None)
+        if value is None:
+            out[header] = "-"
+        elif decimals is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[header] = f"{float(value):.{decimals}f}"
+        else:
+            out[header] = str(value)
+    return out

@@ -62,7 +62,8 @@ def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, m
         run = session.get(TrainingRun, run_id)
         run.iteration = iteration
         run.loss = loss
-        run.history = [*run.history, [iteration, loss]]
+        if not run.history or run.history[-1][0] != iteration:
+            run.history = [*run.history, [iteration, loss]]
         if message:
             run.message = message
         return run.cancel_requested

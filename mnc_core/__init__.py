@@ -10,6 +10,8 @@ from .model import MNC, build_model
 from .predictor import Instance, Predictor
 from .roi_warp import roi_warp
 from .train import TrainProgress, default_lr, train_model
+from .warm_start import warm_start
 
 __all__ = ["MNCConfig", "MNC", "Predictor", "Instance", "Sample", "InstanceDataset", "save_checkpoint",
-           "load_checkpoint", "train_model", "TrainProgress", "build_model", "roi_warp", "BackboneWeightsError", "default_lr"]
+           "load_checkpoint", "train_model", "TrainProgress", "build_model", "roi_warp", "BackboneWeightsError", "default_lr",
+           "warm_start"]

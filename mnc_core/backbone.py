@@ -103,9 +103,18 @@ class Backbone(nn.Module):
         self.stride = FEATURE_STRIDE
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.trunk(x))
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """images (N, 3, H, W) -> the pretrained body's features (N, body_channels, H/16, W/16)."""
         if x.device.type == "cpu":  # oneDNN convolutions are ~30% faster channels-last on CPU
             x = x.contiguous(memory_format=torch.channels_last)
-        return torch.relu(self.reduce(self.body(x)))
+        return self.body(x)
+
+    def project(self, trunk_features: Tensor) -> Tensor:
+        """body features -> 1x1 conv -> ReLU: (N, out_channels, H/16, W/16). Training in `heads` mode
+        caches `trunk` outputs and trains this projection with the rest of the network."""
+        return torch.relu(self.reduce(trunk_features))
 
 
 def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool, frozen_blocks: int) -> tuple[nn.Module, int]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from .config import MNCConfig
 from .model import MNC, build_model
@@ -61,9 +62,13 @@ def save_checkpoint(path: str | os.PathLike, model: MNC, config: MNCConfig,
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None,
+                    final_mask_head: Callable[[MNCConfig, dict], nn.Module | None] | None = None
                     ) -> tuple[MNC, MNCConfig, list[tuple[int, str]], dict]:
-    """-> (model in eval mode on `device` (default CPU), config, categories, extra)."""
+    """-> (model in eval mode on `device` (default CPU), config, categories, extra).
+
+    final_mask_head: builds the model's final-mask head (see `MNC`) from (config, extra), for
+    checkpoints of models that have one (e.g. partial_sup's Mask^X head, described in extra)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -76,9 +81,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
     try:
         config = MNCConfig.from_dict(payload["config"])
         categories = [(int(c[0]), str(c[1])) for c in payload["categories"]]
-        model = build_model(config, int(payload["num_classes"]), backbone_weights="none")
+        extra = dict(payload.get("extra") or {})
+        head = final_mask_head(config, extra) if final_mask_head is not None else None
+        model = build_model(config, int(payload["num_classes"]), backbone_weights="none", final_mask_head=head)
         model.load_state_dict(payload["state_dict"], strict=True)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"checkpoint {path} is corrupt or incompatible: {type(e).__name__}: {e}") from e
     model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
-    return model, config, categories, dict(payload.get("extra") or {})
+    return model, config, categories, extra

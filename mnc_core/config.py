@@ -58,6 +58,7 @@ class MNCConfig:
     loss_rpn_cls: float = 1.0
     loss_rpn_box: float = 1.0
     loss_mask: float = 2.0
+    loss_mask_final: float = 2.0            # the final-mask head's loss (only with a final_mask_head)
     loss_cls: float = 1.0
     loss_seg_cls: float = 1.0
     loss_bbox: float = 1.0
@@ -107,6 +108,13 @@ class MNCConfig:
     @property
     def test_stages(self) -> int:
         return self.num_stages if self.inference_stages is None else self.inference_stages
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that decide the model's parameters (two configs with equal architectures can
+        exchange weights; sampling, cascade depth, losses and inference settings may differ)."""
+        names = ("backbone", "feature_channels", "mobilenet_dilated", "anchor_sizes", "anchor_ratios",
+                 "rpn_channels", "warp_size", "mask_size", "mask_fc_dim", "mask_pathway_dim", "box_pathway_dim")
+        return {name: getattr(self, name) for name in names}
 
     def replace(self, **changes: Any) -> "MNCConfig":
         return dataclasses.replace(self, **changes)

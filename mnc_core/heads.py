@@ -62,3 +62,9 @@ class ClassifyHead(nn.Module):
         b = F.relu(self.box_fc2(F.relu(self.box_fc1(plain))))
         h = torch.cat([a, b], dim=1)
         return self.cls_score(h), self.seg_cls_score(h), self.bbox_pred(h)
+
+    def detection_weights(self) -> Tensor:
+        """(N+1, 5J): per class its cls_score row and its 4 bbox_pred rows, background row included
+        (the input of a Mask^X weight transfer function)."""
+        n = self.cls_score.weight.shape[0]
+        return torch.cat([self.cls_score.weight, self.bbox_pred.weight.reshape(n, -1)], dim=1)

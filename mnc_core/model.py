@@ -20,6 +20,14 @@ from .targets import ImageTargets, mask_iou_in_roi, mask_targets, match_rois, sa
 class MNC(nn.Module):
     """Multi-task Network Cascade.
 
+    final_mask_head (optional): a module called as
+      head(roi_features (K, C, S, S), agnostic_logits (K, m, m), classes (K,), det_weights (N+1, 5J)) -> (K, m, m)
+    that turns the class-agnostic stage-2/4 mask logits into each instance's final mask logits for
+    its class (e.g. partial_sup's Mask^X weight transfer). Trained on foreground RoIs that have a
+    mask, at their ground-truth class ("mask_final" loss); at inference applied to every candidate
+    that can reach the output, at its highest-scoring class. Stages 2/4 stay class-agnostic:
+    stage 3 needs their masks before the class is known.
+
     forward(images (N, 3, H, W) normalised + padded, image_sizes [(h, w)], targets=None)
       training: dict of unweighted losses (see `loss_weights` / `total_loss`)
       eval:     per image dict of raw candidates: boxes (K, 4), scores (K, N+1) seg_cls softmax,
@@ -27,7 +35,8 @@ class MNC(nn.Module):
     detect(...) additionally runs NMS + mask voting + pasting (see postprocess.py).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, config: MNCConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, config: MNCConfig,
+                 final_mask_head: nn.Module | None = None) -> None:
         super().__init__()
         c = config
         self.config = c
@@ -42,6 +51,7 @@ class MNC(nn.Module):
         self.mask_head = MaskHead(backbone.out_channels, c.pooled_size, c.mask_fc_dim, c.mask_size)
         self.classify_head = ClassifyHead(backbone.out_channels, c.pooled_size, c.mask_pathway_dim,
                                           c.box_pathway_dim, num_classes)
+        self.final_mask_head = final_mask_head
         self.box_coder = det_utils.BoxCoder(weights=tuple(c.bbox_reg_weights))
         self.spatial_scale = 1.0 / backbone.stride
 
@@ -49,20 +59,26 @@ class MNC(nn.Module):
     def loss_weights(self) -> dict[str, float]:
         c = self.config
         return {"rpn_cls": c.loss_rpn_cls, "rpn_box": c.loss_rpn_box, "mask": c.loss_mask, "cls": c.loss_cls,
-                "seg_cls": c.loss_seg_cls, "bbox": c.loss_bbox, "cascade": c.loss_cascade}
+                "seg_cls": c.loss_seg_cls, "bbox": c.loss_bbox, "cascade": c.loss_cascade, "mask_final": c.loss_mask_final}
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         return total_loss(losses, self.loss_weights)
 
     # ---- stages 2-3 (and 4-5, same weights) ----
-    def _stages(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """rois: N x (R_i, 4) -> mask_logits (R, m, m), cls (R, N+1), seg_cls (R, N+1), bbox (R, 4(N+1))."""
+    def _stages(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """rois: N x (R_i, 4) -> RoI features (R, C, S, S), mask_logits (R, m, m), cls (R, N+1),
+        seg_cls (R, N+1), bbox (R, 4(N+1))."""
         idx = torch.cat([torch.full((r.shape[0], 1), i, dtype=r.dtype, device=r.device) for i, r in enumerate(rois)])
         rois5 = torch.cat([idx, torch.cat(rois)], dim=1)  # (R, 5)
         x = roi_warp_pooled(features, rois5, self.config.warp_size, self.spatial_scale)  # (R, C, 14, 14)
         mask_logits = self.mask_head(x).float()
         cls, seg, bbox = self.classify_head(x, torch.sigmoid(mask_logits))
-        return mask_logits, cls.float(), seg.float(), bbox.float()
+        return x, mask_logits, cls.float(), seg.float(), bbox.float()
+
+    def _final_masks(self, x: Tensor, mask_logits: Tensor, classes: Tensor) -> Tensor:
+        """The final-mask head on RoI features x (K, C, S, S) for classes (K,); (K, m, m) logits."""
+        det_weights = self.classify_head.detection_weights()
+        return self.final_mask_head(x, mask_logits, classes, det_weights).float()
 
     def _refine(self, rois: list[Tensor], cls: Tensor, bbox: Tensor, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
         """Stage-3 class-specific regression at the argmax foreground class -> next-stage boxes."""
@@ -104,7 +120,7 @@ class MNC(nn.Module):
             hm = t.has_mask[gi] if t.has_mask.numel() else torch.zeros_like(fg)
             mask_sel.append(fg & hm)
             mask_gt_idx.append(gi)
-        mask_logits, cls, seg, bbox = self._stages(features, rois)
+        x, mask_logits, cls, seg, bbox = self._stages(features, rois)
         labels_t = torch.cat(labels)
         sel = torch.cat(mask_sel)
 
@@ -132,12 +148,20 @@ class MNC(nn.Module):
             "seg_cls" + suffix: classification_loss(seg, seg_labels),
             "bbox" + suffix: box_regression_loss(bbox, labels_t, torch.cat(box_tgts)),
         }
+        if self.final_mask_head is not None:  # Mask^X: only RoIs whose class has a mask (set A) get here
+            fused = self._final_masks(x[sel], mask_logits[sel], labels_t[sel])
+            losses["mask_final" + suffix] = mask_loss(fused, tg_all)
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[ImageTargets] | None = None):
+                targets: list[ImageTargets] | None = None, trunk_features: Tensor | None = None):
+        """trunk_features: precomputed `backbone.trunk(images)` (frozen-backbone training with cached
+        features); `images` is then only used for its padded shape."""
         c = self.config
-        features = self.backbone(images)  # (N, C, H/16, W/16)
+        if trunk_features is None:
+            features = self.backbone(images)  # (N, C, H/16, W/16)
+        else:
+            features = self.backbone.project(trunk_features)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
@@ -160,7 +184,8 @@ class MNC(nn.Module):
 
     def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         proposals, _ = self.rpn(images, features, image_sizes)
-        mask_logits, cls, seg, bbox = self._stages(features, proposals)
+        x, mask_logits, cls, seg, bbox = self._stages(features, proposals)
+        mask_logits = self._candidate_masks(x, mask_logits, seg)
         boxes, scores, masks = [torch.cat(proposals)], [F.softmax(seg, -1)], [torch.sigmoid(mask_logits)]
         counts = [p.shape[0] for p in proposals]
         parts = [(boxes[0], scores[0], masks[0], counts)]
@@ -175,7 +200,8 @@ class MNC(nn.Module):
                     sel.append(fg[start:start + n].topk(min(top_n, n)).indices)
                     start += n
                 rois2 = [r[i] for r, i in zip(rois2, sel)]
-            mask_logits2, _, seg2, _ = self._stages(features, rois2)
+            x2, mask_logits2, _, seg2, _ = self._stages(features, rois2)
+            mask_logits2 = self._candidate_masks(x2, mask_logits2, seg2)
             parts.append((torch.cat(rois2), F.softmax(seg2, -1), torch.sigmoid(mask_logits2), [r.shape[0] for r in rois2]))
         out = []
         starts = [_starts_from_counts(p[3]) for p in parts]
@@ -185,6 +211,38 @@ class MNC(nn.Module):
                         "scores": torch.cat([p[1][s] for p, s in zip(parts, sl)]).detach(),
                         "mask_probs": torch.cat([p[2][s] for p, s in zip(parts, sl)]).detach()})
         return out
+
+    def _candidate_masks(self, x: Tensor, mask_logits: Tensor, seg: Tensor) -> Tensor:
+        """Inference: final masks (at the highest-scoring class) for candidates whose foreground score
+        can reach post-processing; the others keep their class-agnostic masks (never used)."""
+        if self.final_mask_head is None or seg.shape[0] == 0:
+            return mask_logits
+        c = self.config
+        fg = F.softmax(seg, -1)[:, 1:]
+        score, cls = fg.max(dim=1)
+        keep = torch.where(score > min(c.score_thresh, c.vote_score_thresh))[0]
+        if keep.numel() == 0:
+            return mask_logits
+        out = mask_logits.clone()
+        out[keep] = self._final_masks(x[keep], mask_logits[keep], cls[keep] + 1)
+        return out
+
+    @torch.no_grad()
+    def masks_for_boxes(self, images: Tensor, image_sizes: list[tuple[int, int]], boxes: list[Tensor],
+                        labels: list[Tensor]) -> list[Tensor]:
+        """Masks for given boxes (e.g. drawn by a person): per image (K_i, m, m) probabilities inside
+        boxes (K_i, 4) (network-input pixels) of classes labels (K_i,) 1..N: the stage-2 mask, fused with
+        the final-mask head at that class when the model has one (so box-only classes get their shape)."""
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.backbone(images)
+            x, mask_logits, _, _, _ = self._stages(features, [b.to(features.dtype) for b in boxes])
+            if self.final_mask_head is not None and x.shape[0]:
+                mask_logits = self._final_masks(x, mask_logits, torch.cat(labels).to(x.device))
+        finally:
+            self.train(was_training)
+        return list(torch.sigmoid(mask_logits).split([b.shape[0] for b in boxes]))
 
     @torch.no_grad()
     def detect(self, images: Tensor, image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]] | None = None,
@@ -219,9 +277,10 @@ def _starts(rois: list[Tensor]) -> list[int]:
     return out
 
 
-def build_model(config: MNCConfig, num_classes: int, backbone_weights: str | None = None) -> MNC:
+def build_model(config: MNCConfig, num_classes: int, backbone_weights: str | None = None,
+                final_mask_head: nn.Module | None = None) -> MNC:
     """backbone_weights: None = torchvision ImageNet weights via the weights API (clear error offline),
-    "none" = explicit random init, or a path to a .pth state dict."""
+    "none" = explicit random init, or a path to a .pth state dict. final_mask_head: see `MNC`."""
     backbone = build_backbone(config.backbone, config.feature_channels, backbone_weights,
                               dilated=config.mobilenet_dilated, frozen_blocks=config.backbone_frozen_blocks)
-    return MNC(backbone, num_classes, config)
+    return MNC(backbone, num_classes, config, final_mask_head)

@@ -45,24 +45,61 @@ class Predictor:
         return self.predict_batch([image], score_threshold)[0]
 
     @torch.no_grad()
+    def masks_for_boxes(self, image: np.ndarray, boxes, category_ids) -> list[np.ndarray]:
+        """(H, W) bool masks of the objects in `boxes` ((K, 4) x1, y1, x2, y2 in image pixels) of the
+        given categories (ids the model knows): the model's mask for exactly that box and class.
+        A mask is empty where the model sees no object in its box."""
+        c = self.config
+        tensor, (h, w), (H, W) = self._prepare(image)
+        label_of = {cid: i + 1 for i, (cid, _) in enumerate(self.categories)}
+        unknown = [int(cid) for cid in category_ids if int(cid) not in label_of]
+        if unknown:
+            raise ValueError(f"the model does not know categories {sorted(set(unknown))}")
+        box_array = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if box_array.shape[0] == 0:
+            return []
+        scale = np.array([w / W, h / H, w / W, h / H], np.float32)
+        rois = torch.from_numpy(box_array * scale).to(self.device)
+        labels = torch.tensor([label_of[int(cid)] for cid in category_ids], device=self.device)
+        batch = batch_images([tensor], c.size_divisibility)
+        probs = self.model.masks_for_boxes(batch, [(h, w)], [rois], [labels])[0].float()  # (K, m, m)
+        out = []
+        for prob, (x1, y1, x2, y2) in zip(probs, box_array):
+            full = np.zeros((H, W), bool)
+            xa, ya = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+            xb, yb = min(W, max(xa + 1, int(np.ceil(x2)))), min(H, max(ya + 1, int(np.ceil(y2))))
+            if xb > xa and yb > ya:
+                pasted = torch.nn.functional.interpolate(prob[None, None], size=(yb - ya, xb - xa), mode="bilinear",
+                                                         align_corners=False)[0, 0]
+                full[ya:yb, xa:xb] = (pasted >= c.mask_thresh).cpu().numpy()
+            out.append(full)
+        return out
+
+    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """RGB uint8 (H, W, 3) (or gray (H, W)) -> normalised tensor at the model's scale, (h, w), (H, W)."""
+        c = self.config
+        im = np.asarray(image)
+        if im.ndim == 2:
+            im = np.repeat(im[:, :, None], 3, axis=2)
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {im.shape}")
+        if im.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got {im.dtype}")
+        H, W = im.shape[:2]
+        h, w, _ = resized_shape(H, W, c.min_size, c.max_size)
+        return image_to_tensor(im, (h, w), c.pixel_mean, c.pixel_std, self.device), (h, w), (H, W)
+
+    @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray], score_threshold: float | None = None) -> list[list[Instance]]:
         if not images:
             return []
         c = self.config
         tensors, sizes, originals = [], [], []
         for im in images:
-            im = np.asarray(im)
-            if im.ndim == 2:
-                im = np.repeat(im[:, :, None], 3, axis=2)
-            if im.ndim != 3 or im.shape[2] != 3:
-                raise ValueError(f"expected an (H, W, 3) RGB image, got shape {im.shape}")
-            if im.dtype != np.uint8:
-                raise ValueError(f"expected a uint8 image, got {im.dtype}")
-            H, W = im.shape[:2]
-            h, w, _ = resized_shape(H, W, c.min_size, c.max_size)
-            tensors.append(image_to_tensor(im, (h, w), c.pixel_mean, c.pixel_std, self.device))
-            sizes.append((h, w))
-            originals.append((H, W))
+            tensor, size, original = self._prepare(im)
+            tensors.append(tensor)
+            sizes.append(size)
+            originals.append(original)
         batch = batch_images(tensors, c.size_divisibility)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with amp:

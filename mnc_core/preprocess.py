@@ -19,7 +19,10 @@ def image_to_tensor(image: np.ndarray, size: tuple[int, int], mean, std, device)
     """(H, W, 3) uint8 RGB -> (3, h, w) float32 normalised, bilinear (antialiased when shrinking)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float().div_(255.0)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # e.g. a cached read-only image: torch.from_numpy wants a writable array
+        array = array.copy()
+    t = torch.from_numpy(array).to(device).permute(2, 0, 1).float().div_(255.0)
     if tuple(t.shape[1:]) != tuple(size):
         shrink = size[0] < t.shape[1]
         t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]

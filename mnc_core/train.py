@@ -80,6 +80,16 @@ def prepare_sample(sample: Sample, cat_to_label: dict[int, int], config: MNCConf
     return img, (h, w), t
 
 
+def _pad_features(features: list[torch.Tensor]) -> torch.Tensor:
+    """(C, h_i, w_i) tensors -> (N, C, H, W), zero-padded at the bottom/right."""
+    H = max(int(f.shape[1]) for f in features)
+    W = max(int(f.shape[2]) for f in features)
+    out = features[0].new_zeros((len(features), features[0].shape[0], H, W))
+    for i, f in enumerate(features):
+        out[i, :, : f.shape[1], : f.shape[2]] = f
+    return out
+
+
 def _lr_factor(it: int, iterations: int, config: MNCConfig) -> float:
     f = 1.0
     if it < config.warmup_iters:
@@ -95,12 +105,19 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
                 seed: int = 0, lr: float | None = None, backbone_weights: str | None = None,
                 on_progress: Callable[[TrainProgress], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                init_checkpoint: str | None = None) -> tuple[MNC, dict]:
+                init_checkpoint: str | None = None, model: MNC | None = None,
+                freeze_backbone: bool = False) -> tuple[MNC, dict]:
     """Train an MNC on `dataset`; returns (model in eval mode, summary).
 
     backbone_weights: None = torchvision ImageNet weights (weights API; clear error offline),
     "none" = random init, or a path to a .pth state dict. Ignored with init_checkpoint (whose
-    categories must equal dataset.categories). lr: None = `default_lr(config)` (AdamW 3e-4, SGD 0.01)."""
+    categories must equal dataset.categories) or a given `model` (built for dataset.categories,
+    e.g. with a final-mask head or warm-started from an earlier model). lr: None =
+    `default_lr(config)` (AdamW 3e-4, SGD 0.01).
+
+    freeze_backbone ("heads" mode): the backbone's pretrained body is frozen and its features are
+    computed once per image and flip, then reused every epoch; the 1x1 projection, RPN and all heads
+    train. Much faster on a CPU; images of a batch are padded in feature space."""
     if iterations < 0:
         raise ValueError("iterations must be >= 0")
     if len(dataset) == 0:
@@ -111,13 +128,20 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
     rng = np.random.default_rng(seed)
     categories = [(int(c), str(n)) for c, n in dataset.categories]
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
-    if init_checkpoint is not None:
+    if model is not None:
+        if model.num_classes != len(categories):
+            raise ValueError(f"the model has {model.num_classes} classes, the dataset {len(categories)}")
+    elif init_checkpoint is not None:
         model, _, ck_cats, _ = load_checkpoint(init_checkpoint, device=dev)
         if [c for c, _ in ck_cats] != [c for c, _ in categories]:
             raise ValueError(f"{init_checkpoint}: its categories {ck_cats} differ from the dataset's {categories}")
     else:
         model = build_model(config, len(categories), backbone_weights)
     model.to(dev).train()
+    if freeze_backbone:
+        for p in model.backbone.body.parameters():
+            p.requires_grad_(False)
+    trunk_cache: dict[tuple[int, bool], tuple[torch.Tensor, tuple[int, int], ImageTargets]] = {}
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
@@ -143,14 +167,28 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
         for _ in range(config.images_per_batch):
             if not order:
                 order = list(rng.permutation(len(dataset)))
-            s = dataset[int(order.pop())]
-            img, size, t = prepare_sample(s, cat_to_label, config, bool(rng.random() < config.hflip_prob), dev)
+            index, flip = int(order.pop()), bool(rng.random() < config.hflip_prob)
+            if freeze_backbone:
+                key = (index, flip)
+                if key not in trunk_cache:
+                    img, size, t = prepare_sample(dataset[index], cat_to_label, config, flip, dev)
+                    with torch.no_grad(), amp:
+                        trunk = model.backbone.trunk(batch_images([img], config.size_divisibility))[0]
+                    trunk_cache[key] = (trunk.float().contiguous(), size, t)
+                img, size, t = trunk_cache[key]  # img: (C_body, h/16, w/16) cached trunk features
+            else:
+                img, size, t = prepare_sample(dataset[index], cat_to_label, config, flip, dev)
             imgs.append(img)
             sizes.append(size)
             tgts.append(t)
-        batch = batch_images(imgs, config.size_divisibility)
         with amp:
-            losses = model(batch, sizes, tgts)
+            if freeze_backbone:
+                trunk = _pad_features(imgs)
+                stride = model.backbone.stride
+                shape_only = trunk.new_empty((len(imgs), 3, trunk.shape[2] * stride, trunk.shape[3] * stride))
+                losses = model(shape_only, sizes, tgts, trunk_features=trunk)
+            else:
+                losses = model(batch_images(imgs, config.size_divisibility), sizes, tgts)
         total = model.total_loss(losses)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(total):
@@ -173,6 +211,7 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
     tail = history[-20:]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
     summary = {"iterations": done, "iterations_requested": iterations, "stopped_early": stopped,
+               "freeze_backbone": freeze_backbone,
                "final_losses": final, "seconds": time.perf_counter() - start, "device": str(dev),
                "skipped_steps": skipped, "seed": seed, "lr": lr}
     return model, summary

@@ -15,6 +15,7 @@ from db.engine import Database
 from db.errors import BadImageError, WorkbenchError
 from db.imagestore import load_rgb
 from mnc_core import Instance, Predictor
+from partial_sup import maskx
 
 
 def load_predictor(db: Database, checkpoint: str | Path | None = None, device: str | None = None) -> Predictor:
@@ -22,7 +23,7 @@ def load_predictor(db: Database, checkpoint: str | Path | None = None, device: s
     if not path.is_file():
         raise WorkbenchError(f"checkpoint {path} does not exist")
     try:
-        return Predictor.from_checkpoint(path, device=device)
+        return maskx.load_predictor(path, device=device)
     except (ValueError, RuntimeError) as exc:
         raise WorkbenchError(f"checkpoint {path} cannot be loaded: {exc}") from None
 

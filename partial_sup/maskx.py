@@ -22,7 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mnc_core import MNC, MNCConfig, Predictor, build_model, load_checkpoint
+from mnc_core.predictor import default_device
+
 METHODS = ("transfer", "agnostic")  # transfer+MLP (Mask^X) | class-agnostic FCN+MLP (the paper's baseline)
+MASK_HEADS = ("transfer", "agnostic", "none")  # what `launch.py train --mask-head` accepts; none = plain MNC
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,12 @@ class ClassMaskHead(nn.Module):
 
     forward(roi_features (K, C, S, S), agnostic_logits (K, m, m), classes (K,) indices 0..N,
             det_weights (N+1, det_dim)) -> fused mask logits (K, m, m)
+
+    The FCN runs on the S x S (14 x 14) RoI features; its 1x1 class-specific logits are upsampled
+    bilinearly to m x m (the 1x1 conv is linear, so this equals convolving upsampled features at a
+    quarter of the cost: what matters on a CPU). The MLP logits carry the full m x m detail.
+    T runs only on the rows of the classes present in ``classes``, so thousands of classes cost
+    nothing extra per RoI.
     """
 
     def __init__(self, in_channels: int, mask_size: int, det_dim: int, config: MaskXConfig) -> None:
@@ -80,10 +90,9 @@ class ClassMaskHead(nn.Module):
         for _ in range(config.fcn_convs):
             layers += [nn.Conv2d(channels, config.fcn_channels, 3, padding=1), nn.ReLU(inplace=True)]
             channels = config.fcn_channels
-        layers += [nn.ConvTranspose2d(channels, config.fcn_channels, 2, stride=2), nn.ReLU(inplace=True)]
         self.fcn = nn.Sequential(*layers)
         for module in self.fcn:
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
         if config.method == "transfer":
@@ -95,7 +104,7 @@ class ClassMaskHead(nn.Module):
             self.shared_weight = nn.Parameter(torch.randn(config.fcn_channels) * 0.01)
 
     def mask_weights(self, det_weights: Tensor) -> Tensor:
-        """(N+1, D) mask weights of every class."""
+        """(N', D) mask weights of the classes whose detection weights (N', det_dim) are given."""
         if self.transfer is None:
             return self.shared_weight.expand(det_weights.shape[0], -1)
         return self.transfer(det_weights)
@@ -103,9 +112,45 @@ class ClassMaskHead(nn.Module):
     def forward(self, roi_features: Tensor, agnostic_logits: Tensor, classes: Tensor, det_weights: Tensor) -> Tensor:
         if roi_features.shape[0] == 0:
             return agnostic_logits
-        feats = self.fcn(roi_features)  # (K, D, 2S, 2S)
-        if feats.shape[-1] != self.mask_size:
-            feats = F.interpolate(feats, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=False)
-        weights = self.mask_weights(det_weights).to(feats.dtype)[classes]  # (K, D)
-        specific = torch.einsum("kdhw,kd->khw", feats, weights)
-        return agnostic_logits + specific.to(agnostic_logits.dtype)
+        feats = self.fcn(roi_features)  # (K, D, S, S)
+        present, inverse = torch.unique(classes, return_inverse=True)
+        weights = self.mask_weights(det_weights[present]).to(feats.dtype)[inverse]  # (K, D)
+        specific = torch.einsum("kdhw,kd->khw", feats, weights)[:, None]  # (K, 1, S, S)
+        if specific.shape[-1] != self.mask_size:
+            specific = F.interpolate(specific, size=(self.mask_size, self.mask_size), mode="bilinear",
+                                     align_corners=False)
+        return agnostic_logits + specific[:, 0].to(agnostic_logits.dtype)
+
+
+def detection_weights_dim(config: MNCConfig) -> int:
+    """Length of a class's detection weights: its cls_score row + its 4 bbox_pred rows (paper: 5 x 1024)."""
+    return 5 * (config.mask_pathway_dim + config.box_pathway_dim)
+
+
+def make_head(config: MNCConfig, maskx: MaskXConfig) -> ClassMaskHead:
+    return ClassMaskHead(config.feature_channels, config.mask_size, detection_weights_dim(config), maskx)
+
+
+def build_maskx_model(config: MNCConfig, num_classes: int, maskx: MaskXConfig | None,
+                      backbone_weights: str | None = None) -> MNC:
+    """An MNC whose final masks come from the fused transfer (or class-agnostic FCN) head;
+    ``maskx=None``: plain MNC (stage-2/4 class-agnostic MLP masks only)."""
+    head = make_head(config, maskx) if maskx is not None else None
+    return build_model(config, num_classes, backbone_weights, final_mask_head=head)
+
+
+def head_from_extra(config: MNCConfig, extra: dict) -> ClassMaskHead | None:
+    """The final mask head a checkpoint describes in ``extra["maskx"]`` (None: a plain MNC checkpoint)."""
+    values = extra.get("maskx")
+    return make_head(config, MaskXConfig.from_dict(values)) if values else None
+
+
+def load_model(path, device=None) -> tuple[MNC, MNCConfig, list[tuple[int, str]], dict]:
+    """mnc_core.load_checkpoint that also rebuilds a Mask^X head."""
+    return load_checkpoint(path, device=device, final_mask_head=head_from_extra)
+
+
+def load_predictor(path, device=None) -> Predictor:
+    dev = torch.device(device) if device is not None else default_device()
+    model, config, categories, _ = load_model(path, device=dev)
+    return Predictor(model, config, categories, dev)

@@ -90,25 +90,18 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def mask_for_box(image: np.ndarray, box, category_id: int, predictions: list | None, *,
-                 min_iou: float = 0.3) -> tuple[np.ndarray, str]:
-    """A mask for a box a person drew: the best-overlapping predicted instance of the same
-    class (kept inside the box) when the model has one, else GrabCut inside the box.
+def mask_for_box(image: np.ndarray, box, category_id: int, masks_for_boxes=None) -> tuple[np.ndarray, str]:
+    """A mask for a box a person drew: the model's mask for exactly that box and class (for a
+    box-only class through the Mask^X weight transfer) when a model that knows the class is
+    active, else GrabCut inside the box. ``masks_for_boxes(image, boxes, category_ids)`` is the
+    active model's (``mnc_core.Predictor.masks_for_boxes``), None without a model.
     Returns (mask, source): source is "model" or "grabcut"."""
-    height, width = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
-    best, best_iou = None, min_iou
-    for inst in predictions or []:
-        if int(inst.category_id) != int(category_id):
-            continue
-        iou = box_iou((x1, y1, x2, y2), inst.box)
-        if iou >= best_iou:
-            best, best_iou = inst, iou
-    if best is not None:
-        inside = np.zeros((height, width), bool)
-        inside[max(0, int(np.floor(y1))):min(height, int(np.ceil(y2))),
-               max(0, int(np.floor(x1))):min(width, int(np.ceil(x2)))] = True
-        mask = np.asarray(best.mask, bool) & inside
-        if mask.any():
-            return mask, "model"
+    if masks_for_boxes is not None:
+        try:
+            masks = masks_for_boxes(image, [(x1, y1, x2, y2)], [int(category_id)])
+        except ValueError:  # a class the model has not been trained on yet
+            masks = None
+        if masks and masks[0].any():
+            return masks[0], "model"
     return grabcut_mask(image, (x1, y1, x2, y2)), "grabcut"

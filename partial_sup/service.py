@@ -62,13 +62,15 @@ def _process_alive(pid: int | None) -> bool:
 
 def start_training(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
                    backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
-                   lr: float | None = None) -> int:
+                   lr: float | None = None, mode: str = "full", mask_head: str = "transfer", init: str = "auto") -> int:
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed,
-              "backbone_weights": backbone_weights, "device": device, "lr": lr}
-    run_id = registry.create_run(db, mode="full", iterations=iterations, params=params)
+              "backbone_weights": backbone_weights, "device": device, "lr": lr, "mode": mode,
+              "mask_head": mask_head, "init": init}
+    run_id = registry.create_run(db, mode=mode, iterations=iterations, params=params)
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir),
                "--db", db.url, "--iterations", str(iterations), "--image-size", str(image_size),
-               "--backbone", backbone, "--seed", str(seed)]
+               "--backbone", backbone, "--seed", str(seed), "--mode", mode, "--mask-head", mask_head,
+               "--init", init]
     if backbone_weights is not None:
         command += ["--backbone-weights", backbone_weights]
     if device is not None:

@@ -11,10 +11,20 @@ from db import registry
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
-from mnc_core import BackboneWeightsError, MNCConfig, TrainProgress, default_lr, save_checkpoint, train_model
+from db import queries
+from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress, default_lr, save_checkpoint,
+                      train_model, warm_start)
 from partial_sup.data import DatabaseDataset
+from partial_sup.maskx import MASK_HEADS, MaskXConfig, build_maskx_model, load_model
+from partial_sup.validation import evaluate_on_val
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
+MODES = ("full", "heads")  # full: end-to-end; heads: frozen backbone body with cached features (fast on a CPU)
+INITS = ("auto", "active", "backbone")  # auto: the active model when it is compatible, else the backbone weights
+# `heads` mode is the CPU fast path: besides the frozen, cached backbone it trains the 3-stage structure
+# on 32 RoIs per image (about half the RoI-head cost of the 5-stage, 64-RoI default; the weights are the
+# same, so a later `full` run can start from it). Measured in benchmarks/README.md ("Retraining").
+HEADS_TRAINING = {"num_stages": 3, "roi_batch_size": 32}
 
 
 @dataclass
@@ -26,27 +36,85 @@ class TrainResult:
     stopped_early: bool
     final_loss: float | None
     seconds: float
+    metrics: dict | None = None
 
     def summary(self) -> str:
         if self.version_id is None:
             return f"training run {self.run_id} was cancelled after {self.iterations} iterations; the active model is unchanged"
         loss = f", final loss {self.final_loss:.3f}" if self.final_loss is not None else ""
-        return (f"training run {self.run_id}: {self.iterations} iterations in {self.seconds:.0f} s{loss}; "
+        text = (f"training run {self.run_id}: {self.iterations} iterations in {self.seconds:.0f} s{loss}; "
                 f"model version {self.version_id} ({self.checkpoint}) is now active")
+        m = self.metrics or {}
+        if m.get("val_images"):
+            def fmt(key: str) -> str:
+                return "-" if m.get(key) is None else f"{m[key]:.3f}"
+            text += (f"\non {m['val_images']} reviewed val images: mask AP {fmt('mask_AP')} (set A {fmt('mask_AP_A')}, "
+                     f"set B {fmt('mask_AP_B')}), box AP {fmt('box_AP')}")
+        else:
+            text += "\n(no reviewed val-split images: import or review some to get mask/box AP per version)"
+        return text
+
+
+def _initial_model(db: Database, config: MNCConfig, categories: list[tuple[int, str]], maskx: MaskXConfig | None,
+                   backbone_weights: str | None, init: str):
+    """A model for ``categories``: warm-started from the active version when ``init`` allows it and the
+    active model has the same architecture; otherwise from ``backbone_weights``. -> (model, description)."""
+    source = None
+    if init in ("auto", "active"):
+        active = registry.active_version(db)
+        if active is not None:
+            path = registry.checkpoint_path(db, active)
+            try:
+                source = load_model(path)
+            except (OSError, ValueError) as exc:
+                if init == "active":
+                    raise WorkbenchError(f"the active model {path} cannot be loaded: {exc}") from None
+            if source is not None:
+                src_model, src_config, src_categories, src_extra = source
+                same = (src_config.architecture() == config.architecture()
+                        and src_extra.get("maskx") == (maskx.to_dict() if maskx else None))
+                if not same:
+                    if init == "active":
+                        raise WorkbenchError("the active model has another architecture (backbone, sizes or mask "
+                                             "head): train with --init backbone")
+                    source = None
+        elif init == "active":
+            raise WorkbenchError("there is no active model to start from: train with --init backbone")
+    if source is None:
+        return build_maskx_model(config, len(categories), maskx, backbone_weights), "backbone weights"
+    src_model, _, src_categories, _ = source
+    model = build_maskx_model(config, len(categories), maskx, "none")
+    report = warm_start(model, categories, src_model.state_dict(), src_categories)
+    return model, f"active model ({report['classes_kept']} classes kept, {report['classes_new']} new)"
 
 
 def train_from_database(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
                         backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
-                        lr: float | None = None, config: MNCConfig | None = None,
+                        lr: float | None = None, config: MNCConfig | None = None, mode: str = "full",
+                        mask_head: str = "transfer", init: str = "auto",
                         show_progress: bool = False, run_id: int | None = None) -> TrainResult:
     """Train on the accepted annotations of the train split; on success the new model version is active.
+
+    mode: "full" (end-to-end) or "heads" (frozen backbone body, cached features). mask_head:
+    "transfer" (Mask^X: box-only classes get masks through the weight transfer), "agnostic" (the
+    class-agnostic baseline) or "none" (plain MNC). init: see INITS. The new version is evaluated
+    on the reviewed val-split images (mask AP on set A and B, box AP) and those metrics are stored.
 
     ``run_id``: a queued run (made by :func:`partial_sup.service.start_training`) that this process
     takes over; otherwise a new run is recorded. Progress and the final state are stored in it."""
     if iterations < 1:
         raise WorkbenchError("--iterations must be at least 1")
+    if mode not in MODES:
+        raise WorkbenchError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mask_head not in MASK_HEADS:
+        raise WorkbenchError(f"the mask head must be one of {', '.join(MASK_HEADS)}, not {mask_head!r}")
+    if init not in INITS:
+        raise WorkbenchError(f"init must be one of {', '.join(INITS)}, not {init!r}")
     config = (config or MNCConfig()).replace(backbone=backbone, min_size=image_size,
                                              max_size=max(image_size, int(image_size * 5 / 3)))
+    if mode == "heads":
+        config = config.replace(**HEADS_TRAINING)
+    maskx = None if mask_head == "none" else MaskXConfig(method=mask_head)
     lr = default_lr(config) if lr is None else lr
     try:
         dataset = DatabaseDataset(db, "train")
@@ -55,17 +123,22 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
             registry.claim_run(db, run_id, {})
             registry.finish_run(db, run_id, RunStatus.failed, str(exc))
         raise
+    sets = queries.category_sets(db)
+    set_a = sorted(c for c, s in sets.items() if s == "A")
+    set_b = sorted(c for c, s in sets.items() if s == "B")
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
-              "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories)}
+              "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories),
+              "mode": mode, "mask_head": mask_head, "init": init, "set_A": set_a, "set_B": set_b}
     if run_id is None:
-        run_id = registry.start_run(db, mode="full", iterations=iterations, params=params)
+        run_id = registry.start_run(db, mode=mode, iterations=iterations, params=params)
     else:
         registry.claim_run(db, run_id, params)
     bar = None
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=iterations, desc=f"training run {run_id}", unit="it", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=iterations, desc=f"training run {run_id} ({mode})", unit="it", file=sys.stderr,
+                   dynamic_ncols=True)
     cancel = {"requested": False}
 
     def on_progress(progress: TrainProgress) -> None:
@@ -78,21 +151,32 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
 
     start = time.perf_counter()
     try:
+        model, started_from = _initial_model(db, config, dataset.categories, maskx, backbone_weights, init)
         model, summary = train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr,
-                                     backbone_weights=backbone_weights, on_progress=on_progress,
+                                     model=model, freeze_backbone=(mode == "heads"), on_progress=on_progress,
                                      should_stop=lambda: cancel["requested"])
         if summary["stopped_early"]:
             registry.finish_run(db, run_id, RunStatus.cancelled, "cancelled")
             return TrainResult(run_id, None, None, summary["iterations"], True, None, time.perf_counter() - start)
+        train_seconds = time.perf_counter() - start
+        train_loss = summary["final_losses"].get("total")
+        registry.record_progress(db, run_id, iteration=summary["iterations"], loss=float(train_loss or "nan"),
+                                 message="evaluating on the reviewed val images")
+        predictor = Predictor(model, config, dataset.categories, summary["device"])
+        metrics = evaluate_on_val(db, predictor, mask_set=set(set_a)) or {}
+        metrics.update({"train_loss": train_loss, "train_images": len(dataset), "train_seconds": round(train_seconds, 1),
+                        "mode": mode, "mask_head": mask_head, "set_A": set_a, "set_B": set_b,
+                        "started_from": started_from})
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         checkpoint = registry.models_dir(db) / f"run{run_id:04d}-{stamp}.pt"
-        final_loss = summary["final_losses"].get("total")
-        save_checkpoint(checkpoint, model, config, dataset.categories,
-                        extra={"run_id": run_id, "iterations": summary["iterations"], "seed": seed, "lr": lr,
-                               "final_loss": final_loss})
+        extra = {"run_id": run_id, "iterations": summary["iterations"], "seed": seed, "lr": lr, "mode": mode,
+                 "train_loss": train_loss}
+        if maskx is not None:
+            extra["maskx"] = maskx.to_dict()
+        save_checkpoint(checkpoint, model, config, dataset.categories, extra=extra)
         version_id = registry.register_version(
-            db, checkpoint, name=f"{backbone} {iterations} it @ {image_size}px", config=config.to_dict(),
-            metrics={"final_loss": final_loss, "train_images": len(dataset)}, run_id=run_id, activate=True)
+            db, checkpoint, name=f"{backbone} {mode} {mask_head} {iterations} it @ {image_size}px",
+            config=config.to_dict(), metrics=metrics, run_id=run_id, activate=True)
         registry.finish_run(db, run_id, RunStatus.succeeded, f"model version {version_id}")
     except BackboneWeightsError as exc:
         registry.finish_run(db, run_id, RunStatus.failed, str(exc))
@@ -106,5 +190,5 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     finally:
         if bar is not None:
             bar.close()
-    return TrainResult(run_id, version_id, str(checkpoint), summary["iterations"], False, final_loss,
-                       time.perf_counter() - start)
+    return TrainResult(run_id, version_id, str(checkpoint), summary["iterations"], False, train_loss,
+                       time.perf_counter() - start, metrics)

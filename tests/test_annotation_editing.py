@@ -85,6 +85,22 @@ def test_undo_restores_the_previous_annotations_after_a_restart(database, image,
     reopened.close()
 
 
+def test_undo_still_works_after_a_class_is_merged_or_deleted(database, image):
+    from db.categories import delete_category, merge_categories
+
+    image_id, h, w = image
+    seen, before = get_annotations(database, image_id)
+    assert sorted(r["category_id"] for r in before) == [3, 3, 7, 12]  # the crowd region is a car (3)
+    save_annotations(database, image_id, [InstanceData(category_id=3, mask=a_mask(h, w))], seen_revision=seen)
+    merge_categories(database, 7, 3)  # the snapshot's ball (7) is now a car (3)
+    delete_category(database, 12, delete_annotations=True)  # the snapshot's sign (12) is gone
+    undo(database, image_id)
+    _, after = get_annotations(database, image_id)
+    assert sorted(r["category_id"] for r in after) == [3, 3, 3]
+    ball = next(r for r in before if r["category_id"] == 7)
+    assert any(np.array_equal(r["mask"], ball["mask"]) for r in after if r["mask"] is not None)
+
+
 def test_review_states_decide_what_is_exported(database, image):
     image_id, h, w = image
     seen, rows = get_annotations(database, image_id)

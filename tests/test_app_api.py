@@ -127,7 +127,7 @@ def test_retrain_waits_for_the_new_version(client, app_server):
     from db import registry
 
     before = registry.active_version(app_server["db"]).id
-    job = client.submit("quick", 2, 64, "none", api_name="/retrain")
+    job = client.submit("heads", 2, 64, "none", api_name="/retrain")
     seen = []
     while not job.done():
         progress = job.status().progress_data

@@ -120,18 +120,26 @@ def test_proposals_replace_only_still_proposed_model_annotations(db, tmp_path_fa
 
 
 def test_box_mask_from_model_or_grabcut():
-    from mnc_core import Instance
     from partial_sup.proposals import mask_for_box
 
     image = np.full((40, 50, 3), 30, np.uint8)
     image[10:30, 10:30] = 220
-    predicted = np.zeros((40, 50), bool)
-    predicted[8:32, 8:34] = True
-    instance = Instance(category_id=3, score=0.9, box=(8, 8, 34, 32), mask=predicted)
-    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, [instance])
-    assert source == "model" and mask.sum() == 22 * 22  # the model's mask, kept inside the box
-    mask, source = mask_for_box(image, (9, 9, 31, 31), 7, [instance])  # no instance of class 7
+    calls = []
+
+    def model_masks(img, boxes, category_ids):  # the interface of Predictor.masks_for_boxes
+        calls.append((boxes, category_ids))
+        if category_ids[0] != 3:
+            raise ValueError("the model does not know categories [7]")
+        mask = np.zeros(img.shape[:2], bool)
+        mask[12:28, 12:28] = True
+        return [mask]
+
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, model_masks)
+    assert source == "model" and mask.sum() == 16 * 16 and calls[0] == ([(9.0, 9.0, 31.0, 31.0)], [3])
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 7, model_masks)  # a class the model does not know
     assert source == "grabcut" and mask[15:25, 15:25].all() and not mask[:5].any()
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, None)  # no model yet
+    assert source == "grabcut"
 
 
 def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory, tmp_path):

@@ -105,3 +105,39 @@ def test_cancelled_run_leaves_the_active_model_unchanged(trained, monkeypatch):
     assert registry.active_version(db).id == 1
     assert registry.get_run(db, result.run_id).status == RunStatus.cancelled
     db.close()
+
+
+def test_heads_retraining_starts_from_the_active_model_and_can_be_rolled_back(trained, tmp_path):
+    from conftest import make_synthetic_coco
+
+    data_dir, _ = trained
+    val = make_synthetic_coco(tmp_path / "val", n_images=2, seed=5)
+    assert run_cli("import-coco", val, "--images", val.parent / "images", "--split", "val",
+                   "--data-dir", data_dir, cwd=tmp_path).returncode == 0
+    result = run_cli("train", "--mode", "heads", "--iterations", "2", "--image-size", "64", "--backbone-weights",
+                     "none", "--device", "cpu", "--data-dir", data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "model version 2" in result.stdout and "on 2 reviewed val images: mask AP" in result.stdout
+    db = open_database(data_dir)
+    v2 = registry.active_version(db)
+    m = v2.metrics
+    assert v2.id == 2 and m["mode"] == "heads" and m["mask_head"] == "transfer"
+    assert m["started_from"].startswith("active model (3 classes kept, 0 new)")
+    assert m["set_A"] == [3, 7] and m["set_B"] == [12]  # class 12 only ever has boxes
+    assert m["val_images"] == 2 and {"mask_AP", "mask_AP_A", "box_AP", "train_loss"} <= set(m)
+    assert registry.get_run(db, v2.training_run_id).mode == "heads"
+    db.close()
+    listed = run_cli("models", "--data-dir", data_dir, cwd=tmp_path)
+    assert "* v2" in listed.stdout and "heads" in listed.stdout
+    # roll back to version 1: predictions come from its checkpoint again
+    assert run_cli("models", "--activate", "1", "--data-dir", data_dir, cwd=tmp_path).returncode == 0
+    db = open_database(data_dir)
+    assert registry.active_version(db).id == 1
+    db.close()
+    image = sorted((val.parent / "images").glob("*.jpg"))[0]
+    out = tmp_path / "v1.json"
+    assert run_cli("predict", image, "--out", out, "--data-dir", data_dir, cwd=tmp_path).returncode == 0
+    # starting explicitly from a model of another architecture is refused with a way out
+    refused = run_cli("train", "--mode", "heads", "--mask-head", "none", "--init", "active", "--iterations", "1",
+                      "--image-size", "64", "--device", "cpu", "--data-dir", data_dir, cwd=tmp_path)
+    assert refused.returncode == 2 and "--init backbone" in refused.stderr

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""One-click retraining on a CPU: `heads` mode on 50 photos at 600 px, against the model it replaces.
+
+The workbench's scenario: a model exists (version 1, trained on the first 20 photos), people label
+30 more, and press Retrain. `heads` mode starts from the active model, freezes the backbone's body,
+caches its features once per photo and flip, and trains the rest. Goal (issue 4): <= 5 minutes on
+this 2-core CPU, and better than version 1 on held-out photos.
+
+    python benchmarks/bench_retrain_heads.py                    # both steps (resumable; --force redoes)
+    python benchmarks/bench_retrain_heads.py --iterations 5 --first-iterations 5 --val-images 4 \\
+        --work benchmarks/out/retrain_smoke                    # smoke test
+
+Both steps go through the command line (`launch.py import-coco`, `launch.py train --mode heads`), as
+the UI's Retrain button does (it runs `launch.py train` in its own process). Metrics are those each
+training stores in its model version: COCOeval on the reviewed val-split photos (here: the imported
+coco_subset val photos), mask AP / AP50, box AP.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_mnc_accuracy import cli, load, stamp  # noqa: E402
+from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def subset(source: Path, n: int | None, out: Path) -> Path:
+    """The first n images of a COCO file (by id) with all their annotations and every category."""
+    data = json.loads(source.read_text())
+    ids = sorted(im["id"] for im in data["images"])
+    keep = set(ids if n is None else ids[:n])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**data, "images": [im for im in data["images"] if im["id"] in keep],
+                               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}))
+    return out
+
+
+def version_metrics(data_dir: Path) -> dict:
+    from db import registry
+    from db.engine import open_database
+
+    db = open_database(data_dir)
+    version = registry.active_version(db)
+    out = {"version_id": version.id, "name": version.name, **(version.metrics or {})}
+    db.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "retrain_heads")
+    parser.add_argument("--first-images", type=int, default=20, help="photos of version 1")
+    parser.add_argument("--images", type=int, default=50, help="photos of the retraining (the first ones included)")
+    parser.add_argument("--val-images", type=int, default=None, help="held-out val photos (default: all 79)")
+    parser.add_argument("--image-size", type=int, default=600)
+    parser.add_argument("--first-iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=400, help="iterations of the retraining")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    require(args.data / "train.json", "the coco_subset data")
+    require(args.weights, "the ImageNet MobileNetV2 weights")
+    args.work.mkdir(parents=True, exist_ok=True)
+    data_dir = args.work / "workbench_data"
+    results_path = args.work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
+    log = open(args.work / "log.txt", "a")
+    images = str(args.data / "images")
+    common = ["--data-dir", str(data_dir), "--device", "cpu", "--image-size", str(args.image_size), "--mode", "heads"]
+
+    if "first" not in results:
+        if args.force and data_dir.exists():
+            import shutil
+            shutil.rmtree(data_dir)
+        first = subset(args.data / "train.json", args.first_images, args.work / "train_first.json")
+        val = subset(args.data / "val.json", args.val_images, args.work / "val.json")
+        cli(["import-coco", str(val), "--images", images, "--data-dir", str(data_dir), "--split", "val"], log, args.threads)
+        cli(["import-coco", str(first), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
+        load_before = load()
+        seconds = cli(["train", *common, "--init", "backbone", "--backbone-weights", str(args.weights),
+                       "--iterations", str(args.first_iterations)], log, args.threads)
+        results["first"] = {"command_seconds": seconds, "load_before": load_before, "images": args.first_images,
+                            "iterations": args.first_iterations, **version_metrics(data_dir)}
+        results_path.write_text(json.dumps(results, indent=1))
+    if "retrain" not in results:
+        more = subset(args.data / "train.json", args.images, args.work / "train_more.json")
+        cli(["import-coco", str(more), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
+        load_before = load()
+        t = time.perf_counter()
+        seconds = cli(["train", *common, "--iterations", str(args.iterations)], log, args.threads)
+        results["retrain"] = {"command_seconds": seconds, "load_before": load_before, "load_after": load(),
+                              "images": args.images, "iterations": args.iterations, "finished": stamp(),
+                              **version_metrics(data_dir)}
+        results["retrain"]["wall_seconds"] = time.perf_counter() - t
+        results_path.write_text(json.dumps(results, indent=1))
+
+    def fmt(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print("\n| model | photos | iterations | training (s) | whole command (s) | mask AP | mask AP50 | box AP | box AP50 | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for key, label in (("first", "version 1 (heads, from ImageNet)"), ("retrain", "retrained (heads, from version 1)")):
+        r = results[key]
+        print(f"| {label} | {r['images']} | {r['iterations']} | {fmt(r.get('train_seconds'), 0)} | "
+              f"{fmt(r['command_seconds'], 0)} | {fmt(r.get('mask_AP'))} | {fmt(r.get('mask_AP50'))} | "
+              f"{fmt(r.get('box_AP'))} | {fmt(r.get('box_AP50'))} | {r['load_before']} |")
+    r1, r2 = results["first"], results["retrain"]
+    print(f"\nretraining: {r2.get('train_seconds', 0):.0f} s of training (goal <= 300 s) on {r2['images']} photos at "
+          f"{args.image_size} px; mask AP {fmt(r1.get('mask_AP'))} -> {fmt(r2.get('mask_AP'))} on "
+          f"{r2.get('val_images')} held-out photos")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
