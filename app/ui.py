@@ -269,6 +269,9 @@ class UI:
         fraction = state.iteration / state.iterations if state.iterations else 0.0
         loss = "" if state.loss is None else f", loss {state.loss:.4f}"
         text = f"**Training run {state.run_id}: {state.status}** · iteration {state.iteration}/{state.iterations}{loss}"
+        eta = state.eta_seconds
+        if eta is not None:
+            text += f" · about {eta / 60:.1f} min left" if eta >= 90 else f" · about {eta:.0f} s left"
         if state.message and state.message != f"model version {state.version_id}":
             text += f" · {state.message}"
         if state.version_id is not None:

@@ -24,7 +24,10 @@ interleaved image by image (the parent alternates which model goes first), after
 predictions that are not timed. Reported per model: parameter counts, checkpoint size, training seconds per
 iteration and losses (first/last 10 iterations), per-image predict latency (median, p90) with a breakdown
 (stage-3 classify head, final masks = detection weights + T + FCN, post-processing), detections per image,
-peak RSS (VmHWM) of the train and the predict process. Then (unless --no-probe) one extra prediction per model
+peak RSS (VmHWM) of the train and the predict process. A second interleaved pass (--low-threshold, 0.005 by
+default; 0 skips it) sets the models' own score_thresh = vote_score_thresh that low, because a short training
+leaves every score under 0.05 (no detections, Mask^X final masks never computed). Then (unless --no-probe) one
+extra prediction per model
 at score_threshold 0.0 (a user can set the workbench's threshold that low): latency and peak RSS, measured
 after the main figures were recorded, to show how post-processing scales with (candidates x classes).
 Writes OUT/results.json (and OUT/model_80.pt, OUT/model_3000.pt, OUT/train_*.json).

@@ -56,14 +56,17 @@ def set_pid(db: Database, run_id: int, pid: int) -> None:
         session.get(TrainingRun, run_id).pid = pid
 
 
-def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, message: str = "") -> bool:
-    """Store the run's progress; returns True when someone asked to cancel it."""
+def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, message: str = "",
+                    seconds: float | None = None) -> bool:
+    """Store the run's progress (history entries: [iteration, loss] or [iteration, loss, seconds since the
+    run started], from which clients estimate the time left); returns True when someone asked to cancel it."""
     with db.session() as session:
         run = session.get(TrainingRun, run_id)
         run.iteration = iteration
         run.loss = loss
         if not run.history or run.history[-1][0] != iteration:
-            run.history = [*run.history, [iteration, loss]]
+            entry = [iteration, loss] if seconds is None else [iteration, loss, round(float(seconds), 1)]
+            run.history = [*run.history, entry]
         if message:
             run.message = message
         return run.cancel_requested

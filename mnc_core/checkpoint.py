@@ -83,6 +83,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         categories = [(int(c[0]), str(c[1])) for c in payload["categories"]]
         extra = dict(payload.get("extra") or {})
         head = final_mask_head(config, extra) if final_mask_head is not None else None
+        if head is None and any(k.startswith("final_mask_head.") for k in payload["state_dict"]):
+            raise ValueError("the model has a final-mask head (e.g. Mask^X); load it with its builder: "
+                             "load_checkpoint(path, final_mask_head=...), e.g. partial_sup.maskx.load_model")
         model = build_model(config, int(payload["num_classes"]), backbone_weights="none", final_mask_head=head)
         model.load_state_dict(payload["state_dict"], strict=True)
     except Exception as e:  # noqa: BLE001

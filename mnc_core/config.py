@@ -71,6 +71,8 @@ class MNCConfig:
     vote_iou_thresh: float = 0.5
     vote_score_thresh: float = 0.05         # only candidates above this vote (and get pasted)
     vote_resolution: int = 56               # voting is done on an R x R grid over each survivor's window
+    max_candidates: int = 5000              # (candidate, class) pairs kept per image before NMS (bounds a very
+                                            # low threshold with thousands of classes)
     mask_thresh: float = 0.4
     # ---- images ----
     min_size: int = 600                     # short side

@@ -63,8 +63,12 @@ class ClassifyHead(nn.Module):
         h = torch.cat([a, b], dim=1)
         return self.cls_score(h), self.seg_cls_score(h), self.bbox_pred(h)
 
-    def detection_weights(self) -> Tensor:
-        """(N+1, 5J): per class its cls_score row and its 4 bbox_pred rows, background row included
-        (the input of a Mask^X weight transfer function)."""
+    def detection_weights(self, classes: Tensor | None = None) -> Tensor:
+        """(P, 5J): per class its cls_score row and its 4 bbox_pred rows (the input of a Mask^X weight
+        transfer function), for `classes` (P,) indices 0..N, or all N+1 rows (background first)."""
         n = self.cls_score.weight.shape[0]
-        return torch.cat([self.cls_score.weight, self.bbox_pred.weight.reshape(n, -1)], dim=1)
+        cls_w = self.cls_score.weight
+        box_w = self.bbox_pred.weight.view(n, -1)
+        if classes is not None:
+            cls_w, box_w = cls_w[classes], box_w[classes]
+        return torch.cat([cls_w, box_w], dim=1)

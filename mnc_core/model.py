@@ -76,9 +76,12 @@ class MNC(nn.Module):
         return x, mask_logits, cls.float(), seg.float(), bbox.float()
 
     def _final_masks(self, x: Tensor, mask_logits: Tensor, classes: Tensor) -> Tensor:
-        """The final-mask head on RoI features x (K, C, S, S) for classes (K,); (K, m, m) logits."""
-        det_weights = self.classify_head.detection_weights()
-        return self.final_mask_head(x, mask_logits, classes, det_weights).float()
+        """The final-mask head on RoI features x (K, C, S, S) for classes (K,); (K, m, m) logits.
+        Only the detection weights of the classes present are gathered (thousands of classes cost
+        nothing here); the head gets their rows and each RoI's row index."""
+        present, rows = torch.unique(classes, return_inverse=True)
+        det_weights = self.classify_head.detection_weights(present)  # (P, 5J)
+        return self.final_mask_head(x, mask_logits, rows, det_weights).float()
 
     def _refine(self, rois: list[Tensor], cls: Tensor, bbox: Tensor, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
         """Stage-3 class-specific regression at the argmax foreground class -> next-stage boxes."""
@@ -154,9 +157,11 @@ class MNC(nn.Module):
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[ImageTargets] | None = None, trunk_features: Tensor | None = None):
+                targets: list[ImageTargets] | None = None, trunk_features: Tensor | None = None,
+                score_thresh: float | None = None):
         """trunk_features: precomputed `backbone.trunk(images)` (frozen-backbone training with cached
-        features); `images` is then only used for its padded shape."""
+        features); `images` is then only used for its padded shape. score_thresh (eval): the caller's
+        detection threshold (default config.score_thresh), which decides which candidates get final masks."""
         c = self.config
         if trunk_features is None:
             features = self.backbone(images)  # (N, C, H/16, W/16)
@@ -180,12 +185,13 @@ class MNC(nn.Module):
                 l45, _, _ = self._stage_losses(features, rois2, targets, "_s45")
                 losses.update(l45)
             return losses
-        return self._candidates(images, features, image_sizes)
+        return self._candidates(images, features, image_sizes, score_thresh)
 
-    def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
+                    score_thresh: float | None = None) -> list[dict[str, Tensor]]:
         proposals, _ = self.rpn(images, features, image_sizes)
         x, mask_logits, cls, seg, bbox = self._stages(features, proposals)
-        mask_logits = self._candidate_masks(x, mask_logits, seg)
+        mask_logits = self._candidate_masks(x, mask_logits, seg, score_thresh)
         boxes, scores, masks = [torch.cat(proposals)], [F.softmax(seg, -1)], [torch.sigmoid(mask_logits)]
         counts = [p.shape[0] for p in proposals]
         parts = [(boxes[0], scores[0], masks[0], counts)]
@@ -201,7 +207,7 @@ class MNC(nn.Module):
                     start += n
                 rois2 = [r[i] for r, i in zip(rois2, sel)]
             x2, mask_logits2, _, seg2, _ = self._stages(features, rois2)
-            mask_logits2 = self._candidate_masks(x2, mask_logits2, seg2)
+            mask_logits2 = self._candidate_masks(x2, mask_logits2, seg2, score_thresh)
             parts.append((torch.cat(rois2), F.softmax(seg2, -1), torch.sigmoid(mask_logits2), [r.shape[0] for r in rois2]))
         out = []
         starts = [_starts_from_counts(p[3]) for p in parts]
@@ -212,15 +218,16 @@ class MNC(nn.Module):
                         "mask_probs": torch.cat([p[2][s] for p, s in zip(parts, sl)]).detach()})
         return out
 
-    def _candidate_masks(self, x: Tensor, mask_logits: Tensor, seg: Tensor) -> Tensor:
+    def _candidate_masks(self, x: Tensor, mask_logits: Tensor, seg: Tensor, score_thresh: float | None) -> Tensor:
         """Inference: final masks (at the highest-scoring class) for candidates whose foreground score
         can reach post-processing; the others keep their class-agnostic masks (never used)."""
         if self.final_mask_head is None or seg.shape[0] == 0:
             return mask_logits
         c = self.config
+        thresh = c.score_thresh if score_thresh is None else float(score_thresh)
         fg = F.softmax(seg, -1)[:, 1:]
         score, cls = fg.max(dim=1)
-        keep = torch.where(score > min(c.score_thresh, c.vote_score_thresh))[0]
+        keep = torch.where(score > min(thresh, c.vote_score_thresh))[0]
         if keep.numel() == 0:
             return mask_logits
         out = mask_logits.clone()
@@ -252,7 +259,7 @@ class MNC(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            cands = self.forward(images, image_sizes)
+            cands = self.forward(images, image_sizes, score_thresh=score_thresh)
         finally:
             self.train(was_training)
         original_sizes = original_sizes or image_sizes

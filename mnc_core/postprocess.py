@@ -52,6 +52,9 @@ def postprocess_image(boxes: Tensor, scores: Tensor, mask_probs: Tensor, image_s
     cb, cs, cl = ob[k_idx], probs[k_idx, c_idx], c_idx + 1
     ok = ((cb[:, 2] - cb[:, 0]) > 1e-2) & ((cb[:, 3] - cb[:, 1]) > 1e-2)
     k_idx, cb, cs, cl = k_idx[ok], cb[ok], cs[ok], cl[ok]
+    if cs.numel() > c.max_candidates:  # a very low threshold with many classes: keep the best pairs
+        top = cs.topk(c.max_candidates).indices
+        k_idx, cb, cs, cl = k_idx[top], cb[top], cs[top], cl[top]
 
     surv = torch.where(cs > thr)[0]
     surv = surv[batched_nms_top_n(cb[surv], cs[surv], cl[surv], c.nms_thresh, c.detections_per_image)]
@@ -62,10 +65,12 @@ def postprocess_image(boxes: Tensor, scores: Tensor, mask_probs: Tensor, image_s
                 "masks": torch.zeros((0, H0, W0), dtype=torch.bool, device=dev)}
 
     if c.mask_voting:
-        voter = (box_iou(cb[surv], cb) >= c.vote_iou_thresh) & (cl[surv][:, None] == cl[None, :]) \
-            & (cs > c.vote_score_thresh)[None, :]
-        voter[torch.arange(S, device=dev), surv] = True  # a survivor always votes for itself
-        s_idx, v_idx = torch.where(voter)  # (P,), (P,)
+        voters = torch.where(cs > c.vote_score_thresh)[0]  # (V,) only these vote
+        voter = (box_iou(cb[surv], cb[voters]) >= c.vote_iou_thresh) & (cl[surv][:, None] == cl[voters][None, :])
+        s_idx, v_local = torch.where(voter)  # (P,), (P,)
+        v_idx = voters[v_local]
+        weak = torch.where(cs[surv] <= c.vote_score_thresh)[0]  # a survivor always votes for itself
+        s_idx, v_idx = torch.cat([s_idx, weak]), torch.cat([v_idx, surv[weak]])
     else:
         s_idx, v_idx = torch.arange(S, device=dev), surv
 

@@ -36,6 +36,15 @@ class RunState:
     version_id: int | None
 
     @property
+    def eta_seconds(self) -> float | None:
+        """Estimated seconds left, from the pace of the iterations so far (None before the first record)."""
+        timed = [h for h in self.history if len(h) > 2 and h[0] > 0]
+        if self.finished or not timed:
+            return None
+        iteration, _, seconds = timed[-1][:3]
+        return max(0.0, seconds / iteration * (self.iterations - iteration))
+
+    @property
     def finished(self) -> bool:
         return self.status not in (RunStatus.queued.value, RunStatus.running.value)
 

@@ -147,7 +147,8 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
             bar.update(progress.iteration - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
         if progress.iteration % PROGRESS_EVERY == 0 or progress.iteration == progress.iterations:
-            cancel["requested"] = registry.record_progress(db, run_id, iteration=progress.iteration, loss=loss)
+            cancel["requested"] = registry.record_progress(db, run_id, iteration=progress.iteration, loss=loss,
+                                                           seconds=time.perf_counter() - start)
 
     start = time.perf_counter()
     try:
