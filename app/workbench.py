@@ -26,7 +26,7 @@ from partial_sup import service
 from partial_sup.proposals import DEFAULT_MIN_SCORE, mask_for_box, propose
 
 TRAIN_MODES = {  # mode -> (iterations, short side in pixels)
-    "heads": (400, 600),   # frozen backbone with cached features, from the active model: the fast path on a CPU
+    "heads": (200, 600),   # frozen backbone with cached features, from the active model: the fast path on a CPU
     "full": (2000, 600),   # end-to-end
 }
 

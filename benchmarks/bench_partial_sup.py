@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Partial supervision (Mask^X) on coco_subset: the paper's Table 3.5 in small.
 
-    python benchmarks/bench_partial_sup.py                                   # everything (resumable)
-    python benchmarks/bench_partial_sup.py --iterations 3 --image-size 160 --work benchmarks/out/partial_sup_smoke
+    python benchmarks/bench_partial_sup.py --threads 1                       # everything (resumable)
+    python benchmarks/bench_partial_sup.py --iterations 3 --image-size 160 --seeds 0 --val-images 4 \
+        --train-images 8 --score-threshold 0 --grabcut-top 5 --work benchmarks/out/partial_sup_smoke
     python benchmarks/bench_partial_sup.py --table-only                      # print the table from finished runs
 
 Splits (COCO 2017 `train.json` 160 images -> trained; `val.json` 79 images -> evaluated, all masks):
@@ -14,7 +15,7 @@ ImageNet MobileNetV2 body with cached features, from ../shared/weights/mobilenet
   transfer  MaskXConfig(method="transfer") trained with B box-only (Mask^X: weight transfer + MLP)
   grabcut   the `agnostic` run's detections (same split, seed), each mask replaced by
             partial_sup.grabcut.grabcut_mask(image, box) (detector + GrabCut; no training); only the
-            top --grabcut-top detections per image (30 by default) because GrabCut costs ~20-50 ms a box
+            top --grabcut-top detections per image (10 by default) because GrabCut costs ~20-50 ms a box
   oracle    MaskXConfig(method="transfer") trained with masks for every class. Its training data do
             not depend on the split, so one model per seed is trained and evaluated for both splits
             (identical to training it twice: same data, config and seed on a deterministic CPU run).
@@ -635,12 +636,12 @@ def main() -> None:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=800)
-    p.add_argument("--image-size", type=int, default=400, help="short side in training and evaluation (long side cap 5/3 of it)")
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=320, help="short side in training and evaluation (long side cap 5/3 of it)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--weights", type=Path, default=WEIGHTS)
-    p.add_argument("--grabcut-top", type=int, default=30, help="GrabCut only the top N detections per image")
+    p.add_argument("--grabcut-top", type=int, default=10, help="GrabCut only the top N detections per image")
     p.add_argument("--train-images", type=int, default=None, help="use only the first N training images (debug)")
     p.add_argument("--val-images", type=int, default=None, help="evaluate on the first N val images only (debug)")
     p.add_argument("--score-threshold", type=float, default=0.05, help="Predictor score threshold (0 in smoke runs: "
