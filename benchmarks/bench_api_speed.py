@@ -59,10 +59,13 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def others_running() -> list[str]:
-    """Other benchmark processes that share the CPU (pgrep -f bench_partial_sup)."""
-    out = subprocess.run(["pgrep", "-af", "bench_partial_sup"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+def others_running(work: Path) -> list[str]:
+    """Other CPU-heavy jobs that share the machine: benchmarks, trainings, test suites (not this one's)."""
+    out = subprocess.run(["pgrep", "-af", r"benchmarks/bench_|launch.py train|pytest"], capture_output=True,
+                         text=True).stdout
+    return [line[:200] for line in out.splitlines()
+            if "pgrep" not in line and "bench_api_speed" not in line and str(work) not in line
+            and not line.split(" ", 2)[1:2] == ["sh"]]
 
 
 def stats(values: list[float]) -> dict:
@@ -464,7 +467,7 @@ def main() -> int:
     log.write(f"==== {stamp()} {' '.join(sys.argv)}\n")
 
     results: dict = {"started": stamp(), "argv": sys.argv[1:], "cpu_count": os.cpu_count(),
-                     "load_start": loadavg(), "others_running_at_start": others_running()}
+                     "load_start": loadavg(), "others_running_at_start": others_running(args.work.resolve())}
     base = make_base(args, log)
     results["model"] = base
     photos = make_photos(args)
@@ -534,7 +537,7 @@ def main() -> int:
 
     results["finished"] = stamp()
     results["load_end"] = loadavg()
-    results["others_running_at_end"] = others_running()
+    results["others_running_at_end"] = others_running(args.work.resolve())
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
 
     print()
@@ -543,7 +546,8 @@ def main() -> int:
     print(f"load average (1/5/15 min): start {results['load_start']}, before upload {results['load_before_upload']}, "
           f"before retrain {results['retrain']['load_before']}, end {results['load_end']}")
     if results["others_running_at_start"] or results["others_running_at_end"]:
-        print("other benchmark processes were running:", *results["others_running_at_start"], sep="\n  ")
+        print("other jobs at the start:", *results["others_running_at_start"], sep="\n  ")
+        print("other jobs at the end:", *results["others_running_at_end"], sep="\n  ")
     print()
     print(table(results))
     u = results["upload_propose"]
