@@ -133,9 +133,10 @@ class ModelCache:
     """One Predictor for the active model version, reloaded when the active version changes;
     predictions of the last few images are kept (proposals and masks for drawn boxes reuse them)."""
 
-    PREDICT_THRESHOLD = 0.0  # keep everything the model outputs; callers filter by score
-
-    def __init__(self, db: Database, device: str | None = None, keep: int = 4):
+    def __init__(self, db: Database, device: str | None = None, keep: int = 4, threshold: float = 0.0):
+        """threshold: the lowest score any caller keeps (the workbench's proposal minimum): candidates
+        below it are dropped by the model itself, which then skips their final (Mask^X) masks."""
+        self.threshold = float(threshold)
         self.db = db
         self.device = device
         self.keep = keep
@@ -182,7 +183,7 @@ class ModelCache:
             if key in self._predictions:
                 self._predictions.move_to_end(key)
                 return version_id, self._predictions[key]
-            result = predict_scaled(predictor, image, self.PREDICT_THRESHOLD)
+            result = predict_scaled(predictor, image, self.threshold)
             self._predictions[key] = result
             while len(self._predictions) > self.keep:
                 self._predictions.popitem(last=False)

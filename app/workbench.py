@@ -76,10 +76,10 @@ class Workbench:
     def __init__(self, db: Database, *, proposal_min_score: float | None = None, device: str | None = None):
         self.db = db
         self.images = ImageCache(db)
-        self.models = ModelCache(db, device=device)
         env = os.environ.get("WORKBENCH_PROPOSAL_MIN_SCORE")
         self.min_score = (proposal_min_score if proposal_min_score is not None
                           else float(env) if env else DEFAULT_MIN_SCORE)
+        self.models = ModelCache(db, device=device, threshold=self.min_score)
         self.device = device
 
     # ---- images -------------------------------------------------------------------

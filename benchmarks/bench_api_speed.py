@@ -231,34 +231,42 @@ def polygon_in(box) -> list[list[float]]:
 
 def measure_saves(client, image_id: int, current: dict, n: int, width: int, height: int,
                   category_ids: list[int]) -> list[dict]:
-    """n save_annotations round trips on one image, cycling through the kinds of edits a person makes."""
+    """n save_annotations round trips on one image, cycling through the kinds of edits a person makes;
+    each sends back all the image's instances (masks as the RLE the API gave) and the revision it saw."""
     instances, revision = current["instances"], current["revision"]  # the image as the page has it
-    kinds = ["accept a proposal", "change a class", "add a painted polygon mask", "add a box-only annotation",
+    cycle = ["accept a proposal", "change a class", "add a painted polygon mask", "add a box-only annotation",
              "reject a proposal"]
     samples = []
     for k in range(n):
-        kind = kinds[k % len(kinds)]
+        kind = cycle[k % len(cycle)]
         send = [dict(i) for i in instances]
         proposed = [i for i in send if i["review_state"] == "proposed"]
-        accepted = [i for i in send if i["review_state"] == "accepted"]
-        if kind == "accept a proposal" and proposed:
+        accepted = [i for i in send if i["review_state"] == "accepted" and i["category_id"] in category_ids]
+        if kind == "accept a proposal" and not proposed:
+            kind = "change a class"
+        if kind == "reject a proposal" and not proposed:
+            kind = "delete an annotation" if len(send) > 1 else "add a painted polygon mask"
+        if kind == "change a class" and not accepted:
+            kind = "add a painted polygon mask"
+        if kind == "accept a proposal":
             proposed[0]["review_state"] = "accepted"
-        elif kind == "reject a proposal" and proposed:
+        elif kind == "reject a proposal":
             proposed[-1]["review_state"] = "rejected"
-        elif kind == "change a class" and accepted:
-            target = accepted[0]
+        elif kind == "delete an annotation":
+            send.pop()
+        elif kind == "change a class":
+            target = accepted[k % len(accepted)]
             others = [c for c in category_ids if c != target["category_id"]]
             target["category_id"] = others[k % len(others)]
             target.pop("category", None)
         else:
-            x = 40 + (k * 37) % max(1, width - 200)
-            y = 40 + (k * 53) % max(1, height - 200)
+            x = 20 + (k * 37) % max(1, width - 160)
+            y = 20 + (k * 53) % max(1, height - 120)
             box = [x, y, x + 120, y + 90]
             category = category_ids[k % len(category_ids)]
             if kind == "add a box-only annotation":
                 send.append({"category_id": category, "box": box})
             else:
-                kind = "add a painted polygon mask"
                 send.append({"category_id": category, "mask": polygon_in(box)})
         seconds, out = timed(client.predict, image_id, send, revision, api_name="/save_annotations")
         if out["revision"] != revision + 1:
@@ -267,6 +275,23 @@ def measure_saves(client, image_id: int, current: dict, n: int, width: int, heig
         samples.append({"kind": kind, "seconds": seconds, "instances_sent": len(send),
                         "request_bytes": len(json.dumps(send)), "revision": revision})
     return samples
+
+
+def save_series(client, db, image_id: int, current: dict, n: int, what: str) -> dict:
+    from db import queries
+
+    info = queries.image_info(db, image_id)
+    category_ids = sorted(queries.category_names(db))
+    load_before = loadavg()
+    samples = measure_saves(client, image_id, current, n, info["width"], info["height"], category_ids)
+    out = {"image": what, "image_id": image_id, "width": info["width"], "height": info["height"],
+           "instances_at_start": len(current["instances"]), "samples": samples, "load_before": load_before,
+           "load_after": loadavg(), "summary": stats([s["seconds"] for s in samples]),
+           "by_kind": {k: stats([s["seconds"] for s in samples if s["kind"] == k])
+                       for k in dict.fromkeys(s["kind"] for s in samples)}}
+    print(f"saves on {what} ({len(current['instances'])} instances): median {out['summary']['median'] * 1000:.0f} ms, "
+          f"max {out['summary']['max'] * 1000:.0f} ms", flush=True)
+    return out
 
 
 # ---- phase 3: the UI while a retrain runs ----------------------------------------------------------------
@@ -355,7 +380,7 @@ def during_retrain(url: str, args, image_ids: list[int], base_version: int) -> d
 
 
 # ---- phase 4: in-process breakdown ---------------------------------------------------------------------
-def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Path) -> dict:
+def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Path, save_ids: list[int]) -> dict:
     """The same photos without the server: predictor alone, storing the proposals, reading them back,
     and add_images alone; the API's overhead is what the API's figures have beyond these."""
     sys.path.insert(0, str(REPO))
@@ -375,32 +400,33 @@ def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Pa
     wb = Workbench(db)
     predictor = load_predictor(db, run_data / base["checkpoint"])
     store = ImageStore(db.data_dir)
+    # the threshold the app's ModelCache predicts with: 0.0 until 17:58 UTC 2026-11-21 (everything, filtered
+    # afterwards), since then the proposal minimum (the model skips final masks below it)
+    app_threshold = float(getattr(wb.models, "threshold", getattr(wb.models, "PREDICT_THRESHOLD", 0.0)))
     rows = []
     for n, image_id in enumerate([image_ids[0]] + list(image_ids)):  # the first one twice: warm-up
         info = queries.image_info(db, image_id)
         decode_s, rgb = timed(load_rgb, store.absolute(info["stored_path"]))
-        model_s, preds = timed(predict_scaled, predictor, rgb, 0.0)
-        store_s, result = timed(propose, db, image_id, None, base["version_id"], score_threshold=0.05,
+        model_s, preds = timed(predict_scaled, predictor, rgb, app_threshold)
+        store_s, result = timed(propose, db, image_id, None, base["version_id"], score_threshold=wb.min_score,
                                 instances=preds)
         read_s, out = timed(wb.instances, image_id)
         json_s, text = timed(json.dumps, out)
-        # the app predicts with threshold 0.0 (ModelCache.PREDICT_THRESHOLD) and filters afterwards: the
-        # same photo with the proposals' threshold, to see what the instances below it cost
-        model_min_s, kept = timed(predict_scaled, predictor, rgb, 0.05)
+        model_0_s, all_preds = timed(predict_scaled, predictor, rgb, 0.0)  # every candidate (up to 100)
         if n > 0:
             rows.append({"image_id": image_id, "decode_s": decode_s, "model_s": model_s, "store_s": store_s,
                          "read_s": read_s, "json_s": json_s, "instances": result.added, "json_bytes": len(text),
-                         "predicted_at_0": len(preds), "model_at_min_score_s": model_min_s,
-                         "predicted_at_min_score": len(kept)})
-    # one save, in-process (save_json + instances: what api_save does)
-    image_id = image_ids[0]
-    out = wb.instances(image_id)
+                         "predicted": len(preds), "model_at_0_s": model_0_s, "predicted_at_0": len(all_preds)})
+    # the saves' images, in-process (save_json + instances: what api_save does), 5 times each
     saves = []
-    for k in range(5):
-        send = [dict(i) for i in out["instances"]]
-        seconds, revision = timed(wb.save_json, image_id, send, out["revision"])
-        read_s, out = timed(wb.instances, image_id)
-        saves.append({"save_json_s": seconds, "instances_s": read_s, "instances": len(send)})
+    for image_id in save_ids:
+        out = wb.instances(image_id)
+        for k in range(5):
+            send = [dict(i) for i in out["instances"]]
+            seconds, revision = timed(wb.save_json, image_id, send, out["revision"])
+            read_s, out = timed(wb.instances, image_id)
+            saves.append({"image_id": image_id, "save_json_s": seconds, "instances_s": read_s,
+                          "instances": len(send)})
     # add_images alone on a copy of a photo with other bytes (a new image)
     copy = upload_photo.with_name(upload_photo.stem + f"_copy{int(time.time())}.jpg")
     with Image.open(upload_photo) as im:
@@ -409,11 +435,12 @@ def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Pa
     copy.unlink()
     db.close()
     keys = ["decode_s", "model_s", "store_s", "read_s", "json_s"]
-    return {"torch_threads": torch.get_num_threads(), "propose_rows": rows,
+    return {"torch_threads": torch.get_num_threads(), "app_threshold": app_threshold, "propose_rows": rows,
             "propose_median": {k: statistics.median(r[k] for r in rows) for k in keys},
-            "model_at_min_score_median": statistics.median(r["model_at_min_score_s"] for r in rows),
-            "saves": saves, "save_median": {k: statistics.median(s[k] for s in saves)
-                                            for k in ("save_json_s", "instances_s")},
+            "model_at_0_median": statistics.median(r["model_at_0_s"] for r in rows),
+            "saves": saves, "save_median": {str(i): {k: statistics.median(s[k] for s in saves if s["image_id"] == i)
+                                                     for k in ("save_json_s", "instances_s", "instances")}
+                                            for i in save_ids},
             "add_images_s": upload_s, "add_images_added": up.added}
 
 
@@ -436,7 +463,11 @@ def table(results: dict) -> str:
     row("upload -> proposals back (1024 px photo)", p1["total"], 2.0, "max")
     row("&nbsp;&nbsp;of which `upload_images`", p1["upload"], None, "max")
     row("&nbsp;&nbsp;of which `propose`", p1["propose"], None, "max")
-    row("`save_annotations` round trip", saves["summary"], 0.2, "max")
+    row(f"`save_annotations` round trip, 1024 px photo ({saves['instances_at_start']} instances at start)",
+        saves["summary"], 0.2, "max")
+    imp = results["saves_imported"]
+    row(f"`save_annotations` round trip, {imp['width']}x{imp['height']} photo "
+        f"({imp['instances_at_start']} imported instances at start)", imp["summary"], 0.2, "max")
     row("`overview` while a retrain runs", p3["summary"]["overview"], 1.0, "max")
     row("`propose` while a retrain runs", p3["summary"]["propose"], 1.0, "max")
     row("`overview`, no retrain (before it)", p3["idle_overview"], None, "max")
@@ -496,28 +527,25 @@ def main() -> int:
         results["upload_propose"] = {"rows": rows, "load_after": loadavg(),
                                      **{k: stats([r[f"{k}_s"] for r in rows]) for k in ("upload", "propose", "total")}}
         image_ids = [r["image_id"] for r in rows]
-        first_response = rows[0]["response"]
-        for r in rows:
-            del r["response"]
+        responses = [r.pop("response") for r in rows]
 
-        # 2. saves
+        # 2. saves: on the uploaded photo with the most proposals, and on the imported photo with the most
+        # annotations (its instances as the page shows them, read from the database)
         sys.path.insert(0, str(REPO))
+        from app.workbench import Workbench
         from db import queries
         from db.engine import open_database
 
         db = open_database(run_data)
-        info = queries.image_info(db, image_ids[0])
-        category_ids = sorted(queries.category_names(db))[:8]
+        best = max(range(len(rows)), key=lambda i: (len(responses[i]["instances"]), -i))
+        imported = max((r for r in queries.list_images(db, limit=None) if r["id"] not in image_ids
+                        and r["id"] != results["first_upload_propose"]["image_id"]),
+                       key=lambda r: (r["annotations"], -r["id"]))
+        results["saves"] = save_series(client, db, rows[best]["image_id"], responses[best], args.saves,
+                                       f"uploaded photo {rows[best]['photo']}")
+        results["saves_imported"] = save_series(client, db, imported["id"], Workbench(db).instances(imported["id"]),
+                                                args.saves, f"imported photo {imported['file_name']}")
         db.close()
-        load_before = loadavg()
-        samples = measure_saves(client, image_ids[0], first_response, args.saves, info["width"], info["height"],
-                                category_ids)
-        results["saves"] = {"image_id": image_ids[0], "samples": samples, "load_before": load_before,
-                            "load_after": loadavg(), "summary": stats([s["seconds"] for s in samples]),
-                            "by_kind": {k: stats([s["seconds"] for s in samples if s["kind"] == k])
-                                        for k in dict.fromkeys(s["kind"] for s in samples)}}
-        print(f"saves: median {results['saves']['summary']['median'] * 1000:.0f} ms, "
-              f"max {results['saves']['summary']['max'] * 1000:.0f} ms", flush=True)
 
         # 3. the UI while a retrain runs
         print(f"retrain (heads, {args.retrain_iterations} iterations at {args.retrain_image_size} px) with "
@@ -532,7 +560,8 @@ def main() -> int:
     # 4. in-process breakdown (no server running)
     if not args.skip_breakdown:
         results["load_before_breakdown"] = loadavg()
-        results["in_process"] = breakdown(run_data, base, image_ids, photos[1 + args.photos])
+        results["in_process"] = breakdown(run_data, base, image_ids, photos[1 + args.photos],
+                                          [results["saves"]["image_id"], results["saves_imported"]["image_id"]])
         results["load_after_breakdown"] = loadavg()
 
     results["finished"] = stamp()
@@ -560,11 +589,12 @@ def main() -> int:
         inner = sum(m.values())
         print("propose in-process (medians, ms): " + ", ".join(f"{k[:-2]} {v * 1000:.0f}" for k, v in m.items())
               + f"; sum {inner * 1000:.0f} vs the API's {api * 1000:.0f}: API overhead ~{(api - inner) * 1000:.0f} ms")
-        print(f"predictor alone at threshold 0.05 instead of 0.0: "
-              f"{results['in_process']['model_at_min_score_median'] * 1000:.0f} ms")
-        s = results["in_process"]["save_median"]
-        print(f"save in-process (medians, ms): save_json {s['save_json_s'] * 1000:.0f}, instances "
-              f"{s['instances_s'] * 1000:.0f}; add_images alone {results['in_process']['add_images_s'] * 1000:.0f} ms")
+        print(f"(model: the predictor at the app's threshold {results['in_process']['app_threshold']}; at 0.0, "
+              f"every candidate: {results['in_process']['model_at_0_median'] * 1000:.0f} ms)")
+        for image_id, s in results["in_process"]["save_median"].items():
+            print(f"save in-process, image {image_id} ({s['instances']:.0f} instances; medians, ms): save_json "
+                  f"{s['save_json_s'] * 1000:.0f}, instances {s['instances_s'] * 1000:.0f}")
+        print(f"add_images alone: {results['in_process']['add_images_s'] * 1000:.0f} ms")
     print(f"\nresults: {args.work / 'results.json'}")
     return 0
 
