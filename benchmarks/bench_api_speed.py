@@ -15,7 +15,7 @@ as a script or the browser would call it:
 4. (no server) the same photos in-process: the predictor alone, storing the proposals, reading
    them back: where the time of `propose` goes, and the API's own overhead.
 
-    python benchmarks/bench_api_speed.py                        # the measurement (~6 minutes on 2 cores)
+    python benchmarks/bench_api_speed.py --retrain-iterations 30   # the measurement (~4 minutes on 2 cores)
     python benchmarks/bench_api_speed.py --work benchmarks/out/api_speed_smoke --train-images 4 \\
         --base-iterations 3 --photos 2 --saves 5 --retrain-iterations 3 --retrain-image-size 128   # smoke test
 
@@ -486,7 +486,7 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--photo-side", type=int, default=1024)
     parser.add_argument("--saves", type=int, default=20)
-    parser.add_argument("--retrain-iterations", type=int, default=150)
+    parser.add_argument("--retrain-iterations", type=int, default=30, help="~2 min beside the proposes")
     parser.add_argument("--retrain-image-size", type=int, default=600)
     parser.add_argument("--skip-breakdown", action="store_true")
     args = parser.parse_args()
