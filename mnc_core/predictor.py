@@ -36,9 +36,10 @@ class Predictor:
         self.categories = [(int(c), str(n)) for c, n in categories]
 
     @classmethod
-    def from_checkpoint(cls, path, device=None) -> "Predictor":
+    def from_checkpoint(cls, path, device=None, final_mask_head=None) -> "Predictor":
+        """final_mask_head: see `load_checkpoint` (models with e.g. a Mask^X head)."""
         dev = torch.device(device) if device is not None else default_device()
-        model, config, categories, _ = load_checkpoint(path, device=dev)
+        model, config, categories, _ = load_checkpoint(path, device=dev, final_mask_head=final_mask_head)
         return cls(model, config, categories, dev)
 
     def __call__(self, image: np.ndarray, score_threshold: float | None = None) -> list[Instance]:

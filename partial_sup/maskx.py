@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mnc_core import MNC, MNCConfig, Predictor, build_model, load_checkpoint
-from mnc_core.predictor import default_device
 
 METHODS = ("transfer", "agnostic")  # transfer+MLP (Mask^X) | class-agnostic FCN+MLP (the paper's baseline)
 MASK_HEADS = ("transfer", "agnostic", "none")  # what `launch.py train --mask-head` accepts; none = plain MNC
@@ -151,6 +150,5 @@ def load_model(path, device=None) -> tuple[MNC, MNCConfig, list[tuple[int, str]]
 
 
 def load_predictor(path, device=None) -> Predictor:
-    dev = torch.device(device) if device is not None else default_device()
-    model, config, categories, _ = load_model(path, device=dev)
-    return Predictor(model, config, categories, dev)
+    """mnc_core.Predictor.from_checkpoint that also rebuilds a Mask^X head."""
+    return Predictor.from_checkpoint(path, device=device, final_mask_head=head_from_extra)
