@@ -58,6 +58,8 @@ def cmd_export_coco(args) -> int:
 def cmd_train(args) -> int:
     from partial_sup.training import train_from_database
 
+    if args.nice:
+        os.nice(args.nice)
     result = train_from_database(
         _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", choices=["auto", "active", "backbone"], default="auto",
                        help="start from the active model version (active), from the backbone weights (backbone), "
                             "or the active one when it has the same architecture (auto, default)")
+    train.add_argument("--nice", type=int, default=0, metavar="N",
+                       help="lower this process's CPU priority by N (the UI's Retrain uses 10 so the UI stays responsive)")
     train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run (background training)
     train.set_defaults(func=cmd_train)
 

@@ -40,11 +40,15 @@ def default_backbone_weights() -> str | None:
     return os.environ.get("WORKBENCH_BACKBONE_WEIGHTS") or None
 
 
-def rle_of(mask: np.ndarray | None) -> dict | None:
-    if mask is None:
-        return None
-    height, width = mask.shape
-    return masks.rle_dict(masks.encode(np.asarray(mask, bool)), height, width)
+def rle_counts(value, height: int, width: int) -> str | None:
+    """The counts string of a compressed COCO RLE dict of the image's size, else None (decode it with mask_of).
+
+    Compressed RLE is how the API hands masks out; taking it back as it is saves a decode and an encode
+    per instance on every save (the counts are checked when stored)."""
+    if (isinstance(value, dict) and isinstance(value.get("counts"), str)
+            and list(value.get("size", [height, width])) == [height, width]):
+        return value["counts"]
+    return None
 
 
 def mask_of(value, height: int, width: int) -> np.ndarray | None:
@@ -117,32 +121,28 @@ class Workbench:
         version = registry.active_version(self.db)
         if version is None:
             return False
-        _, rows = get_annotations(self.db, image_id)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         if any(r["model_version_id"] == version.id for r in rows):
             return False
         reviewed = any(r["review_state"] in ("accepted", "rejected") for r in rows)
         return not reviewed
 
     def instances(self, image_id: int) -> dict:
-        revision, rows = get_annotations(self.db, image_id)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
+        info = queries.image_info(self.db, image_id)
+        height, width = info["height"], info["width"]
         names = queries.category_names(self.db)
         return {"image_id": int(image_id), "revision": revision, "instances": [
             {"id": r["id"], "category_id": r["category_id"], "category": names.get(r["category_id"]),
-             "score": r["score"], "box": [round(float(v), 2) for v in r["box"]], "mask": rle_of(r["mask"]),
+             "score": r["score"], "box": [round(float(v), 2) for v in r["box"]],
+             "mask": None if r["mask_rle"] is None else masks.rle_dict(r["mask_rle"], height, width),
              "review_state": r["review_state"], "source": r["source"], "model_version_id": r["model_version_id"],
              "iscrowd": bool(r["iscrowd"])} for r in rows]}
 
     # ---- editing ---------------------------------------------------------------------
-    @staticmethod
-    def as_data(row: dict, **changes) -> InstanceData:
-        values = dict(category_id=row["category_id"], box=row["box"], mask=row["mask"], source=row["source"],
-                      review_state=row["review_state"], score=row["score"], model_version_id=row["model_version_id"],
-                      iscrowd=row["iscrowd"], id=row["id"])
-        values.update(changes)
-        return InstanceData(**values)
-
-    def category_id(self, value) -> int:
-        names = queries.category_names(self.db)
+    def category_id(self, value, names: dict[int, str] | None = None) -> int:
+        """A class given by id, id text or name (any case); ``names`` (id -> name) saves a query per call."""
+        names = queries.category_names(self.db) if names is None else names
         if isinstance(value, (int, float)) and not isinstance(value, bool) and int(value) in names:
             return int(value)
         text = str(value or "").strip()
@@ -159,6 +159,7 @@ class Workbench:
         if not isinstance(instances, list):
             raise WorkbenchError("instances must be a list of objects")
         info = queries.image_info(self.db, image_id)
+        names = queries.category_names(self.db)
         data = []
         for index, item in enumerate(instances):
             if not isinstance(item, dict):
@@ -166,14 +167,16 @@ class Workbench:
             category = item.get("category_id", item.get("category"))
             if category is None:
                 raise WorkbenchError(f"instance {index} has neither 'category_id' nor 'category'")
-            mask = mask_of(item.get("mask"), info["height"], info["width"])
+            mask, counts = None, rle_counts(item.get("mask"), info["height"], info["width"])
+            if counts is None:
+                mask = mask_of(item.get("mask"), info["height"], info["width"])
             box = item.get("box")
             if box is None and item.get("bbox") is not None:
                 x, y, w, h = item["bbox"]
                 box = (x, y, x + w, y + h)
             data.append(InstanceData(
-                category_id=self.category_id(category), box=None if box is None else tuple(float(v) for v in box),
-                mask=mask, source=item.get("source", "drawn"), review_state=item.get("review_state", "accepted"),
+                category_id=self.category_id(category, names),
+                box=None if box is None else tuple(float(v) for v in box), mask=mask, mask_rle=counts, source=item.get("source", "drawn"), review_state=item.get("review_state", "accepted"),
                 score=item.get("score"), model_version_id=item.get("model_version_id"),
                 iscrowd=bool(item.get("iscrowd", False)), id=item.get("id")))
         seen = None if seen_revision is None or seen_revision == "" else int(seen_revision)
@@ -185,17 +188,17 @@ class Workbench:
         return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision)
 
     def accept_all(self, image_id: int, threshold: float, seen_revision: int | None) -> tuple[int, int]:
-        _, rows = get_annotations(self.db, image_id, states=["proposed"])
+        _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
         ids = [r["id"] for r in rows if (r["score"] or 0.0) >= threshold]
         if not ids:
             raise WorkbenchError(f"no proposals with a score of at least {threshold:.2f} to accept")
         return self.review(image_id, ids, "accepted", seen_revision), len(ids)
 
     def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None) -> int:
-        _, rows = get_annotations(self.db, image_id)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is not on image {image_id} (anymore)")
-        return save_annotations(self.db, image_id, [self.as_data(r) for r in rows if r["id"] != ann_id],
+        return save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows if r["id"] != ann_id],
                                 seen_revision=seen_revision)
 
     def undo(self, image_id: int) -> int:
@@ -209,7 +212,7 @@ class Workbench:
         if not boxes:
             raise WorkbenchError("draw a box first (the 'Create box' tool), give it a class, then add it")
         _, image = self.rgb(image_id)
-        _, rows = get_annotations(self.db, image_id)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         version_id = None if box_only else self.models.active()[0]
         new, sources = [], []
         for category_id, box in boxes:
@@ -221,7 +224,7 @@ class Workbench:
             new.append(InstanceData(category_id=category_id, box=box, mask=mask, source=source,
                                     model_version_id=version_id if source == "model" else None))
             sources.append(f"{source} mask")
-        revision = save_annotations(self.db, image_id, [self.as_data(r) for r in rows] + new,
+        revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
                                     seen_revision=seen_revision)
         return revision, sources
 
@@ -230,16 +233,16 @@ class Workbench:
         """A mask painted by a person replaces an annotation's mask (or makes a new annotation)."""
         if not mask.any():
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
-        _, rows = get_annotations(self.db, image_id)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         data = []
         found = False
         for row in rows:
             if ann_id is not None and row["id"] == ann_id:
                 found = True
-                data.append(self.as_data(row, mask=mask, box=None, source="drawn", review_state="accepted",
-                                         score=None, model_version_id=None))
+                data.append(InstanceData.from_row(row, mask=mask, box=None, source="drawn", review_state="accepted",
+                                                  score=None, model_version_id=None))
             else:
-                data.append(self.as_data(row))
+                data.append(InstanceData.from_row(row))
         if not found:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
@@ -254,14 +257,13 @@ class Workbench:
         entries = conflict_versions(self.db, image_id)
         if not entries:
             raise WorkbenchError("there is no lost version of this image to recover")
-        info = queries.image_info(self.db, image_id)
-        _, rows = get_annotations(self.db, image_id)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         current = {r["id"] for r in rows}
         data = []
         for row in entries[0].snapshot:
-            mask = None if row.get("mask_rle") is None else masks.decode(row["mask_rle"], info["height"], info["width"])
             box = (row["bbox_x"], row["bbox_y"], row["bbox_x"] + row["bbox_w"], row["bbox_y"] + row["bbox_h"])
-            data.append(InstanceData(category_id=row["category_id"], box=box, mask=mask, source=row["source"],
+            data.append(InstanceData(category_id=row["category_id"], box=box, mask_rle=row.get("mask_rle"),
+                                     source=row["source"],
                                      review_state=row["review_state"], score=row["score"],
                                      model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
                                      id=row.get("id") if row.get("id") in current else None))

@@ -31,14 +31,26 @@ from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def subset(source: Path, n: int | None, out: Path) -> Path:
-    """The first n images of a COCO file (by id) with all their annotations and every category."""
+def subset(source: Path, n: int | None, out: Path, categories: list[str] | None = None) -> Path:
+    """The first n images of a COCO file (by id) with all their annotations and every category.
+
+    With `categories` (names), a project of those classes only: their categories, their annotations, and
+    only the images that show at least one of them (the first n of those).
+    """
     data = json.loads(source.read_text())
-    ids = sorted(im["id"] for im in data["images"])
+    annotations, cats = data["annotations"], data["categories"]
+    if categories:
+        unknown = set(categories) - {c["name"] for c in cats}
+        if unknown:
+            raise SystemExit(f"--categories: {sorted(unknown)} not in {source}")
+        cats = [c for c in cats if c["name"] in categories]
+        cat_ids = {c["id"] for c in cats}
+        annotations = [a for a in annotations if a["category_id"] in cat_ids]
+    ids = sorted({a["image_id"] for a in annotations} if categories else {im["id"] for im in data["images"]})
     keep = set(ids if n is None else ids[:n])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**data, "images": [im for im in data["images"] if im["id"] in keep],
-                               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}))
+    out.write_text(json.dumps({**data, "categories": cats, "images": [im for im in data["images"] if im["id"] in keep],
+                               "annotations": [a for a in annotations if a["image_id"] in keep]}))
     return out
 
 
@@ -65,8 +77,11 @@ def main() -> int:
     parser.add_argument("--first-iterations", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=200, help="iterations of the retraining (the UI preset)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--categories", default=None,
+                        help="comma-separated class names: a project of these classes only (e.g. person)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
+    categories = args.categories.split(",") if args.categories else None
     require(args.data / "train.json", "the coco_subset data")
     require(args.weights, "the ImageNet MobileNetV2 weights")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -81,8 +96,8 @@ def main() -> int:
         if args.force and data_dir.exists():
             import shutil
             shutil.rmtree(data_dir)
-        first = subset(args.data / "train.json", args.first_images, args.work / "train_first.json")
-        val = subset(args.data / "val.json", args.val_images, args.work / "val.json")
+        first = subset(args.data / "train.json", args.first_images, args.work / "train_first.json", categories)
+        val = subset(args.data / "val.json", args.val_images, args.work / "val.json", categories)
         cli(["import-coco", str(val), "--images", images, "--data-dir", str(data_dir), "--split", "val"], log, args.threads)
         cli(["import-coco", str(first), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
         load_before = load()
@@ -92,7 +107,7 @@ def main() -> int:
                             "iterations": args.first_iterations, **version_metrics(data_dir)}
         results_path.write_text(json.dumps(results, indent=1))
     if "retrain" not in results:
-        more = subset(args.data / "train.json", args.images, args.work / "train_more.json")
+        more = subset(args.data / "train.json", args.images, args.work / "train_more.json", categories)
         cli(["import-coco", str(more), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
         load_before = load()
         t = time.perf_counter()

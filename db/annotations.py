@@ -38,6 +38,7 @@ class InstanceData:
     category_id: int
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2; derived from the mask when None
     mask: np.ndarray | None = None
+    mask_rle: str | None = None  # used when mask is None: the mask already encoded (compressed RLE counts)
     source: str = "drawn"
     review_state: str = "accepted"
     score: float | None = None
@@ -45,6 +46,18 @@ class InstanceData:
     iscrowd: bool = False
     id: int | None = None  # an existing annotation's id: it is updated, keeping its id
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict, **changes) -> "InstanceData":
+        """A row of :func:`get_annotations` (its stored mask kept encoded), with ``changes`` applied;
+        a changed ``mask`` replaces the stored one."""
+        values = dict(category_id=row["category_id"], box=row["box"], mask_rle=row["mask_rle"],
+                      source=row["source"], review_state=row["review_state"], score=row["score"],
+                      model_version_id=row["model_version_id"], iscrowd=row["iscrowd"], id=row["id"])
+        if "mask" in changes:
+            values["mask_rle"] = None
+        values.update(changes)
+        return cls(**values)
 
 
 _SNAPSHOT_FIELDS = ("id", "category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons",
@@ -61,12 +74,20 @@ def _snapshot(annotations: Iterable[Annotation]) -> list[dict]:
 
 
 def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
-    if inst.mask is not None:
-        mask = np.asarray(inst.mask, dtype=bool)
-        if mask.shape != (image.height, image.width):
-            raise WorkbenchError(f"a mask of {mask.shape[1]}x{mask.shape[0]} does not fit image {image.id} "
-                                 f"({image.width}x{image.height})")
-        counts = masks.encode(mask)
+    if inst.mask is not None or inst.mask_rle is not None:
+        if inst.mask is not None:
+            mask = np.asarray(inst.mask, dtype=bool)
+            if mask.shape != (image.height, image.width):
+                raise WorkbenchError(f"a mask of {mask.shape[1]}x{mask.shape[0]} does not fit image {image.id} "
+                                     f"({image.width}x{image.height})")
+            counts = masks.encode(mask)
+        else:  # already encoded (stored masks, the API's RLE masks): checked, not decoded
+            counts = inst.mask_rle
+            try:
+                masks.check_counts(counts, image.height, image.width)
+            except ValueError as exc:
+                raise WorkbenchError(f"a mask's RLE does not fit image {image.id} ({image.width}x{image.height}): "
+                                     f"{exc}") from None
         x, y, w, h = masks.tight_box(counts, image.height, image.width)
         area = float(masks.area(counts, image.height, image.width))
         if area == 0:
@@ -101,8 +122,10 @@ def _bump(session, image_id: int, seen: int | None) -> Image:
     return image
 
 
-def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = None) -> tuple[int, list[dict]]:
-    """(revision, annotations as dicts with decoded masks) of one image."""
+def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = None, *,
+                    decode_masks: bool = True) -> tuple[int, list[dict]]:
+    """(revision, annotations as dicts) of one image: "mask_rle" (compressed RLE counts or None) and, with
+    ``decode_masks``, "mask" decoded to an (H, W) bool array."""
     with db.session() as session:
         image = session.get(Image, image_id)
         if image is None:
@@ -114,7 +137,9 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
         for ann in session.scalars(query):
             rows.append({"id": ann.id, "category_id": ann.category_id,
                          "box": (ann.bbox_x, ann.bbox_y, ann.bbox_x + ann.bbox_w, ann.bbox_y + ann.bbox_h),
-                         "mask": None if ann.mask_rle is None else masks.decode(ann.mask_rle, image.height, image.width),
+                         "mask_rle": ann.mask_rle,
+                         "mask": (None if ann.mask_rle is None or not decode_masks
+                                  else masks.decode(ann.mask_rle, image.height, image.width)),
                          "source": ann.source.value, "review_state": ann.review_state.value, "score": ann.score,
                          "model_version_id": ann.model_version_id, "iscrowd": ann.iscrowd,
                          "created_by": ann.created_by})

@@ -25,6 +25,15 @@ def decode(counts: str, height: int, width: int) -> np.ndarray:
     return mask_utils.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
 
 
+def check_counts(counts: str, height: int, width: int) -> None:
+    """Raise ValueError unless ``counts`` is a compressed RLE string of an (height, width) mask."""
+    if not isinstance(counts, str):
+        raise ValueError("RLE counts must be a string")
+    runs = run_lengths(counts)
+    if (runs < 0).any() or int(runs.sum()) != height * width:
+        raise ValueError(f"the RLE covers {int(runs.sum())} pixels, not {height} x {width} = {height * width}")
+
+
 def area(counts: str, height: int, width: int) -> int:
     return int(mask_utils.area({"size": [height, width], "counts": counts.encode("ascii")}))
 

@@ -41,12 +41,6 @@ def image_rgb(db: Database, image_id: int) -> np.ndarray:
     return load_rgb(ImageStore(db.data_dir).absolute(stored))
 
 
-def _as_instance_data(row: dict) -> InstanceData:
-    return InstanceData(category_id=row["category_id"], box=row["box"], mask=row["mask"], source=row["source"],
-                        review_state=row["review_state"], score=row["score"],
-                        model_version_id=row["model_version_id"], iscrowd=row["iscrowd"], id=row["id"])
-
-
 def propose(db: Database, image_id: int, predictor, version_id: int | None, *, score_threshold: float | None = None,
             seen_revision: int | None = None, image: np.ndarray | None = None, user: str | None = None,
             instances: list | None = None) -> ProposalResult:
@@ -55,7 +49,7 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
     ``seen_revision``: the revision the caller saw (ConflictError when someone changed the
     image since); ``instances``: predictions already made (skips running the model)."""
     threshold = DEFAULT_MIN_SCORE if score_threshold is None else float(score_threshold)
-    revision, rows = get_annotations(db, image_id)
+    revision, rows = get_annotations(db, image_id, decode_masks=False)
     if seen_revision is None:
         seen_revision = revision
     if instances is None:
@@ -76,7 +70,7 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
         new.append(InstanceData(category_id=int(inst.category_id), box=tuple(float(v) for v in inst.box),
                                 mask=mask, source="model", review_state="proposed",
                                 score=float(inst.score), model_version_id=version_id))
-    revision = save_annotations(db, image_id, [_as_instance_data(r) for r in keep] + new,
+    revision = save_annotations(db, image_id, [InstanceData.from_row(r) for r in keep] + new,
                                 seen_revision=seen_revision, user=user)
     return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped)
 

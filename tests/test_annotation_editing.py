@@ -134,3 +134,31 @@ def test_bad_saves_write_nothing(database, image):
             save_annotations(database, image_id, [bad], seen_revision=seen)
     revision, after = get_annotations(database, image_id)
     assert revision == seen and [r["id"] for r in after] == [r["id"] for r in rows]
+
+
+def test_encoded_masks_are_stored_as_given_and_checked(database, image):
+    """The API hands masks out as compressed RLE and takes them back the same way: stored without a
+    decode/encode round trip, but a string that is not an RLE of the image's size is refused."""
+    from db import masks
+
+    image_id, h, w = image
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    assert all(r["mask"] is None for r in rows) and rows[0]["mask_rle"] is not None
+    counts = masks.encode(a_mask(h, w))
+    kept = [InstanceData.from_row(r) for r in rows]
+    assert kept[0].mask is None and kept[0].mask_rle == rows[0]["mask_rle"]
+    revision = save_annotations(database, image_id, kept + [InstanceData(category_id=7, mask_rle=counts)],
+                                seen_revision=seen)
+    _, after = get_annotations(database, image_id)
+    assert [r["mask_rle"] for r in after[:-1]] == [r["mask_rle"] for r in rows]
+    assert after[-1]["mask_rle"] == counts and after[-1]["box"] == (10, 5, 30, 25) and after[-1]["mask"].sum() == 400
+    for bad, message in [(masks.encode(np.ones((h + 1, w), bool)), "does not fit"), ("not an RLE!", "does not fit"),
+                         (masks.encode(np.zeros((h, w), bool)), "empty")]:
+        with pytest.raises(WorkbenchError, match=message):
+            save_annotations(database, image_id, [InstanceData(category_id=7, mask_rle=bad)], seen_revision=revision)
+    assert get_annotations(database, image_id)[0] == revision
+    # a changed mask replaces the stored one
+    changed = InstanceData.from_row(after[-1], mask=a_mask(h, w, 0, 0, 4, 4))
+    assert changed.mask_rle is None
+    save_annotations(database, image_id, [changed], seen_revision=revision)
+    assert get_annotations(database, image_id)[1][0]["mask"].sum() == 16

@@ -91,7 +91,7 @@ def test_propose_then_save_with_conflict_detection(client, app_server):
     assert saved["revision"] == revision + 1
     by_source = sorted((i["source"], i["review_state"], i["mask"] is None) for i in saved["instances"])
     assert by_source == [("drawn", "accepted", False), ("drawn", "accepted", True), ("model", "accepted", False)]
-    assert any(i["id"] == first["id"] for i in saved["instances"])
+    assert next(i for i in saved["instances"] if i["id"] == first["id"])["mask"] == first["mask"]  # as it was
 
     from gradio_client.exceptions import AppError
 
@@ -101,6 +101,9 @@ def test_propose_then_save_with_conflict_detection(client, app_server):
 
     lost = conflict_versions(app_server["db"], image_id)
     assert len(lost) == 1 and lost[0].snapshot[0]["category_id"] == 7  # the losing version is kept
+    with pytest.raises(AppError, match="RLE does not fit"):
+        client.predict(image_id, [{"category": "ball", "mask": {"size": [60, 80], "counts": "0a0"}}],
+                       api_name="/save_annotations")
     with pytest.raises(AppError, match="no class 'dog'"):
         client.predict(image_id, [{"category": "dog", "box": [1, 1, 9, 9]}], api_name="/save_annotations")
 
