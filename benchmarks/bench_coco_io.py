@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -71,7 +70,7 @@ def run_phase(args: list[str]) -> dict:
     code = ("import resource, sys, time, runpy; sys.argv = ['launch.py'] + sys.argv[1:]; t = time.perf_counter()\n"
             f"sys.path.insert(0, {str(ROOT)!r}); import launch; rc = launch.main(sys.argv[1:])\n"
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)")
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH")), None)
     if line is None or result.returncode:
         raise SystemExit(f"phase {args} failed:\n{result.stdout}\n{result.stderr}")
@@ -115,7 +114,7 @@ def main() -> None:
                  run_phase(["export-coco", "--out", str(work / "export_traced.json"), "--data-dir", str(rle_dir)])))
     n = args.images * args.per_image
     print(f"\n{args.images} images, {n} mask annotations, {os.cpu_count()} CPUs")
-    print(f"| phase | seconds | annotations/s | peak memory (MB) |\n|---|---:|---:|---:|")
+    print("| phase | seconds | annotations/s | peak memory (MB) |\n|---|---:|---:|---:|")
     for name, r in rows:
         print(f"| {name} | {r['seconds']:.1f} | {n / r['seconds']:,.0f} | {r['peak_mb']:,.0f} |")
     print("goal: export of 100,000 annotations <= 20 s and <= 2,048 MB")

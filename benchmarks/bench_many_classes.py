@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -170,23 +171,12 @@ class ManyClassDataset:
 
         image_id = self.image_ids[index]
         image = self.images[image_id]
-        height, width = image.shape[:2]
-        anns = usable_anns(self.coco, image_id)
-        k = len(anns)
-        boxes = np.zeros((k, 4), np.float32)
-        category_ids = np.zeros(k, np.int64)
-        masks = np.zeros((k, height, width), bool)
-        has_mask = np.zeros(k, bool)
-        for i, ann in enumerate(anns):
-            x, y, w, h = ann["bbox"]
-            boxes[i] = (x, y, x + w, y + h)
+        instances = []
+        for ann in usable_anns(self.coco, image_id):
             extra = self.relabel.get(int(ann["id"]))
-            category_ids[i] = ann["category_id"] if extra is None else extra
-            if extra is None and ann.get("segmentation"):
-                masks[i] = self.coco.annToMask(ann).astype(bool)
-                has_mask[i] = masks[i].any()
-        return Sample(image=image, boxes=boxes, category_ids=category_ids, masks=masks, has_mask=has_mask,
-                      image_id=int(image_id))
+            instances.append((ann["bbox"], ann["category_id"] if extra is None else extra,
+                              partial(self.coco.annToMask, ann) if extra is None and ann.get("segmentation") else None))
+        return Sample.from_instances(image, instances, image_id)
 
 
 def val_images(limit: int) -> tuple[list[Path], set[int]]:

@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -124,20 +125,10 @@ class CocoFileDataset:
             raise ValueError(f"image {image_id}: file is {width}x{height}, the COCO file says "
                              f"{info['width']}x{info['height']}")
         anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
-        k = len(anns)
-        boxes = np.zeros((k, 4), np.float32)
-        category_ids = np.zeros(k, np.int64)
-        masks = np.zeros((k, height, width), bool)
-        has_mask = np.zeros(k, bool)
-        for i, ann in enumerate(anns):
-            x, y, w, h = ann["bbox"]
-            boxes[i] = (x, y, x + w, y + h)
-            category_ids[i] = ann["category_id"]
-            if ann["category_id"] not in self.box_only and ann.get("segmentation"):
-                masks[i] = self.coco.annToMask(ann).astype(bool)
-                has_mask[i] = masks[i].any()
-        return Sample(image=image, boxes=boxes, category_ids=category_ids, masks=masks, has_mask=has_mask,
-                      image_id=int(image_id))
+        return Sample.from_instances(image, [
+            (ann["bbox"], ann["category_id"],
+             partial(self.coco.annToMask, ann) if ann["category_id"] not in self.box_only and ann.get("segmentation")
+             else None) for ann in anns], image_id)
 
 
 def load_coco(path: Path):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,6 +15,28 @@ class Sample:
     masks: np.ndarray         # (K, H, W) bool; rows where has_mask is False are all False and ignored
     has_mask: np.ndarray      # (K,) bool
     image_id: int = 0
+
+    @classmethod
+    def from_instances(cls, image: np.ndarray, instances: Iterable[tuple[Iterable[float], int, Callable | None]],
+                       image_id: int = 0) -> "Sample":
+        """A sample from (COCO box [x, y, w, h], category id, mask maker or None) per instance: the mask maker
+        returns the instance's (H, W) mask when called, so datasets decode only the masks they use."""
+        instances = list(instances)
+        height, width = image.shape[:2]
+        k = len(instances)
+        boxes = np.zeros((k, 4), np.float32)
+        category_ids = np.zeros(k, np.int64)
+        masks = np.zeros((k, height, width), bool)
+        has_mask = np.zeros(k, bool)
+        for i, (bbox, category_id, make_mask) in enumerate(instances):
+            x, y, w, h = bbox
+            boxes[i] = (x, y, x + w, y + h)
+            category_ids[i] = category_id
+            if make_mask is not None:
+                masks[i] = make_mask()
+                has_mask[i] = masks[i].any()
+        return cls(image=image, boxes=boxes, category_ids=category_ids, masks=masks, has_mask=has_mask,
+                   image_id=int(image_id))
 
 
 @runtime_checkable

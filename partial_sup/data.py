@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from db import masks
@@ -18,20 +20,10 @@ def record_to_sample(record: ImageRecord, image: np.ndarray | None = None) -> Sa
     if (height, width) != (record.height, record.width):
         raise WorkbenchError(f"image {record.image_id}: the file is {width}x{height} but the database says "
                              f"{record.width}x{record.height}")
-    k = len(record.instances)
-    boxes = np.zeros((k, 4), np.float32)
-    category_ids = np.zeros(k, np.int64)
-    instance_masks = np.zeros((k, height, width), bool)
-    has_mask = np.zeros(k, bool)
-    for index, inst in enumerate(record.instances):
-        x, y, w, h = inst.bbox
-        boxes[index] = (x, y, x + w, y + h)
-        category_ids[index] = inst.category_id
-        if inst.mask_rle is not None:
-            instance_masks[index] = masks.decode(inst.mask_rle, height, width)
-            has_mask[index] = True
-    return Sample(image=image, boxes=boxes, category_ids=category_ids, masks=instance_masks, has_mask=has_mask,
-                  image_id=record.image_id)
+    return Sample.from_instances(image, [
+        (inst.bbox, inst.category_id,
+         None if inst.mask_rle is None else partial(masks.decode, inst.mask_rle, height, width))
+        for inst in record.instances], record.image_id)
 
 
 class DatabaseDataset:

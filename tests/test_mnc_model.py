@@ -1,6 +1,7 @@
 """End-to-end gradients (Eq. 5-9), has_mask handling, config round trip, losses and inference shapes."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,18 @@ def test_image_without_instances_trains():
     model, losses = _losses(small_config(), ds)
     assert all(torch.isfinite(v) for v in losses.values())
     model.total_loss(losses).backward()
+
+
+def test_sample_from_instances_converts_boxes_and_decodes_only_given_masks():
+    from mnc_core.data import Sample, validate_sample
+
+    image = np.zeros((6, 8, 3), np.uint8)
+    mask = np.zeros((6, 8), bool)
+    mask[1:3, 2:5] = True
+    sample = Sample.from_instances(image, [([2, 1, 3, 2], 7, lambda: mask), ([0, 0, 4, 4], 9, None),
+                                           ([1, 1, 1, 1], 7, lambda: np.zeros((6, 8), bool))], image_id=5)
+    validate_sample(sample)
+    assert sample.boxes.tolist() == [[2, 1, 5, 3], [0, 0, 4, 4], [1, 1, 2, 2]]
+    assert sample.category_ids.tolist() == [7, 9, 7] and sample.image_id == 5
+    assert sample.has_mask.tolist() == [True, False, False]  # an empty mask supervises nothing
+    assert (sample.masks[0] == mask).all() and not sample.masks[1:].any()

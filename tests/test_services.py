@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from pycocotools.coco import COCO
 
 from db import registry
 from db.engine import open_database
