@@ -160,13 +160,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, log_path: Path):
+    def __init__(self, data_dir: Path, log_path: Path, extra_args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = open(log_path, "w")
         self.started = time.perf_counter()
         self.process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "serve", "--port", str(self.port),
-                                         "--data-dir", str(data_dir)], cwd=REPO, env=ENV, stdout=self.log,
+                                         "--data-dir", str(data_dir), *extra_args], cwd=REPO, env=ENV, stdout=self.log,
                                         stderr=subprocess.STDOUT)
 
     def wait(self, seconds: float = 180) -> float:
