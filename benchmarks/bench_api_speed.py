@@ -63,8 +63,10 @@ def others_running(work: Path) -> list[str]:
     """Other CPU-heavy jobs that share the machine: benchmarks, trainings, test suites (not this one's)."""
     out = subprocess.run(["pgrep", "-af", r"benchmarks/bench_|launch.py train|pytest"], capture_output=True,
                          text=True).stdout
+    mine = {str(os.getpid()), str(os.getppid())}
     return [line[:200] for line in out.splitlines()
             if "pgrep" not in line and "bench_api_speed" not in line and str(work) not in line
+            and line.split(" ", 1)[0] not in mine
             and not line.split(" ", 2)[1:2] == ["sh"]]
 
 
