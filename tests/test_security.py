@@ -229,3 +229,28 @@ def test_client_paths_and_names_cannot_reach_outside_the_data_folder(secured, tm
     # image ids are numbers, nothing else
     event, payload = call(http, "propose", ["../../etc/passwd", 0.5])
     assert event == "error"
+
+
+def test_reviews_undo_proposals_and_merges_record_their_user(database, synthetic_coco):
+    from db.annotations import get_annotations, save_annotations, set_review_state, undo, InstanceData
+    from db.categories import merge_categories
+    from db.coco_import import import_coco
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    revision, rows = get_annotations(database, 1, decode_masks=False)
+    added = save_annotations(database, 1, [InstanceData.from_row(r) for r in rows]
+                             + [InstanceData(category_id=3, box=(1, 1, 9, 9), review_state="proposed")],
+                             seen_revision=revision, user="ana")
+    _, rows = get_annotations(database, 1, decode_masks=False)
+    new = next(r for r in rows if r["created_by"] == "ana")
+    assert new["updated_by"] == "ana" and all(r["updated_by"] is None for r in rows if r is not new)  # others unchanged
+    set_review_state(database, 1, [new["id"]], "accepted", seen_revision=added, user="bob")
+    _, rows = get_annotations(database, 1, decode_masks=False)
+    assert {r["id"]: (r["created_by"], r["updated_by"]) for r in rows}[new["id"]] == ("ana", "bob")
+    undo(database, 1, user="carl")  # back to before the review
+    _, rows = get_annotations(database, 1, decode_masks=False)
+    assert all(r["updated_by"] == "carl" for r in rows)
+    merge_categories(database, 12, 7, user="dora")
+    _, rows = get_annotations(database, 2, decode_masks=False)
+    assert {r["updated_by"] for r in rows if r["category_id"] == 7} >= {"dora"}
+    assert {r["updated_by"] for r in rows if r["category_id"] == 3} == {None}
