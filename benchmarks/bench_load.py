@@ -333,7 +333,7 @@ def main() -> int:
         "check": check}
     (args.work / f"results-{backend}.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "per_op"}, indent=1))
-    print(f"\n| operation | n | ops/s | p50 | p99 |\n|---|---|---|---|---|")
+    print("\n| operation | n | ops/s | p50 | p99 |\n|---|---|---|---|---|")
     for op, row in results["per_op"].items():
         print(f"| {op} | {row['n']} | {row['per_s']} | {row['p50_ms']} ms | {row['p99_ms']} ms |")
     ok = not rec.errors and check["problem_count"] == 0 and check["integrity_ok"]
