@@ -15,6 +15,8 @@ from pathlib import Path
 DEFAULT_DATA_DIR = "./workbench_data"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+DEFAULT_USERS_FILE = "./users.txt"
+DEFAULT_MAX_UPLOAD_MB = 200  # as db.uploads.MAX_UPLOAD_BYTES
 
 
 def _progress(iterable, total, description):
@@ -31,8 +33,38 @@ def _open(args):
 
 def cmd_serve(args) -> int:
     from app.ui import serve
+    from app.users import server_auth
 
-    serve(_open(args), host=args.host, port=args.port)
+    server_auth(args.host, args.auth_file)  # refuses before the database is opened
+    serve(_open(args), host=args.host, port=args.port, auth_file=args.auth_file,
+          max_file_size=int(args.max_upload_mb * 2**20))
+    return 0
+
+
+def cmd_users(args) -> int:
+    import getpass
+
+    from app import users
+    from db.errors import WorkbenchError
+
+    if args.action == "list":
+        for name in sorted(users.read_users(args.file)):
+            print(name)
+        return 0
+    if args.name is None:
+        raise WorkbenchError(f"`users {args.action}` needs a user NAME")
+    if args.action == "remove":
+        users.remove_user(args.file, args.name)
+        print(f"user {args.name} removed from {args.file}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise WorkbenchError("the two passwords differ; nothing was changed")
+    new = users.set_password(args.file, args.name, password)
+    print(f"user {args.name} {'added to' if new else 'has a new password in'} {args.file}")
     return 0
 
 
@@ -119,7 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="start the browser workbench (the default)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--auth-file", type=Path, default=None, metavar="USERS_FILE",
+                       help="require logins from this users file (`users add`); required when --host is not a "
+                            "loopback address")
+    serve.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                       help=f"largest file the server accepts in one upload, in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     serve.set_defaults(func=cmd_serve)
+
+    users = sub.add_parser("users", help="logins for `serve --auth-file`: add NAME (asks for the password), "
+                                         "remove NAME, list")
+    users.add_argument("action", choices=["add", "remove", "list"])
+    users.add_argument("name", nargs="?", default=None, help="user name")
+    users.add_argument("--file", type=Path, default=Path(DEFAULT_USERS_FILE),
+                       help=f"users file (default {DEFAULT_USERS_FILE}); passwords are stored as salted scrypt hashes")
+    users.add_argument("--password-stdin", action="store_true", help="read the password from standard input "
+                                                                      "(for scripts) instead of asking")
+    users.set_defaults(func=cmd_users)
 
     imp = sub.add_parser("import-coco", parents=[common], help="import a COCO instances file and its images")
     imp.add_argument("annotations", type=Path, help="COCO instances JSON file")

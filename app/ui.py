@@ -29,6 +29,7 @@ from db import queries, registry  # noqa: E402
 from db.annotations import ConflictError, get_annotations  # noqa: E402
 from db.engine import Database  # noqa: E402
 from db.errors import WorkbenchError  # noqa: E402
+from db.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from partial_sup import service  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ def _progress_adapter(progress: gr.Progress):
         return progress.tqdm(iterable, total=total, desc=description)
 
     return wrap
+
+
+def _user(request: gr.Request | None) -> str | None:
+    """The logged-in user (Gradio's ``auth``; see launch_app), None when the server runs without logins."""
+    return getattr(request, "username", None) if request is not None else None
 
 
 def _error_text(exc: Exception) -> str:
@@ -210,13 +216,13 @@ class UI:
         except (WorkbenchError, OSError) as exc:
             return self.view(None, threshold, _error_text(exc))
 
-    def open(self, image_id, threshold, message: str = "", auto_propose: bool = True):
+    def open(self, image_id, threshold, message: str = "", auto_propose: bool = True, user: str | None = None):
         if image_id is None:
             return (None, *self.view(None, threshold, message), None, None)
         image_id = int(image_id)
         try:
             if auto_propose and self.wb.should_propose(image_id):
-                result = self.wb.propose(image_id)
+                result = self.wb.propose(image_id, user=user)
                 message = (message + "\n\n" if message else "") + \
                     f"The model proposed {result.added} instance(s) (scores ≥ {self.wb.min_score:.2f} are kept)."
         except (WorkbenchError, OSError) as exc:
@@ -453,7 +459,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
         refresh.click(refresh_all, [status_filter], [overview, categories, images_table, *gallery_outputs], **private)
 
         # ---- images ----------------------------------------------------------------------
-        def on_upload(files, split_value, threshold_value, progress=gr.Progress()):
+        def on_upload(files, split_value, threshold_value, request: gr.Request, progress=gr.Progress()):
             text, first = "", None
             if files:
                 try:
@@ -464,22 +470,22 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                     first = result.image_ids[0] if result.image_ids else None
                 except WorkbenchError as exc:
                     text = _error_text(exc)
-            opened = ui.open(first, threshold_value)  # proposes first: the gallery's counts include it
+            opened = ui.open(first, threshold_value, user=_user(request))  # proposes first: the gallery's counts include it
             return (text, _overview(db)[0], *ui.gallery("all"), *opened)
 
         upload.upload(on_upload, [upload, split, threshold], [upload_msg, overview, *gallery_outputs, *open_outputs],
                       **private)
         status_filter.input(ui.gallery, [status_filter], gallery_outputs, **private)
 
-        def on_select(id_list, threshold_value, evt: gr.SelectData):
+        def on_select(id_list, threshold_value, evt: gr.SelectData, request: gr.Request):
             if evt.index is None or evt.index >= len(id_list):
                 return ui.open(None, threshold_value)
-            return ui.open(id_list[evt.index], threshold_value)
+            return ui.open(id_list[evt.index], threshold_value, user=_user(request))
 
         gallery.select(on_select, [ids, threshold], open_outputs, **private)
 
         def step(delta):
-            def go(current, id_list, status_value, threshold_value):
+            def go(current, id_list, status_value, threshold_value, request: gr.Request):
                 if not id_list:
                     id_list = [r["id"] for r in queries.list_images(
                         db, limit=GALLERY_LIMIT, status=None if status_value in (None, "all") else status_value)]
@@ -489,7 +495,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                     index = (id_list.index(current) + delta) % len(id_list)
                 else:
                     index = 0 if delta > 0 else len(id_list) - 1
-                return ui.open(id_list[index], threshold_value)
+                return ui.open(id_list[index], threshold_value, user=_user(request))
             return go
 
         next_btn.click(step(+1), [image_id, ids, status_filter, threshold], open_outputs, **private)
@@ -507,43 +513,51 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
 
         overlay.select(on_overlay_select, [shown], [instance], **private)
 
-        def propose_click(i, t, s, rev):
-            return ui.act(i, t, s, lambda: wb.propose(int(i), seen_revision=rev),
+        def propose_click(i, t, s, rev, request: gr.Request):
+            return ui.act(i, t, s, lambda: wb.propose(int(i), seen_revision=rev, user=_user(request)),
                           lambda r: f"The model proposed {r.added} instance(s); {r.replaced} older proposal(s) replaced.")
 
         _refresh_gallery(propose_btn.click(propose_click, [image_id, threshold, instance, revision], view_outputs, **private))
 
         def review_click(state):
-            def handler(i, t, s, rev):
+            def handler(i, t, s, rev, request: gr.Request):
                 def action():
                     if s is None:
                         raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
-                    return wb.review(int(i), [int(s)], state, rev)
+                    return wb.review(int(i), [int(s)], state, rev, _user(request))
                 return ui.act(i, t, s, action, f"Instance #{s} {state}.")
             return handler
 
         _refresh_gallery(accept_btn.click(review_click("accepted"), [image_id, threshold, instance, revision], view_outputs, **private))
         _refresh_gallery(reject_btn.click(review_click("rejected"), [image_id, threshold, instance, revision], view_outputs, **private))
-        _refresh_gallery(accept_all_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.accept_all(int(i), float(t), rev),
-                                                         lambda r: f"{r[1]} proposal(s) accepted."),
-                             [image_id, threshold, instance, revision], view_outputs, **private))
+        def accept_all_click(i, t, s, rev, request: gr.Request):
+            return ui.act(i, t, s, lambda: wb.accept_all(int(i), float(t), rev, _user(request)),
+                          lambda r: f"{r[1]} proposal(s) accepted.")
 
-        def delete_click(i, t, s, rev):
+        _refresh_gallery(accept_all_btn.click(accept_all_click, [image_id, threshold, instance, revision], view_outputs,
+                                              **private))
+
+        def delete_click(i, t, s, rev, request: gr.Request):
             def action():
                 if s is None:
                     raise WorkbenchError("select the instance to delete first")
-                return wb.delete_instance(int(i), int(s), rev)
+                return wb.delete_instance(int(i), int(s), rev, _user(request))
             return ui.act(i, t, None, action, f"Instance #{s} deleted (Undo brings it back).")
 
         _refresh_gallery(delete_btn.click(delete_click, [image_id, threshold, instance, revision], view_outputs, **private))
-        _refresh_gallery(undo_btn.click(lambda i, t, s: ui.act(i, t, s, lambda: wb.undo(int(i)), "Undone."),
-                       [image_id, threshold, instance], view_outputs, **private))
-        _refresh_gallery(recover_btn.click(lambda i, t, s, rev: ui.act(i, t, s, lambda: wb.recover_conflict(int(i), rev),
-                                                      "Your version from the conflict is back (Undo reverts it)."),
-                          [image_id, threshold, instance, revision], view_outputs, **private))
+        def undo_click(i, t, s, request: gr.Request):
+            return ui.act(i, t, s, lambda: wb.undo(int(i), _user(request)), "Undone.")
+
+        def recover_click(i, t, s, rev, request: gr.Request):
+            return ui.act(i, t, s, lambda: wb.recover_conflict(int(i), rev, _user(request)),
+                          "Your version from the conflict is back (Undo reverts it).")
+
+        _refresh_gallery(undo_btn.click(undo_click, [image_id, threshold, instance], view_outputs, **private))
+        _refresh_gallery(recover_btn.click(recover_click, [image_id, threshold, instance, revision], view_outputs,
+                                           **private))
 
         # ---- draw --------------------------------------------------------------------------
-        def save_boxes(i, t, s, rev, value, only):
+        def save_boxes(i, t, s, rev, value, only, request: gr.Request):
             def action():
                 info = queries.image_info(db, int(i))
                 scale = scale_for(info["height"], info["width"])
@@ -563,7 +577,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                     new.append((category_id, tuple(v / scale for v in small_box)))
                 if not new:
                     raise WorkbenchError("no new box: draw one with 'Create box' and choose its class first")
-                return wb.add_boxes(int(i), new, box_only=bool(only), seen_revision=rev)
+                return wb.add_boxes(int(i), new, box_only=bool(only), seen_revision=rev, user=_user(request))
             return ui.act(i, t, s, action, lambda r: f"{len(r[1])} box(es) added: {', '.join(r[1])}.")
 
         _refresh_gallery(save_boxes_btn.click(save_boxes, [image_id, threshold, instance, revision, annotator, box_only], view_outputs,
@@ -606,7 +620,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
 
         edit_btn.click(load_editor, [image_id, instance], [editor, editing, message], **private)
 
-        def save_mask(i, t, rev, value, target, klass):
+        def save_mask(i, t, rev, value, target, klass, request: gr.Request):
             def action():
                 if not target or target[0] != i:
                     raise WorkbenchError("load a mask with 'Edit mask' first (for the image that is open)")
@@ -618,7 +632,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 mask = mask[:target[2], :target[3]]  # without the padding
                 info = queries.image_info(db, int(i))
                 full = upscale_mask(mask, (info["height"], info["width"]))
-                return wb.save_mask(int(i), target[1], klass, full, rev)
+                return wb.save_mask(int(i), target[1], klass, full, rev, _user(request))
             out = ui.act(i, t, target[1] if target else None, action, "Mask saved.")
             if out[7] == "Mask saved.":
                 return (*out, None, None)  # saved: the editor is emptied
@@ -647,9 +661,12 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
         rename_btn.click(lambda c, name: class_action(lambda: category_service.rename_category(
             db, need(c, "the class to rename"), name), f"Class renamed to {str(name).strip()!r}.", c),
             [class_pick, class_name], class_outputs, **private)
-        merge_btn.click(lambda c, target: class_action(lambda: category_service.merge_categories(
-            db, need(c, "the class to merge"), need(target, "the class to merge into")),
-            lambda n: f"Merged: {n} annotation(s) moved."), [class_pick, merge_target], class_outputs, **private)
+        def merge_click(c, target, request: gr.Request):
+            return class_action(lambda: category_service.merge_categories(
+                db, need(c, "the class to merge"), need(target, "the class to merge into"), user=_user(request)),
+                lambda n: f"Merged: {n} annotation(s) moved.")
+
+        merge_btn.click(merge_click, [class_pick, merge_target], class_outputs, **private)
         delete_class_btn.click(lambda c, ok: class_action(lambda: category_service.delete_category(
             db, need(c, "the class to delete"), delete_annotations=bool(ok)),
             lambda n: f"Class deleted with {n} annotation(s).", c), [class_pick, confirm_delete], class_outputs,
@@ -710,23 +727,25 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             return {"image_ids": result.image_ids, "added": result.added, "existing": result.existing,
                     "refused": result.refused}
 
-        def api_propose(image_id, score_threshold):
+        def api_propose(image_id, score_threshold, request: gr.Request):
             """Run the active model on an image, store its instances as proposals; returns the image's instances."""
             try:
-                result = wb.propose(int(image_id), score_threshold=score_threshold)
+                result = wb.propose(int(image_id), score_threshold=score_threshold, user=_user(request))
                 out = wb.instances(int(image_id))
-                out.update(added=result.added, replaced=result.replaced,
+                out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
                            model_version_id=registry.active_version(db).id)
                 return out
             except (WorkbenchError, TypeError, ValueError) as exc:
                 raise gr.Error(str(exc)) from None
 
-        def api_save(image_id, instances, seen_revision):
-            """Make the instances the image's annotations; returns the new revision and the annotations."""
+        def api_save(image_id, instances, seen_revision, request: gr.Request):
+            """Make the instances the image's annotations; returns the annotations as they are now, their
+            revision, and the revision this save made (saved_revision: another save may follow at once)."""
             try:
                 seen = None if seen_revision is None or int(seen_revision) < 0 else int(seen_revision)
-                wb.save_json(int(image_id), instances if instances is not None else [], seen)
-                return wb.instances(int(image_id))
+                saved = wb.save_json(int(image_id), instances if instances is not None else [], seen,
+                                     user=_user(request))
+                return {**wb.instances(int(image_id)), "saved_revision": saved}
             except (WorkbenchError, TypeError, ValueError, KeyError) as exc:
                 raise gr.Error(str(exc)) from None
 
@@ -773,17 +792,36 @@ def _preload_model(workbench: Workbench) -> None:
         log.warning("the active model could not be loaded: %s", exc)
 
 
-def launch_app(db: Database, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, **build_kwargs):
+def served_folders(db: Database) -> list[str]:
+    """The only folders whose files the server hands out (exports and thumbnails): not the database,
+    the stored images or the checkpoints."""
+    folders = [db.data_dir / "exports", db.data_dir / "thumbs"]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return [str(folder) for folder in folders]
+
+
+def launch_app(db: Database, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
+               max_file_size: int = MAX_UPLOAD_BYTES, **build_kwargs):
+    """``auth``: Gradio's login check, a callable (username, password) -> bool (app.users.UsersFile);
+    ``max_file_size``: bytes; larger uploads are refused by the server before any handler sees them."""
     import threading
 
     demo = build_app(db, **build_kwargs)
     threading.Thread(target=_preload_model, args=(demo.workbench,), daemon=True).start()
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
-                allowed_paths=[str(db.data_dir)], prevent_thread_lock=not block, quiet=not block)
+                allowed_paths=served_folders(db), auth=auth, max_file_size=max_file_size,
+                prevent_thread_lock=not block, quiet=not block)
     return demo
 
 
-def serve(db: Database, host: str = "127.0.0.1", port: int = 7860) -> None:
-    print(f"workbench on http://{host}:{port} (data in {db.data_dir})")
-    launch_app(db, host, port, block=True)
+def serve(db: Database, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
+          max_file_size: int = MAX_UPLOAD_BYTES) -> None:
+    """Refuses a non-loopback ``host`` without a users file (see app.users.server_auth)."""
+    from app.users import server_auth
+
+    auth = server_auth(host, auth_file)
+    logins = f", logins from {auth_file} ({len(auth.users)} users)" if auth else ""
+    print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins})")
+    launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size)

@@ -18,7 +18,7 @@ from app.display import ImageCache, ModelCache
 from db import masks, queries, registry
 from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, save_annotations,
                             set_review_state, undo)
-from db.coco_export import export_coco
+from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.uploads import add_images
@@ -182,30 +182,32 @@ class Workbench:
         seen = None if seen_revision is None or seen_revision == "" else int(seen_revision)
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
-    def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None) -> int:
+    def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,
+               user: str | None = None) -> int:
         if not ids:
             raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
-        return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision)
+        return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision, user=user)
 
-    def accept_all(self, image_id: int, threshold: float, seen_revision: int | None) -> tuple[int, int]:
+    def accept_all(self, image_id: int, threshold: float, seen_revision: int | None,
+                   user: str | None = None) -> tuple[int, int]:
         _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
         ids = [r["id"] for r in rows if (r["score"] or 0.0) >= threshold]
         if not ids:
             raise WorkbenchError(f"no proposals with a score of at least {threshold:.2f} to accept")
-        return self.review(image_id, ids, "accepted", seen_revision), len(ids)
+        return self.review(image_id, ids, "accepted", seen_revision, user), len(ids)
 
-    def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None) -> int:
+    def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is not on image {image_id} (anymore)")
         return save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows if r["id"] != ann_id],
-                                seen_revision=seen_revision)
+                                seen_revision=seen_revision, user=user)
 
-    def undo(self, image_id: int) -> int:
-        return undo(self.db, image_id)
+    def undo(self, image_id: int, user: str | None = None) -> int:
+        return undo(self.db, image_id, user=user)
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
-                  box_only: bool, seen_revision: int | None) -> tuple[int, list[str]]:
+                  box_only: bool, seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
         """Boxes a person drew (category id, x1 y1 x2 y2 in image pixels) become accepted annotations,
         with the active model's mask for that box and class (box-only classes included, through the
         weight transfer) or, without a model that knows the class, GrabCut."""
@@ -225,11 +227,11 @@ class Workbench:
                                     model_version_id=version_id if source == "model" else None))
             sources.append(f"{source} mask")
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
-                                    seen_revision=seen_revision)
+                                    seen_revision=seen_revision, user=user)
         return revision, sources
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray,
-                  seen_revision: int | None) -> int:
+                  seen_revision: int | None, user: str | None = None) -> int:
         """A mask painted by a person replaces an annotation's mask (or makes a new annotation)."""
         if not mask.any():
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
@@ -247,12 +249,12 @@ class Workbench:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
             data.append(InstanceData(category_id=self.category_id(category), mask=mask, source="drawn"))
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision)
+        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
 
     def conflicts(self, image_id: int) -> list:
         return conflict_versions(self.db, image_id)
 
-    def recover_conflict(self, image_id: int, seen_revision: int | None) -> int:
+    def recover_conflict(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
         """Make the newest save that lost a conflict on this image its annotations again."""
         entries = conflict_versions(self.db, image_id)
         if not entries:
@@ -267,7 +269,7 @@ class Workbench:
                                      review_state=row["review_state"], score=row["score"],
                                      model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
                                      id=row.get("id") if row.get("id") in current else None))
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision)
+        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
 
     # ---- training -------------------------------------------------------------------
     def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:
@@ -308,6 +310,8 @@ class Workbench:
         which = (images or "all").strip().lower()
         if which not in ("all", "reviewed"):
             raise WorkbenchError(f"images must be 'all' or 'reviewed', not {images!r}")
+        if mask_format not in MASK_FORMATS:  # before it becomes part of a file name
+            raise WorkbenchError(f"mask format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
         ids = queries.reviewed_image_ids(self.db) if which == "reviewed" else None
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         out = self.db.data_dir / "exports" / f"coco-{which}-{mask_format}-{stamp}.json"

@@ -63,8 +63,10 @@ def others_running(work: Path) -> list[str]:
     """Other CPU-heavy jobs that share the machine: benchmarks, trainings, test suites (not this one's)."""
     out = subprocess.run(["pgrep", "-af", r"benchmarks/bench_|launch.py train|pytest"], capture_output=True,
                          text=True).stdout
+    mine = {str(os.getpid()), str(os.getppid())}
     return [line[:200] for line in out.splitlines()
             if "pgrep" not in line and "bench_api_speed" not in line and str(work) not in line
+            and line.split(" ", 1)[0] not in mine
             and not line.split(" ", 2)[1:2] == ["sh"]]
 
 
@@ -160,13 +162,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, log_path: Path):
+    def __init__(self, data_dir: Path, log_path: Path, extra_args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = open(log_path, "w")
         self.started = time.perf_counter()
         self.process = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "serve", "--port", str(self.port),
-                                         "--data-dir", str(data_dir)], cwd=REPO, env=ENV, stdout=self.log,
+                                         "--data-dir", str(data_dir), *extra_args], cwd=REPO, env=ENV, stdout=self.log,
                                         stderr=subprocess.STDOUT)
 
     def wait(self, seconds: float = 180) -> float:

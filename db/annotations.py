@@ -61,7 +61,8 @@ class InstanceData:
 
 
 _SNAPSHOT_FIELDS = ("id", "category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons",
-                    "area", "iscrowd", "source", "model_version_id", "score", "review_state", "created_by")
+                    "area", "iscrowd", "source", "model_version_id", "score", "review_state", "created_by",
+                    "updated_by")
 
 
 def _snapshot(annotations: Iterable[Annotation]) -> list[dict]:
@@ -104,7 +105,10 @@ def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
     return {"category_id": int(inst.category_id), "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
             "mask_rle": counts, "mask_polygons": None, "area": area, "iscrowd": bool(inst.iscrowd),
             "source": Source(inst.source), "review_state": ReviewState(inst.review_state), "score": inst.score,
-            "model_version_id": inst.model_version_id, "created_by": user}
+            "model_version_id": inst.model_version_id, "created_by": user, "updated_by": user}
+
+
+_WHO = ("created_by", "updated_by")
 
 
 def _bump(session, image_id: int, seen: int | None) -> Image:
@@ -142,7 +146,7 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
                                   else masks.decode(ann.mask_rle, image.height, image.width)),
                          "source": ann.source.value, "review_state": ann.review_state.value, "score": ann.score,
                          "model_version_id": ann.model_version_id, "iscrowd": ann.iscrowd,
-                         "created_by": ann.created_by})
+                         "created_by": ann.created_by, "updated_by": ann.updated_by})
         return image.revision, rows
 
 
@@ -191,6 +195,8 @@ def _apply(session, image: Image, instances: list[InstanceData], columns: list[d
             keep.add(ann.id)
             if ann.mask_rle == values["mask_rle"]:
                 values["mask_polygons"] = ann.mask_polygons  # unchanged mask keeps its polygons
+            if all(getattr(ann, name) == value for name, value in values.items() if name not in _WHO):
+                continue  # saved again unchanged: who made and who changed it stay as they are
             for name, value in values.items():
                 if name == "created_by" and ann.created_by is not None:
                     continue
@@ -214,7 +220,7 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
         session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action="review", snapshot=before,
                                  user=user))
         session.execute(update(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
-                        .values(review_state=ReviewState(state)))
+                        .values(review_state=ReviewState(state), updated_by=user))
         return image.revision
 
 
@@ -231,6 +237,7 @@ def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
         for row in entry.snapshot:
             values = dict(row)
             values["source"], values["review_state"] = Source(values["source"]), ReviewState(values["review_state"])
+            values["updated_by"] = user  # undoing is a change too
             session.add(Annotation(image_id=image_id, **values))
         entry.undone = True
         return image.revision

@@ -87,7 +87,7 @@ def annotation_count(db: Database, category_id: int) -> int:
                               .where(Annotation.category_id == int(category_id))) or 0
 
 
-def merge_categories(db: Database, source_id: int, target_id: int) -> int:
+def merge_categories(db: Database, source_id: int, target_id: int, *, user: str | None = None) -> int:
     """Move every annotation of ``source_id`` to ``target_id`` and remove ``source_id``.
     Returns the number of annotations moved."""
     if int(source_id) == int(target_id):
@@ -97,7 +97,7 @@ def merge_categories(db: Database, source_id: int, target_id: int) -> int:
         _get(session, target_id)
         _bump_images_of(session, int(source_id))
         moved = session.execute(update(Annotation).where(Annotation.category_id == int(source_id))
-                                .values(category_id=int(target_id)).execution_options(synchronize_session=False))
+                                .values(category_id=int(target_id), updated_by=user).execution_options(synchronize_session=False))
         _rewrite_journal(session, int(source_id), int(target_id))
         session.execute(delete(Category).where(Category.id == int(source_id)))
         return moved.rowcount or 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import io
 import json
 import math
@@ -171,6 +172,12 @@ def atomic_text_file(out_path: Path) -> Iterator[tuple[IO[str], Path]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, out_path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise WorkbenchError(f"could not write {out_path}: {exc.strerror} (the disk is full or the file too "
+                                 "large); nothing was written: free some space and export again") from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

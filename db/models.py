@@ -159,7 +159,8 @@ class Annotation(Base):
         _enum(ReviewState, "review_state"), default=ReviewState.accepted)
     # Content fingerprint of imported annotations: importing the same file twice adds nothing.
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
-    created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)  # the user who made it
+    updated_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)  # the user who changed it last
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

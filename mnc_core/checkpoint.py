@@ -1,6 +1,7 @@
 """Self-describing checkpoints: plain types + tensors only, atomic writes, weights_only loads."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Any, Callable
@@ -31,6 +32,23 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"{where}: value of type {type(value).__name__} is not a plain type")
 
 
+class _KeepWriteError:
+    """A file for torch.save that keeps the OSError of a failed write (e.g. ENOSPC: the disk is full)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str | os.PathLike, model: MNC, config: MNCConfig,
                     categories: list[tuple[int, str]], extra: dict | None = None) -> None:
     """Write {format, config, num_classes, categories, state_dict, extra} atomically (temp file in the
@@ -52,13 +70,22 @@ def save_checkpoint(path: str | os.PathLike, model: MNC, config: MNCConfig,
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            writer = _KeepWriteError(f)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError:  # torch's zip writer reports a failed write without its errno
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise OSError(e.errno, f"could not write checkpoint {path}: {e.strerror} (the disk is full or the file "
+                                   "too large); nothing was written") from e
         raise
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from test_app_helpers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 300, accept=(200,)) -> None:
     """Wait for the server to answer (a loaded 2-core machine can take minutes to import torch and Gradio);
     a server that exits fails at once with its output."""
     deadline = time.monotonic() + seconds
@@ -26,24 +27,39 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
             raise AssertionError(f"server exited: {process.stdout.read()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status in accept:
                     return
+        except urllib.error.HTTPError as exc:
+            if exc.code in accept:
+                return
+            time.sleep(0.5)
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"{url} did not answer in {seconds} s")
 
 
-@contextlib.contextmanager
-def serving(data_dir: Path, **env_extra: str):
-    """`python launch.py serve` on a free loopback port as a subprocess; yields its URL."""
+def start_server(data_dir: Path, extra_args=(), **env_extra: str) -> tuple[subprocess.Popen, str]:
+    """`python launch.py serve` on a free loopback port as a subprocess, answering: -> (process, URL)."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), **env_extra)
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
-                                "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
+                                "--data-dir", str(data_dir), *extra_args], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(url, process)
+        wait_for(url + "gradio_api/info" if "--auth-file" in extra_args else url, process, accept=(200, 401))
+    except BaseException:
+        process.kill()
+        process.wait(timeout=30)
+        raise
+    return process, url
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, extra_args=(), **env_extra: str):
+    """`python launch.py serve` on a free loopback port as a subprocess; yields its URL."""
+    process, url = start_server(data_dir, extra_args, **env_extra)
+    try:
         yield url
     finally:
         process.terminate()

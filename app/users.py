@@ -1,0 +1,157 @@
+"""Logins for a server that others can reach: a users file with salted scrypt password hashes.
+
+One line per user, ``NAME:scrypt$N$r$p$SALT$HASH`` (salt and hash in base64); written with
+``python launch.py users add NAME --file users.txt``. :class:`UsersFile` is the callable that
+Gradio's ``launch(auth=...)`` calls with (username, password); the logged-in name then reaches
+every event handler as ``gr.Request.username`` and is recorded on every annotation change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+
+from db.errors import WorkbenchError
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # the parameters Python's documentation and RFC 7914 suggest
+SALT_BYTES = 16
+MIN_PASSWORD_LENGTH = 8
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * n * r * p + 2**20,
+                          dklen=32)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def check_name(name: str) -> str:
+    name = str(name or "").strip()
+    if not name or ":" in name or any(c.isspace() for c in name) or len(name) > 200:
+        raise WorkbenchError(f"user name {name!r} must be 1 to 200 characters without ':' or spaces")
+    return name
+
+
+class UsersFile:
+    """The users of a users file; calling it checks a login (Gradio's ``auth`` callable)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.users = read_users(self.path)
+        self._dummy = hash_password(secrets.token_hex(8))  # unknown names cost as much time as known ones
+
+    def __call__(self, username: str, password: str) -> bool:
+        stored = self.users.get(str(username))
+        ok = verify_password(str(password), stored or self._dummy)
+        return ok and stored is not None
+
+
+def read_users(path: str | os.PathLike) -> dict[str, str]:
+    """{name: password hash} of a users file (missing file: no users)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    users = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, stored = line.partition(":")
+        if not sep or not stored.startswith("scrypt$") or stored.count("$") != 5:
+            raise WorkbenchError(f"{path}, line {number}: not 'NAME:scrypt$...'; write users with "
+                                 f"`python launch.py users add NAME --file {path}`")
+        users[name] = stored
+    return users
+
+
+def write_users(path: str | os.PathLike, users: dict[str, str]) -> None:
+    """Replace the users file atomically (temp file + rename), readable by its owner only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp makes it 0600
+            handle.write("# workbench users: NAME:scrypt$N$r$p$salt$hash (python launch.py users add NAME)\n")
+            handle.writelines(f"{name}:{stored}\n" for name, stored in sorted(users.items()))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_password(path: str | os.PathLike, name: str, password: str) -> bool:
+    """Add the user or change their password; returns True when the user is new."""
+    name = check_name(name)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise WorkbenchError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    users = read_users(path)
+    new = name not in users
+    users[name] = hash_password(password)
+    write_users(path, users)
+    return new
+
+
+def remove_user(path: str | os.PathLike, name: str) -> None:
+    users = read_users(path)
+    if name not in users:
+        raise WorkbenchError(f"there is no user {name!r} in {path}")
+    del users[name]
+    write_users(path, users)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def server_auth(host: str, auth_file: str | os.PathLike | None) -> UsersFile | None:
+    """The login check for a server on ``host``: required (with at least one user) off loopback."""
+    if auth_file is None:
+        if not is_loopback(host):
+            raise WorkbenchError(
+                f"refusing to listen on {host} without logins: anyone who can reach it could read and change "
+                "the annotations. Make a users file (`python launch.py users add NAME --file users.txt`) and "
+                "start with `--auth-file users.txt`, or listen on 127.0.0.1 (the default)")
+        return None
+    users = UsersFile(auth_file)
+    if not users.users:
+        raise WorkbenchError(f"the users file {auth_file} has no users: add one with "
+                             f"`python launch.py users add NAME --file {auth_file}`")
+    return users
