@@ -24,6 +24,19 @@ def models_dir(db: Database) -> Path:
     return path
 
 
+def new_checkpoint_path(db: Database, run_id: int) -> Path:
+    """Where a training run writes its model: models/runNNNN-<UTC time>.pt."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return models_dir(db) / f"run{run_id:04d}-{stamp}.pt"
+
+
+def remove_unfinished_checkpoints(db: Database, run_id: int) -> None:
+    """Delete what a dead run left of a checkpoint it was writing (mnc_core.save_checkpoint writes to a
+    '.tmp-<name>.' file beside the final one and renames it only when complete)."""
+    for partial in models_dir(db).glob(f".tmp-run{run_id:04d}-*"):
+        partial.unlink(missing_ok=True)
+
+
 def create_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
     """A queued run, for a training process that is about to start."""
     with db.session() as session:

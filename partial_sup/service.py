@@ -107,8 +107,7 @@ def run_state(db: Database, run_id: int) -> RunState:
     if run.status in ACTIVE and not _process_alive(run.pid):
         registry.finish_run(db, run_id, RunStatus.failed,
                             f"the training process ended unexpectedly; see {db.data_dir / 'logs'}/run{run_id:04d}.log")
-        for partial in registry.models_dir(db).glob(f".tmp-run{run_id:04d}-*"):  # a checkpoint it was writing
-            partial.unlink(missing_ok=True)
+        registry.remove_unfinished_checkpoints(db, run_id)
         run = registry.get_run(db, run_id)
     version = next((v.id for v in registry.list_versions(db) if v.training_run_id == run_id), None)
     return RunState(run_id=run.id, status=run.status.value, iteration=run.iteration, iterations=run.iterations,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from db import registry
 from db.engine import Database
@@ -168,8 +167,7 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
         metrics.update({"train_loss": train_loss, "train_images": len(dataset), "train_seconds": round(train_seconds, 1),
                         "mode": mode, "mask_head": mask_head, "set_A": set_a, "set_B": set_b,
                         "started_from": started_from})
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        checkpoint = registry.models_dir(db) / f"run{run_id:04d}-{stamp}.pt"
+        checkpoint = registry.new_checkpoint_path(db, run_id)
         extra = {"run_id": run_id, "iterations": summary["iterations"], "seed": seed, "lr": lr, "mode": mode,
                  "train_loss": train_loss}
         if maskx is not None:
