@@ -1,0 +1,56 @@
+"""Worker of tests/test_distributed_training.py, run under torchrun: trains the tiny synthetic model in
+each process with train_model and writes rank 0's per-iteration losses (averaged over the processes)
+as JSON. Not a test module (pytest collects test_*.py only).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_losses_worker.py OUT.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from mnc_core import distributed, train_model  # noqa: E402
+from test_mnc_helpers import ShapesDataset, small_config  # noqa: E402
+
+SIZE = 64
+ITERATIONS = 4
+
+
+def tiny_dataset() -> ShapesDataset:
+    return ShapesDataset(4, size=(SIZE, SIZE), seed=3)
+
+
+def exact_config(**kw):
+    """Sampling that takes every labelled anchor and every RoI candidate, so the losses do not depend
+    on how the random sampling streams are split between processes (only on the images)."""
+    return small_config(min_size=SIZE, max_size=SIZE, anchor_sizes=(16, 32), rpn_batch_size=10 ** 6,
+                        roi_batch_size=10 ** 6, rpn_post_nms_top_n_train=32, optimizer="sgd", warmup_iters=0,
+                        **kw)
+
+
+def run(images_per_batch: int, freeze_backbone: bool) -> list[dict[str, float]]:
+    losses: list[dict[str, float]] = []
+    train_model(tiny_dataset(), exact_config(images_per_batch=images_per_batch), iterations=ITERATIONS, lr=0.02,
+                seed=11, backbone_weights="none", device="cpu", freeze_backbone=freeze_backbone,
+                on_progress=lambda p: losses.append(p.losses))
+    return losses
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    job = distributed.from_env()
+    with distributed.process_group(job, torch.device("cpu")):  # both runs in one group (the caller's)
+        out = {"world_size": job.world_size,
+               "full": run(1, freeze_backbone=False), "heads": run(1, freeze_backbone=True)}
+    if job.is_main:
+        Path(sys.argv[1]).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
