@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -42,12 +44,29 @@ def run(images_per_batch: int, freeze_backbone: bool) -> list[dict[str, float]]:
     return losses
 
 
+def stop_after_two(job: distributed.Distributed) -> int:
+    """Rank 0's should_stop says stop after 2 iterations; the other ranks' would stop at once: every
+    process must follow rank 0 (a process leaving alone would leave the others hanging)."""
+    calls: list[int] = []
+    _, summary = train_model(tiny_dataset(), exact_config(), iterations=ITERATIONS, lr=0.02, seed=11,
+                             backbone_weights="none", device="cpu", on_progress=lambda p: calls.append(p.iteration),
+                             should_stop=(lambda: len(calls) >= 2) if job.is_main else (lambda: True))
+    return summary["iterations"]
+
+
 def main() -> None:
     torch.set_num_threads(1)
     job = distributed.from_env()
-    with distributed.process_group(job, torch.device("cpu")):  # both runs in one group (the caller's)
+    # the caller's process group (train_model uses it and leaves it open), with a short timeout
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    try:
         out = {"world_size": job.world_size,
                "full": run(1, freeze_backbone=False), "heads": run(1, freeze_backbone=True)}
+        stopped: list[int] = [0] * job.world_size
+        dist.all_gather_object(stopped, stop_after_two(job))
+        out["stopped_at"] = stopped
+    finally:
+        dist.destroy_process_group()
     if job.is_main:
         Path(sys.argv[1]).write_text(json.dumps(out))
 
