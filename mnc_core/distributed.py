@@ -99,7 +99,10 @@ def wrap(model: nn.Module, job: Distributed, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+    # find_unused_parameters: some steps leave parameters without a gradient (e.g. the Mask^X head when no
+    # image of a process has a mask); DDP then counts them as zero on that process, as one process would
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None,
+                                   find_unused_parameters=True)
 
 
 def mean(values: torch.Tensor, job: Distributed) -> torch.Tensor:

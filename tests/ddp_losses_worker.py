@@ -54,6 +54,21 @@ def stop_after_two(job: distributed.Distributed) -> int:
     return summary["iterations"]
 
 
+def without_masks() -> int:
+    """A Mask^X model (partial_sup) on images without any mask, one without any instance: its
+    final-mask head gets no gradient in either process, which DDP must accept."""
+    from partial_sup.maskx import MaskXConfig, build_maskx_model
+
+    dataset = ShapesDataset(2, size=(SIZE, SIZE), seed=3, drop_masks=True)
+    empty = dataset.samples[1]
+    empty.boxes, empty.category_ids = empty.boxes[:0], empty.category_ids[:0]
+    empty.masks, empty.has_mask = empty.masks[:0], empty.has_mask[:0]
+    config = exact_config(hflip_prob=0.0)
+    model = build_maskx_model(config, len(dataset.categories), MaskXConfig(method="transfer"), "none")
+    _, summary = train_model(dataset, config, iterations=2, lr=0.02, model=model, device="cpu")
+    return summary["iterations"]
+
+
 def main() -> None:
     torch.set_num_threads(1)
     job = distributed.from_env()
@@ -65,6 +80,7 @@ def main() -> None:
         stopped: list[int] = [0] * job.world_size
         dist.all_gather_object(stopped, stop_after_two(job))
         out["stopped_at"] = stopped
+        out["without_masks_iterations"] = without_masks()
     finally:
         dist.destroy_process_group()
     if job.is_main:
