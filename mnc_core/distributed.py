@@ -9,6 +9,7 @@ CPU), and gives the few collectives the training loop needs. Without those varia
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -99,6 +100,9 @@ def wrap(model: nn.Module, job: Distributed, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
+    # MobileNetV2's depthwise (C, 1, 3, 3) weights get gradients whose size-1 dim has another (equivalent)
+    # stride than the bucket view; DDP copies them and warns once per process: noise in the run's log
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     # find_unused_parameters: some steps leave parameters without a gradient (e.g. the Mask^X head when no
     # image of a process has a mask); DDP then counts them as zero on that process, as one process would
     return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None,
