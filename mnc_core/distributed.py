@@ -127,6 +127,17 @@ def from_main(flag: bool, job: Distributed, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def check_same(value: object, job: Distributed, what: str) -> None:
+    """Raise ValueError in every process unless all processes pass an equal ``value`` (picklable)."""
+    if not job.enabled:
+        return
+    values: list[object] = [None] * job.world_size
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        shown = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise ValueError(f"the processes disagree on {what} ({shown}): every process must train on the same data")
+
+
 def barrier(job: Distributed) -> None:
     if job.enabled and dist.is_initialized():
         dist.barrier()

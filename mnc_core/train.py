@@ -152,6 +152,7 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
     rng = np.random.default_rng(seed)
     categories = [(int(c), str(n)) for c, n in dataset.categories]
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
+    distributed.check_same((len(dataset), categories), job, "the dataset (images, categories)")
     if model is not None:
         if model.num_classes != len(categories):
             raise ValueError(f"the model has {model.num_classes} classes, the dataset {len(categories)}")

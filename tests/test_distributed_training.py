@@ -83,6 +83,8 @@ def test_two_processes_give_the_losses_of_one_process_with_the_whole_batch(tmp_p
     assert ddp["world_size"] == 2
     assert ddp["stopped_at"] == [2, 2]  # rank 0's should_stop, in both processes
     assert ddp["without_masks_iterations"] == 2  # parameters without a gradient in a step are fine
+    assert "the processes disagree on the dataset" in ddp["different_datasets"]
+    assert "rank 0: (3, " in ddp["different_datasets"] and "rank 1: (4, " in ddp["different_datasets"]
     torch.set_num_threads(1)
     for mode, frozen in (("full", False), ("heads", True)):
         one = run_tiny(2, freeze_backbone=frozen)  # one process, global batch of 2 images
