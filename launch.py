@@ -25,10 +25,10 @@ def _progress(iterable, total, description):
     return tqdm(iterable, total=total, desc=description, unit="", dynamic_ncols=True, file=sys.stderr)
 
 
-def _open(args):
+def _open(args, migrate: bool = True):
     from db.engine import open_database
 
-    return open_database(args.data_dir, args.db)
+    return open_database(args.data_dir, args.db, migrate=migrate)
 
 
 def cmd_serve(args) -> int:
@@ -88,15 +88,18 @@ def cmd_export_coco(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from mnc_core import distributed
     from partial_sup.training import train_from_database
 
     if args.nice:
         os.nice(args.nice)
+    main = distributed.from_env().is_main  # under torchrun: rank 0 migrates, records and prints
     result = train_from_database(
-        _open(args), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
+        _open(args, migrate=main), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
         mode=args.mode, mask_head=args.mask_head, init=args.init, show_progress=True, run_id=args.run_id)
-    print(result.summary())
+    if result is not None:
+        print(result.summary())
     return 0
 
 

@@ -2,6 +2,7 @@
 
 The model package of the annotation workbench; it knows nothing of databases or UIs.
 """
+from . import distributed
 from .backbone import BackboneWeightsError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MNCConfig
@@ -14,4 +15,4 @@ from .warm_start import warm_start
 
 __all__ = ["MNCConfig", "MNC", "Predictor", "Instance", "Sample", "InstanceDataset", "save_checkpoint",
            "load_checkpoint", "train_model", "TrainProgress", "build_model", "roi_warp", "BackboneWeightsError", "default_lr",
-           "warm_start"]
+           "warm_start", "distributed"]

@@ -1,4 +1,10 @@
-"""Losses as pure functions (no module state)."""
+"""Losses as pure functions (no module state).
+
+Every loss of a batch is the mean over its images of each image's own loss (an image's mean over its
+sampled anchors, RoIs or masks; 0 for an image with none). One image alone gives the usual per-image
+normalisation; a global batch split over processes (DistributedDataParallel averages the gradients of
+the processes) gives the same gradient as one process with the whole batch.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,45 +12,67 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def image_mean(values: Tensor, image_index: Tensor | None, num_images: int = 1) -> Tensor:
+    """values (E,) per element, image_index (E,) its image (None: all in one image) -> scalar
+    sum_i mean(values of image i) / num_images; an image without elements adds 0 (still in the graph)."""
+    if values.numel() == 0:
+        return values.sum() * 0.0
+    if image_index is None:
+        return values.mean()
+    counts = torch.bincount(image_index, minlength=num_images).to(values.dtype)
+    return (values / counts[image_index]).sum() / num_images
+
+
 def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list[Tensor], targets: list[Tensor],
                sampler) -> dict[str, Tensor]:
     """objectness (N, M) logits, deltas (N, M, 4); labels N x (M,) in {1, 0, -1}; targets N x (M, 4).
-    BCE over the sampled anchors; smooth L1 (sigma 3, i.e. beta 1/9) over positives / #sampled."""
+    Per image: BCE over its sampled anchors; smooth L1 (sigma 3, i.e. beta 1/9) over its positives /
+    its #sampled; then the mean over the N images."""
+    N, M = objectness.shape[:2]
     pos_masks, neg_masks = sampler(labels)
     pos = torch.where(torch.cat(pos_masks))[0]
     neg = torch.where(torch.cat(neg_masks))[0]
     sampled = torch.cat([pos, neg])
     lab = torch.cat(labels)
     tgt = torch.cat(targets)
-    box = F.smooth_l1_loss(deltas.reshape(-1, 4)[pos], tgt[pos], beta=1.0 / 9, reduction="sum") / max(1, sampled.numel())
-    cls = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], lab[sampled])
-    return {"rpn_cls": cls, "rpn_box": box}
+    image = torch.div(sampled, M, rounding_mode="floor")  # anchors are image-major: index // M is the image
+    per_image = torch.bincount(image, minlength=N).clamp(min=1).to(deltas.dtype)  # #sampled per image
+    box_each = F.smooth_l1_loss(deltas.reshape(-1, 4)[pos], tgt[pos], beta=1.0 / 9, reduction="none").sum(1)
+    box = (box_each / per_image[torch.div(pos, M, rounding_mode="floor")]).sum() / N
+    cls_each = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], lab[sampled], reduction="none")
+    return {"rpn_cls": image_mean(cls_each, image, N), "rpn_box": box}
 
 
-def mask_loss(mask_logits: Tensor, mask_targets: Tensor) -> Tensor:
-    """mask_logits (F, m, m) for foreground RoIs that have a GT mask; mask_targets (F, m, m) in {0, 1}.
-    Mean per-pixel sigmoid cross entropy; exactly 0 (but still in the graph) when F == 0."""
+def mask_loss(mask_logits: Tensor, mask_targets: Tensor, image_index: Tensor | None = None,
+              num_images: int = 1) -> Tensor:
+    """mask_logits (F, m, m) for foreground RoIs that have a GT mask; mask_targets (F, m, m) in {0, 1};
+    image_index (F,) their images (None: one image). Per-pixel sigmoid cross entropy, mean per image;
+    exactly 0 (but still in the graph) when F == 0."""
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float())
+    each = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float(), reduction="none")
+    return image_mean(each.flatten(1).mean(1), image_index, num_images)
 
 
-def classification_loss(scores: Tensor, labels: Tensor) -> Tensor:
-    """scores (R, N+1), labels (R,) in 0..N (0 = background)."""
+def classification_loss(scores: Tensor, labels: Tensor, image_index: Tensor | None = None,
+                        num_images: int = 1) -> Tensor:
+    """scores (R, N+1), labels (R,) in 0..N (0 = background); cross entropy, mean per image."""
     if scores.shape[0] == 0:
         return scores.sum() * 0.0
-    return F.cross_entropy(scores.float(), labels)
+    return image_mean(F.cross_entropy(scores.float(), labels, reduction="none"), image_index, num_images)
 
 
-def box_regression_loss(bbox_pred: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+def box_regression_loss(bbox_pred: Tensor, labels: Tensor, targets: Tensor, image_index: Tensor | None = None,
+                        num_images: int = 1) -> Tensor:
     """bbox_pred (R, 4(N+1)) class-specific deltas; labels (R,); targets (R, 4) encoded w.r.t. the RoIs.
-    Smooth L1 (beta 1) on foreground RoIs at their GT class, normalised by R (Fast R-CNN)."""
+    Smooth L1 (beta 1) on foreground RoIs at their GT class, normalised by the image's R (Fast R-CNN)."""
     R = bbox_pred.shape[0]
     if R == 0:
         return bbox_pred.sum() * 0.0
-    pos = torch.where(labels > 0)[0]
-    pred = bbox_pred.float().reshape(R, -1, 4)[pos, labels[pos]]  # (P, 4)
-    return F.smooth_l1_loss(pred, targets[pos], beta=1.0, reduction="sum") / R
+    pred = bbox_pred.float().reshape(R, -1, 4)[torch.arange(R, device=labels.device), labels]  # (R, 4)
+    each = F.smooth_l1_loss(pred, targets, beta=1.0, reduction="none").sum(1)
+    each = torch.where(labels > 0, each, torch.zeros_like(each))
+    return image_mean(each, image_index, num_images)
 
 
 def total_loss(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

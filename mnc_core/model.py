@@ -93,7 +93,7 @@ class MNC(nn.Module):
         if self.config.detach_proposals:
             deltas = deltas.detach()
         else:
-            deltas = clip_gradient(deltas, self.config.proposal_grad_clip)
+            deltas = clip_gradient(deltas, self.config.proposal_grad_clip / len(rois))  # per image (see rpn.py)
         ref = torch.cat(rois)
         if self.config.detach_proposals:
             ref = ref.detach()
@@ -126,6 +126,8 @@ class MNC(nn.Module):
         x, mask_logits, cls, seg, bbox = self._stages(features, rois)
         labels_t = torch.cat(labels)
         sel = torch.cat(mask_sel)
+        n = len(rois)  # each loss is the mean over the images of each image's own mean (see losses.py)
+        image = torch.cat([torch.full((r.shape[0],), i, dtype=torch.long, device=r.device) for i, r in enumerate(rois)])
 
         # mask targets per image (each image has its own GT mask tensor)
         m_tgts, m_iou_full = [], []
@@ -146,14 +148,14 @@ class MNC(nn.Module):
         seg_labels = torch.where(torch.cat(seg_fg) & (torch.cat(m_iou_full) >= c.seg_mask_iou), labels_t,
                                  torch.zeros_like(labels_t))
         losses = {
-            "mask" + suffix: mask_loss(mask_logits[sel], tg_all),
-            "cls" + suffix: classification_loss(cls, labels_t),
-            "seg_cls" + suffix: classification_loss(seg, seg_labels),
-            "bbox" + suffix: box_regression_loss(bbox, labels_t, torch.cat(box_tgts)),
+            "mask" + suffix: mask_loss(mask_logits[sel], tg_all, image[sel], n),
+            "cls" + suffix: classification_loss(cls, labels_t, image, n),
+            "seg_cls" + suffix: classification_loss(seg, seg_labels, image, n),
+            "bbox" + suffix: box_regression_loss(bbox, labels_t, torch.cat(box_tgts), image, n),
         }
         if self.final_mask_head is not None:  # Mask^X: only RoIs whose class has a mask (set A) get here
             fused = self._final_masks(x[sel], mask_logits[sel], labels_t[sel])
-            losses["mask_final" + suffix] = mask_loss(fused, tg_all)
+            losses["mask_final" + suffix] = mask_loss(fused, tg_all, image[sel], n)
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],

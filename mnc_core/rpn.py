@@ -116,7 +116,9 @@ class RegionProposalNetwork(nn.Module):
             k = min(pre_n, obj_i.numel())
             top = obj_i.topk(k).indices  # (k,)
             d = deltas[i, top]
-            d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip)
+            # the losses are means over the N images, so limit / N clips each image's own gradient at
+            # grad_clip, as if it were alone (one process per image under DDP gives the same)
+            d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip / N)
             boxes = self.box_coder.decode_single(d, anchors[i][top])  # (k, 4), differentiable
             boxes = box_ops.clip_boxes_to_image(boxes, image_sizes[i])
             bd = boxes.detach()

@@ -11,8 +11,8 @@ from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
 from db import queries
-from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress, default_lr, save_checkpoint,
-                      train_model, warm_start)
+from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress, default_lr, distributed,
+                      save_checkpoint, train_model, warm_start)
 from partial_sup.data import DatabaseDataset
 from partial_sup.maskx import MASK_HEADS, MaskXConfig, build_maskx_model, load_model
 from partial_sup.validation import evaluate_on_val
@@ -91,7 +91,7 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
                         backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
                         lr: float | None = None, config: MNCConfig | None = None, mode: str = "full",
                         mask_head: str = "transfer", init: str = "auto",
-                        show_progress: bool = False, run_id: int | None = None) -> TrainResult:
+                        show_progress: bool = False, run_id: int | None = None) -> TrainResult | None:
     """Train on the accepted annotations of the train split; on success the new model version is active.
 
     mode: "full" (end-to-end) or "heads" (frozen backbone body, cached features). mask_head:
@@ -100,7 +100,12 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     on the reviewed val-split images (mask AP on set A and B, box AP) and those metrics are stored.
 
     ``run_id``: a queued run (made by :func:`partial_sup.service.start_training`) that this process
-    takes over; otherwise a new run is recorded. Progress and the final state are stored in it."""
+    takes over; otherwise a new run is recorded. Progress and the final state are stored in it.
+
+    Under torchrun (several processes, GPUs or machines; see mnc_core/distributed.py) every process
+    reads the train split and trains its share of each global batch; only rank 0 writes: the run,
+    its progress, the checkpoint and the new version (it also evaluates), and it alone decides on a
+    cancel request. The other processes return None once training is over."""
     if iterations < 1:
         raise WorkbenchError("--iterations must be at least 1")
     if mode not in MODES:
@@ -115,10 +120,11 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
         config = config.replace(**HEADS_TRAINING)
     maskx = None if mask_head == "none" else MaskXConfig(method=mask_head)
     lr = default_lr(config) if lr is None else lr
+    main = distributed.from_env().is_main  # rank 0 (or the only process) writes to the database
     try:
         dataset = DatabaseDataset(db, "train")
     except WorkbenchError as exc:
-        if run_id is not None:
+        if run_id is not None and main:
             registry.claim_run(db, run_id, {})
             registry.finish_run(db, run_id, RunStatus.failed, str(exc))
         raise
@@ -128,6 +134,9 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
               "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories),
               "mode": mode, "mask_head": mask_head, "init": init, "set_A": set_a, "set_B": set_b}
+    if not main:
+        return _train_other_rank(dataset, config, maskx, iterations=iterations, device=device, seed=seed, lr=lr,
+                                 mode=mode)
     if run_id is None:
         run_id = registry.start_run(db, mode=mode, iterations=iterations, params=params)
     else:
@@ -191,3 +200,14 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
             bar.close()
     return TrainResult(run_id, version_id, str(checkpoint), summary["iterations"], False, train_loss,
                        time.perf_counter() - start, metrics)
+
+
+def _train_other_rank(dataset: DatabaseDataset, config: MNCConfig, maskx: MaskXConfig | None, *, iterations: int,
+                      device: str | None, seed: int, lr: float, mode: str) -> None:
+    """A process of rank > 0 under torchrun: the same training loop without any database write. Its
+    model only needs rank 0's architecture: DistributedDataParallel copies rank 0's weights into it
+    (so it neither loads the active model nor downloads backbone weights)."""
+    model = build_maskx_model(config, len(dataset.categories), maskx, "none")
+    train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr, model=model,
+                freeze_backbone=(mode == "heads"))
+    return None
