@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, and_, create_engine, event, exists, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -72,6 +73,50 @@ def schema_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def _orphan_count(connection: Connection) -> int:
+    """Rows whose foreign key names a row that does not exist, over every foreign key of the schema."""
+    from db.models import Base
+
+    total = 0
+    for table in Base.metadata.sorted_tables:
+        for constraint in table.foreign_key_constraints:
+            referred = constraint.referred_table.alias()
+            columns = [element.parent for element in constraint.elements]
+            match = and_(*(referred.c[element.column.name] == element.parent for element in constraint.elements))
+            orphans = (select(func.count()).select_from(table)
+                       .where(*(column.is_not(None) for column in columns))
+                       .where(~exists().where(match)))
+            total += connection.execute(orphans).scalar_one()
+    return total
+
+
+def _postgres_indexes_ok(connection: Connection) -> bool:
+    from db.models import Base
+
+    tables = [table.name for table in Base.metadata.sorted_tables]
+    invalid = connection.execute(text(
+        "SELECT count(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+        "WHERE t.relname = ANY(:tables) AND t.relnamespace = current_schema()::regnamespace "
+        "AND NOT (i.indisvalid AND i.indisready AND i.indislive)"), {"tables": tables}).scalar_one()
+    if invalid:
+        return False
+    amcheck = connection.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'")).scalar_one()
+    if amcheck and connection.execute(text(
+            "SELECT has_function_privilege('bt_index_check(regclass)', 'EXECUTE')")).scalar_one():
+        try:
+            connection.execute(text(
+                "SELECT bt_index_check(i.indexrelid) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                "WHERE a.amname = 'btree' AND t.relname = ANY(:tables) "
+                "AND t.relnamespace = current_schema()::regnamespace"), {"tables": tables}).all()
+        except DBAPIError as error:  # class XX: data or index corrupted
+            if not str(getattr(error.orig, "sqlstate", "") or "").startswith("XX"):
+                raise
+            connection.rollback()
+            return False
+    return True
+
+
 @dataclass
 class Database:
     """An open workbench database and its data folder (stored images, checkpoints)."""
@@ -96,10 +141,17 @@ class Database:
         return self.engine.dialect.name
 
     def integrity_ok(self) -> bool:
-        if self.dialect != "sqlite":
-            return True
+        """Whether the stored data is intact: no row refers to a missing row (every foreign key of
+        the schema is checked with a query), and the storage itself is sound (SQLite: ``PRAGMA
+        integrity_check``; PostgreSQL: every index of the schema valid, and B-tree structure
+        checked by ``bt_index_check`` where the ``amcheck`` extension is installed)."""
         with self.engine.connect() as connection:
-            return connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+            if self.dialect == "sqlite":
+                if connection.execute(text("PRAGMA integrity_check")).scalar() != "ok":
+                    return False
+            elif self.dialect == "postgresql" and not _postgres_indexes_ok(connection):
+                return False
+            return _orphan_count(connection) == 0
 
     def close(self) -> None:
         self.engine.dispose()
