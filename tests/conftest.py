@@ -163,17 +163,24 @@ def fresh_postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture
-def database_url(db_backend, tmp_path) -> Iterator[str]:
-    """The URL of a new, empty database of this test's backend (SQLite: a file in tmp_path/data)."""
-    if db_backend == "sqlite":
+@contextlib.contextmanager
+def new_database_url(backend: str, data_dir: Path) -> Iterator[str]:
+    """The URL of a new, empty database: SQLite (its file in ``data_dir``) or PostgreSQL."""
+    if backend == "sqlite":
         from db.engine import default_url
 
-        (tmp_path / "data").mkdir(exist_ok=True)
-        yield default_url(tmp_path / "data")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yield default_url(data_dir)
     else:
         with fresh_postgres_database() as url:
             yield url
+
+
+@pytest.fixture
+def database_url(db_backend, tmp_path) -> Iterator[str]:
+    """The URL of a new, empty database of this test's backend (SQLite: a file in tmp_path/data)."""
+    with new_database_url(db_backend, tmp_path / "data") as url:
+        yield url
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_undo_restores_the_previous_annotations_after_a_restart(database, image,
     seen, before = get_annotations(database, image_id)
     save_annotations(database, image_id, [InstanceData(category_id=7, mask=a_mask(h, w))], seen_revision=seen)
     database.close()
-    reopened = open_database(database.data_dir)
+    reopened = open_database(database.data_dir, database.url)
     undo(reopened, image_id)
     _, after = get_annotations(reopened, image_id)
     assert [(r["id"], r["category_id"]) for r in after] == [(r["id"], r["category_id"]) for r in before]

@@ -34,13 +34,14 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 300) -> None:
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, **env_extra: str):
-    """`python launch.py serve` on a free loopback port as a subprocess; yields its URL."""
+def serving(data_dir: Path, db_url: str | None = None, **env_extra: str):
+    """`python launch.py serve` on a free loopback port as a subprocess (on the database at ``db_url``,
+    default: the SQLite file in ``data_dir``); yields its URL."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), **env_extra)
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
-                                "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                                "--data-dir", str(data_dir), *(["--db", db_url] if db_url else [])],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for(url, process)
@@ -51,13 +52,14 @@ def serving(data_dir: Path, **env_extra: str):
 
 
 @pytest.fixture
-def server(tmp_path, synthetic_coco):
+def server(tmp_path, synthetic_coco, database_url):
+    """The workbench serving a database (SQLite or PostgreSQL: `--db URL`) that `launch.py import-coco` filled."""
     data_dir = tmp_path / "wb"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, str(ROOT / "launch.py"), "import-coco", str(synthetic_coco), "--images",
-                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir)], check=True, env=env,
-                   capture_output=True)
-    with serving(data_dir) as url:
+                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir), "--db", database_url],
+                   check=True, env=env, capture_output=True)
+    with serving(data_dir, database_url) as url:
         yield url
 
 

@@ -31,6 +31,7 @@ def wait_until(predicate, seconds: float = 300, every: float = 0.5):
     raise AssertionError("condition not reached in time")
 
 
+@pytest.mark.backends("sqlite")  # on PostgreSQL the test below runs a training process to its end
 def test_background_run_trains_and_activates_a_version(db_with_data):
     db = db_with_data
     run_id = start_training(db, iterations=12, **TINY)
@@ -40,6 +41,7 @@ def test_background_run_trains_and_activates_a_version(db_with_data):
     assert registry.active_version(db).id == state.version_id is not None
 
 
+@pytest.mark.backends("sqlite")  # the cancel flag is one column, as in record_progress
 def test_cancel_stops_the_run_and_keeps_the_active_model(db_with_data):
     db = db_with_data
     run_id = start_training(db, iterations=100_000, **TINY)
@@ -58,6 +60,8 @@ def test_cancel_stops_the_run_and_keeps_the_active_model(db_with_data):
 
 
 def test_killed_process_leaves_a_consistent_database(db_with_data):
+    """(On both backends: the training process gets the database's URL, runs one training to its
+    end and is killed in a second one.)"""
     db = db_with_data
     first = start_training(db, iterations=2, **TINY)
     done = wait_until(lambda: (s := run_state(db, first)).finished and s)
