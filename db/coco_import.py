@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from db import masks
 from db.engine import Database
@@ -345,11 +346,33 @@ def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Pa
             for chunk in _chunks(to_insert, 5000):
                 session.execute(insert(Annotation), chunk)
             report.annotations_added = len(to_insert)
+    except IntegrityError:  # a concurrent import or upload committed some of the same images or classes first
+        _remove_unreferenced(db, written)
+        raise CocoImportError(source, ["someone else added some of these images or classes at the same time; "
+                                       "run the import again (what is already there is skipped)"]) from None
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        _remove_unreferenced(db, written)
         raise
     return report
+
+
+def _remove_unreferenced(db: Database, written: list[Path]) -> None:
+    """Remove the image files that a failed import copied, except those that an image row refers to
+    (the same bytes, added meanwhile by someone else). When the database cannot be asked, keep them all:
+    a stray file is harmless, a missing one is not."""
+    if not written:
+        return
+    relative = {str(path.relative_to(db.data_dir)): path for path in written}
+    try:
+        referenced = set()
+        with db.session() as session:
+            for chunk in _chunks(sorted(relative), 500):
+                referenced.update(session.scalars(select(Image.stored_path).where(Image.stored_path.in_(chunk))))
+    except Exception:
+        return
+    for stored_path, path in relative.items():
+        if stored_path not in referenced:
+            path.unlink(missing_ok=True)
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
