@@ -14,12 +14,16 @@ from typing import Iterator
 
 from sqlalchemy import Connection, Engine, and_, create_engine, event, exists, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_FILE_NAME = "workbench.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
+MIGRATION_LOCK_KEY = 0x776F726B62656E63  # PostgreSQL advisory lock taken while migrating ("workbenc")
+# launch.py's --db defaults to this variable: training processes get their database's URL (and its
+# password) there rather than in their command line, which `ps` shows every user
+DB_URL_VARIABLE = "WORKBENCH_DB_URL"
 
 
 def default_url(data_dir: Path) -> str:
@@ -62,6 +66,12 @@ def upgrade_schema(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        # Processes that open the database at once (servers, a training process) migrate one after
+        # the other; the later ones then find the schema current. Held until this transaction ends.
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        elif connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now (waits up to the busy timeout)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -157,10 +167,37 @@ class Database:
         self.engine.dispose()
 
 
+def _connected_engine(url: str) -> Engine:
+    """An engine for ``url`` that has connected once; a WorkbenchError saying what to do otherwise."""
+    from db.errors import WorkbenchError
+
+    try:
+        shown = make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise WorkbenchError(f"{url!r} is not a database URL; use postgresql://USER@HOST:PORT/DB "
+                             "or sqlite:///PATH") from None
+    try:
+        engine = make_engine(url)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise WorkbenchError(f"cannot use the database {shown}: {exc}; use postgresql://USER@HOST:PORT/DB "
+                             "(psycopg 3 is in requirements.txt) or sqlite:///PATH") from None
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        hint = ("check that the server runs and accepts connections, and that the database and the role exist "
+                "(on the server: `createuser USER` and `createdb -O USER DB`)"
+                if engine.dialect.name == "postgresql" else "check the path and its permissions")
+        raise WorkbenchError(f"cannot connect to the database {shown}: {reason}; {hint}") from None
+    return engine
+
+
 def open_database(data_dir: str | Path, url: str | None = None, *, migrate: bool = True) -> Database:
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url or default_url(data_dir))
+    engine = _connected_engine(url or default_url(data_dir))
     if migrate:
         upgrade_schema(engine)
     return Database(engine=engine, data_dir=data_dir,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from db.errors import CocoImportError
 from db.models import Category, Image
 
 PEOPLE = 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def at_once(function, arguments: list) -> list:
@@ -123,3 +125,23 @@ def test_the_same_coco_file_imported_twice_at_once(database, synthetic_coco):
         for image in session.scalars(select(Image)):
             assert (database.data_dir / image.stored_path).is_file()
     assert database.integrity_ok()
+
+
+def test_processes_opening_a_new_database_at_once_all_find_it_ready(tmp_path, database_url):
+    """Servers and training processes that start together each run the migrations: one after the other
+    (real processes: Alembic's migration context is one per process)."""
+    import subprocess
+    import sys
+
+    from db.engine import open_database, schema_revision
+
+    script = ("import sys; from db.engine import open_database, schema_revision; "
+              "db = open_database(sys.argv[1], sys.argv[2]); print(schema_revision(db.engine))")
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data"), database_url],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(PEOPLE)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0] * PEOPLE, [err for _, err in outputs]
+    db = open_database(tmp_path / "data", database_url)
+    assert {out.strip() for out, _ in outputs} == {schema_revision(db.engine)}
+    db.close()

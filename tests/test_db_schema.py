@@ -164,3 +164,25 @@ def test_downgrade_to_the_first_schema_and_back(database):
         assert (ann.category_id, ann.mask_rle, ann.mask_polygons) == (4, "0", None)
     _migrate(database.engine, "base", downgrade=True)
     assert set(inspect(database.engine).get_table_names()) <= {"alembic_version"}
+
+
+def test_a_database_that_cannot_be_reached_is_explained(tmp_path):
+    from db.errors import WorkbenchError
+    from test_app_helpers import free_port
+
+    with pytest.raises(WorkbenchError, match=r"cannot connect to the database postgresql\+psycopg://me:\*\*\*@"
+                                             r".*Connection refused.*check that the server runs"):
+        open_database(tmp_path, f"postgresql://me:secret@127.0.0.1:{free_port()}/db")
+    with pytest.raises(WorkbenchError, match="is not a database URL"):
+        open_database(tmp_path, "workbench.db")
+
+
+@pytest.mark.backends("postgresql")
+def test_a_missing_postgresql_database_says_to_create_it(tmp_path, database_url):
+    from sqlalchemy.engine import make_url
+
+    from db.errors import WorkbenchError
+
+    missing = make_url(database_url).set(database="no_such_database").render_as_string(hide_password=False)
+    with pytest.raises(WorkbenchError, match=r'database "no_such_database" does not exist.*createdb'):
+        open_database(tmp_path, missing)

@@ -68,7 +68,10 @@ def test_killed_process_leaves_a_consistent_database(db_with_data):
     assert done.status == "succeeded"
     run_id = start_training(db, iterations=100_000, **TINY)
     wait_until(lambda: run_state(db, run_id).iteration >= 10)
-    os.kill(registry.get_run(db, run_id).pid, signal.SIGKILL)
+    pid = registry.get_run(db, run_id).pid
+    argv = open(f"/proc/{pid}/cmdline", "rb").read()
+    assert b"--db" not in argv and db.url.encode() not in argv  # `ps` would show its password to everyone
+    os.kill(pid, signal.SIGKILL)
     state = wait_until(lambda: (s := run_state(db, run_id)).finished and s, seconds=60)
     assert state.status == "failed" and "ended unexpectedly" in state.message
     assert db.integrity_ok()
