@@ -54,6 +54,12 @@ class _ImageEntry:
     stored_path: str
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database (PostgreSQL's INTEGER)
+_MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
+               "supercategory": Category.__table__.c.supercategory.type.length,
+               "file_name": Image.__table__.c.file_name.type.length}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -101,13 +107,18 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
     existing_names = {c.name: c.id for c in existing.values()}
     for index, cat in enumerate(data["categories"]):
         where = f"categories[{index}]"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or cat["id"] < 1:
-            problems.append(f"{where}: 'id' must be an integer >= 1")
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not 1 <= cat["id"] <= MAX_ID:
+            problems.append(f"{where}: 'id' must be an integer from 1 to {MAX_ID}")
             continue
         name = cat.get("name")
         where = f"category {cat['id']}"
         if not isinstance(name, str) or not name.strip():
             problems.append(f"{where}: 'name' must be a non-empty string")
+            continue
+        too_long = [key for key in ("name", "supercategory") if len(str(cat.get(key) or "")) > _MAX_LENGTH[key]]
+        if too_long:
+            problems.append(f"{where}: {' and '.join(too_long)} longer than {_MAX_LENGTH['name']} characters; "
+                            "shorten it in the file")
             continue
         if cat["id"] in by_id:
             problems.append(f"{where}: the id appears twice in the file; give each category its own id")
@@ -145,6 +156,9 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
         if relative is None:
             problems.append(f"{where}: file_name {img.get('file_name')!r} is not a relative path inside the images "
                             "folder (absolute paths and '..' are refused); use the path relative to --images")
+            continue
+        if len(str(relative)) > _MAX_LENGTH["file_name"]:
+            problems.append(f"{where}: file_name is longer than {_MAX_LENGTH['file_name']} characters")
             continue
         path = root.joinpath(*relative.parts)
         if not path.resolve().is_relative_to(root):

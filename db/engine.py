@@ -14,7 +14,7 @@ from typing import Iterator
 
 from sqlalchemy import Connection, Engine, and_, create_engine, event, exists, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -138,8 +138,15 @@ class Database:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose work is one transaction: committed on success, rolled back on error."""
-        with self.sessions.begin() as session:
-            yield session
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except DataError as exc:  # e.g. an id beyond 32 bits: PostgreSQL refuses it, SQLite would not
+            from db.errors import WorkbenchError
+
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise WorkbenchError(f"a value does not fit the database ({reason}); check the ids and numbers "
+                                 "given") from exc
 
     @property
     def url(self) -> str:

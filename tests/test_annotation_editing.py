@@ -136,6 +136,13 @@ def test_bad_saves_write_nothing(database, image):
     assert revision == seen and [r["id"] for r in after] == [r["id"] for r in rows]
 
 
+def test_an_id_beyond_32_bits_is_a_clear_error(database, image):
+    with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
+        get_annotations(database, 2**40)
+    with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
+        save_annotations(database, 2**40, [], seen_revision=None)
+
+
 def test_encoded_masks_are_stored_as_given_and_checked(database, image):
     """The API hands masks out as compressed RLE and takes them back the same way: stored without a
     decode/encode round trip, but a string that is not an RLE of the image's size is refused."""
