@@ -83,6 +83,12 @@ def schema_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def _reason(error: DBAPIError) -> str:
+    """The first line of the database driver's message (without SQLAlchemy's statement and link)."""
+    lines = str(error.orig if error.orig is not None else error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _orphan_count(connection: Connection) -> int:
     """Rows whose foreign key names a row that does not exist, over every foreign key of the schema."""
     from db.models import Base
@@ -144,8 +150,7 @@ class Database:
         except DataError as exc:  # e.g. an id beyond 32 bits: PostgreSQL refuses it, SQLite would not
             from db.errors import WorkbenchError
 
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-            raise WorkbenchError(f"a value does not fit the database ({reason}); check the ids and numbers "
+            raise WorkbenchError(f"a value does not fit the database ({_reason(exc)}); check the ids and numbers "
                                  "given") from exc
 
     @property
@@ -193,11 +198,10 @@ def _connected_engine(url: str) -> Engine:
             pass
     except OperationalError as exc:
         engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         hint = ("check that the server runs and accepts connections, and that the database and the role exist "
                 "(on the server: `createuser USER` and `createdb -O USER DB`)"
                 if engine.dialect.name == "postgresql" else "check the path and its permissions")
-        raise WorkbenchError(f"cannot connect to the database {shown}: {reason}; {hint}") from None
+        raise WorkbenchError(f"cannot connect to the database {shown}: {_reason(exc)}; {hint}") from None
     return engine
 
 
