@@ -139,12 +139,15 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from db.engine import DB_URL_VARIABLE
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path,
                         help=f"folder of the SQLite database, stored images and checkpoints (default {DEFAULT_DATA_DIR})")
-    common.add_argument("--db", metavar="URL", default=None,
-                        help="SQLAlchemy database URL to use instead of the SQLite file in --data-dir "
-                             "(e.g. postgresql+psycopg://user@host:5432/db)")
+    common.add_argument("--db", metavar="URL", default=os.environ.get(DB_URL_VARIABLE) or None,
+                        help="database URL to use instead of the SQLite file in --data-dir "
+                             f"(e.g. postgresql://user@host:5432/db; default: ${DB_URL_VARIABLE} if set, "
+                             "which keeps a password out of the command line)")
 
     parser = argparse.ArgumentParser(
         prog="launch.py", description="Instance segmentation annotation workbench. Without a sub-command: serve "

@@ -111,19 +111,20 @@ def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
 _WHO = ("created_by", "updated_by")
 
 
-def _bump(session, image_id: int, seen: int | None) -> Image:
-    """Take the next revision of the image, or raise ConflictError (after journalling nothing)."""
+def _bump(session, image_id: int, seen: int | None) -> Image | None:
+    """Take the next revision of the image (``seen``: only if it still is that revision), or None.
+
+    Its ``UPDATE`` locks the image until the transaction ends (PostgreSQL: the row; SQLite: the
+    database), so a concurrent change of the same image waits for this one and then finds the new
+    revision: callers read the image's annotations only after this, never before."""
     image = session.get(Image, image_id)
     if image is None:
         raise WorkbenchError(f"there is no image {image_id}")
-    if seen is None:
-        seen = image.revision
-    result = session.execute(update(Image).where(Image.id == image_id, Image.revision == seen)
+    unchanged = [Image.revision == seen] if seen is not None else []
+    result = session.execute(update(Image).where(Image.id == image_id, *unchanged)
                              .values(revision=Image.revision + 1).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        return None
     session.refresh(image)
-    return image
+    return image if result.rowcount == 1 else None
 
 
 def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = None, *,
@@ -164,8 +165,6 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
             if inst.category_id not in known:
                 raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
         columns = [_columns(inst, image, user) for inst in instances]
-        current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
-        before = _snapshot(current)
         if _bump(session, image_id, seen_revision) is None:
             entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", user=user,
                                  snapshot=[{**{k: (v.value if hasattr(v, "value") else v) for k, v in c.items()},
@@ -174,7 +173,8 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
             session.flush()
             conflict = ConflictError(image_id, seen_revision, image.revision, entry.id)
         else:
-            revision = _apply(session, image, instances, columns, current, before, action, user)
+            current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
+            revision = _apply(session, image, instances, columns, current, _snapshot(current), action, user)
     if conflict is not None:  # the losing version is committed to the journal; now tell the client
         raise conflict
     return revision
@@ -212,11 +212,10 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
     """Accept or reject proposals (or reopen them). Returns the new revision."""
     ids = list(annotation_ids)
     with db.session() as session:
-        current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
-        before = _snapshot(current)
         image = _bump(session, image_id, seen_revision)
         if image is None:  # nothing of this client's was lost: a review is one click to redo
             raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, 0)
+        before = _snapshot(session.scalars(select(Annotation).where(Annotation.image_id == image_id)))
         session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action="review", snapshot=before,
                                  user=user))
         session.execute(update(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
@@ -227,12 +226,12 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
 def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
     """Restore the annotations as they were before the last change that is not undone yet."""
     with db.session() as session:
+        image = _bump(session, image_id, None)  # first: a concurrent undo waits, then finds this one's result
         entry = session.scalars(select(JournalEntry).where(
             JournalEntry.image_id == image_id, JournalEntry.undone.is_(False),
             JournalEntry.action.in_(("save", "review"))).order_by(JournalEntry.id.desc()).limit(1)).first()
         if entry is None:
             raise WorkbenchError(f"nothing to undo on image {image_id}")
-        image = _bump(session, image_id, None)
         session.execute(delete(Annotation).where(Annotation.image_id == image_id))
         for row in entry.snapshot:
             values = dict(row)

@@ -8,12 +8,14 @@ instead of silently writing back the old category.
 from __future__ import annotations
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import Annotation, Category, Image, JournalEntry
 
 MAX_NAME = 200
+ADD_ATTEMPTS = 5
 
 
 def _clean(name: str) -> str:
@@ -63,13 +65,23 @@ def _rewrite_journal(session, category_id: int, target_id: int | None) -> None:
 
 
 def add_category(db: Database, name: str, supercategory: str = "") -> int:
-    """A new class; its id is one more than the largest (COCO ids are kept for imported ones)."""
+    """A new class; its id is one more than the largest (COCO ids are kept for imported ones).
+
+    Two people adding a class at the same moment may both pick the same id: the one whose
+    insert comes second fails on the primary key and tries again with the next id."""
     name = _clean(name)
-    with db.session() as session:
-        _check_unique(session, name)
-        next_id = (session.scalar(select(func.max(Category.id))) or 0) + 1
-        session.add(Category(id=next_id, name=name, supercategory=str(supercategory or "")))
-        return next_id
+    for attempt in range(ADD_ATTEMPTS):
+        try:
+            with db.session() as session:
+                _check_unique(session, name)
+                next_id = (session.scalar(select(func.max(Category.id))) or 0) + 1
+                session.add(Category(id=next_id, name=name, supercategory=str(supercategory or "")))
+            return next_id
+        except IntegrityError:  # a class added meanwhile took the id (or the name: said by _check_unique)
+            if attempt == ADD_ATTEMPTS - 1:
+                raise WorkbenchError(f"could not add class {name!r}: others were adding classes at the same "
+                                     "time; try again") from None
+    raise AssertionError("unreachable")
 
 
 def rename_category(db: Database, category_id: int, new_name: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from db import masks
 from db.engine import Database
@@ -51,6 +52,12 @@ class _ImageEntry:
     width: int
     height: int
     stored_path: str
+
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database (PostgreSQL's INTEGER)
+_MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
+               "supercategory": Category.__table__.c.supercategory.type.length,
+               "file_name": Image.__table__.c.file_name.type.length}
 
 
 def _is_int(value: Any) -> bool:
@@ -100,13 +107,18 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
     existing_names = {c.name: c.id for c in existing.values()}
     for index, cat in enumerate(data["categories"]):
         where = f"categories[{index}]"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or cat["id"] < 1:
-            problems.append(f"{where}: 'id' must be an integer >= 1")
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not 1 <= cat["id"] <= MAX_ID:
+            problems.append(f"{where}: 'id' must be an integer from 1 to {MAX_ID}")
             continue
         name = cat.get("name")
         where = f"category {cat['id']}"
         if not isinstance(name, str) or not name.strip():
             problems.append(f"{where}: 'name' must be a non-empty string")
+            continue
+        too_long = [key for key in ("name", "supercategory") if len(str(cat.get(key) or "")) > _MAX_LENGTH[key]]
+        if too_long:
+            problems.append(f"{where}: {' and '.join(too_long)} longer than {_MAX_LENGTH['name']} characters; "
+                            "shorten it in the file")
             continue
         if cat["id"] in by_id:
             problems.append(f"{where}: the id appears twice in the file; give each category its own id")
@@ -144,6 +156,9 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
         if relative is None:
             problems.append(f"{where}: file_name {img.get('file_name')!r} is not a relative path inside the images "
                             "folder (absolute paths and '..' are refused); use the path relative to --images")
+            continue
+        if len(str(relative)) > _MAX_LENGTH["file_name"]:
+            problems.append(f"{where}: file_name is longer than {_MAX_LENGTH['file_name']} characters")
             continue
         path = root.joinpath(*relative.parts)
         if not path.resolve().is_relative_to(root):
@@ -345,11 +360,33 @@ def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Pa
             for chunk in _chunks(to_insert, 5000):
                 session.execute(insert(Annotation), chunk)
             report.annotations_added = len(to_insert)
+    except IntegrityError:  # a concurrent import or upload committed some of the same images or classes first
+        _remove_unreferenced(db, written)
+        raise CocoImportError(source, ["someone else added some of these images or classes at the same time; "
+                                       "run the import again (what is already there is skipped)"]) from None
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        _remove_unreferenced(db, written)
         raise
     return report
+
+
+def _remove_unreferenced(db: Database, written: list[Path]) -> None:
+    """Remove the image files that a failed import copied, except those that an image row refers to
+    (the same bytes, added meanwhile by someone else). When the database cannot be asked, keep them all:
+    a stray file is harmless, a missing one is not."""
+    if not written:
+        return
+    relative = {str(path.relative_to(db.data_dir)): path for path in written}
+    try:
+        referenced = set()
+        with db.session() as session:
+            for chunk in _chunks(sorted(relative), 500):
+                referenced.update(session.scalars(select(Image.stored_path).where(Image.stored_path.in_(chunk))))
+    except Exception:
+        return
+    for stored_path, path in relative.items():
+        if stored_path not in referenced:
+            path.unlink(missing_ok=True)
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -30,8 +31,26 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UtcDateTime(TypeDecorator):
+    """A point in time, read back as an aware UTC datetime on every backend (SQLite stores no
+    time zone and gives naive ones back; PostgreSQL gives them in the session's time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: UtcDateTime}
 
 
 class Split(str, enum.Enum):
@@ -74,7 +93,7 @@ class Category(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     supercategory: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Image(Base):
@@ -89,7 +108,7 @@ class Image(Base):
     split: Mapped[Split] = mapped_column(_enum(Split, "split"), default=Split.train)
     # Bumped on every change of the image's annotations (optimistic concurrency for the UI).
     revision: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     annotations: Mapped[list["Annotation"]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True)
@@ -106,7 +125,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     training_run_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("training_runs.id", ondelete="SET NULL"), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TrainingRun(Base):
@@ -123,9 +142,9 @@ class TrainingRun(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(nullable=True)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Annotation(Base):
@@ -161,8 +180,8 @@ class Annotation(Base):
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)  # the user who made it
     updated_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)  # the user who changed it last
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="annotations")
     category: Mapped[Category] = relationship()
@@ -186,4 +205,4 @@ class JournalEntry(Base):
     snapshot: Mapped[list[Any]] = mapped_column(JSON)  # the annotations (plain dicts)
     undone: Mapped[bool] = mapped_column(Boolean, default=False)
     user: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

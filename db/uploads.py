@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from db.coco_import import Progress, _no_progress
 from db.engine import Database
@@ -70,6 +71,13 @@ def add_images(db: Database, files: list[str | Path], *, split: str = "train", n
                 session.flush()
                 result.image_ids.append(image.id)
             result.added += 1
+        except IntegrityError:  # someone else added the same image meanwhile: theirs stands (and its file)
+            with db.session() as session:
+                image_id = session.scalar(select(Image.id).where(Image.sha256 == info.sha256))
+            if image_id is None:
+                raise
+            result.existing += 1
+            result.image_ids.append(image_id)
         except BaseException:
             if stored is not None:
                 stored.unlink(missing_ok=True)

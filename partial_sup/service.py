@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db import registry
-from db.engine import Database
+from db.engine import DB_URL_VARIABLE, Database
 from db.models import RunStatus
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
@@ -80,7 +80,7 @@ def start_training(db: Database, *, iterations: int, image_size: int = 600, back
               "mask_head": mask_head, "init": init}
     run_id = registry.create_run(db, mode=mode, iterations=iterations, params=params)
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir),
-               "--db", db.url, "--iterations", str(iterations), "--image-size", str(image_size),
+               "--iterations", str(iterations), "--image-size", str(image_size),
                "--backbone", backbone, "--seed", str(seed), "--mode", mode, "--mask-head", mask_head,
                "--init", init, "--nice", str(TRAINING_NICE)]
     if backbone_weights is not None:
@@ -93,7 +93,8 @@ def start_training(db: Database, *, iterations: int, image_size: int = 600, back
     logs.mkdir(exist_ok=True)
     with open(logs / f"run{run_id:04d}.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=dict(os.environ, TQDM_MININTERVAL="5"))
+                                   start_new_session=True,  # the URL (password too) not in argv, which `ps` shows
+                                   env=dict(os.environ, TQDM_MININTERVAL="5", **{DB_URL_VARIABLE: db.url}))
     registry.set_pid(db, run_id, process.pid)
     return run_id
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -107,10 +110,84 @@ def synthetic_coco(tmp_path) -> Path:
     return make_synthetic_coco(tmp_path / "coco")
 
 
+# ---------------------------------------------------------------- database backends
+# Every test that uses `database` (or `database_url`) runs on SQLite and on PostgreSQL; a test
+# (or module, through `pytestmark`) marked `@pytest.mark.backends("sqlite")` runs on those named only.
+# The PostgreSQL runs need a server: its URL in WORKBENCH_TEST_POSTGRES_URL (a role that may
+# CREATE DATABASE; `.ci/postgres start DIR` starts a throwaway one), otherwise they are skipped.
+
+POSTGRES_URL_VARIABLE = "WORKBENCH_TEST_POSTGRES_URL"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): the database backends (sqlite, postgresql) that a "
+                                       "test using the `database` fixture runs on; default: all")
+
+
+def pytest_generate_tests(metafunc):
+    if "db_backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("db_backend", marker.args if marker else BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="module")
+def db_backend(request) -> str:
+    """The database backend of this test: "sqlite" or "postgresql" (parametrised above)."""
+    return getattr(request, "param", "sqlite")
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server (its URL); dropped afterwards, connections or not."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    from db.engine import normalise_url
+
+    server_url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server_url:
+        pytest.skip(f"PostgreSQL test: no server given; set {POSTGRES_URL_VARIABLE}=postgresql://USER@HOST:PORT/DB "
+                    f"(a role that may CREATE DATABASE), e.g. from `.ci/postgres start DIR`")
+    server = make_url(normalise_url(server_url))
+    name = f"workbench_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def new_database_url(backend: str, data_dir: Path) -> Iterator[str]:
+    """The URL of a new, empty database: SQLite (its file in ``data_dir``) or PostgreSQL."""
+    if backend == "sqlite":
+        from db.engine import default_url
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yield default_url(data_dir)
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
 @pytest.fixture
-def database(tmp_path):
+def database_url(db_backend, tmp_path) -> Iterator[str]:
+    """The URL of a new, empty database of this test's backend (SQLite: a file in tmp_path/data)."""
+    with new_database_url(db_backend, tmp_path / "data") as url:
+        yield url
+
+
+@pytest.fixture
+def database(tmp_path, database_url):
+    """An open, migrated workbench database (data folder tmp_path/data) on this test's backend."""
     from db.engine import open_database
 
-    db = open_database(tmp_path / "data")
+    db = open_database(tmp_path / "data", database_url)
     yield db
     db.close()

@@ -74,7 +74,7 @@ def test_undo_restores_the_previous_annotations_after_a_restart(database, image,
     seen, before = get_annotations(database, image_id)
     save_annotations(database, image_id, [InstanceData(category_id=7, mask=a_mask(h, w))], seen_revision=seen)
     database.close()
-    reopened = open_database(database.data_dir)
+    reopened = open_database(database.data_dir, database.url)
     undo(reopened, image_id)
     _, after = get_annotations(reopened, image_id)
     assert [(r["id"], r["category_id"]) for r in after] == [(r["id"], r["category_id"]) for r in before]
@@ -134,6 +134,13 @@ def test_bad_saves_write_nothing(database, image):
             save_annotations(database, image_id, [bad], seen_revision=seen)
     revision, after = get_annotations(database, image_id)
     assert revision == seen and [r["id"] for r in after] == [r["id"] for r in rows]
+
+
+def test_an_id_beyond_32_bits_is_a_clear_error(database, image):
+    with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
+        get_annotations(database, 2**40)
+    with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
+        save_annotations(database, 2**40, [], seen_revision=None)
 
 
 def test_encoded_masks_are_stored_as_given_and_checked(database, image):

@@ -10,28 +10,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_synthetic_coco
+from conftest import make_synthetic_coco, new_database_url
 from test_app_helpers import free_port, register_tiny_model
 
 
 @pytest.fixture(scope="module")
-def app_server(tmp_path_factory):
+def app_server(tmp_path_factory, db_backend):
     from app.ui import launch_app
     from db.coco_import import import_coco
     from db.engine import open_database
 
     root = tmp_path_factory.mktemp("api")
     coco = make_synthetic_coco(root / "coco")
-    db = open_database(root / "data")
-    import_coco(db, coco, coco.parent / "images")
-    version = register_tiny_model(db, tmp_path_factory.getbasetemp())
-    port = free_port()
-    demo = launch_app(db, "127.0.0.1", port, block=False, proposal_min_score=0.0)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
-    finally:
-        demo.close()
-        db.close()
+    with new_database_url(db_backend, root / "data") as url:
+        db = open_database(root / "data", url)
+        import_coco(db, coco, coco.parent / "images")
+        version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+        port = free_port()
+        demo = launch_app(db, "127.0.0.1", port, block=False, proposal_min_score=0.0)
+        try:
+            yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
+        finally:
+            demo.close()
+            db.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,7 @@ def test_export_coco_defaults_and_reviewed_rle(client, app_server):
     assert coco.annToMask(masks[0]).sum() == masks[0]["area"]
 
 
+@pytest.mark.backends("sqlite")  # training processes on PostgreSQL: tests/test_training_process.py
 def test_retrain_waits_for_the_new_version(client, app_server):
     from db import registry
 

@@ -212,6 +212,12 @@ BAD_INPUTS = {
         lambda d: _first(d, "annotations", iscrowd=1)["segmentation"].update(counts=[5, 5]), "sum to 10"),
     "corrupt compressed RLE": (lambda d: d["annotations"][1]["segmentation"].update(counts="0a1"), "annotation 101"),
     "category renamed against the database": (lambda d: d["categories"][0].update(name="automobile"), None),
+    # limits of the database's columns (PostgreSQL enforces them, SQLite would not): refused on both
+    "category id beyond 32 bits": (lambda d: d["categories"][0].update(id=2**31), "from 1 to 2147483647"),
+    "category name too long": (lambda d: d["categories"][1].update(name="x" * 201),
+                               "category 7: name longer than 200 characters"),
+    "file name too long": (lambda d: _first(d, "images", id=2).update(file_name="a/" * 500 + "b.jpg"),
+                           "image 2: file_name is longer than 1000"),
 }
 
 

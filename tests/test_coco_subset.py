@@ -9,6 +9,9 @@ from coco_checks import ann_mask, coco_eval_against, load, mask_iou, paired_anno
 from db.coco_export import export_coco
 from db.coco_import import import_coco
 
+# About 70 s per backend; on PostgreSQL the synthetic COCO tests cover the same import and export.
+pytestmark = pytest.mark.backends("sqlite")
+
 
 @pytest.fixture
 def imported(database, coco_subset):

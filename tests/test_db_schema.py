@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select, text
+from sqlalchemy import MetaData, inspect, select, text
 
 from db.engine import normalise_url, open_database, schema_revision
 from db.models import Base, Category, Image
@@ -19,6 +20,7 @@ def test_migrations_match_the_models(database):
     assert {"categories", "images", "annotations", "model_versions", "training_runs", "alembic_version"} <= tables
 
 
+@pytest.mark.backends("sqlite")
 def test_sqlite_is_set_up_for_concurrent_use(database):
     with database.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -27,17 +29,41 @@ def test_sqlite_is_set_up_for_concurrent_use(database):
     assert database.integrity_ok()
 
 
-def test_reopening_keeps_data_and_schema(tmp_path):
-    db = open_database(tmp_path / "d")
+def test_reopening_keeps_data_and_schema(tmp_path, database_url):
+    db = open_database(tmp_path / "d", database_url)
     with db.session() as session:
         session.add(Category(id=5, name="cat"))
     revision = schema_revision(db.engine)
     db.close()
-    db = open_database(tmp_path / "d")  # runs the migrations again: a no-op
+    db = open_database(tmp_path / "d", database_url)  # runs the migrations again: a no-op
     with db.session() as session:
         assert session.scalars(select(Category.name)).all() == ["cat"]
     assert schema_revision(db.engine) == revision
     db.close()
+
+
+def test_integrity_check_finds_rows_that_refer_to_missing_rows(database):
+    from db.models import Annotation
+
+    with database.session() as session:
+        session.add(Category(id=4, name="dog"))
+        session.add(Image(id=1, sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3))
+        session.flush()
+        session.add(Annotation(image_id=1, category_id=4, bbox_x=0, bbox_y=0, bbox_w=1, bbox_h=1, area=1))
+    if database.dialect == "postgresql":  # the amcheck extension's B-tree checks run too where it is installed
+        with database.engine.begin() as connection:
+            connection.execute(text("CREATE EXTENSION IF NOT EXISTS amcheck"))
+    assert database.integrity_ok()
+    # a broken reference, written past the foreign key checks (as a crash or a bad tool could leave it)
+    with database.engine.begin() as connection:
+        if database.dialect == "sqlite":
+            connection.execute(text("PRAGMA foreign_keys=OFF"))
+        else:
+            connection.execute(text("SET LOCAL session_replication_role = replica"))  # no FK triggers
+        connection.execute(text("DELETE FROM categories WHERE id = 4"))
+        if database.dialect == "sqlite":
+            connection.execute(text("PRAGMA foreign_keys=ON"))
+    assert not database.integrity_ok()
 
 
 def test_foreign_keys_are_enforced(database):
@@ -58,36 +84,105 @@ def test_plain_postgresql_url_means_psycopg3():
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
-def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path):
+def _migrate(engine, revision: str, downgrade: bool = False) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from db.engine import MIGRATIONS_DIR, make_engine
+    from db.engine import MIGRATIONS_DIR
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    engine = make_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")  # a database made by the first release
-    with engine.begin() as connection:
-        connection.execute(text("INSERT INTO categories (id, name, supercategory, created_at) "
-                                "VALUES (4, 'dog', '', '2026-01-01')"))
-        connection.execute(text("INSERT INTO images (id, sha256, stored_path, file_name, width, height, split, "
-                                "revision, created_at) VALUES (1, 'ab', 'images/ab.jpg', 'a.jpg', 4, 3, 'train', 0, "
-                                "'2026-01-01')"))
-        connection.execute(text("INSERT INTO annotations (id, image_id, category_id, bbox_x, bbox_y, bbox_w, bbox_h, "
-                                "mask_rle, area, iscrowd, source, review_state, created_at, updated_at) VALUES "
-                                "(1, 1, 4, 0, 0, 2, 2, '0', 4, 0, 'imported', 'accepted', '2026-01-01', '2026-01-01')"))
-    engine.dispose()
-    db = open_database(tmp_path, url)  # upgrades to the newest schema
+        (command.downgrade if downgrade else command.upgrade)(config, revision)
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path, database_url):
+    from datetime import datetime, timezone
+
+    from db.engine import make_engine
     from db.models import Annotation
 
+    engine = make_engine(database_url)
+    _migrate(engine, "0001")  # a database made by the first release
+    old = MetaData()
+    old.reflect(engine)
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="",
+                                                                       created_at=day))
+        image_id = connection.execute(old.tables["images"].insert().values(
+            sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3, split="train",
+            revision=0, created_at=day)).inserted_primary_key[0]
+        ann_id = connection.execute(old.tables["annotations"].insert().values(
+            image_id=image_id, category_id=4, bbox_x=0, bbox_y=0, bbox_w=2, bbox_h=2, mask_rle="0", area=4,
+            iscrowd=False, source="imported", review_state="accepted", created_at=day,
+            updated_at=day)).inserted_primary_key[0]
+        run_id = connection.execute(old.tables["training_runs"].insert().values(
+            status="succeeded", mode="full", params={"lr": 0.01}, iteration=5, iterations=5, history=[[5, 1.5]],
+            message="", cancel_requested=False, created_at=day)).inserted_primary_key[0]
+    engine.dispose()
+    db = open_database(tmp_path, database_url)  # upgrades to the newest schema
     with db.session() as session:
-        ann = session.get(Annotation, 1)
-        assert (ann.category_id, ann.mask_rle, ann.mask_polygons, ann.area) == (4, "0", None, 4)
+        ann = session.get(Annotation, ann_id)
+        assert (ann.category_id, ann.mask_rle, ann.mask_polygons, ann.area, ann.iscrowd) == (4, "0", None, 4, False)
+        assert ann.created_at == day
+        # rows added after the upgrade get new ids
+        image = Image(sha256="cd", stored_path="images/cd.jpg", file_name="c.jpg", width=4, height=3)
+        session.add(image)
+        session.flush()
+        session.add(Annotation(image_id=image.id, category_id=4, bbox_x=0, bbox_y=0, bbox_w=1, bbox_h=1, area=1))
+        session.flush()
+    from db import registry
+
+    run = registry.get_run(db, run_id)
+    assert (run.params, run.history) == ({"lr": 0.01}, [[5, 1.5]])
     with db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+    assert db.integrity_ok()
     db.close()
+
+
+def test_downgrade_to_the_first_schema_and_back(database):
+    from db.models import Annotation
+
+    with database.session() as session:
+        session.add(Category(id=4, name="dog"))
+        session.add(Image(id=1, sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3))
+        session.flush()
+        session.add(Annotation(image_id=1, category_id=4, bbox_x=0, bbox_y=0, bbox_w=2, bbox_h=2, area=4,
+                               mask_rle="0", mask_polygons="[[0, 0, 2, 0, 2, 2]]"))
+    _migrate(database.engine, "0001", downgrade=True)
+    assert schema_revision(database.engine) == "0001"
+    tables = inspect(database.engine)
+    assert "annotation_journal" not in tables.get_table_names()
+    assert "mask_polygons" not in {column["name"] for column in tables.get_columns("annotations")}
+    _migrate(database.engine, "head")
+    with database.session() as session:
+        ann = session.scalars(select(Annotation)).one()
+        assert (ann.category_id, ann.mask_rle, ann.mask_polygons) == (4, "0", None)
+    _migrate(database.engine, "base", downgrade=True)
+    assert set(inspect(database.engine).get_table_names()) <= {"alembic_version"}
+
+
+def test_a_database_that_cannot_be_reached_is_explained(tmp_path):
+    from db.errors import WorkbenchError
+    from test_app_helpers import free_port
+
+    with pytest.raises(WorkbenchError, match=r"cannot connect to the database postgresql\+psycopg://me:\*\*\*@"
+                                             r".*Connection refused.*check that the server runs"):
+        open_database(tmp_path, f"postgresql://me:secret@127.0.0.1:{free_port()}/db")
+    with pytest.raises(WorkbenchError, match="is not a database URL"):
+        open_database(tmp_path, "workbench.db")
+
+
+@pytest.mark.backends("postgresql")
+def test_a_missing_postgresql_database_says_to_create_it(tmp_path, database_url):
+    from sqlalchemy.engine import make_url
+
+    from db.errors import WorkbenchError
+
+    missing = make_url(database_url).set(database="no_such_database").render_as_string(hide_password=False)
+    with pytest.raises(WorkbenchError, match=r'database "no_such_database" does not exist.*createdb'):
+        open_database(tmp_path, missing)

@@ -38,8 +38,11 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 300, accept=(
     raise AssertionError(f"{url} did not answer in {seconds} s")
 
 
-def start_server(data_dir: Path, extra_args=(), **env_extra: str) -> tuple[subprocess.Popen, str]:
-    """`python launch.py serve` on a free loopback port as a subprocess, answering: -> (process, URL)."""
+def start_server(data_dir: Path, extra_args=(), db_url: str | None = None,
+                 **env_extra: str) -> tuple[subprocess.Popen, str]:
+    """`python launch.py serve` on a free loopback port as a subprocess, answering: -> (process, URL).
+    It serves the database at ``db_url`` (default: the SQLite file in ``data_dir``)."""
+    extra_args = [*extra_args, *(["--db", db_url] if db_url else [])]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), **env_extra)
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "serve", "--port", str(port),
@@ -56,9 +59,9 @@ def start_server(data_dir: Path, extra_args=(), **env_extra: str) -> tuple[subpr
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, extra_args=(), **env_extra: str):
+def serving(data_dir: Path, extra_args=(), db_url: str | None = None, **env_extra: str):
     """`python launch.py serve` on a free loopback port as a subprocess; yields its URL."""
-    process, url = start_server(data_dir, extra_args, **env_extra)
+    process, url = start_server(data_dir, extra_args, db_url, **env_extra)
     try:
         yield url
     finally:
@@ -67,13 +70,14 @@ def serving(data_dir: Path, extra_args=(), **env_extra: str):
 
 
 @pytest.fixture
-def server(tmp_path, synthetic_coco):
+def server(tmp_path, synthetic_coco, database_url):
+    """The workbench serving a database (SQLite or PostgreSQL: `--db URL`) that `launch.py import-coco` filled."""
     data_dir = tmp_path / "wb"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, str(ROOT / "launch.py"), "import-coco", str(synthetic_coco), "--images",
-                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir)], check=True, env=env,
-                   capture_output=True)
-    with serving(data_dir) as url:
+                    str(synthetic_coco.parent / "images"), "--data-dir", str(data_dir), "--db", database_url],
+                   check=True, env=env, capture_output=True)
+    with serving(data_dir, db_url=database_url) as url:
         yield url
 
 

@@ -233,7 +233,7 @@ def test_versions_table_and_models_command_show_the_metrics(database, tmp_path):
              r["val images"]) for r in table] == [(1, "", "1.2346", "-", "-", "-", "-"),
                                                   (2, "●", "0.5000", "0.250", "-", "0.125", "2")]
 
-    listed = run_cli("models", "--data-dir", database.data_dir, cwd=tmp_path)
+    listed = run_cli("models", "--data-dir", database.data_dir, "--db", database.url, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     old, new = listed.stdout.splitlines()
     assert old.startswith("  v1") and "train loss (last 20 it) 1.2346, mask AP A -, mask AP B -, box AP -" in old
