@@ -87,12 +87,21 @@ def cmd_export_coco(args) -> int:
     return 0
 
 
+def _lowest_cpu_priority() -> None:
+    """SCHED_IDLE (Linux): this process gets the CPU only when nothing else wants it, so a server beside it
+    answers as if it were alone; elsewhere nice 19."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19 - os.nice(0))
+
+
 def cmd_train(args) -> int:
     from mnc_core import distributed
     from partial_sup.training import train_from_database
 
-    if args.nice:
-        os.nice(args.nice)
+    if args.background:
+        _lowest_cpu_priority()
     main = distributed.from_env().is_main  # under torchrun: rank 0 migrates, records and prints
     result = train_from_database(
         _open(args, migrate=main), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
@@ -205,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", choices=["auto", "active", "backbone"], default="auto",
                        help="start from the active model version (active), from the backbone weights (backbone), "
                             "or the active one when it has the same architecture (auto, default)")
-    train.add_argument("--nice", type=int, default=0, metavar="N",
-                       help="lower this process's CPU priority by N (the UI's Retrain uses 10 so the UI stays responsive)")
+    train.add_argument("--background", action="store_true",
+                       help="run at the lowest CPU priority (SCHED_IDLE on Linux, else nice 19): the CPU goes to "
+                            "the server first; the UI's Retrain uses it")
     train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run (background training)
     train.set_defaults(func=cmd_train)
 

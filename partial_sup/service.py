@@ -69,9 +69,6 @@ def _process_alive(pid: int | None) -> bool:
         return True
 
 
-TRAINING_NICE = 10  # the training process yields the CPU to the server: the UI stays responsive while it runs
-
-
 def start_training(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
                    backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
                    lr: float | None = None, mode: str = "full", mask_head: str = "transfer", init: str = "auto") -> int:
@@ -82,7 +79,7 @@ def start_training(db: Database, *, iterations: int, image_size: int = 600, back
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir),
                "--iterations", str(iterations), "--image-size", str(image_size),
                "--backbone", backbone, "--seed", str(seed), "--mode", mode, "--mask-head", mask_head,
-               "--init", init, "--nice", str(TRAINING_NICE)]
+               "--init", init, "--background"]
     if backbone_weights is not None:
         command += ["--backbone-weights", backbone_weights]
     if device is not None:
