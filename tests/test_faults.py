@@ -33,7 +33,7 @@ def box_of(image_id: int, k: int) -> list[float]:
     return [float(x), float(y), float(x + 10), float(y + 10)]
 
 
-def test_kill_9_of_the_server_during_saves_loses_no_acknowledged_save(tmp_path, synthetic_coco):
+def test_kill_9_of_the_server_during_saves_loses_no_acknowledged_save(tmp_path, synthetic_coco, database_url):
     from gradio_client import Client
 
     from db.engine import open_database
@@ -41,8 +41,8 @@ def test_kill_9_of_the_server_during_saves_loses_no_acknowledged_save(tmp_path, 
 
     data_dir = tmp_path / "wb"
     assert launch("import-coco", synthetic_coco, "--images", synthetic_coco.parent / "images", "--data-dir",
-                  data_dir).returncode == 0
-    process, url = start_server(data_dir)
+                  data_dir, "--db", database_url).returncode == 0
+    process, url = start_server(data_dir, db_url=database_url)
     acknowledged: list[tuple[int, int, list[float]]] = []  # (image, revision the save made, its box)
     failures: list[Exception] = []
 
@@ -74,7 +74,7 @@ def test_kill_9_of_the_server_during_saves_loses_no_acknowledged_save(tmp_path, 
     saver.join(timeout=120)
     assert not saver.is_alive() and failures  # the client saw the server go
     assert process.returncode == -signal.SIGKILL
-    db = open_database(data_dir)
+    db = open_database(data_dir, database_url)
     try:
         assert db.integrity_ok()
         with db.session() as session:
