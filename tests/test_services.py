@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from db import registry
-from db.engine import open_database
+from db.engine import DB_URL_VARIABLE, open_database
 from db.models import RunStatus
 from test_coco_import_export import run_cli
 
 
+def open_db(data_dir):
+    """The database the commands of this test use (WORKBENCH_DB_URL on PostgreSQL, else data_dir's SQLite file)."""
+    return open_database(data_dir, os.environ.get(DB_URL_VARIABLE))
+
+
 @pytest.fixture
-def trained(tmp_path, synthetic_coco):
-    data_dir = tmp_path / "wb"
+def trained(tmp_path, synthetic_coco, db_backend, database_url, monkeypatch):
+    """A data folder with the synthetic data and a 2-iteration model, made through the command line, on this
+    test's backend (PostgreSQL: every command gets its URL through WORKBENCH_DB_URL, --db's default)."""
+    data_dir = tmp_path / "data"
+    if db_backend == "postgresql":
+        monkeypatch.setenv(DB_URL_VARIABLE, database_url)
+    else:
+        monkeypatch.delenv(DB_URL_VARIABLE, raising=False)  # the default: the SQLite file in the data folder
     images = synthetic_coco.parent / "images"
     assert run_cli("import-coco", synthetic_coco, "--images", images, "--data-dir", data_dir, cwd=tmp_path).returncode == 0
     result = run_cli("train", "--iterations", "2", "--image-size", "64", "--backbone-weights", "none",
@@ -26,7 +38,7 @@ def trained(tmp_path, synthetic_coco):
 
 def test_train_records_a_run_and_an_active_version(trained):
     data_dir, _ = trained
-    db = open_database(data_dir)
+    db = open_db(data_dir)
     version = registry.active_version(db)
     assert version is not None and version.id == 1
     assert registry.checkpoint_path(db, version).is_file()
@@ -89,7 +101,7 @@ def test_cancelled_run_leaves_the_active_model_unchanged(trained, monkeypatch):
     from partial_sup import training
 
     data_dir, _ = trained
-    db = open_database(data_dir)
+    db = open_db(data_dir)
     real_start = registry.start_run
 
     def start_and_cancel(*args, **kwargs):
@@ -117,7 +129,7 @@ def test_heads_retraining_starts_from_the_active_model_and_can_be_rolled_back(tr
                      "none", "--device", "cpu", "--data-dir", data_dir, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "model version 2" in result.stdout and "on 2 reviewed val images: mask AP" in result.stdout
-    db = open_database(data_dir)
+    db = open_db(data_dir)
     v2 = registry.active_version(db)
     m = v2.metrics
     assert v2.id == 2 and m["mode"] == "heads" and m["mask_head"] == "transfer"
@@ -130,7 +142,7 @@ def test_heads_retraining_starts_from_the_active_model_and_can_be_rolled_back(tr
     assert "* v2" in listed.stdout and "heads" in listed.stdout
     # roll back to version 1: predictions come from its checkpoint again
     assert run_cli("models", "--activate", "1", "--data-dir", data_dir, cwd=tmp_path).returncode == 0
-    db = open_database(data_dir)
+    db = open_db(data_dir)
     assert registry.active_version(db).id == 1
     db.close()
     image = sorted((val.parent / "images").glob("*.jpg"))[0]
