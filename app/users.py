@@ -15,10 +15,10 @@ import ipaddress
 import os
 import secrets
 import socket
-import tempfile
 from pathlib import Path
 
 from db.errors import WorkbenchError
+from db.imagestore import atomic_write
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # the parameters Python's documentation and RFC 7914 suggest
 SALT_BYTES = 16
@@ -92,20 +92,10 @@ def read_users(path: str | os.PathLike) -> dict[str, str]:
 
 
 def write_users(path: str | os.PathLike, users: dict[str, str]) -> None:
-    """Replace the users file atomically (temp file + rename), readable by its owner only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp makes it 0600
-            handle.write("# workbench users: NAME:scrypt$N$r$p$salt$hash (python launch.py users add NAME)\n")
-            handle.writelines(f"{name}:{stored}\n" for name, stored in sorted(users.items()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace the users file atomically (temp file + rename), readable by its owner only (mkstemp's 0600)."""
+    text = "# workbench users: NAME:scrypt$N$r$p$salt$hash (python launch.py users add NAME)\n" + "".join(
+        f"{name}:{stored}\n" for name, stored in sorted(users.items()))
+    atomic_write(Path(path), text.encode("utf-8"))
 
 
 def set_password(path: str | os.PathLike, name: str, password: str) -> bool:
