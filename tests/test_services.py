@@ -48,6 +48,7 @@ def test_train_records_a_run_and_an_active_version(trained):
     db.close()
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL: the train, cancel and heads-retraining (models, predict) tests
 def test_predict_writes_coco_results_with_file_names(trained, tmp_path):
     data_dir, coco_file = trained
     images = sorted((coco_file.parent / "images").glob("*.jpg"))
@@ -64,6 +65,7 @@ def test_predict_writes_coco_results_with_file_names(trained, tmp_path):
         assert len(r["bbox"]) == 4 and 0 <= r["score"] <= 1
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL: the train, cancel and heads-retraining (models, predict) tests
 def test_evaluate_writes_the_metrics(trained, tmp_path):
     data_dir, coco_file = trained
     out = tmp_path / "metrics.json"
@@ -77,6 +79,7 @@ def test_evaluate_writes_the_metrics(trained, tmp_path):
     assert "segm" in result.stdout and "AP70" in result.stdout
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL: the train, cancel and heads-retraining (models, predict) tests
 def test_models_lists_and_activates(trained, tmp_path):
     data_dir, _ = trained
     listed = run_cli("models", "--data-dir", data_dir, cwd=tmp_path)
