@@ -16,7 +16,6 @@ DEFAULT_DATA_DIR = "./workbench_data"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_USERS_FILE = "./users.txt"
-DEFAULT_MAX_UPLOAD_MB = 200  # as db.uploads.MAX_UPLOAD_BYTES
 
 
 def _progress(iterable, total, description):
@@ -149,7 +148,9 @@ def cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from db.engine import DB_URL_VARIABLE
+    from db.uploads import MAX_UPLOAD_BYTES
 
+    default_upload_mb = MAX_UPLOAD_BYTES / 2**20
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=DEFAULT_DATA_DIR, type=Path,
                         help=f"folder of the SQLite database, stored images and checkpoints (default {DEFAULT_DATA_DIR})")
@@ -169,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-file", type=Path, default=None, metavar="USERS_FILE",
                        help="require logins from this users file (`users add`); required when --host is not a "
                             "loopback address")
-    serve.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                       help=f"largest file the server accepts in one upload, in MB (default {DEFAULT_MAX_UPLOAD_MB})")
+    serve.add_argument("--max-upload-mb", type=float, default=default_upload_mb,
+                       help=f"largest file the server accepts in one upload, in MB (default {default_upload_mb:g})")
     serve.set_defaults(func=cmd_serve)
 
     users = sub.add_parser("users", help="logins for `serve --auth-file`: add NAME (asks for the password), "

@@ -176,7 +176,8 @@ class Workbench:
                 box = (x, y, x + w, y + h)
             data.append(InstanceData(
                 category_id=self.category_id(category, names),
-                box=None if box is None else tuple(float(v) for v in box), mask=mask, mask_rle=counts, source=item.get("source", "drawn"), review_state=item.get("review_state", "accepted"),
+                box=None if box is None else tuple(float(v) for v in box), mask=mask, mask_rle=counts,
+                source=item.get("source", "drawn"), review_state=item.get("review_state", "accepted"),
                 score=item.get("score"), model_version_id=item.get("model_version_id"),
                 iscrowd=bool(item.get("iscrowd", False)), id=item.get("id")))
         seen = None if seen_revision is None or seen_revision == "" else int(seen_revision)

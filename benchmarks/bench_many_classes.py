@@ -310,27 +310,20 @@ class StageTimer:
         for layer in (head.cls_score, head.seg_cls_score, head.bbox_pred):  # the layers that grow with N
             layer.register_forward_pre_hook(lambda m, i: self._begin("class_layers"))
             layer.register_forward_hook(lambda m, i, o: self._end("class_layers"))
-        if model.final_mask_head is not None:
-            inner_final = model._final_masks
+        if model.final_mask_head is not None:  # instance attribute: detection_weights() + T + FCN
+            model._final_masks = self._timed("final_masks", model._final_masks)
+        mnc_model.postprocess_image = self._timed("postprocess", mnc_model.postprocess_image)
 
-            def final_masks(*a, **kw):
-                t = time.perf_counter()
-                try:
-                    return inner_final(*a, **kw)
-                finally:
-                    self.t["final_masks"] += time.perf_counter() - t
-
-            model._final_masks = final_masks  # instance attribute: detection_weights() + T + FCN
-        inner_post = mnc_model.postprocess_image
-
-        def postprocess(*a, **kw):
+    def _timed(self, key: str, inner):
+        """``inner`` with its wall time added to self.t[key] on every call."""
+        def timed(*a, **kw):
             t = time.perf_counter()
             try:
-                return inner_post(*a, **kw)
+                return inner(*a, **kw)
             finally:
-                self.t["postprocess"] += time.perf_counter() - t
+                self.t[key] += time.perf_counter() - t
 
-        mnc_model.postprocess_image = postprocess
+        return timed
 
     def _begin(self, key: str) -> None:
         self._start[key] = time.perf_counter()

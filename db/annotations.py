@@ -74,21 +74,26 @@ def _snapshot(annotations: Iterable[Annotation]) -> list[dict]:
     return out
 
 
+def _mask_counts(inst: InstanceData, image: Image) -> str | None:
+    """The instance's mask as compressed RLE counts of the image's size (None: a box only)."""
+    if inst.mask is not None:
+        mask = np.asarray(inst.mask, dtype=bool)
+        if mask.shape != (image.height, image.width):
+            raise WorkbenchError(f"a mask of {mask.shape[1]}x{mask.shape[0]} does not fit image {image.id} "
+                                 f"({image.width}x{image.height})")
+        return masks.encode(mask)
+    if inst.mask_rle is not None:  # already encoded (stored masks, the API's RLE masks): checked, not decoded
+        try:
+            masks.check_counts(inst.mask_rle, image.height, image.width)
+        except ValueError as exc:
+            raise WorkbenchError(f"a mask's RLE does not fit image {image.id} ({image.width}x{image.height}): "
+                                 f"{exc}") from None
+    return inst.mask_rle
+
+
 def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
-    if inst.mask is not None or inst.mask_rle is not None:
-        if inst.mask is not None:
-            mask = np.asarray(inst.mask, dtype=bool)
-            if mask.shape != (image.height, image.width):
-                raise WorkbenchError(f"a mask of {mask.shape[1]}x{mask.shape[0]} does not fit image {image.id} "
-                                     f"({image.width}x{image.height})")
-            counts = masks.encode(mask)
-        else:  # already encoded (stored masks, the API's RLE masks): checked, not decoded
-            counts = inst.mask_rle
-            try:
-                masks.check_counts(counts, image.height, image.width)
-            except ValueError as exc:
-                raise WorkbenchError(f"a mask's RLE does not fit image {image.id} ({image.width}x{image.height}): "
-                                     f"{exc}") from None
+    counts = _mask_counts(inst, image)
+    if counts is not None:
         x, y, w, h = masks.tight_box(counts, image.height, image.width)
         area = float(masks.area(counts, image.height, image.width))
         if area == 0:
@@ -101,7 +106,7 @@ def _columns(inst: InstanceData, image: Image, user: str | None) -> dict:
         x2, y2 = min(float(image.width), max(inst.box[0], inst.box[2])), min(float(image.height), max(inst.box[1], inst.box[3]))
         if x2 - x1 < 1 or y2 - y1 < 1:
             raise WorkbenchError(f"box {inst.box} is empty or outside image {image.id}")
-        counts, x, y, w, h, area = None, x1, y1, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)
+        x, y, w, h, area = x1, y1, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)
     return {"category_id": int(inst.category_id), "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
             "mask_rle": counts, "mask_polygons": None, "area": area, "iscrowd": bool(inst.iscrowd),
             "source": Source(inst.source), "review_state": ReviewState(inst.review_state), "score": inst.score,

@@ -117,8 +117,8 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
             continue
         too_long = [key for key in ("name", "supercategory") if len(str(cat.get(key) or "")) > _MAX_LENGTH[key]]
         if too_long:
-            problems.append(f"{where}: {' and '.join(too_long)} longer than {_MAX_LENGTH['name']} characters; "
-                            "shorten it in the file")
+            problems.append(f"{where}: " + " and ".join(f"{key} longer than {_MAX_LENGTH[key]} characters"
+                                                        for key in too_long) + "; shorten it in the file")
             continue
         if cat["id"] in by_id:
             problems.append(f"{where}: the id appears twice in the file; give each category its own id")

@@ -59,10 +59,8 @@ def from_env() -> Distributed:
 def resolve_device(device: str | None, job: Distributed) -> torch.device:
     """The training device: ``device`` (default cuda when available, else cpu); under torchrun with
     CUDA each process takes the GPU of its LOCAL_RANK (``--device cuda`` or the default)."""
-    if not job.enabled:
-        return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     wanted = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.type != "cuda":
+    if not job.enabled or wanted.type != "cuda":
         return wanted
     if wanted.index is not None and wanted.index != job.local_rank:
         raise ValueError(f"under torchrun each process uses the GPU of its LOCAL_RANK ({job.local_rank} here), "
