@@ -105,7 +105,8 @@ def cmd_train(args) -> int:
     result = train_from_database(
         _open(args, migrate=main), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
         backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
-        mode=args.mode, mask_head=args.mask_head, init=args.init, show_progress=True, run_id=args.run_id)
+        mode=args.mode, mask_head=args.mask_head, init=args.init, batch_size=args.batch_size, num_workers=args.workers,
+        feature_cache_mb=args.feature_cache_mb, show_progress=True, run_id=args.run_id)
     if result is not None:
         print(result.summary())
     return 0
@@ -196,19 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="polygon (most widely readable, default) or rle (exact, keeps holes)")
     exp.set_defaults(func=cmd_export_coco)
 
+    from partial_sup.presets import PRESETS
+
+    presets = "; ".join(f"{mode}: {p.iterations} iterations on a CPU, {p.gpu_iterations} on a GPU, at {p.image_size} px"
+                        for mode, p in PRESETS.items())
     train = sub.add_parser("train", parents=[common], help="train the model on the train split; registers a new active model version")
-    train.add_argument("--iterations", type=int, default=2000)
-    train.add_argument("--image-size", type=int, default=600, help="short side of training images in pixels (default 600)")
+    train.add_argument("--iterations", type=int, default=None, help=f"default: the mode's preset ({presets})")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="short side of training images in pixels (default: the mode's preset)")
+    train.add_argument("--batch-size", type=int, default=1,
+                       help="images per iteration (and per process under torchrun); the learning rate scales with "
+                            "it: x batch for SGD, x sqrt(batch) for AdamW (default 1)")
+    train.add_argument("--workers", type=int, default=None,
+                       help="data-loading worker processes (default: one per spare CPU core, at most 4; 0: none)")
+    train.add_argument("--feature-cache-mb", type=float, default=None,
+                       help="heads mode: memory for the cached backbone features (default 2048 on a CPU, 4096 on "
+                            "a GPU); the least recently used are dropped beyond it")
     train.add_argument("--backbone", choices=["mobilenet_v2", "resnet50"], default="mobilenet_v2")
     train.add_argument("--backbone-weights", default=None, metavar="PATH|none",
                        help="ImageNet weights file for the backbone, or 'none' for random initialisation; "
                             "default: torchvision's ImageNet weights (downloaded or cached)")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
-    train.add_argument("--mode", choices=["full", "heads"], default="full",
-                       help="full: end-to-end (default); heads: frozen backbone with cached features, the fast "
-                            "path on a CPU")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate for a batch of one image (default: the model's; scaled with --batch-size)")
+    train.add_argument("--mode", choices=list(PRESETS), default="heads",
+                       help="; ".join(f"{mode}: {p.description}" for mode, p in PRESETS.items()) + " (default heads, "
+                            "what the workbench's Train button runs)")
     train.add_argument("--mask-head", choices=["transfer", "agnostic", "none"], default="transfer",
                        help="transfer (default): Mask^X weight transfer, so box-only classes get masks; agnostic: "
                             "the class-agnostic baseline; none: plain MNC masks")

@@ -17,6 +17,7 @@ import numpy as np
 from db import registry
 from db.engine import Database
 from db.imagestore import ImageStore, load_rgb
+from partial_sup.proposals import LOW_CONFIDENCE_FLOOR, LOW_CONFIDENCE_TOP
 
 MAX_SIDE = 1024  # images are shown with their long side at most this (the original is kept)
 EDITOR_MAX_SIDE = 640  # the mask editor gets smaller images: it re-uploads them often
@@ -135,7 +136,9 @@ class ModelCache:
 
     def __init__(self, db: Database, device: str | None = None, keep: int = 4, threshold: float = 0.0):
         """threshold: the lowest score any caller keeps (the workbench's proposal minimum): candidates
-        below it are dropped by the model itself, which then skips their final (Mask^X) masks."""
+        below it are dropped by the model itself, which then skips their final (Mask^X) masks. When no
+        instance of an image reaches it, the model runs again down to LOW_CONFIDENCE_FLOOR and its best
+        LOW_CONFIDENCE_TOP guesses are returned (see partial_sup.proposals)."""
         self.threshold = float(threshold)
         self.db = db
         self.device = device
@@ -144,6 +147,12 @@ class ModelCache:
         self._version_id: int | None = None
         self._predictor = None
         self._predictions: OrderedDict[tuple[int, int], list] = OrderedDict()
+
+    def set_threshold(self, threshold: float) -> None:
+        """A new lowest score to keep: predictions made at the old one are dropped."""
+        with self._lock:
+            self.threshold = float(threshold)
+            self._predictions.clear()
 
     def active(self):
         """(version id, Predictor) of the active model version, or (None, None) when there is none."""
@@ -184,6 +193,8 @@ class ModelCache:
                 self._predictions.move_to_end(key)
                 return version_id, self._predictions[key]
             result = predict_scaled(predictor, image, self.threshold)
+            if not result and self.threshold > LOW_CONFIDENCE_FLOOR:  # a young model: its best guesses
+                result = predict_scaled(predictor, image, LOW_CONFIDENCE_FLOOR)[:LOW_CONFIDENCE_TOP]
             self._predictions[key] = result
             while len(self._predictions) > self.keep:
                 self._predictions.popitem(last=False)

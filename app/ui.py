@@ -23,7 +23,7 @@ from gradio_image_annotation import image_annotator  # noqa: E402
 
 from app.display import (EDITOR_MAX_SIDE, downscale, downscale_mask, hex_color, rgb_string,  # noqa: E402
                          scale_for, upscale_mask)
-from app.workbench import TRAIN_MODES, Workbench, default_backbone_weights  # noqa: E402
+from app.workbench import PRESETS, Workbench, default_backbone_weights  # noqa: E402
 from db import categories as category_service  # noqa: E402
 from db import queries, registry  # noqa: E402
 from db.annotations import ConflictError, get_annotations  # noqa: E402
@@ -31,6 +31,7 @@ from db.engine import Database  # noqa: E402
 from db.errors import WorkbenchError  # noqa: E402
 from db.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from partial_sup import service  # noqa: E402
+from partial_sup.proposals import LOW_CONFIDENCE_TOP  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,26 @@ def _overview(db: Database):
     return text, categories, images
 
 
+def shown_instances(rows: list[dict], threshold: float, min_score: float) -> tuple[list[dict], set[int]]:
+    """What the review draws: the accepted instances and the proposals scoring at least ``threshold``;
+    when no proposal reaches it, the best LOW_CONFIDENCE_TOP proposals instead, marked low confidence
+    (their ids, the second value), as are stored guesses below ``min_score``. Accepted first, then by score."""
+    proposed = sorted((r for r in rows if r["review_state"] == "proposed"), key=lambda r: -(r["score"] or 0.0))
+    above = [r for r in proposed if (r["score"] or 0.0) >= threshold]
+    guesses = above or proposed[:LOW_CONFIDENCE_TOP]
+    low = {r["id"] for r in guesses if not above or (r["score"] is not None and r["score"] < min_score)}
+    shown = [r for r in rows if r["review_state"] == "accepted"] + guesses
+    shown.sort(key=lambda r: (r["review_state"] != "accepted", -(r["score"] or 0.0)))
+    return shown[:MAX_SHOWN], low
+
+
+def proposal_message(result, min_score: float) -> str:
+    if result.low_confidence:
+        return (f"No instance reached the minimum score {min_score:.2f}: the model's {result.added} best guess(es) "
+                "were stored as low-confidence proposals.")
+    return f"The model proposed {result.added} instance(s) (scores ≥ {min_score:.2f} are kept)."
+
+
 class UI:
     """Handlers of the page's events (each session's state lives in gr.State components)."""
 
@@ -166,15 +187,18 @@ class UI:
         small = downscale(rgb, scale)
         revision, rows = get_annotations(self.db, image_id)
         names = queries.category_names(self.db)
-        shown = [r for r in rows if r["review_state"] == "accepted"
-                 or (r["review_state"] == "proposed" and (r["score"] or 0.0) >= threshold)]
-        shown.sort(key=lambda r: (r["review_state"] != "accepted", -(r["score"] or 0.0)))
-        shown = shown[:MAX_SHOWN]
+        shown, low = shown_instances(rows, threshold, self.wb.min_score)
+        if low:
+            guesses = ", ".join(f"{r['score']:.3f}" for r in rows if r["id"] in low)
+            message = ((message + "\n\n") if message else "") + (
+                f"⚠️ No proposal reaches the score threshold {threshold:.2f}: the model's {len(low)} best guesses "
+                f"are shown, marked **low confidence** (scores {guesses}). Accept, correct or reject them; "
+                "retraining with more labelled photos makes the model surer.")
         overlays, colors = [], {}
         for r in shown:
             name = names.get(r["category_id"], f"class {r['category_id']}")
             score = "" if r["score"] is None else f" {r['score']:.2f}"
-            mark = "✓" if r["review_state"] == "accepted" else "?"
+            mark = "✓" if r["review_state"] == "accepted" else "? low confidence" if r["id"] in low else "?"
             label = f"#{r['id']} {name}{score} {mark}"
             colors[label] = hex_color(r["category_id"])
             if r["mask"] is not None:
@@ -186,7 +210,8 @@ class UI:
                   "" if r["score"] is None else round(float(r["score"]), 3), r["review_state"], r["source"],
                   "mask" if r["mask"] is not None else "box"] for r in rows]
         choices = [(f"#{r['id']} {names.get(r['category_id'], r['category_id'])} · {r['review_state']}"
-                    + ("" if r["score"] is None else f" · {r['score']:.2f}"), r["id"]) for r in rows]
+                    + ("" if r["score"] is None else f" · {r['score']:.2f}")
+                    + (" · low confidence" if r["id"] in low else ""), r["id"]) for r in rows]
         ids = {r["id"] for r in rows}
         selected = selected if selected in ids else None
         boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
@@ -223,8 +248,7 @@ class UI:
         try:
             if auto_propose and self.wb.should_propose(image_id):
                 result = self.wb.propose(image_id, user=user)
-                message = (message + "\n\n" if message else "") + \
-                    f"The model proposed {result.added} instance(s) (scores ≥ {self.wb.min_score:.2f} are kept)."
+                message = (message + "\n\n" if message else "") + proposal_message(result, self.wb.min_score)
         except (WorkbenchError, OSError) as exc:
             message = (message + "\n\n" if message else "") + _error_text(exc)
         # a new image empties the mask editor (an empty editor costs nothing on later events)
@@ -384,9 +408,8 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                             delete_class_btn = gr.Button("Delete class", variant="stop", elem_id="delete-class")
                     with gr.Tab("Train", id="train"):
                         with gr.Row():
-                            mode = gr.Radio(list(TRAIN_MODES), value="heads", label="Mode",
-                                            info=", ".join(f"{k}: {v[0]} iterations at {v[1]} px"
-                                                           for k, v in TRAIN_MODES.items()))
+                            mode = gr.Radio(list(PRESETS), value="heads", label="Mode",
+                                            info="; ".join(f"{k}: {p.description}" for k, p in PRESETS.items()))
                             iterations = gr.Number(label="Iterations (0 = the mode's)", value=0, precision=0,
                                                    elem_id="iterations")
                             image_size = gr.Number(label="Image size (0 = the mode's)", value=0, precision=0,
@@ -396,6 +419,11 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                         with gr.Row():
                             train_btn = gr.Button("Train a new model version", variant="primary", elem_id="train")
                             cancel_btn = gr.Button("Cancel training", variant="stop", elem_id="cancel-train")
+                            min_score = gr.Number(value=wb.min_score, minimum=0.0, maximum=0.99, step=0.01,
+                                                  label="Minimum score of stored proposals", elem_id="min-score",
+                                                  info="below it a proposal is not stored, unless none reaches it "
+                                                       "(then the best 3 are, marked low confidence)")
+                        train_estimate = gr.Markdown(wb.training_estimate("heads"), elem_id="train-estimate")
                         train_status = gr.Markdown(elem_id="train-status")
                         train_bar = gr.HTML(elem_id="train-progress")
                         loss_plot = gr.LinePlot(x="iteration", y="loss", title="Training loss", height=240,
@@ -515,7 +543,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
 
         def propose_click(i, t, s, rev, request: gr.Request):
             return ui.act(i, t, s, lambda: wb.propose(int(i), seen_revision=rev, user=_user(request)),
-                          lambda r: f"The model proposed {r.added} instance(s); {r.replaced} older proposal(s) replaced.")
+                          lambda r: f"{proposal_message(r, wb.min_score)} {r.replaced} older proposal(s) replaced.")
 
         _refresh_gallery(propose_btn.click(propose_click, [image_id, threshold, instance, revision], view_outputs, **private))
 
@@ -682,7 +710,19 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 return tuple(out)
             return ui.run_outputs(new_run)
 
-        train_btn.click(start_train, [mode, iterations, image_size, weights], run_outputs, **private)
+        train_btn.click(start_train, [mode, iterations, image_size, weights], run_outputs, **private).then(
+            wb.training_estimate, [mode, iterations, image_size], [train_estimate], **private)
+        for setting in (mode, iterations, image_size):
+            setting.change(wb.training_estimate, [mode, iterations, image_size], [train_estimate], **private)
+
+        def set_min_score(value):
+            try:
+                wb.set_min_score(value)
+            except WorkbenchError as exc:
+                gr.Warning(str(exc))
+            return wb.min_score
+
+        min_score.input(set_min_score, [min_score], [min_score], **private)
         timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private)
 
         def cancel(run):
@@ -733,7 +773,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 result = wb.propose(int(image_id), score_threshold=score_threshold, user=_user(request))
                 out = wb.instances(int(image_id))
                 out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
-                           model_version_id=registry.active_version(db).id)
+                           low_confidence=result.low_confidence, model_version_id=registry.active_version(db).id)
                 return out
             except (WorkbenchError, TypeError, ValueError) as exc:
                 raise gr.Error(str(exc)) from None

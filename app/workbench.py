@@ -23,12 +23,9 @@ from db.engine import Database
 from db.errors import WorkbenchError
 from db.uploads import add_images
 from partial_sup import service
+from partial_sup.presets import PRESETS
 from partial_sup.proposals import DEFAULT_MIN_SCORE, mask_for_box, propose
 
-TRAIN_MODES = {  # mode -> (iterations, short side in pixels)
-    "heads": (200, 600),   # frozen backbone with cached features, from the active model: the fast path on a CPU
-    "full": (2000, 600),   # end-to-end
-}
 
 
 def _no_progress(iterable, total, description):
@@ -115,6 +112,19 @@ class Workbench:
         threshold = self.min_score if score_threshold is None else float(score_threshold)
         return propose(self.db, image_id, None, version_id, score_threshold=threshold, seen_revision=seen_revision,
                        instances=predictions, user=user)
+
+    def set_min_score(self, value) -> float:
+        """The lowest score of a stored proposal (the Train tab's setting; default WORKBENCH_PROPOSAL_MIN_SCORE
+        or 0.05). Applies to the proposals made from now on."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise WorkbenchError(f"the minimum score must be a number between 0 and 1, not {value!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise WorkbenchError(f"the minimum score must be between 0 and 1 (below 1), not {value}")
+        self.min_score = value
+        self.models.set_threshold(value)
+        return value
 
     def should_propose(self, image_id: int) -> bool:
         """Opening an image proposes when the active model has not looked at it yet and it is not done."""
@@ -274,13 +284,14 @@ class Workbench:
 
     # ---- training -------------------------------------------------------------------
     def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:
+        """Start a training run in its own process; iterations and image size empty or 0: the mode's preset
+        (the training process picks the preset's iterations for the device it finds)."""
         mode = (mode or "heads").strip().lower()
-        if mode not in TRAIN_MODES:
-            raise WorkbenchError(f"training mode {mode!r} is not one of {', '.join(TRAIN_MODES)}")
-        preset_iterations, preset_size = TRAIN_MODES[mode]
-        iterations = int(iterations) if iterations not in (None, "", 0) else preset_iterations
-        image_size = int(image_size) if image_size not in (None, "", 0) else preset_size
-        if iterations < 1 or image_size < 32:
+        if mode not in PRESETS:
+            raise WorkbenchError(f"training mode {mode!r} is not one of {', '.join(PRESETS)}")
+        iterations = int(iterations) if iterations not in (None, "", 0) else None
+        image_size = int(image_size) if image_size not in (None, "", 0) else None
+        if (iterations is not None and iterations < 1) or (image_size is not None and image_size < 32):
             raise WorkbenchError("iterations must be at least 1 and the image size at least 32 pixels")
         running = queries.latest_run(self.db, active_only=True)
         if running is not None and not service.run_state(self.db, running).finished:
@@ -288,6 +299,28 @@ class Workbench:
         weights = (str(backbone_weights).strip() or None) if backbone_weights else default_backbone_weights()
         return service.start_training(self.db, iterations=iterations, image_size=image_size,
                                       backbone_weights=weights, device=self.device, mode=mode)
+
+    def training_estimate(self, mode: str = "heads", iterations=None, image_size=None) -> str:
+        """How long a run will take, said before it starts: from the pace of this machine's last finished run
+        of the mode when there is one, else from the preset's measured time on a 2-core CPU."""
+        mode = (mode or "heads").strip().lower()
+        if mode not in PRESETS:
+            return ""
+        preset = PRESETS[mode]
+        on_gpu = service.training_device(self.device) == "cuda"
+        iterations = int(iterations) if iterations not in (None, "", 0) else preset.iterations_on(
+            "cuda" if on_gpu else "cpu")
+        size = int(image_size) if image_size not in (None, "", 0) else preset.image_size
+        pace = queries.last_training_pace(self.db, mode)
+        if pace is not None:
+            seconds, basis = pace * iterations, "at the pace of this machine's last run of this mode"
+        elif on_gpu:
+            return f"**{mode}**: {iterations} iterations at {size} px on the GPU (a few minutes)."
+        else:
+            seconds = preset.cpu_minutes * 60 * iterations / preset.iterations * (size / preset.image_size) ** 2
+            basis = "as measured on a 2-core CPU; more cores are faster"
+        minutes = max(1, round(seconds / 60))
+        return f"**{mode}**: {iterations} iterations at {size} px: about **{minutes} min** ({basis})."
 
     def wait_for_run(self, run_id: int, on_progress=None, poll: float = 1.0) -> service.RunState:
         while True:
@@ -320,4 +353,4 @@ class Workbench:
         return Path(out), report
 
 
-__all__ = ["Workbench", "ConflictError", "TRAIN_MODES"]
+__all__ = ["Workbench", "ConflictError", "PRESETS"]

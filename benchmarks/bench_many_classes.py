@@ -189,7 +189,8 @@ def val_images(limit: int) -> tuple[list[Path], set[int]]:
 def make_config(image_size: int):
     from mnc_core import MNCConfig
 
-    return MNCConfig().replace(min_size=image_size, max_size=int(image_size * 5 / 3))
+    # heads mode: the whole MobileNetV2 body frozen (its features cached), as the runs below were made
+    return MNCConfig().replace(min_size=image_size, max_size=int(image_size * 5 / 3), backbone_frozen_blocks=14)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def worker_train(args) -> None:
     load_train = loadavg()
     cpu0 = time.process_time()
     model, summary = train_model(dataset, config, iterations=args.iterations, seed=args.seed, model=model,
-                                 freeze_backbone=True, device="cpu", on_progress=on_progress)
+                                 cache_frozen_features=True, device="cpu", on_progress=on_progress)
     cpu_train = time.process_time() - cpu0
     peak_train = proc_status_mb("VmHWM")
     ckpt = out / f"model_{n}.pt"
@@ -567,7 +568,7 @@ def run_parent(args) -> None:
                  "settings": {"train_images": args.train_images, "val_images": args.val_images,
                               "iterations": args.iterations, "image_size": args.image_size,
                               "max_size": int(args.image_size * 5 / 3), "relabel_fraction": args.relabel_fraction,
-                              "seed": args.seed, "warmup": args.warmup, "mode": "heads (freeze_backbone=True)",
+                              "seed": args.seed, "warmup": args.warmup, "mode": "heads (cache_frozen_features=True, body frozen)",
                               "maskx": "transfer", "threads": 2, "score_threshold": 0.05},
                  "cpu": _cpu_name(), "models": {str(n): {} for n in variants}}
     print(f"{stamp()}  load {loadavg()}  -> {out}", flush=True)

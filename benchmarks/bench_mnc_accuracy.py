@@ -134,7 +134,7 @@ def train_variant(db_dir: Path, name: str, args, log, **changes) -> dict:
     t = time.perf_counter()
     res = train_from_database(db, iterations=args.iterations, image_size=args.image_size,
                               backbone_weights=str(args.weights), device="cpu", seed=args.seed, config=config,
-                              mask_head="none", init="backbone", show_progress=True)
+                              mode="full", mask_head="none", init="backbone", show_progress=True)
     dt = time.perf_counter() - t
     log.write(f"{name}: {res.summary()} [{dt:.1f} s]\n")
     log.flush()
@@ -151,7 +151,7 @@ def step_mnc(args, log) -> dict:
         (data_dir / "imported.ok").write_text(stamp())
     train_cmd = ["train", "--data-dir", str(data_dir), "--iterations", str(args.iterations), "--image-size",
                  str(args.image_size), "--backbone-weights", str(args.weights), "--device", "cpu", "--seed",
-                 str(args.seed), "--mask-head", "none", "--init", "backbone"]  # the figures are plain MNC
+                 str(args.seed), "--mode", "full", "--mask-head", "none", "--init", "backbone"]  # plain MNC, end-to-end
     load_before = load()
     dt = cli(train_cmd, log, args.threads)
     from db import registry

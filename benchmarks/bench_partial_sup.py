@@ -143,17 +143,22 @@ def load_coco(path: Path):
 
 
 def train_run(name: str, dataset, method: str, seed: int, args) -> tuple[object, object, dict]:
+    """One model trained with the product's heads recipe (partial_sup.training.training_config("heads")),
+    changed only where a flag says so."""
     import torch
 
-    from mnc_core import MNCConfig, train_model
+    from mnc_core import train_model
     from partial_sup.maskx import MaskXConfig, build_maskx_model
+    from partial_sup.presets import PRESETS
+    from partial_sup.training import training_config
 
-    config = MNCConfig().replace(min_size=args.image_size, max_size=int(args.image_size * 5 / 3),
-                                 num_stages=args.stages, roi_batch_size=args.rois)
+    config = training_config("heads", args.image_size)
+    changes = {k: v for k, v in (("num_stages", args.stages), ("roi_batch_size", args.rois)) if v is not None}
+    config = config.replace(**changes)
+    maskx = MaskXConfig(method=method) if args.fcn_channels is None else MaskXConfig(method=method,
+                                                                                      fcn_channels=args.fcn_channels)
     torch.manual_seed(seed)  # the heads' random init depends on the seed too (train_model reseeds later)
-    model = build_maskx_model(config, len(dataset.categories),
-                              MaskXConfig(method=method, fcn_channels=args.fcn_channels),
-                              backbone_weights=str(args.weights))
+    model = build_maskx_model(config, len(dataset.categories), maskx, backbone_weights=str(args.weights))
     last = {"t": time.perf_counter(), "it": 0}
 
     def on_progress(p) -> None:
@@ -167,7 +172,8 @@ def train_run(name: str, dataset, method: str, seed: int, args) -> tuple[object,
                   f"{p.seconds:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
 
     model, summary = train_model(dataset, config, iterations=args.iterations, seed=seed, model=model,
-                                 freeze_backbone=True, on_progress=on_progress, device="cpu")
+                                 cache_frozen_features=PRESETS["heads"].cache_frozen_features,
+                                 on_progress=on_progress, device="cpu")
     return model, config, summary
 
 
@@ -383,7 +389,7 @@ class Bench:
     def header(self, split: str | None, method: str, seed: int) -> dict:
         return {"split": split, "method": method, "seed": seed, "iterations": self.args.iterations,
                 "image_size": self.args.image_size, "max_size": int(self.args.image_size * 5 / 3),
-                "mode": "heads (freeze_backbone=True)", "backbone_weights": str(self.args.weights),
+                "mode": "heads (the product's preset)", "backbone_weights": str(self.args.weights),
                 "train_images": None, "val_images": len(self.eval_ids) if self.eval_ids else len(self.val_gt.getImgIds()),
                 "score_threshold": self.args.score_threshold, "started": stamp(), "load_start": loadavg(),
                 "torch_threads": self.args.threads, "num_stages": self.args.stages, "roi_batch_size": self.args.rois,
@@ -401,6 +407,8 @@ class Bench:
         record["train_seconds"] = round(time.perf_counter() - t0, 1)
         record["seconds_per_iteration"] = round(record["train_seconds"] / max(1, args.iterations), 3)
         record["train_summary"] = summary
+        record.update(num_stages=config.num_stages, roi_batch_size=config.roi_batch_size,
+                      fcn_channels=model.final_mask_head.config.fcn_channels)
         record["load_after_train"] = loadavg()
         results, timing = predict_val(model, config, dataset.categories, self.val_gt, args.data / "images", self.images,
                                       args.val_images, args.score_threshold)
@@ -627,8 +635,9 @@ def main() -> None:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=320, help="short side in training and evaluation (long side cap 5/3 of it)")
+    p.add_argument("--iterations", type=int, default=None, help="default: the heads preset's (CPU)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="short side in training and evaluation (long side cap 5/3 of it; default: the heads preset's)")
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--weights", type=Path, default=WEIGHTS)
@@ -642,15 +651,19 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--no-gt-box-eval", dest="gt_box_eval", action="store_false",
                    help="skip the masks-in-ground-truth-boxes evaluation (mask quality without the detector)")
-    p.add_argument("--stages", type=int, default=3, choices=[3, 5], help="cascade stages in training (3: half the "
-                   "RoI-head cost of the default 5; the same for every method)")
-    p.add_argument("--rois", type=int, default=32, help="sampled RoIs per image (model default 64)")
-    p.add_argument("--fcn-channels", type=int, default=64, help="channels of the Mask^X FCN = length of each "
-                   "class's transferred mask weights (model default 128)")
+    p.add_argument("--stages", type=int, default=None, choices=[3, 5], help="cascade stages in training "
+                   "(default: the heads preset's; the same for every method)")
+    p.add_argument("--rois", type=int, default=None, help="sampled RoIs per image (default: the heads preset's)")
+    p.add_argument("--fcn-channels", type=int, default=None, help="channels of the Mask^X FCN = length of each "
+                   "class's transferred mask weights (default: MaskXConfig's)")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--table-only", action="store_true", help="only print the table of finished runs")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    from partial_sup.presets import PRESETS
+
+    args.iterations = args.iterations or PRESETS["heads"].iterations
+    args.image_size = args.image_size or PRESETS["heads"].image_size
 
     import torch
 

@@ -64,14 +64,17 @@ class PeerBackbone(nn.Module):
         return torch.relu(self.reduce(self.body(x)))
 
 
-def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size: int = 600, max_size: int = 1000,
+def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size: int | tuple[int, ...] = 600,
+               max_size: int = 1000, frozen_blocks: int = 4,
                box_score_thresh: float = 0.05, detections_per_img: int = 100,
                rpn_post_nms_top_n_test: int = 300, rpn_pre_nms_top_n_test: int = 6000,
                rpn_post_nms_top_n_train: int = 2000, box_batch_size_per_image: int = 512) -> MaskRCNN:
     """torchvision's defaults except the backbone, anchors, single-map RoIAlign, test-time proposal counts
     and image sizes; `rpn_post_nms_top_n_train` / `box_batch_size_per_image` (training RoI budget) are
-    torchvision's 2000 / 512 unless given (the accuracy benchmark passes MNC's 300 / 64)."""
-    backbone = PeerBackbone(weights)
+    torchvision's 2000 / 512 unless given (the accuracy benchmark passes MNC's 300 / 64). min_size: a tuple
+    draws one short side per training image (torchvision's scale jitter); frozen_blocks: leading MobileNetV2
+    `features` modules frozen (14: the whole body)."""
+    backbone = PeerBackbone(weights, frozen_blocks=frozen_blocks)
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     return MaskRCNN(
         backbone, num_classes=num_classes_with_bg, min_size=min_size, max_size=max_size,
@@ -108,28 +111,35 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
                momentum: float = 0.9, weight_decay: float = 1e-4, warmup_iters: int = 50,
                warmup_factor: float = 0.001, lr_steps: tuple[float, ...] = (0.75, 0.9), grad_clip_norm: float = 10.0,
                hflip_prob: float = 0.5, seed: int = 0, device: str = "cpu",
-               rpn_post_nms_top_n_train: int = 300, box_batch_size_per_image: int = 64,
+               rpn_post_nms_top_n_train: int = 300, box_batch_size_per_image: int = 64, optimizer: str = "sgd",
+               frozen_blocks: int = 4, scale_jitter: tuple[float, ...] = (1.0,),
                on_progress: Callable[[int, float, float], None] | None = None) -> tuple[MaskRCNN, dict]:
     """Training RoI budget defaults to MNC's (300 proposals, 64 sampled RoIs per image, 25 % foreground)
     rather than torchvision's 2000 / 512: on this 2-core CPU the stock budget's mask head (4 convs on up
     to 128 positives) makes an iteration ~2.5x slower than MNC's. Batch 1 SGD with linear warmup and step decay (MNC's train_model schedule, torchvision's reference
-    optimiser); images drawn in a seeded random order epoch by epoch, horizontal flips; all annotations
-    of the dataset have masks (mask-less ones would be dropped)."""
+    optimiser, or AdamW with `optimizer="adamw"`); images drawn in a seeded random order epoch by epoch,
+    horizontal flips, a short side drawn from image_size x `scale_jitter` per image; annotations without
+    a mask (and crowd regions) are dropped."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     categories = [(int(c), str(n)) for c, n in dataset.categories]
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
-    model = build_peer(len(categories) + 1, weights, min_size=image_size,
-                       max_size=max(image_size, int(image_size * 5 / 3)),
+    # torchvision draws the training short side from the tuple and evaluates at its last entry: image_size
+    sizes = tuple(sorted({int(round(image_size * f)) for f in scale_jitter} - {image_size})) + (image_size,)
+    model = build_peer(len(categories) + 1, weights, min_size=sizes if len(sizes) > 1 else image_size,
+                       max_size=max(max(sizes), int(max(sizes) * 5 / 3)), frozen_blocks=frozen_blocks,
                        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
                        box_batch_size_per_image=box_batch_size_per_image).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=lr, momentum=momentum)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     order: list[int] = []
     start = time.perf_counter()
     history = []
@@ -146,8 +156,8 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
         if not order:
             order = list(rng.permutation(len(dataset)))
         s = dataset[int(order.pop())]
-        if not np.asarray(s.has_mask).all():
-            keep = np.asarray(s.has_mask, bool)
+        if not np.asarray(s.has_mask).all() or s.crowd_flags().any():
+            keep = np.asarray(s.has_mask, bool) & ~s.crowd_flags()
             s = type(s)(image=s.image, boxes=s.boxes[keep], category_ids=s.category_ids[keep], masks=s.masks[keep],
                         has_mask=s.has_mask[keep], image_id=s.image_id)
         img, tgt = sample_to_target(s, cat_to_label, bool(rng.random() < hflip_prob), device)

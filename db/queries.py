@@ -50,7 +50,7 @@ def category_sets(db: Database) -> dict[int, str]:
     """Mask^X sets derived from the data: category id -> "A" (at least one accepted mask annotation
     in the train split) or "B" (accepted train annotations, all box-only). Categories without
     accepted train annotations are left out; crowd regions and proposals do not count (training
-    leaves them out too, see ``db.dataset.training_records``)."""
+    has no objects in them either, see ``db.dataset.training_index``)."""
     with db.session() as session:
         stats = [CategoryStats(*row) for row in _train_counts(session)]
     return {c.id: c.category_set for c in stats if c.category_set is not None}
@@ -148,6 +148,20 @@ def latest_run(db: Database, active_only: bool = False) -> int | None:
         query = query.where(TrainingRun.status.in_((RunStatus.queued, RunStatus.running)))
     with db.session() as session:
         return session.scalar(query)
+
+
+def last_training_pace(db: Database, mode: str) -> float | None:
+    """Seconds per iteration of the newest succeeded training run of ``mode`` (from its progress history,
+    which records [iteration, loss, seconds]), or None when there is none."""
+    with db.session() as session:
+        runs = session.scalars(select(TrainingRun).where(TrainingRun.mode == mode,
+                                                         TrainingRun.status == RunStatus.succeeded)
+                               .order_by(TrainingRun.id.desc()).limit(5)).all()
+        for run in runs:
+            timed = [h for h in run.history or [] if len(h) > 2 and h[0] > 0 and h[2] is not None]
+            if timed:
+                return float(timed[-1][2]) / float(timed[-1][0])
+    return None
 
 
 def image_info(db: Database, image_id: int) -> dict:

@@ -21,6 +21,9 @@ from torchvision.ops import FrozenBatchNorm2d
 
 FEATURE_STRIDE = 16
 DOWNLOAD_TIMEOUT_S = 120.0
+# Leading body blocks frozen by default (MNCConfig.backbone_frozen_blocks=None). ResNet-50: stem and res2
+# (layer1), as Detectron fine-tunes from res3 on; MobileNetV2: `features` 0-3 (stride <= 4).
+DEFAULT_FROZEN_BLOCKS = {"mobilenet_v2": 4, "resnet50": 2}
 
 
 class BackboneWeightsError(RuntimeError):
@@ -90,10 +93,24 @@ def resolve_backbone_state_dict(name: str, weights: str | None) -> dict[str, Ten
     return _load_state_dict_file(os.fspath(weights))
 
 
-class Backbone(nn.Module):
-    """body (stride 16) -> 1x1 conv -> ReLU. forward: images (N, 3, H, W) -> (N, out_channels, H/16, W/16)."""
+def body_blocks(name: str, dilated: bool = False) -> int:
+    """Number of blocks of a backbone's body (what `backbone_frozen_blocks` counts)."""
+    if name == "mobilenet_v2":
+        return 18 if dilated else 14
+    if name == "resnet50":
+        return 4
+    raise ValueError(f"unknown backbone {name!r}")
 
-    def __init__(self, body: nn.Module, body_channels: int, out_channels: int) -> None:
+
+class Backbone(nn.Module):
+    """body (stride 16, an nn.Sequential of blocks) -> 1x1 conv -> ReLU.
+    forward: images (N, 3, H, W) -> (N, out_channels, H/16, W/16).
+
+    The first `frozen_blocks` blocks of the body are frozen (`set_frozen_blocks`); `frozen` and
+    `from_frozen` split the forward pass there, so training can cache what the frozen blocks compute
+    once per input (`train_model(cache_frozen_features=True)`, the `heads` mode)."""
+
+    def __init__(self, body: nn.Sequential, body_channels: int, out_channels: int, frozen_blocks: int = 0) -> None:
         super().__init__()
         self.body = body
         self.reduce = nn.Conv2d(body_channels, out_channels, kernel_size=1)
@@ -101,23 +118,50 @@ class Backbone(nn.Module):
         nn.init.zeros_(self.reduce.bias)
         self.out_channels = out_channels
         self.stride = FEATURE_STRIDE
+        self.set_frozen_blocks(frozen_blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.body)
+
+    def set_frozen_blocks(self, frozen_blocks: int) -> None:
+        """Freeze the first `frozen_blocks` body blocks (clipped to the body's length); the others train."""
+        self.frozen_blocks = min(int(frozen_blocks), len(self.body))
+        for i, block in enumerate(self.body):
+            for p in block.parameters():
+                p.requires_grad_(i >= self.frozen_blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(self.trunk(x))
+        return self.from_frozen(self.frozen(x))
+
+    def _channels_last(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu":  # oneDNN convolutions are ~30% faster channels-last on CPU
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def trunk(self, x: Tensor) -> Tensor:
-        """images (N, 3, H, W) -> the pretrained body's features (N, body_channels, H/16, W/16)."""
-        if x.device.type == "cpu":  # oneDNN convolutions are ~30% faster channels-last on CPU
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)
+        """images (N, 3, H, W) -> the whole body's features (N, body_channels, H/16, W/16)."""
+        return self.body(self._channels_last(x))
+
+    def frozen(self, x: Tensor) -> Tensor:
+        """images (N, 3, H, W) -> the output of the frozen blocks (the images themselves when none is)."""
+        if self.frozen_blocks == 0:
+            return x
+        with torch.set_grad_enabled(False):
+            return self.body[:self.frozen_blocks](self._channels_last(x))
+
+    def from_frozen(self, frozen_features: Tensor) -> Tensor:
+        """What `frozen` returned -> the trainable blocks -> `project`: (N, out_channels, H/16, W/16)."""
+        rest = self.body[self.frozen_blocks:]
+        x = rest(self._channels_last(frozen_features)) if len(rest) else frozen_features
+        return self.project(x)
 
     def project(self, trunk_features: Tensor) -> Tensor:
-        """body features -> 1x1 conv -> ReLU: (N, out_channels, H/16, W/16). Training in `heads` mode
-        caches `trunk` outputs and trains this projection with the rest of the network."""
+        """body features -> 1x1 conv -> ReLU: (N, out_channels, H/16, W/16)."""
         return torch.relu(self.reduce(trunk_features))
 
 
-def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool, frozen_blocks: int) -> tuple[nn.Module, int]:
+def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool) -> tuple[nn.Sequential, int]:
     net = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
     if state is not None:
         net.load_state_dict(state, strict=True)
@@ -137,21 +181,15 @@ def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool, frozen_block
     else:
         body = net.features[:14]
         channels = 96
-    for i in range(min(frozen_blocks, len(body))):
-        for p in body[i].parameters():
-            p.requires_grad_(False)
     return body, channels
 
 
-def _resnet50_body(state: dict[str, Tensor] | None, frozen_blocks: int) -> tuple[nn.Module, int]:
+def _resnet50_body(state: dict[str, Tensor] | None) -> tuple[nn.Sequential, int]:
     net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     if state is not None:
         net.load_state_dict(state, strict=True)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     body = nn.Sequential(stem, net.layer1, net.layer2, net.layer3)  # C4: stride 16, 1024 ch
-    for i in range(min(frozen_blocks, 4)):
-        for p in body[i].parameters():
-            p.requires_grad_(False)
     return body, 1024
 
 
@@ -211,17 +249,18 @@ def fold_frozen_bn(module: nn.Module) -> int:
 
 
 def build_backbone(name: str, out_channels: int, weights: str | None, dilated: bool = False,
-                   frozen_blocks: int = 4) -> Backbone:
+                   frozen_blocks: int | None = None) -> Backbone:
+    """frozen_blocks: leading body blocks frozen (None: DEFAULT_FROZEN_BLOCKS of the backbone)."""
+    if name not in DEFAULT_FROZEN_BLOCKS:
+        raise ValueError(f"unknown backbone {name!r}")
     state = resolve_backbone_state_dict(name, weights)
     if name == "mobilenet_v2":
-        body, ch = _mobilenet_body(state, dilated, frozen_blocks)
-    elif name == "resnet50":
-        body, ch = _resnet50_body(state, frozen_blocks)
+        body, ch = _mobilenet_body(state, dilated)
     else:
-        raise ValueError(f"unknown backbone {name!r}")
+        body, ch = _resnet50_body(state)
     if state is None:
         calibrate_frozen_bn(body)
     fold_frozen_bn(body)
     if any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in body.modules()):
         raise AssertionError("unfolded BatchNorm left in the backbone")
-    return Backbone(body, ch, out_channels)
+    return Backbone(body, ch, out_channels, DEFAULT_FROZEN_BLOCKS[name] if frozen_blocks is None else frozen_blocks)

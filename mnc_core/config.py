@@ -16,7 +16,9 @@ class MNCConfig:
     backbone: str = "mobilenet_v2"          # "mobilenet_v2" | "resnet50"
     feature_channels: int = 256             # 1x1 conv after the backbone reduces to this
     mobilenet_dilated: bool = False         # True: keep blocks 14-17 at stride 16 (dilation 2); False: stop after block 13
-    backbone_frozen_blocks: int = 4         # mobilenet_v2: first N `features` modules frozen; resnet50: 0 none, 1 stem, 2 stem+layer1
+    backbone_frozen_blocks: int | None = None  # leading body blocks frozen (mobilenet_v2: `features` modules, 14 or
+                                            # 18 dilated; resnet50: stem, layer1, layer2, layer3); None: the
+                                            # backbone's default (backbone.DEFAULT_FROZEN_BLOCKS)
     # ---- stage 1: RPN ----
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # paper: (128, 256, 512) for ~600-1000 px VOC images
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -40,6 +42,8 @@ class MNCConfig:
     roi_fg_iou: float = 0.5
     roi_bg_iou_lo: float = 0.1              # bg mostly from [lo, fg_iou) ...
     roi_bg_low_fraction: float = 0.25       # ... and this fraction of the bg quota from [0, lo)
+    crowd_ioa_thresh: float = 0.7           # anchors / RoIs with this share of their area in a crowd region are
+                                            # ignored (neither object nor background; Detectron's crowd filter)
     # ---- heads ----
     warp_size: int = 28                     # RoI warp resolution; 2x2 max-pool -> warp_size // 2 (14)
     mask_size: int = 28                     # m: stage-2 mask resolution (m x m)
@@ -64,6 +68,8 @@ class MNCConfig:
     loss_bbox: float = 1.0
     loss_cascade: float = 1.0               # multiplier on the stage 4-5 losses
     # ---- inference ----
+    test_score: str = "seg_cls"             # class scores of the output: "seg_cls" (the paper: positive only for
+                                            # good masks), "cls" (box-IoU classifier) or "mean" (their geometric mean)
     score_thresh: float = 0.05              # candidates (and default Predictor threshold)
     nms_thresh: float = 0.3
     detections_per_image: int = 100
@@ -89,7 +95,9 @@ class MNCConfig:
     lr_steps: tuple[float, ...] = (0.75, 0.9)   # fractions of the iterations where lr *= 0.1
     grad_clip_norm: float = 10.0
     hflip_prob: float = 0.5
-    images_per_batch: int = 1
+    scale_jitter: tuple[float, ...] = (1.0,)  # training scales: multipliers of min_size / max_size, one drawn per image
+    photometric_jitter: float = 0.0         # brightness, contrast, saturation each x U[1 - s, 1 + s] (0: off)
+    images_per_batch: int = 1               # images per process and iteration; the lr scales with it (train.py)
 
     def __post_init__(self) -> None:
         if self.backbone not in ("mobilenet_v2", "resnet50"):
@@ -100,8 +108,18 @@ class MNCConfig:
             raise ValueError("inference_stages must be None, 3 or 5")
         if self.warp_size % 4 != 0:
             raise ValueError("warp_size must be a multiple of 4 (two 2x2 max-pools)")
+        if self.test_score not in ("seg_cls", "cls", "mean"):
+            raise ValueError("test_score must be 'seg_cls', 'cls' or 'mean'")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError("optimizer must be 'sgd' or 'adamw'")
+        if not self.scale_jitter or any(f <= 0 for f in self.scale_jitter):
+            raise ValueError("scale_jitter must hold at least one positive multiplier")
+        if not 0.0 <= self.photometric_jitter < 1.0:
+            raise ValueError("photometric_jitter must be in [0, 1)")
+        if self.images_per_batch < 1:
+            raise ValueError("images_per_batch must be at least 1")
+        if self.backbone_frozen_blocks is not None and self.backbone_frozen_blocks < 0:
+            raise ValueError("backbone_frozen_blocks must be >= 0 (or None for the backbone's default)")
 
     @property
     def pooled_size(self) -> int:

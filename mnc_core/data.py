@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,12 +15,19 @@ class Sample:
     masks: np.ndarray         # (K, H, W) bool; rows where has_mask is False are all False and ignored
     has_mask: np.ndarray      # (K,) bool
     image_id: int = 0
+    iscrowd: np.ndarray | None = None  # (K,) bool: crowd regions (ignored in training, not objects); None: none
+
+    def crowd_flags(self) -> np.ndarray:
+        """(K,) bool: which instances are crowd regions."""
+        if self.iscrowd is None:
+            return np.zeros(len(self.boxes), bool)
+        return np.asarray(self.iscrowd, bool).reshape(-1)
 
     @classmethod
-    def from_instances(cls, image: np.ndarray, instances: Iterable[tuple[Iterable[float], int, Callable | None]],
-                       image_id: int = 0) -> "Sample":
-        """A sample from (COCO box [x, y, w, h], category id, mask maker or None) per instance: the mask maker
-        returns the instance's (H, W) mask when called, so datasets decode only the masks they use."""
+    def from_instances(cls, image: np.ndarray, instances: Iterable[tuple], image_id: int = 0) -> "Sample":
+        """A sample from (COCO box [x, y, w, h], category id, mask maker or None[, iscrowd]) per instance:
+        the mask maker returns the instance's (H, W) mask when called, so datasets decode only the masks
+        they use; a crowd region (iscrowd true) is kept as a region to ignore, its mask is not decoded."""
         instances = list(instances)
         height, width = image.shape[:2]
         k = len(instances)
@@ -28,15 +35,17 @@ class Sample:
         category_ids = np.zeros(k, np.int64)
         masks = np.zeros((k, height, width), bool)
         has_mask = np.zeros(k, bool)
-        for i, (bbox, category_id, make_mask) in enumerate(instances):
+        iscrowd = np.zeros(k, bool)
+        for i, (bbox, category_id, make_mask, *crowd) in enumerate(instances):
             x, y, w, h = bbox
             boxes[i] = (x, y, x + w, y + h)
             category_ids[i] = category_id
-            if make_mask is not None:
+            iscrowd[i] = bool(crowd and crowd[0])
+            if make_mask is not None and not iscrowd[i]:
                 masks[i] = make_mask()
                 has_mask[i] = masks[i].any()
         return cls(image=image, boxes=boxes, category_ids=category_ids, masks=masks, has_mask=has_mask,
-                   image_id=int(image_id))
+                   image_id=int(image_id), iscrowd=iscrowd if iscrowd.any() else None)
 
 
 @runtime_checkable
@@ -58,5 +67,7 @@ def validate_sample(s: Sample) -> None:
         raise ValueError(f"image {s.image_id}: boxes must be (K, 4), got {s.boxes.shape}")
     if s.category_ids.shape != (K,) or s.has_mask.shape != (K,):
         raise ValueError(f"image {s.image_id}: category_ids/has_mask must be ({K},)")
+    if s.iscrowd is not None and np.asarray(s.iscrowd).shape != (K,):
+        raise ValueError(f"image {s.image_id}: iscrowd must be ({K},)")
     if s.masks.shape != (K, H, W):
         raise ValueError(f"image {s.image_id}: masks must be ({K}, {H}, {W}), got {s.masks.shape}")

@@ -14,24 +14,25 @@ from .losses import box_regression_loss, classification_loss, mask_loss, total_l
 from .postprocess import postprocess_image
 from .roi_warp import roi_warp_pooled
 from .rpn import RegionProposalNetwork, clip_gradient
-from .targets import ImageTargets, mask_iou_in_roi, mask_targets, match_rois, sample_rois
+from .targets import ImageTargets, inside_crowd, mask_iou_in_roi, mask_targets, match_rois, sample_rois
 
 
 class MNC(nn.Module):
     """Multi-task Network Cascade.
 
     final_mask_head (optional): a module called as
-      head(roi_features (K, C, S, S), agnostic_logits (K, m, m), classes (K,), det_weights (N+1, 5J)) -> (K, m, m)
-    that turns the class-agnostic stage-2/4 mask logits into each instance's final mask logits for
-    its class (e.g. partial_sup's Mask^X weight transfer). Trained on foreground RoIs that have a
-    mask, at their ground-truth class ("mask_final" loss); at inference applied to every candidate
-    that can reach the output, at its highest-scoring class. Stages 2/4 stay class-agnostic:
-    stage 3 needs their masks before the class is known.
+      head(roi_features (U, C, S, S), agnostic_logits (K, m, m), classes (K,) row indices into det_weights,
+           det_weights (P, 5J), roi_index (K,) row of roi_features of each mask or None (U == K)) -> (K, m, m)
+    that turns the class-agnostic stage-2/4 mask logits into final mask logits for a class (e.g.
+    partial_sup's Mask^X weight transfer). Trained on foreground RoIs that have a mask, at their
+    ground-truth class ("mask_final" loss); at inference applied to every (candidate, class) pair that
+    can reach the output, at that pair's class. Stages 2/4 stay class-agnostic: stage 3 needs their
+    masks before the class is known.
 
     forward(images (N, 3, H, W) normalised + padded, image_sizes [(h, w)], targets=None)
       training: dict of unweighted losses (see `loss_weights` / `total_loss`)
-      eval:     per image dict of raw candidates: boxes (K, 4), scores (K, N+1) seg_cls softmax,
-                mask_probs (K, m, m) (300 from stage 3 + 300 from stage 5)
+      eval:     per image dict of candidate (instance, class) pairs from stages 3 and 5: boxes (P, 4),
+                scores (P,) seg_cls softmax at the class, labels (P,) 1..N, mask_probs (P, m, m)
     detect(...) additionally runs NMS + mask voting + pasting (see postprocess.py).
     """
 
@@ -47,7 +48,7 @@ class MNC(nn.Module):
             c.rpn_batch_size, c.rpn_positive_fraction,
             {"training": c.rpn_pre_nms_top_n_train, "testing": c.rpn_pre_nms_top_n_test},
             {"training": c.rpn_post_nms_top_n_train, "testing": c.rpn_post_nms_top_n_test},
-            c.rpn_nms_thresh, c.rpn_min_size, c.proposal_grad_clip, c.detach_proposals)
+            c.rpn_nms_thresh, c.rpn_min_size, c.proposal_grad_clip, c.detach_proposals, c.crowd_ioa_thresh)
         self.mask_head = MaskHead(backbone.out_channels, c.pooled_size, c.mask_fc_dim, c.mask_size)
         self.classify_head = ClassifyHead(backbone.out_channels, c.pooled_size, c.mask_pathway_dim,
                                           c.box_pathway_dim, num_classes)
@@ -75,13 +76,13 @@ class MNC(nn.Module):
         cls, seg, bbox = self.classify_head(x, torch.sigmoid(mask_logits))
         return x, mask_logits, cls.float(), seg.float(), bbox.float()
 
-    def _final_masks(self, x: Tensor, mask_logits: Tensor, classes: Tensor) -> Tensor:
-        """The final-mask head on RoI features x (K, C, S, S) for classes (K,); (K, m, m) logits.
-        Only the detection weights of the classes present are gathered (thousands of classes cost
-        nothing here); the head gets their rows and each RoI's row index."""
+    def _final_masks(self, x: Tensor, mask_logits: Tensor, classes: Tensor, roi_index: Tensor | None = None) -> Tensor:
+        """The final-mask head for K masks: RoI features x (U, C, S, S), agnostic logits (K, m, m), classes
+        (K,), roi_index (K,) the row of x of each mask (None: U == K, row k); (K, m, m) logits. Only the
+        detection weights of the classes present are gathered (thousands of classes cost nothing here)."""
         present, rows = torch.unique(classes, return_inverse=True)
         det_weights = self.classify_head.detection_weights(present)  # (P, 5J)
-        return self.final_mask_head(x, mask_logits, rows, det_weights).float()
+        return self.final_mask_head(x, mask_logits, rows, det_weights, roi_index).float()
 
     def _refine(self, rois: list[Tensor], cls: Tensor, bbox: Tensor, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
         """Stage-3 class-specific regression at the argmax foreground class -> next-stage boxes."""
@@ -159,26 +160,28 @@ class MNC(nn.Module):
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[ImageTargets] | None = None, trunk_features: Tensor | None = None,
+                targets: list[ImageTargets] | None = None, frozen_features: Tensor | None = None,
                 score_thresh: float | None = None):
-        """trunk_features: precomputed `backbone.trunk(images)` (frozen-backbone training with cached
+        """frozen_features: precomputed `backbone.frozen(images)` (training with cached frozen-block
         features); `images` is then only used for its padded shape. score_thresh (eval): the caller's
         detection threshold (default config.score_thresh), which decides which candidates get final masks."""
         c = self.config
-        if trunk_features is None:
+        if frozen_features is None:
             features = self.backbone(images)  # (N, C, H/16, W/16)
         else:
-            features = self.backbone.project(trunk_features)
+            features = self.backbone.from_frozen(frozen_features)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            proposals, losses = self.rpn(images, features, image_sizes, [t.boxes for t in targets])
+            proposals, losses = self.rpn(images, features, image_sizes, [t.boxes for t in targets],
+                                         [t.crowd_boxes for t in targets])
             rois = []
             for p, t in zip(proposals, targets):
                 cand = torch.cat([p, t.boxes.to(p.dtype)]) if t.boxes.numel() else p  # gt boxes appended
                 iou, _ = match_rois(cand.detach(), t.boxes)
                 keep = sample_rois(iou, c.roi_batch_size, c.roi_positive_fraction, c.roi_fg_iou,
-                                   c.roi_bg_iou_lo, c.roi_bg_low_fraction)
+                                   c.roi_bg_iou_lo, c.roi_bg_low_fraction,
+                                   ignore=inside_crowd(cand.detach(), t.crowd_boxes, c.crowd_ioa_thresh))
                 rois.append(cand[keep])
             l23, cls, bbox = self._stage_losses(features, rois, targets, "")
             losses.update(l23)
@@ -191,50 +194,72 @@ class MNC(nn.Module):
 
     def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
                     score_thresh: float | None = None) -> list[dict[str, Tensor]]:
+        """Eval: per image, the (instance, class) pairs that can reach post-processing, from stage 3 (300 RoIs)
+        and stage 5 (the refined top RoIs): class probability above min(score threshold, vote threshold),
+        at most `max_candidates`. Each pair's mask is its own class's final mask (the final-mask head at
+        that class; without one, the class-agnostic stage-2/4 mask)."""
+        c = self.config
         proposals, _ = self.rpn(images, features, image_sizes)
         x, mask_logits, cls, seg, bbox = self._stages(features, proposals)
-        mask_logits = self._candidate_masks(x, mask_logits, seg, score_thresh)
-        boxes, scores, masks = [torch.cat(proposals)], [F.softmax(seg, -1)], [torch.sigmoid(mask_logits)]
-        counts = [p.shape[0] for p in proposals]
-        parts = [(boxes[0], scores[0], masks[0], counts)]
-        if self.config.test_stages == 5:
+        parts = [(proposals, x, mask_logits, self._class_scores(cls, seg))]
+        if c.test_stages == 5:
             rois2 = self._refine(proposals, cls, bbox, image_sizes)
-            top_n = self.config.cascade_top_n_test
+            top_n = c.cascade_top_n_test
             if top_n is not None:  # refine only the most object-like RoIs of each image
                 fg = F.softmax(cls, -1)[:, 1:].amax(dim=1) if cls.shape[0] else cls.new_zeros(0)
-                sel, start = [], 0
-                for r in rois2:
-                    n = r.shape[0]
-                    sel.append(fg[start:start + n].topk(min(top_n, n)).indices)
-                    start += n
+                sel = [fg[start:start + r.shape[0]].topk(min(top_n, r.shape[0])).indices
+                       for r, start in zip(rois2, _starts(rois2))]
                 rois2 = [r[i] for r, i in zip(rois2, sel)]
-            x2, mask_logits2, _, seg2, _ = self._stages(features, rois2)
-            mask_logits2 = self._candidate_masks(x2, mask_logits2, seg2, score_thresh)
-            parts.append((torch.cat(rois2), F.softmax(seg2, -1), torch.sigmoid(mask_logits2), [r.shape[0] for r in rois2]))
-        out = []
-        starts = [_starts_from_counts(p[3]) for p in parts]
+            x2, mask_logits2, cls2, seg2, _ = self._stages(features, rois2)
+            parts.append((rois2, x2, mask_logits2, self._class_scores(cls2, seg2)))
+        thresh = c.score_thresh if score_thresh is None else float(score_thresh)
+        low = min(thresh, c.vote_score_thresh) if c.mask_voting else thresh
+        # rows: every RoI of every part, part-major then image-major
+        boxes = torch.cat([torch.cat(p[0]) for p in parts]).detach()
+        probs = torch.cat([p[3] for p in parts])
+        image_of_row = torch.cat([torch.full((r.shape[0],), i, dtype=torch.long, device=boxes.device)
+                                  for p in parts for i, r in enumerate(p[0])])
+        pair_rows, pair_labels = [], []
         for i in range(len(proposals)):
-            sl = [slice(st[i], st[i] + p[3][i]) for p, st in zip(parts, starts)]
-            out.append({"boxes": torch.cat([p[0][s] for p, s in zip(parts, sl)]).detach(),
-                        "scores": torch.cat([p[1][s] for p, s in zip(parts, sl)]).detach(),
-                        "mask_probs": torch.cat([p[2][s] for p, s in zip(parts, sl)]).detach()})
+            rows = torch.where(image_of_row == i)[0]
+            k, label = torch.where(probs[rows, 1:] > low)
+            if k.numel() > c.max_candidates:  # a very low threshold with many classes: keep the best pairs
+                top = probs[rows[k], label + 1].topk(c.max_candidates).indices
+                k, label = k[top], label[top]
+            pair_rows.append(rows[k])
+            pair_labels.append(label + 1)
+        rows, labels = torch.cat(pair_rows), torch.cat(pair_labels)
+        pair_logits = self._pair_mask_logits(parts, rows, labels)
+        out, start = [], 0
+        for r in pair_rows:
+            part = slice(start, start + r.numel())
+            out.append({"boxes": boxes[r], "scores": probs[r, labels[part]].detach(), "labels": labels[part],
+                        "mask_probs": torch.sigmoid(pair_logits[part]).detach()})
+            start += r.numel()
         return out
 
-    def _candidate_masks(self, x: Tensor, mask_logits: Tensor, seg: Tensor, score_thresh: float | None) -> Tensor:
-        """Inference: final masks (at the highest-scoring class) for candidates whose foreground score
-        can reach post-processing; the others keep their class-agnostic masks (never used)."""
-        if self.final_mask_head is None or seg.shape[0] == 0:
-            return mask_logits
-        c = self.config
-        thresh = c.score_thresh if score_thresh is None else float(score_thresh)
-        fg = F.softmax(seg, -1)[:, 1:]
-        score, cls = fg.max(dim=1)
-        keep = torch.where(score > min(thresh, c.vote_score_thresh))[0]
-        if keep.numel() == 0:
-            return mask_logits
-        out = mask_logits.clone()
-        out[keep] = self._final_masks(x[keep], mask_logits[keep], cls[keep] + 1)
-        return out
+    def _class_scores(self, cls: Tensor, seg: Tensor) -> Tensor:
+        """(R, N+1) class probabilities of the output (config.test_score)."""
+        source = self.config.test_score
+        if source == "cls":
+            return F.softmax(cls, -1)
+        if source == "mean":
+            return (F.softmax(cls, -1) * F.softmax(seg, -1)).sqrt()
+        return F.softmax(seg, -1)
+
+    def _pair_mask_logits(self, parts: list[tuple], rows: Tensor, labels: Tensor) -> Tensor:
+        """Final mask logits (P, m, m) of the pairs (row of the concatenated parts, class); the final-mask
+        head runs once per distinct RoI and is applied at each pair's class."""
+        mask_logits = torch.cat([p[2] for p in parts])
+        if self.final_mask_head is None or rows.numel() == 0:
+            return mask_logits[rows]
+        distinct, roi_index = torch.unique(rows, return_inverse=True)
+        x_parts, offset = [], 0
+        for _, x, _, _ in parts:  # gather the distinct RoIs' features part by part (no copy of whole parts)
+            here = distinct[(distinct >= offset) & (distinct < offset + x.shape[0])]
+            x_parts.append(x[here - offset])
+            offset += x.shape[0]
+        return self._final_masks(torch.cat(x_parts), mask_logits[rows], labels, roi_index)
 
     @torch.no_grad()
     def masks_for_boxes(self, images: Tensor, image_sizes: list[tuple[int, int]], boxes: list[Tensor],
@@ -265,17 +290,9 @@ class MNC(nn.Module):
         finally:
             self.train(was_training)
         original_sizes = original_sizes or image_sizes
-        return [postprocess_image(cd["boxes"].float(), cd["scores"].float(), cd["mask_probs"].float(), size, orig,
-                                  self.config, score_thresh)
+        return [postprocess_image(cd["boxes"].float(), cd["scores"].float(), cd["labels"], cd["mask_probs"].float(),
+                                  size, orig, self.config, score_thresh)
                 for cd, size, orig in zip(cands, image_sizes, original_sizes)]
-
-
-def _starts_from_counts(counts: list[int]) -> list[int]:
-    out, s = [], 0
-    for c in counts:
-        out.append(s)
-        s += c
-    return out
 
 
 def _starts(rois: list[Tensor]) -> list[int]:

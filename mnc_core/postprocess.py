@@ -31,10 +31,11 @@ def batched_nms_top_n(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh:
         m = min(n, m * 4)
 
 
-def postprocess_image(boxes: Tensor, scores: Tensor, mask_probs: Tensor, image_size: tuple[int, int],
+def postprocess_image(boxes: Tensor, scores: Tensor, labels: Tensor, mask_probs: Tensor, image_size: tuple[int, int],
                       original_size: tuple[int, int], config: MNCConfig,
                       score_thresh: float | None = None) -> dict[str, Tensor]:
-    """boxes (K, 4) network-input pixels; scores (K, N+1) softmax; mask_probs (K, m, m) in each box.
+    """Candidate (instance, class) pairs: boxes (P, 4) network-input pixels, scores (P,), labels (P,) 1..N,
+    mask_probs (P, m, m) each pair's mask in its box (see MNC._candidates).
     Returns boxes (D, 4) original pixels, scores (D,), labels (D,) 1..N, masks (D, H0, W0) bool."""
     c = config
     thr = c.score_thresh if score_thresh is None else float(score_thresh)
@@ -45,16 +46,10 @@ def postprocess_image(boxes: Tensor, scores: Tensor, mask_probs: Tensor, image_s
     ob = boxes * scale
     ob = torch.stack([ob[:, 0].clamp(0, W0), ob[:, 1].clamp(0, H0), ob[:, 2].clamp(0, W0), ob[:, 3].clamp(0, H0)], 1)
 
-    # candidates: (instance, class) pairs above the lower of the two thresholds
-    probs = scores[:, 1:]  # (K, N)
+    # candidates: the pairs whose box is not degenerate
     low = min(thr, c.vote_score_thresh) if c.mask_voting else thr
-    k_idx, c_idx = torch.where(probs > low)
-    cb, cs, cl = ob[k_idx], probs[k_idx, c_idx], c_idx + 1
-    ok = ((cb[:, 2] - cb[:, 0]) > 1e-2) & ((cb[:, 3] - cb[:, 1]) > 1e-2)
-    k_idx, cb, cs, cl = k_idx[ok], cb[ok], cs[ok], cl[ok]
-    if cs.numel() > c.max_candidates:  # a very low threshold with many classes: keep the best pairs
-        top = cs.topk(c.max_candidates).indices
-        k_idx, cb, cs, cl = k_idx[top], cb[top], cs[top], cl[top]
+    ok = ((ob[:, 2] - ob[:, 0]) > 1e-2) & ((ob[:, 3] - ob[:, 1]) > 1e-2) & (scores > low)
+    cb, cs, cl, cm = ob[ok], scores[ok], labels[ok], mask_probs[ok]
 
     surv = torch.where(cs > thr)[0]
     surv = surv[batched_nms_top_n(cb[surv], cs[surv], cl[surv], c.nms_thresh, c.detections_per_image)]
@@ -91,7 +86,7 @@ def postprocess_image(boxes: Tensor, scores: Tensor, mask_probs: Tensor, image_s
     gy = 2.0 * (ys - vb[:, 1:2]) / vh[:, None] - 1.0
     P = s_idx.numel()
     grid = torch.stack([gx[:, None, :].expand(P, R, R), gy[:, :, None].expand(P, R, R)], dim=-1)
-    sampled = F.grid_sample(mask_probs[k_idx[v_idx]][:, None], grid, mode="bilinear", padding_mode="zeros",
+    sampled = F.grid_sample(cm[v_idx][:, None], grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)[:, 0]  # (P, R, R)
     wts = cs[v_idx]
     soft = torch.zeros((S, R, R), device=dev, dtype=sampled.dtype).index_add_(0, s_idx, sampled * wts[:, None, None])

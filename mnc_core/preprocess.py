@@ -15,8 +15,8 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     return max(1, int(round(height * scale))), max(1, int(round(width * scale))), scale
 
 
-def image_to_tensor(image: np.ndarray, size: tuple[int, int], mean, std, device) -> Tensor:
-    """(H, W, 3) uint8 RGB -> (3, h, w) float32 normalised, bilinear (antialiased when shrinking)."""
+def resize_image(image: np.ndarray, size: tuple[int, int], device="cpu") -> Tensor:
+    """(H, W, 3) uint8 RGB -> (3, h, w) float32 in [0, 1], bilinear (antialiased when shrinking)."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     array = np.ascontiguousarray(image)
@@ -26,9 +26,19 @@ def image_to_tensor(image: np.ndarray, size: tuple[int, int], mean, std, device)
     if tuple(t.shape[1:]) != tuple(size):
         shrink = size[0] < t.shape[1]
         t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
-    m = torch.tensor(mean, device=device, dtype=t.dtype)[:, None, None]
-    s = torch.tensor(std, device=device, dtype=t.dtype)[:, None, None]
-    return (t - m) / s
+    return t
+
+
+def normalise(image: Tensor, mean, std) -> Tensor:
+    """(3, h, w) float RGB in [0, 1] -> (image - mean) / std per channel."""
+    m = torch.tensor(mean, device=image.device, dtype=image.dtype)[:, None, None]
+    s = torch.tensor(std, device=image.device, dtype=image.dtype)[:, None, None]
+    return (image - m) / s
+
+
+def image_to_tensor(image: np.ndarray, size: tuple[int, int], mean, std, device) -> Tensor:
+    """(H, W, 3) uint8 RGB -> (3, h, w) float32 normalised, bilinear (antialiased when shrinking)."""
+    return normalise(resize_image(image, size, device), mean, std)
 
 
 def batch_images(images: list[Tensor], divisibility: int) -> Tensor:

@@ -13,6 +13,10 @@ Eq. 8, so autograd yields Eq. 9. Border convention: `padding_mode='zeros'` (samp
 fade linearly to 0 within one pixel outside the map and are 0 beyond); RoIAlign
 instead replicates the border for samples in [-1, 0) and 0 beyond -1, so the two
 differ only for samples within one feature pixel outside the map.
+
+Precision: the sampling grid and the bilinear sampling are always float32, also under autocast
+(bf16 has 8 significant bits: a grid position near the right edge of a 60-pixel map would be off by
+up to ~0.5 pixel, and the box gradient would use the rounded grid). The output is float32.
 """
 from __future__ import annotations
 
@@ -31,8 +35,18 @@ def max_pool_2x2(x: Tensor) -> Tensor:
                          torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sampling_grid(boxes: Tensor, height: int, width: int, output_size: int, spatial_scale: float) -> Tensor:
+    """boxes (K, 4) image pixels -> grid (K, P, P, 2) in grid_sample's normalised coordinates, float32
+    (float64 for float64 boxes) whatever an enclosing autocast says."""
+    with torch.autocast(boxes.device.type, enabled=False):
+        return _sampling_grid(boxes.to(_at_least_float32(boxes.dtype)), height, width, output_size, spatial_scale)
+
+
 def _sampling_grid(boxes: Tensor, height: int, width: int, output_size: int, spatial_scale: float) -> Tensor:
-    """boxes (K, 4) image pixels -> grid (K, P, P, 2) in grid_sample's normalised coordinates."""
     P = output_size
     x1 = boxes[:, 0] * spatial_scale - 0.5
     y1 = boxes[:, 1] * spatial_scale - 0.5
@@ -57,7 +71,7 @@ def _warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: floa
     K = boxes.shape[0]
     if K == 0:
         return features.new_zeros((0, C, Q, Q))
-    boxes = boxes.to(features.dtype) if boxes.dtype != features.dtype and not torch.is_autocast_enabled() else boxes
+    features = features.to(_at_least_float32(features.dtype))  # float32 sampling (module doc)
     # channels-last makes grid_sample's per-sample work contiguous across channels (~15-30% less
     # CPU time forward + backward); the conversion of the (N, C, h, w) map is negligible.
     if features.device.type == "cpu":
@@ -73,10 +87,11 @@ def _warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: floa
         if k == 0:
             continue
         c = coords if N == 1 else coords[idx]
-        grid = _sampling_grid(c, H, W, P, spatial_scale).to(features.dtype)  # (k, P, P, 2)
+        grid = sampling_grid(c, H, W, P, spatial_scale).to(features.dtype)  # (k, P, P, 2) float32 or float64
         # All RoIs of one image in one call: grid (1, k*P, P, 2) -> out (1, C, k*P, P).
-        out = F.grid_sample(features[b:b + 1], grid.reshape(1, k * P, P, 2), mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
+        with torch.autocast(features.device.type, enabled=False):
+            out = F.grid_sample(features[b:b + 1], grid.reshape(1, k * P, P, 2), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)
         if pool:  # 2x2 windows never straddle two RoIs since P is even
             out = max_pool_2x2(out)
         outs.append(out.reshape(C, k, Q, Q).permute(1, 0, 2, 3))

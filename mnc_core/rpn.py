@@ -24,6 +24,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
 from .losses import rpn_losses
+from .targets import inside_crowd
 
 
 class _ClipGradient(torch.autograd.Function):
@@ -80,7 +81,8 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, anchor_sizes: tuple[int, ...],
                  anchor_ratios: tuple[float, ...], fg_iou: float, bg_iou: float, batch_size: int,
                  positive_fraction: float, pre_nms_top_n: dict[str, int], post_nms_top_n: dict[str, int],
-                 nms_thresh: float, min_size: float, grad_clip: float, detach_proposals: bool) -> None:
+                 nms_thresh: float, min_size: float, grad_clip: float, detach_proposals: bool,
+                 crowd_ioa_thresh: float = 0.7) -> None:
         super().__init__()
         self.anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_ratios),))
         self.num_anchors = len(anchor_sizes) * len(anchor_ratios)
@@ -94,13 +96,16 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = min_size
         self.grad_clip = grad_clip
         self.detach_proposals = detach_proposals
+        self.crowd_ioa_thresh = crowd_ioa_thresh
 
     def _mode(self) -> str:
         return "training" if self.training else "testing"
 
     def forward(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
-                gt_boxes: list[Tensor] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """images (N, 3, Hp, Wp) padded batch (only its shape is used); features (N, C, h, w).
+                gt_boxes: list[Tensor] | None = None, crowd_boxes: list[Tensor] | None = None
+                ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """images (N, 3, Hp, Wp) padded batch (only its shape is used); features (N, C, h, w); training:
+        gt_boxes N x (G_i, 4) and crowd_boxes N x (C_i, 4) (regions whose anchors are ignored).
         Returns proposals [(P_i, 4) input pixels, attached unless detach_proposals] and losses."""
         objectness, deltas = self.head(features)  # (N, A, h, w), (N, 4A, h, w)
         N, A, h, w = objectness.shape
@@ -130,22 +135,28 @@ class RegionProposalNetwork(nn.Module):
         if self.training:
             if gt_boxes is None:
                 raise ValueError("gt_boxes are required in training")
-            labels, targets = self._targets(anchors, gt_boxes)
+            crowd = crowd_boxes if crowd_boxes is not None else [g.new_zeros((0, 4)) for g in gt_boxes]
+            labels, targets = self._targets(anchors, gt_boxes, crowd)
             losses = rpn_losses(objectness, deltas, labels, targets, self.sampler)
         return proposals, losses
 
     @torch.no_grad()
-    def _targets(self, anchors: list[Tensor], gt_boxes: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _targets(self, anchors: list[Tensor], gt_boxes: list[Tensor], crowd_boxes: list[Tensor]
+                 ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image: labels (hwA,) 1 object, 0 background, -1 ignored (between the IoU thresholds, or a
+        background anchor inside a crowd region) and box targets (hwA, 4)."""
         labels, targets = [], []
-        for a, g in zip(anchors, gt_boxes):
+        for a, g, crowd in zip(anchors, gt_boxes, crowd_boxes):
             if g.numel() == 0:
-                labels.append(torch.zeros(a.shape[0], device=a.device))
-                targets.append(torch.zeros_like(a))
-                continue
-            idx = self.matcher(box_ops.box_iou(g, a))  # (hwA,) gt index, -1 bg, -2 ignore
-            lab = (idx >= 0).float()
-            lab[idx == self.matcher.BELOW_LOW_THRESHOLD] = 0.0
-            lab[idx == self.matcher.BETWEEN_THRESHOLDS] = -1.0
+                lab = torch.zeros(a.shape[0], device=a.device)
+                target = torch.zeros_like(a)
+            else:
+                idx = self.matcher(box_ops.box_iou(g, a))  # (hwA,) gt index, -1 bg, -2 ignore
+                lab = (idx >= 0).float()
+                lab[idx == self.matcher.BELOW_LOW_THRESHOLD] = 0.0
+                lab[idx == self.matcher.BETWEEN_THRESHOLDS] = -1.0
+                target = self.box_coder.encode_single(g[idx.clamp(min=0)], a)
+            lab[(lab == 0) & inside_crowd(a, crowd, self.crowd_ioa_thresh)] = -1.0
             labels.append(lab)
-            targets.append(self.box_coder.encode_single(g[idx.clamp(min=0)], a))
+            targets.append(target)
         return labels, targets

@@ -4,11 +4,16 @@ All functions take detached boxes and return tensors without gradient.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou, roi_align
+
+
+def _no_boxes() -> Tensor:
+    return torch.zeros((0, 4))
 
 
 @dataclass
@@ -18,6 +23,22 @@ class ImageTargets:
     labels: Tensor     # (G,) int64 class indices 1..N
     masks: Tensor      # (G, H, W) uint8; rows without a mask are 0
     has_mask: Tensor   # (G,) bool
+    crowd_boxes: Tensor = field(default_factory=_no_boxes)  # (C, 4) crowd regions: anchors/RoIs inside are ignored
+    FIELDS: ClassVar[tuple[str, ...]] = ("boxes", "labels", "masks", "has_mask", "crowd_boxes")
+
+
+@torch.no_grad()
+def inside_crowd(boxes: Tensor, crowd_boxes: Tensor, thresh: float) -> Tensor:
+    """(R,) bool: boxes (R, 4) whose intersection with some crowd box (C, 4) covers at least `thresh` of
+    their own area (intersection over the box's area, Detectron's crowd filter)."""
+    if crowd_boxes.shape[0] == 0 or boxes.shape[0] == 0:
+        return torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    crowd_boxes = crowd_boxes.to(boxes.dtype)
+    lt = torch.maximum(boxes[:, None, :2], crowd_boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], crowd_boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)  # (R, C)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+    return (inter / area[:, None]).amax(dim=1) >= thresh
 
 
 @torch.no_grad()
@@ -32,15 +53,20 @@ def match_rois(rois: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def sample_rois(max_iou: Tensor, batch_size: int, positive_fraction: float, fg_iou: float,
-                bg_iou_lo: float, bg_low_fraction: float) -> Tensor:
+                bg_iou_lo: float, bg_low_fraction: float, ignore: Tensor | None = None) -> Tensor:
     """Indices of a sample: <= batch_size * positive_fraction with IoU >= fg_iou, the rest background,
-    mostly from [bg_iou_lo, fg_iou) and a `bg_low_fraction` share from [0, bg_iou_lo)."""
+    mostly from [bg_iou_lo, fg_iou) and a `bg_low_fraction` share from [0, bg_iou_lo). RoIs flagged in
+    `ignore` (R,) bool (inside crowd regions) are never background; they stay foreground only when they
+    match a real object (IoU >= fg_iou)."""
     def pick(idx: Tensor, n: int) -> Tensor:
         return idx[torch.randperm(idx.numel(), device=idx.device)[:n]]
 
+    background = max_iou < fg_iou
+    if ignore is not None:
+        background = background & ~ignore
     fg = torch.where(max_iou >= fg_iou)[0]
-    bg_hi = torch.where((max_iou >= bg_iou_lo) & (max_iou < fg_iou))[0]
-    bg_lo = torch.where(max_iou < bg_iou_lo)[0]
+    bg_hi = torch.where(background & (max_iou >= bg_iou_lo))[0]
+    bg_lo = torch.where(background & (max_iou < bg_iou_lo))[0]
     n_fg = min(int(round(batch_size * positive_fraction)), fg.numel())
     n_bg = batch_size - n_fg
     n_lo = min(int(round(n_bg * bg_low_fraction)), bg_lo.numel())

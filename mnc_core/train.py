@@ -1,19 +1,26 @@
-"""train_model: AdamW (default) or SGD with momentum, linear warmup + step decay, horizontal flips,
-gradient-norm clipping, batch of `images_per_batch` images (1 by default).
+"""train_model: AdamW (default) or SGD with momentum, linear warmup + step decay, gradient-norm clipping;
+inputs from the training pipeline (training_data.py: DataLoader workers, scale jitter, flips,
+photometric jitter, crowd regions ignored), batches of `images_per_batch` images.
+
+Learning rate and batch size: `lr` (and `default_lr`) is the rate for a global batch of one image; with
+B images per global batch the optimiser runs at `scaled_lr(lr, B, optimizer)`: lr x B for SGD (the linear
+scaling rule of Goyal et al., 2017) and lr x sqrt(B) for AdamW (Adam's update does not grow with the
+gradient's scale, so linear scaling overshoots; the square-root rule keeps the update's noise level).
+
+Frozen features (`cache_frozen_features`, the `heads` mode): the first `config.backbone_frozen_blocks`
+blocks of the backbone are frozen anyway, so what they compute for one input (image, scale, flip,
+jitter) never changes; it is computed once and kept in a byte-bounded LRU cache (`cache_bytes`), and
+only the trainable rest of the network runs every iteration.
 
 Under torchrun (see distributed.py) every process trains a DistributedDataParallel copy on its own
 `images_per_batch` images of each global batch of world_size x images_per_batch: all processes draw
-the same global sequence of (image, flip) from the seed and each takes its slice, and every loss is a
-mean over images (losses.py), so the gradient equals one process's with the whole global batch. Rank 0
-alone reports progress (the losses averaged over the processes) and decides when to stop.
-
-Optimizer choice (measured here, 2-core CPU): memorising the synthetic shapes from random init, AdamW
-(lr 1e-3) reaches mask AP50 1.0 in 200-300 iterations where SGD (lr 0.01-0.03, momentum 0.9) is still
-near 0 (classification loss stuck at ~0.5); on 8 COCO photos from ImageNet MobileNetV2 weights AdamW
-at 400 px, 300 iterations: mask AP50 0.47 at lr 3e-4, 0.38 at lr 1e-4 (same photos, train = eval).
+the same global sequence from the seed and each takes its slice, and every loss is a mean over images
+(losses.py), so the gradient equals one process's with the whole global batch. Rank 0 alone reports
+progress (the losses averaged over the processes) and decides when to stop.
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -22,15 +29,20 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed
+from .cache import ByteBoundedLRU
 from .checkpoint import load_checkpoint
 from .config import MNCConfig
-from .data import InstanceDataset, Sample, validate_sample
+from .data import InstanceDataset
 from .model import MNC, build_model
-from .preprocess import batch_images, image_to_tensor, resized_shape
-from .targets import ImageTargets
+from .preprocess import batch_images
+from .training_data import TrainingInput, TrainingInputs, draw_batches, prepare_sample, training_loader
+
+__all__ = ["TrainProgress", "default_lr", "scaled_lr", "train_model", "prepare_sample", "default_num_workers",
+           "DEFAULT_CACHE_BYTES"]
+
+DEFAULT_CACHE_BYTES = {"cpu": 2 * 2**30, "cuda": 4 * 2**30}  # frozen-feature cache budget per device type
 
 
 @dataclass
@@ -42,49 +54,26 @@ class TrainProgress:
 
 
 def default_lr(config: MNCConfig) -> float:
-    """Per-image learning rate for the configured optimizer (AdamW 3e-4: on 8 COCO photos at 400 px,
-    300 iterations gave mask AP50 0.47 vs 0.38 at 1e-4)."""
+    """Learning rate for a global batch of one image, per optimizer (benchmarks/README.md, "Recipe")."""
     return 3e-4 if config.optimizer == "adamw" else 0.01
+
+
+def scaled_lr(lr: float, global_batch: int, optimizer: str) -> float:
+    """The rate for a global batch of `global_batch` images given the one-image rate (module doc)."""
+    return lr * (global_batch ** 0.5 if optimizer == "adamw" else global_batch)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: one per spare core, at most 4 (a 2-core CPU gets one: decoding and resizing
+    overlap the training step instead of running before it)."""
+    cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def prepare_sample(sample: Sample, cat_to_label: dict[int, int], config: MNCConfig, flip: bool,
-                   device: torch.device) -> tuple[torch.Tensor, tuple[int, int], ImageTargets]:
-    """Sample -> normalised (3, h, w) image at the training scale + targets at that scale."""
-    validate_sample(sample)
-    H, W = sample.image.shape[:2]
-    h, w, _ = resized_shape(H, W, config.min_size, config.max_size)
-    sx, sy = w / W, h / H
-    img = image_to_tensor(sample.image, (h, w), config.pixel_mean, config.pixel_std, device)
-    boxes = torch.as_tensor(np.asarray(sample.boxes, dtype=np.float32), device=device).reshape(-1, 4)
-    boxes = boxes * torch.tensor([sx, sy, sx, sy], device=device)
-    try:
-        labels = torch.tensor([cat_to_label[int(c)] for c in sample.category_ids], dtype=torch.long, device=device)
-    except KeyError as e:
-        raise ValueError(f"image {sample.image_id}: category id {e.args[0]} is not in dataset.categories") from None
-    has_mask = torch.as_tensor(np.asarray(sample.has_mask, dtype=bool), device=device).reshape(-1)
-    K = boxes.shape[0]
-    if K:
-        m = torch.as_tensor(np.asarray(sample.masks, dtype=bool), device=device).reshape(K, H, W)
-        m = m & has_mask[:, None, None]
-        masks = (F.interpolate(m[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0] >= 0.5)
-        masks = masks.to(torch.uint8)
-    else:
-        masks = torch.zeros((0, h, w), dtype=torch.uint8, device=device)
-    if flip:
-        img = img.flip(-1)
-        masks = masks.flip(-1)
-        boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    ok = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
-    t = ImageTargets(boxes=boxes[ok], labels=labels[ok], masks=masks[ok], has_mask=has_mask[ok])
-    return img, (h, w), t
 
 
 def _pad_features(features: list[torch.Tensor]) -> torch.Tensor:
@@ -113,18 +102,22 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
                 on_progress: Callable[[TrainProgress], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 init_checkpoint: str | None = None, model: MNC | None = None,
-                freeze_backbone: bool = False) -> tuple[MNC, dict]:
+                cache_frozen_features: bool = False, cache_bytes: int | None = None,
+                num_workers: int | None = None) -> tuple[MNC, dict]:
     """Train an MNC on `dataset`; returns (model in eval mode, summary).
 
     backbone_weights: None = torchvision ImageNet weights (weights API; clear error offline),
     "none" = random init, or a path to a .pth state dict. Ignored with init_checkpoint (whose
     categories must equal dataset.categories) or a given `model` (built for dataset.categories,
-    e.g. with a final-mask head or warm-started from an earlier model). lr: None =
-    `default_lr(config)` (AdamW 3e-4, SGD 0.01).
+    e.g. with a final-mask head or warm-started from an earlier model). The backbone's first
+    `config.backbone_frozen_blocks` blocks are frozen, the rest trains. lr: the rate for a batch of
+    one image (None: `default_lr(config)`), scaled with the global batch (`scaled_lr`).
 
-    freeze_backbone ("heads" mode): the backbone's pretrained body is frozen and its features are
-    computed once per image and flip, then reused every epoch; the 1x1 projection, RPN and all heads
-    train. Much faster on a CPU; images of a batch are padded in feature space.
+    cache_frozen_features ("heads" mode): the frozen blocks' output is computed once per input and
+    kept in an LRU cache of at most `cache_bytes` (None: DEFAULT_CACHE_BYTES of the device type);
+    much faster on a CPU when most of the backbone is frozen. num_workers: DataLoader worker processes
+    that prepare the inputs (None: `default_num_workers()`; 0: in this process). The inputs, and so
+    the result, do not depend on it.
 
     Under torchrun (WORLD_SIZE > 1): data-parallel over the processes (module docstring); the
     process group is opened and closed here unless the caller opened it. Every process must call
@@ -140,16 +133,41 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
     with distributed.process_group(job, dev):
         return _train(dataset, config, iterations=iterations, dev=dev, job=job, seed=seed, lr=lr,
                       backbone_weights=backbone_weights, on_progress=on_progress, should_stop=should_stop,
-                      init_checkpoint=init_checkpoint, model=model, freeze_backbone=freeze_backbone)
+                      init_checkpoint=init_checkpoint, model=model, cache_frozen_features=cache_frozen_features,
+                      cache_bytes=cache_bytes, num_workers=num_workers)
+
+
+def _frozen_features(model: MNC, inputs: list[TrainingInput], cache: ByteBoundedLRU, config: MNCConfig,
+                     amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen blocks' output of each input (cached by its key), padded into one batch:
+    (N, C, h, w) features and an empty (N, 3, H, W) tensor of the padded image shape they stand for."""
+    features = []
+    for item in inputs:
+        frozen = cache.get(item.key)
+        if frozen is None:
+            with torch.no_grad(), amp:
+                frozen = model.backbone.frozen(batch_images([item.image], config.size_divisibility))[0]
+            frozen = frozen.contiguous()
+            cache.put(item.key, frozen)
+        features.append(frozen)
+    padded = _pad_features(features)
+    image = inputs[0].image
+    divisor = max(1, config.size_divisibility)
+    stride = -(-int(image.shape[1]) // divisor) * divisor // int(features[0].shape[1])  # padded image px per feature px
+    shape_only = padded.new_empty((len(inputs), 3, padded.shape[2] * stride, padded.shape[3] * stride))
+    return padded, shape_only
 
 
 def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev: torch.device,
            job: distributed.Distributed, seed: int, lr: float | None, backbone_weights: str | None,
            on_progress: Callable[[TrainProgress], None] | None, should_stop: Callable[[], bool] | None,
-           init_checkpoint: str | None, model: MNC | None, freeze_backbone: bool) -> tuple[MNC, dict]:
-    lr = default_lr(config) if lr is None else float(lr)
+           init_checkpoint: str | None, model: MNC | None, cache_frozen_features: bool, cache_bytes: int | None,
+           num_workers: int | None) -> tuple[MNC, dict]:
+    base_lr = default_lr(config) if lr is None else float(lr)
+    per_process = config.images_per_batch
+    global_batch = job.world_size * per_process
+    lr = scaled_lr(base_lr, global_batch, config.optimizer)
     seed_everything(seed)
-    rng = np.random.default_rng(seed)
     categories = [(int(c), str(n)) for c, n in dataset.categories]
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
     distributed.check_same((len(dataset), categories), job, "the dataset (images, categories)")
@@ -162,91 +180,89 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
             raise ValueError(f"{init_checkpoint}: its categories {ck_cats} differ from the dataset's {categories}")
     else:
         model = build_model(config, len(categories), backbone_weights)
+    model.backbone.set_frozen_blocks(resolve_frozen_blocks(config))
     model.to(dev).train()
-    if freeze_backbone:
-        for p in model.backbone.body.parameters():
-            p.requires_grad_(False)
     net = distributed.wrap(model, job, dev)  # copies rank 0's weights to every process
     if job.rank:
         torch.manual_seed(seed + 1_000_003 * job.rank)  # RoI / anchor sampling differs between processes
-    trunk_cache: dict[tuple[int, bool], tuple[torch.Tensor, tuple[int, int], ImageTargets]] = {}
+    cache: ByteBoundedLRU = ByteBoundedLRU(
+        (DEFAULT_CACHE_BYTES["cuda" if dev.type == "cuda" else "cpu"] if cache_bytes is None else cache_bytes)
+        if cache_frozen_features else 0)
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr)
+    if config.optimizer == "adamw":  # fused: one kernel for all parameters (~15x faster step on a CPU)
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True)
     else:
         opt = torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
 
-    order: list[int] = []
-    per_process = config.images_per_batch
-    mine = slice(job.rank * per_process, (job.rank + 1) * per_process)
+    batches = draw_batches(len(dataset), config, seed=seed, iterations=iterations, global_batch=global_batch,
+                           reuse_jitter=cache_frozen_features)
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    loader = training_loader(TrainingInputs(dataset, config, cat_to_label), batches, rank=job.rank,
+                             per_process=per_process, num_workers=workers, pin_memory=dev.type == "cuda", seed=seed)
     start = time.perf_counter()
     done, stopped, skipped = 0, False, 0
     history: list[dict[str, float]] = []
-    for it in range(iterations):
-        if distributed.from_main(job.is_main and should_stop is not None and should_stop(), job, dev):
-            stopped = True
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr * _lr_factor(it, iterations, config)
-        draws = []  # the global batch, the same in every process; this one trains on its slice
-        for _ in range(job.world_size * per_process):
-            if not order:
-                order = list(rng.permutation(len(dataset)))
-            draws.append((int(order.pop()), bool(rng.random() < config.hflip_prob)))
-        imgs, sizes, tgts = [], [], []
-        for index, flip in draws[mine]:
-            if freeze_backbone:
-                key = (index, flip)
-                if key not in trunk_cache:
-                    img, size, t = prepare_sample(dataset[index], cat_to_label, config, flip, dev)
-                    with torch.no_grad(), amp:
-                        trunk = model.backbone.trunk(batch_images([img], config.size_divisibility))[0]
-                    trunk_cache[key] = (trunk.float().contiguous(), size, t)
-                img, size, t = trunk_cache[key]  # img: (C_body, h/16, w/16) cached trunk features
+    inputs_iter = iter(loader)
+    try:
+        for it in range(iterations):
+            if distributed.from_main(job.is_main and should_stop is not None and should_stop(), job, dev):
+                stopped = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr * _lr_factor(it, iterations, config)
+            inputs = [item.to(dev, non_blocking=True) for item in next(inputs_iter)]
+            sizes = [item.size for item in inputs]
+            targets = [item.targets for item in inputs]
+            if cache_frozen_features:
+                frozen, shape_only = _frozen_features(model, inputs, cache, config, amp)
+                with amp:
+                    losses = net(shape_only, sizes, targets, frozen_features=frozen)
             else:
-                img, size, t = prepare_sample(dataset[index], cat_to_label, config, flip, dev)
-            imgs.append(img)
-            sizes.append(size)
-            tgts.append(t)
-        with amp:
-            if freeze_backbone:
-                trunk = _pad_features(imgs)
-                stride = model.backbone.stride
-                shape_only = trunk.new_empty((len(imgs), 3, trunk.shape[2] * stride, trunk.shape[3] * stride))
-                losses = net(shape_only, sizes, tgts, trunk_features=trunk)
-            else:
-                losses = net(batch_images(imgs, config.size_divisibility), sizes, tgts)
-        total = model.total_loss(losses)
-        opt.zero_grad(set_to_none=True)
-        # the losses averaged over the processes (the global batch's), for the finite check and the log
-        logged = distributed.mean(torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]), job)
-        if not torch.isfinite(logged[-1]):  # every process skips the step together
-            skipped += 1
-            if skipped > max(10, iterations // 10):
-                raise FloatingPointError(f"loss is not finite ({logged[-1].item()}) at iteration {it}; lower the lr")
-            continue
-        total.backward()  # DDP averages the gradients over the processes here
-        if config.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
-        opt.step()
-        done = it + 1
-        vals = dict(zip([*losses, "total"], logged.tolist()))
-        history.append(vals)
-        if on_progress is not None and job.is_main:
-            on_progress(TrainProgress(iteration=done, iterations=iterations, losses=vals,
-                                      seconds=time.perf_counter() - start))
+                with amp:
+                    losses = net(batch_images([item.image for item in inputs], config.size_divisibility), sizes, targets)
+            total = model.total_loss(losses)
+            opt.zero_grad(set_to_none=True)
+            # the losses averaged over the processes (the global batch's), for the finite check and the log
+            logged = distributed.mean(torch.stack([v.detach().float() for v in losses.values()]
+                                                  + [total.detach().float()]), job)
+            if not torch.isfinite(logged[-1]):  # every process skips the step together
+                skipped += 1
+                if skipped > max(10, iterations // 10):
+                    raise FloatingPointError(f"loss is not finite ({logged[-1].item()}) at iteration {it}; lower the lr")
+                continue
+            total.backward()  # DDP averages the gradients over the processes here
+            if config.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
+            opt.step()
+            done = it + 1
+            vals = dict(zip([*losses, "total"], logged.tolist()))
+            history.append(vals)
+            if on_progress is not None and job.is_main:
+                on_progress(TrainProgress(iteration=done, iterations=iterations, losses=vals,
+                                          seconds=time.perf_counter() - start))
+    finally:
+        del inputs_iter  # stops the DataLoader's workers
     distributed.barrier(job)
     model.eval()
     tail = history[-20:]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
     summary = {"iterations": done, "iterations_requested": iterations, "stopped_early": stopped,
-               "freeze_backbone": freeze_backbone,
+               "cache_frozen_features": cache_frozen_features, "frozen_blocks": model.backbone.frozen_blocks,
                "final_losses": final, "seconds": time.perf_counter() - start, "device": str(dev),
-               "skipped_steps": skipped, "seed": seed, "lr": lr, "world_size": job.world_size,
-               "global_batch": job.world_size * per_process}
+               "skipped_steps": skipped, "seed": seed, "lr": base_lr, "lr_scaled": lr, "world_size": job.world_size,
+               "global_batch": global_batch, "num_workers": workers, "feature_cache": cache.stats()}
     return model, summary
+
+
+def resolve_frozen_blocks(config: MNCConfig) -> int:
+    """config.backbone_frozen_blocks, or the backbone's default when it is None."""
+    from .backbone import DEFAULT_FROZEN_BLOCKS
+
+    if config.backbone_frozen_blocks is None:
+        return DEFAULT_FROZEN_BLOCKS[config.backbone]
+    return config.backbone_frozen_blocks

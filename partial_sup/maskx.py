@@ -70,8 +70,9 @@ class WeightTransfer(nn.Module):
 class ClassMaskHead(nn.Module):
     """The class-specific mask branch fused with MNC's class-agnostic MLP mask logits.
 
-    forward(roi_features (K, C, S, S), agnostic_logits (K, m, m), classes (K,) indices 0..N,
-            det_weights (N+1, det_dim)) -> fused mask logits (K, m, m)
+    forward(roi_features (U, C, S, S), agnostic_logits (K, m, m), classes (K,) row indices into det_weights,
+            det_weights (P, det_dim), roi_index (K,) row of roi_features of each mask or None (U == K))
+            -> fused mask logits (K, m, m)
 
     The FCN runs on the S x S (14 x 14) RoI features; its 1x1 class-specific logits are upsampled
     bilinearly to m x m (the 1x1 conv is linear, so this equals convolving upsampled features at a
@@ -108,10 +109,13 @@ class ClassMaskHead(nn.Module):
             return self.shared_weight.expand(det_weights.shape[0], -1)
         return self.transfer(det_weights)
 
-    def forward(self, roi_features: Tensor, agnostic_logits: Tensor, classes: Tensor, det_weights: Tensor) -> Tensor:
-        if roi_features.shape[0] == 0:
+    def forward(self, roi_features: Tensor, agnostic_logits: Tensor, classes: Tensor, det_weights: Tensor,
+                roi_index: Tensor | None = None) -> Tensor:
+        if agnostic_logits.shape[0] == 0:
             return agnostic_logits
-        feats = self.fcn(roi_features)  # (K, D, S, S)
+        feats = self.fcn(roi_features)  # (U, D, S, S): once per RoI, whatever the number of its classes
+        if roi_index is not None:
+            feats = feats[roi_index]  # (K, D, S, S)
         present, inverse = torch.unique(classes, return_inverse=True)
         weights = self.mask_weights(det_weights[present]).to(feats.dtype)[inverse]  # (K, D)
         specific = torch.einsum("kdhw,kd->khw", feats, weights)[:, None]  # (K, 1, S, S)
@@ -133,9 +137,15 @@ def make_head(config: MNCConfig, maskx: MaskXConfig) -> ClassMaskHead:
 def build_maskx_model(config: MNCConfig, num_classes: int, maskx: MaskXConfig | None,
                       backbone_weights: str | None = None) -> MNC:
     """An MNC whose final masks come from the fused transfer (or class-agnostic FCN) head;
-    ``maskx=None``: plain MNC (stage-2/4 class-agnostic MLP masks only)."""
-    head = make_head(config, maskx) if maskx is not None else None
-    return build_model(config, num_classes, backbone_weights, final_mask_head=head)
+    ``maskx=None``: plain MNC (stage-2/4 class-agnostic MLP masks only).
+
+    The MNC is built before the head, and the head's FCN before its method-specific part, so that with
+    the same torch seed the class-agnostic and the transfer models start their shared layers from the
+    same weights (a comparison of the two methods is then one of the methods, not of initialisations)."""
+    model = build_model(config, num_classes, backbone_weights)
+    if maskx is not None:
+        model.final_mask_head = make_head(config, maskx)
+    return model
 
 
 def head_from_extra(config: MNCConfig, extra: dict) -> ClassMaskHead | None:

@@ -19,7 +19,9 @@ from db.imagestore import ImageStore, load_rgb
 from db.models import Category, Image
 from partial_sup.grabcut import grabcut_mask
 
-DEFAULT_MIN_SCORE = 0.05  # proposals below this score are not stored
+DEFAULT_MIN_SCORE = 0.05  # proposals below this score are not stored ...
+LOW_CONFIDENCE_TOP = 3  # ... except, when none reaches it, the model's best few guesses (marked low confidence)
+LOW_CONFIDENCE_FLOOR = 0.005  # the lowest score such a guess may have
 
 
 @dataclass
@@ -28,6 +30,7 @@ class ProposalResult:
     added: int  # new proposals stored
     replaced: int  # older proposals removed
     skipped: int  # instances of classes that no longer exist, or with empty masks
+    low_confidence: int = 0  # of the added: best guesses below the minimum score (none reached it)
 
 
 def image_rgb(db: Database, image_id: int) -> np.ndarray:
@@ -46,23 +49,28 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
             instances: list | None = None) -> ProposalResult:
     """Predict on the image and store the instances as proposals (see the module's doc).
 
+    Instances scoring below ``score_threshold`` are not stored, unless none reaches it: then the
+    ``LOW_CONFIDENCE_TOP`` best ones above ``LOW_CONFIDENCE_FLOOR`` are (a young model still shows its
+    best guesses; the review marks them as low confidence by their score).
+
     ``seen_revision``: the revision the caller saw (ConflictError when someone changed the
-    image since); ``instances``: predictions already made (skips running the model)."""
+    image since); ``instances``: predictions already made (skips running the model), sorted by score
+    and down to LOW_CONFIDENCE_FLOOR where the fallback should be possible."""
     threshold = DEFAULT_MIN_SCORE if score_threshold is None else float(score_threshold)
     revision, rows = get_annotations(db, image_id, decode_masks=False)
     if seen_revision is None:
         seen_revision = revision
     if instances is None:
         image = image_rgb(db, image_id) if image is None else image
-        instances = predictor(image, score_threshold=threshold)
+        instances = predictor(image, score_threshold=min(threshold, LOW_CONFIDENCE_FLOOR))
     with db.session() as session:
         known = set(session.scalars(select(Category.id)))
     keep = [row for row in rows if not (row["review_state"] == "proposed" and row["source"] == "model")]
-    new, skipped = [], 0
-    for inst in instances:
-        if inst.score < threshold or inst.category_id not in known:
-            skipped += 1
-            continue
+    usable = [inst for inst in instances if inst.category_id in known and inst.score >= LOW_CONFIDENCE_FLOOR]
+    confident = [inst for inst in usable if inst.score >= threshold]
+    chosen = confident or sorted(usable, key=lambda inst: -inst.score)[:LOW_CONFIDENCE_TOP]
+    new, skipped = [], len(instances) - len(chosen)
+    for inst in chosen:
         mask = np.asarray(inst.mask, bool)  # read once: it may be computed on access
         if not mask.any():
             skipped += 1
@@ -72,7 +80,8 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
                                 score=float(inst.score), model_version_id=version_id))
     revision = save_annotations(db, image_id, [InstanceData.from_row(r) for r in keep] + new,
                                 seen_revision=seen_revision, user=user)
-    return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped)
+    return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped,
+                          low_confidence=0 if confident else len(new))
 
 
 def box_iou(a, b) -> float:

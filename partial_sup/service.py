@@ -19,6 +19,7 @@ from pathlib import Path
 from db import registry
 from db.engine import DB_URL_VARIABLE, Database
 from db.models import RunStatus
+from partial_sup.presets import PRESETS
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 ACTIVE = (RunStatus.queued, RunStatus.running)
@@ -69,17 +70,34 @@ def _process_alive(pid: int | None) -> bool:
         return True
 
 
-def start_training(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
-                   backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
-                   lr: float | None = None, mode: str = "full", mask_head: str = "transfer", init: str = "auto") -> int:
-    params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed,
-              "backbone_weights": backbone_weights, "device": device, "lr": lr, "mode": mode,
+def training_device(device: str | None = None) -> str:
+    """The device type a training process will use: "cuda" or "cpu" (`device` None: cuda when available)."""
+    if device:
+        return "cuda" if str(device).startswith("cuda") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def start_training(db: Database, *, iterations: int | None = None, image_size: int | None = None,
+                   backbone: str = "mobilenet_v2", backbone_weights: str | None = None, device: str | None = None,
+                   seed: int = 0, lr: float | None = None, mode: str = "heads", mask_head: str = "transfer",
+                   init: str = "auto") -> int:
+    """Record a queued run and start `launch.py train` for it in its own process; iterations / image_size
+    None: the mode's preset (`launch.py train`'s defaults, the same for the UI and the command line)."""
+    preset = PRESETS[mode]
+    planned = preset.iterations_on(training_device(device)) if iterations is None else iterations
+    params = {"iterations": planned, "image_size": image_size or preset.image_size, "backbone": backbone,
+              "seed": seed, "backbone_weights": backbone_weights, "device": device, "lr": lr, "mode": mode,
               "mask_head": mask_head, "init": init}
-    run_id = registry.create_run(db, mode=mode, iterations=iterations, params=params)
+    run_id = registry.create_run(db, mode=mode, iterations=planned, params=params)
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir),
-               "--iterations", str(iterations), "--image-size", str(image_size),
                "--backbone", backbone, "--seed", str(seed), "--mode", mode, "--mask-head", mask_head,
                "--init", init, "--background"]
+    if iterations is not None:
+        command += ["--iterations", str(iterations)]
+    if image_size is not None:
+        command += ["--image-size", str(image_size)]
     if backbone_weights is not None:
         command += ["--backbone-weights", backbone_weights]
     if device is not None:

@@ -6,24 +6,34 @@ import sys
 import time
 from dataclasses import dataclass
 
-from db import registry
+from db import queries, registry
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
-from db import queries
 from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress, default_lr, distributed,
                       save_checkpoint, train_model, warm_start)
+from mnc_core.backbone import body_blocks
 from partial_sup.data import DatabaseDataset
 from partial_sup.maskx import MASK_HEADS, MaskXConfig, build_maskx_model, load_model
+from partial_sup.presets import PRESETS
 from partial_sup.validation import evaluate_on_val
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
-MODES = ("full", "heads")  # full: end-to-end; heads: frozen backbone body with cached features (fast on a CPU)
 INITS = ("auto", "active", "backbone")  # auto: the active model when it is compatible, else the backbone weights
-# `heads` mode is the CPU fast path: besides the frozen, cached backbone it trains the 3-stage structure
-# on 32 RoIs per image (about half the RoI-head cost of the 5-stage, 64-RoI default; the weights are the
-# same, so a later `full` run can start from it). Measured in benchmarks/README.md ("Retraining").
-HEADS_TRAINING = {"num_stages": 3, "roi_batch_size": 32}
+
+
+MODES = tuple(PRESETS)
+
+
+def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", batch_size: int = 1,
+                    base: MNCConfig | None = None) -> MNCConfig:
+    """The model and training configuration of a mode's run at an image size (short side)."""
+    config = (base or MNCConfig()).replace(backbone=backbone, min_size=image_size,
+                                           max_size=max(image_size, int(image_size * 5 / 3)),
+                                           images_per_batch=batch_size, **dict(PRESETS[mode].config))
+    if mode == "heads":  # the whole body frozen (cached); the 1x1 reduction, RPN and heads train
+        config = config.replace(backbone_frozen_blocks=body_blocks(backbone, config.mobilenet_dilated))
+    return config
 
 
 @dataclass
@@ -87,14 +97,19 @@ def _initial_model(db: Database, config: MNCConfig, categories: list[tuple[int, 
     return model, f"active model ({report['classes_kept']} classes kept, {report['classes_new']} new)"
 
 
-def train_from_database(db: Database, *, iterations: int, image_size: int = 600, backbone: str = "mobilenet_v2",
-                        backbone_weights: str | None = None, device: str | None = None, seed: int = 0,
-                        lr: float | None = None, config: MNCConfig | None = None, mode: str = "full",
-                        mask_head: str = "transfer", init: str = "auto",
+def train_from_database(db: Database, *, iterations: int | None = None, image_size: int | None = None,
+                        backbone: str = "mobilenet_v2", backbone_weights: str | None = None, device: str | None = None,
+                        seed: int = 0, lr: float | None = None, config: MNCConfig | None = None, mode: str = "heads",
+                        mask_head: str = "transfer", init: str = "auto", batch_size: int = 1,
+                        num_workers: int | None = None, feature_cache_mb: float | None = None,
                         show_progress: bool = False, run_id: int | None = None) -> TrainResult | None:
     """Train on the accepted annotations of the train split; on success the new model version is active.
 
-    mode: "full" (end-to-end) or "heads" (frozen backbone body, cached features). mask_head:
+    mode: a key of PRESETS, "heads" (frozen backbone body, cached features) or "full" (end-to-end);
+    iterations and image_size default to the mode's preset (its iterations for the device found).
+    batch_size: images per iteration and process (the lr scales with it, see mnc_core.train).
+    num_workers: data-loading processes (None: one per spare core); feature_cache_mb: the frozen-feature
+    cache's budget (None: mnc_core's default for the device). mask_head:
     "transfer" (Mask^X: box-only classes get masks through the weight transfer), "agnostic" (the
     class-agnostic baseline) or "none" (plain MNC). init: see INITS. The new version is evaluated
     on the reviewed val-split images (mask AP on set A and B, box AP) and those metrics are stored.
@@ -106,21 +121,30 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     reads the train split and trains its share of each global batch; only rank 0 writes: the run,
     its progress, the checkpoint and the new version (it also evaluates), and it alone decides on a
     cancel request. The other processes return None once training is over."""
-    if iterations < 1:
-        raise WorkbenchError("--iterations must be at least 1")
-    if mode not in MODES:
-        raise WorkbenchError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in PRESETS:
+        raise WorkbenchError(f"mode must be one of {', '.join(PRESETS)}, not {mode!r}")
     if mask_head not in MASK_HEADS:
         raise WorkbenchError(f"the mask head must be one of {', '.join(MASK_HEADS)}, not {mask_head!r}")
     if init not in INITS:
         raise WorkbenchError(f"init must be one of {', '.join(INITS)}, not {init!r}")
-    config = (config or MNCConfig()).replace(backbone=backbone, min_size=image_size,
-                                             max_size=max(image_size, int(image_size * 5 / 3)))
-    if mode == "heads":
-        config = config.replace(**HEADS_TRAINING)
+    preset = PRESETS[mode]
+    job = distributed.from_env()
+    if iterations is None:
+        iterations = preset.iterations_on(distributed.resolve_device(device, job).type)
+    image_size = preset.image_size if image_size is None else image_size
+    if iterations < 1:
+        raise WorkbenchError("--iterations must be at least 1")
+    if image_size < 32:
+        raise WorkbenchError("--image-size must be at least 32 pixels")
+    if batch_size < 1:
+        raise WorkbenchError("--batch-size must be at least 1")
+    config = training_config(mode, image_size, backbone, batch_size, config)
     maskx = None if mask_head == "none" else MaskXConfig(method=mask_head)
     lr = default_lr(config) if lr is None else lr
-    main = distributed.from_env().is_main  # rank 0 (or the only process) writes to the database
+    cache_bytes = None if feature_cache_mb is None else int(feature_cache_mb * 2**20)
+    loader = {"cache_frozen_features": preset.cache_frozen_features, "cache_bytes": cache_bytes,
+              "num_workers": num_workers}
+    main = job.is_main  # rank 0 (or the only process) writes to the database
     try:
         dataset = DatabaseDataset(db, "train")
     except WorkbenchError as exc:
@@ -133,10 +157,11 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     set_b = sorted(c for c, s in sets.items() if s == "B")
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
               "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories),
-              "mode": mode, "mask_head": mask_head, "init": init, "set_A": set_a, "set_B": set_b}
+              "mode": mode, "mask_head": mask_head, "init": init, "set_A": set_a, "set_B": set_b,
+              "batch_size": batch_size}
     if not main:
         return _train_other_rank(dataset, config, maskx, iterations=iterations, device=device, seed=seed, lr=lr,
-                                 mode=mode)
+                                 loader=loader)
     if run_id is None:
         run_id = registry.start_run(db, mode=mode, iterations=iterations, params=params)
     else:
@@ -162,8 +187,8 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
     try:
         model, started_from = _initial_model(db, config, dataset.categories, maskx, backbone_weights, init)
         model, summary = train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr,
-                                     model=model, freeze_backbone=(mode == "heads"), on_progress=on_progress,
-                                     should_stop=lambda: cancel["requested"])
+                                     model=model, on_progress=on_progress, should_stop=lambda: cancel["requested"],
+                                     **loader)
         if summary["stopped_early"]:
             registry.finish_run(db, run_id, RunStatus.cancelled, "cancelled")
             return TrainResult(run_id, None, None, summary["iterations"], True, None, time.perf_counter() - start)
@@ -182,8 +207,9 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
         if maskx is not None:
             extra["maskx"] = maskx.to_dict()
         save_checkpoint(checkpoint, model, config, dataset.categories, extra=extra)
+        batch = f" x{batch_size}" if batch_size > 1 else ""
         version_id = registry.register_version(
-            db, checkpoint, name=f"{backbone} {mode} {mask_head} {iterations} it @ {image_size}px",
+            db, checkpoint, name=f"{backbone} {mode} {mask_head} {iterations} it{batch} @ {image_size}px",
             config=config.to_dict(), metrics=metrics, run_id=run_id, activate=True)
         registry.finish_run(db, run_id, RunStatus.succeeded, f"model version {version_id}")
     except BackboneWeightsError as exc:
@@ -203,11 +229,10 @@ def train_from_database(db: Database, *, iterations: int, image_size: int = 600,
 
 
 def _train_other_rank(dataset: DatabaseDataset, config: MNCConfig, maskx: MaskXConfig | None, *, iterations: int,
-                      device: str | None, seed: int, lr: float, mode: str) -> None:
+                      device: str | None, seed: int, lr: float, loader: dict) -> None:
     """A process of rank > 0 under torchrun: the same training loop without any database write. Its
     model only needs rank 0's architecture: DistributedDataParallel copies rank 0's weights into it
     (so it neither loads the active model nor downloads backbone weights)."""
     model = build_maskx_model(config, len(dataset.categories), maskx, "none")
-    train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr, model=model,
-                freeze_backbone=(mode == "heads"))
+    train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr, model=model, **loader)
     return None

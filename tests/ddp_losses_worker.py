@@ -36,11 +36,12 @@ def exact_config(**kw):
                         **kw)
 
 
-def run(images_per_batch: int, freeze_backbone: bool) -> list[dict[str, float]]:
+def run(images_per_batch: int, heads: bool) -> list[dict[str, float]]:
+    """heads: the whole backbone body frozen and its features cached (the heads mode)."""
     losses: list[dict[str, float]] = []
-    train_model(tiny_dataset(), exact_config(images_per_batch=images_per_batch), iterations=ITERATIONS, lr=0.02,
-                seed=11, backbone_weights="none", device="cpu", freeze_backbone=freeze_backbone,
-                on_progress=lambda p: losses.append(p.losses))
+    config = exact_config(images_per_batch=images_per_batch, backbone_frozen_blocks=99 if heads else 0)
+    train_model(tiny_dataset(), config, iterations=ITERATIONS, lr=0.02, seed=11, backbone_weights="none",
+                device="cpu", cache_frozen_features=heads, num_workers=0, on_progress=lambda p: losses.append(p.losses))
     return losses
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     try:
         out = {"world_size": job.world_size,
-               "full": run(1, freeze_backbone=False), "heads": run(1, freeze_backbone=True)}
+               "full": run(1, heads=False), "heads": run(1, heads=True)}
         stopped: list[int] = [0] * job.world_size
         dist.all_gather_object(stopped, stop_after_two(job))
         out["stopped_at"] = stopped

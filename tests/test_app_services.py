@@ -236,3 +236,109 @@ def test_drawn_boxes_and_painted_masks_without_a_model(db):
         wb.save_mask(1, None, "ball", np.zeros((48, 64), bool), revision)
     with pytest.raises(WorkbenchError, match="no model is trained"):
         wb.propose(1)
+
+
+def _instance(score, category_id=3, offset=0):
+    from mnc_core import Instance
+
+    mask = np.zeros((40, 60), bool)
+    mask[5 + offset:15 + offset, 5:20] = True
+    return Instance(category_id, score, (5.0, 5.0 + offset, 20.0, 15.0 + offset), mask)
+
+
+def test_a_young_model_still_proposes_its_best_guesses(database, tmp_path):
+    """Nothing reaches the minimum score: the best 3 above the floor are stored, flagged low confidence;
+    once something reaches it, only those are stored."""
+    from PIL import Image
+
+    from db.uploads import add_images
+    from partial_sup.proposals import LOW_CONFIDENCE_FLOOR, LOW_CONFIDENCE_TOP, propose
+
+    categories.add_category(database, "car")
+    car = next(iter(queries.category_names(database)))
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    image_id = add_images(database, [str(tmp_path / "a.png")]).image_ids[0]
+    weak = [_instance(s, car, k) for k, s in enumerate([0.04, 0.03, 0.02, 0.01, LOW_CONFIDENCE_FLOOR / 2])]
+    result = propose(database, image_id, None, None, score_threshold=0.05, instances=weak)
+    assert result.added == result.low_confidence == LOW_CONFIDENCE_TOP == 3
+    _, rows = get_annotations(database, image_id)
+    assert sorted(r["score"] for r in rows) == [0.02, 0.03, 0.04]
+    assert all(r["review_state"] == "proposed" for r in rows)
+    sure = [_instance(0.3, car), _instance(0.04, car, 1)]
+    result = propose(database, image_id, None, None, score_threshold=0.05, instances=sure)
+    assert result.added == 1 and result.low_confidence == 0 and result.replaced == 3
+    _, rows = get_annotations(database, image_id)
+    assert [r["score"] for r in rows] == [0.3]
+    # nothing above the floor: nothing stored
+    result = propose(database, image_id, None, None, score_threshold=0.05, instances=weak[-1:])
+    assert result.added == 0 and result.low_confidence == 0
+
+
+def test_the_review_marks_low_confidence_guesses():
+    from app.ui import proposal_message, shown_instances
+    from partial_sup.proposals import ProposalResult
+
+    rows = [{"id": i, "review_state": state, "score": score} for i, (state, score) in enumerate(
+        [("accepted", None), ("proposed", 0.04), ("proposed", 0.3), ("proposed", 0.02), ("proposed", 0.01),
+         ("rejected", 0.9)])]
+    shown, low = shown_instances(rows, threshold=0.5, min_score=0.05)  # no proposal reaches the slider's 0.5
+    assert [r["id"] for r in shown] == [0, 2, 1, 3] and low == {2, 1, 3}
+    shown, low = shown_instances(rows, threshold=0.25, min_score=0.05)  # one does: only it, not low
+    assert [r["id"] for r in shown] == [0, 2] and low == set()
+    shown, low = shown_instances(rows, threshold=0.0, min_score=0.05)  # stored guesses below the minimum
+    assert [r["id"] for r in shown] == [0, 2, 1, 3, 4] and low == {1, 3, 4}
+    assert "low-confidence" in proposal_message(ProposalResult(1, 3, 0, 0, low_confidence=3), 0.05)
+    assert "proposed 2 instance(s)" in proposal_message(ProposalResult(1, 2, 0, 0), 0.05)
+
+
+def test_the_model_cache_falls_back_to_best_guesses_and_follows_the_minimum_score(database, monkeypatch):
+    from app.display import ModelCache
+    from app.workbench import Workbench
+    from partial_sup.proposals import LOW_CONFIDENCE_FLOOR
+
+    calls = []
+
+    def predictor(image, score_threshold=None):
+        calls.append(score_threshold)
+        scores = [0.2, 0.04, 0.03, 0.02, 0.01]
+        return [_instance(s) for s in scores if s > score_threshold]
+
+    cache = ModelCache(database, threshold=0.3)
+    monkeypatch.setattr(cache, "active", lambda: (1, predictor))
+    _, out = cache.predictions(7, np.zeros((40, 60, 3), np.uint8))
+    assert calls == [0.3, LOW_CONFIDENCE_FLOOR] and [i.score for i in out] == [0.2, 0.04, 0.03]
+    cache.set_threshold(0.1)  # a new minimum: earlier predictions are not reused
+    _, out = cache.predictions(7, np.zeros((40, 60, 3), np.uint8))
+    assert calls[2:] == [0.1] and [i.score for i in out] == [0.2]
+    wb = Workbench(database, proposal_min_score=0.05)
+    assert wb.set_min_score("0.2") == 0.2 and wb.min_score == 0.2 and wb.models.threshold == 0.2
+    for bad in (1.0, -0.1, "x"):
+        with pytest.raises(WorkbenchError, match="minimum score"):
+            wb.set_min_score(bad)
+    assert wb.min_score == 0.2
+
+
+def test_the_train_tab_says_how_long_a_run_takes(database, monkeypatch):
+    """Before any run: the preset's time measured on a 2-core CPU (scaled to the iterations and image size
+    asked for); after a run of the mode: that run's pace on this machine."""
+    from app.workbench import Workbench
+    from db import registry
+    from db.models import RunStatus
+    from partial_sup import service
+    from partial_sup.presets import PRESETS
+
+    monkeypatch.setattr(service, "training_device", lambda device=None: "cpu")
+    wb = Workbench(database)
+    heads = PRESETS["heads"]
+    text = wb.training_estimate("heads")
+    assert f"{heads.iterations} iterations at {heads.image_size} px" in text
+    assert f"about **{round(heads.cpu_minutes)} min**" in text and "2-core CPU" in text
+    half = wb.training_estimate("heads", heads.iterations // 2, 0)
+    assert f"about **{round(heads.cpu_minutes / 2)} min**" in half
+    run = registry.start_run(database, mode="heads", iterations=100, params={})
+    registry.record_progress(database, run, iteration=100, loss=1.0, seconds=300.0)  # 3 s an iteration
+    registry.finish_run(database, run, RunStatus.succeeded)
+    paced = wb.training_estimate("heads", 40, 0)
+    assert "about **2 min**" in paced and "last run" in paced
+    assert f"about **{round(PRESETS['full'].cpu_minutes)} min**" in wb.training_estimate("full")  # no full run yet
+    assert wb.training_estimate("nonsense") == ""

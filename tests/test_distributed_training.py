@@ -87,11 +87,11 @@ def test_two_processes_give_the_losses_of_one_process_with_the_whole_batch(tmp_p
     assert "rank 0: (3, " in ddp["different_datasets"] and "rank 1: (4, " in ddp["different_datasets"]
     torch.set_num_threads(1)
     for mode, frozen in (("full", False), ("heads", True)):
-        one = run_tiny(2, freeze_backbone=frozen)  # one process, global batch of 2 images
+        one = run_tiny(2, heads=frozen)  # one process, global batch of 2 images
         assert len(ddp[mode]) == len(one) == ITERATIONS
         assert list(ddp[mode][0]) == list(one[0])
         diff = max(abs(a[k] - b[k]) for a, b in zip(ddp[mode], one) for k in a)
         assert diff < 1e-4, (mode, diff)
         # it can fail: one image per step (what each process alone sees) gives other losses
-        single = run_tiny(1, freeze_backbone=frozen)
+        single = run_tiny(1, heads=frozen)
         assert max(abs(a["total"] - b["total"]) for a, b in zip(ddp[mode], single)) > 1e-2

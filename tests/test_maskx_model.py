@@ -185,19 +185,20 @@ def test_the_final_mask_loss_trains_the_transfer_not_the_detection_weights():
 
 def test_heads_mode_freezes_the_body_and_trains_the_rest():
     dataset = TriangleShapes(2)
-    cfg = config()
+    cfg = config().replace(backbone_frozen_blocks=99)  # the whole body frozen
     torch.manual_seed(0)
     model = build_maskx_model(cfg, 3, MaskXConfig(fcn_channels=16), "none")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
-    model.backbone.body.register_forward_hook(lambda *a: calls.append(1))
-    model, summary = train_model(dataset, cfg, iterations=12, lr=1e-3, seed=0, model=model, freeze_backbone=True)
+    model.backbone.body[0].register_forward_hook(lambda *a: calls.append(1))
+    model, summary = train_model(dataset, cfg, iterations=12, lr=1e-3, seed=0, model=model,
+                                 cache_frozen_features=True)
     after = model.state_dict()
     body = [k for k in before if k.startswith("backbone.body.")]
     assert body and all(torch.equal(before[k], after[k]) for k in body)
     for k in ("backbone.reduce.weight", "rpn.head.conv.weight", "final_mask_head.transfer.fc1.weight"):
         assert k in after and not torch.equal(before[k], after[k]), k
-    assert summary["freeze_backbone"] and summary["iterations"] == 12
+    assert summary["cache_frozen_features"] and summary["iterations"] == 12
     assert len(calls) <= 2 * len(dataset)  # features are computed once per image and flip, then cached
 
 
@@ -231,8 +232,51 @@ def test_thousands_of_mostly_box_only_classes_train_and_predict():
     torch.manual_seed(0)
     model = build_maskx_model(cfg, len(many), MaskXConfig(fcn_channels=16), "none")
     assert model.classify_head.cls_score.out_features == 3001
-    model, summary = train_model(dataset, cfg, iterations=4, lr=1e-3, seed=0, model=model, freeze_backbone=True)
+    model, summary = train_model(dataset, cfg, iterations=4, lr=1e-3, seed=0, model=model,
+                                 cache_frozen_features=True)
     assert summary["iterations"] == 4
     out = Predictor(model, cfg, many, "cpu")(dataset[0].image, score_threshold=0.0)
     ids = {c for c, _ in many}
     assert out and all(p.category_id in ids and p.mask.shape == (H, W) for p in out)
+
+
+def test_the_same_seed_gives_both_methods_the_same_start():
+    """Class-agnostic and transfer models built after the same seed share every common layer's weights
+    (the MNC and the head's FCN), so a comparison of the two is one of the methods."""
+    cfg = config()
+    models = {}
+    for method in ("agnostic", "transfer"):
+        torch.manual_seed(0)
+        models[method] = build_maskx_model(cfg, 3, MaskXConfig(method=method, fcn_channels=16), "none").state_dict()
+    common = set(models["agnostic"]) & set(models["transfer"])
+    assert {k for k in common if k.startswith("final_mask_head.fcn.")} and {k for k in common if k.startswith("rpn.")}
+    assert all(torch.equal(models["agnostic"][k], models["transfer"][k]) for k in common)
+    assert set(models["transfer"]) - common == {k for k in models["transfer"] if ".transfer." in k}
+
+
+def test_every_class_of_a_candidate_gets_its_own_final_mask():
+    """A candidate above the threshold for two classes is two (instance, class) pairs, each with the
+    transferred mask of its own class (not the highest class's mask reused)."""
+    dataset = TriangleShapes(1)
+    cfg = config().replace(num_stages=3, mask_voting=False)  # candidates: pairs above the score threshold
+    torch.manual_seed(0)
+    model = build_maskx_model(cfg, 3, MaskXConfig(fcn_channels=16), "none").eval()
+    with torch.no_grad():  # every RoI: classes 1 and 2 at ~0.42 each, class 3 and background ~0.08
+        model.classify_head.seg_cls_score.weight.zero_()
+        model.classify_head.seg_cls_score.bias.copy_(torch.tensor([0.0, 1.65, 1.65, 0.0]))
+        model.final_mask_head.transfer.fc2.weight.normal_(std=1.0)  # classes' mask weights clearly differ
+    cat_to_label = {c: i + 1 for i, (c, _) in enumerate(dataset.categories)}
+    image, size, _ = prepare_sample(dataset[0], cat_to_label, cfg, False)
+    with torch.no_grad():
+        pairs = model(image[None], [size], score_thresh=0.3)[0]
+    labels = pairs["labels"]
+    assert set(labels.tolist()) == {1, 2} and (labels == 1).sum() == (labels == 2).sum() > 0
+    one, two = torch.where(labels == 1)[0], torch.where(labels == 2)[0]
+    torch.testing.assert_close(pairs["boxes"][one], pairs["boxes"][two])  # the same RoIs, once per class
+    differ = (pairs["mask_probs"][one] - pairs["mask_probs"][two]).abs().amax(dim=(1, 2))
+    assert (differ > 0.05).all()
+    # each pair's mask is the model's final mask of that box at that class
+    for rows, label in ((one, 1), (two, 2)):
+        boxes = pairs["boxes"][rows]
+        expected = model.masks_for_boxes(image[None], [size], [boxes], [torch.full((len(rows),), label)])[0]
+        torch.testing.assert_close(pairs["mask_probs"][rows], expected, rtol=1e-4, atol=1e-5)

@@ -124,3 +124,49 @@ def test_cached_weights_are_used_offline(offline):
         assert b(torch.randn(1, 3, 64, 64)).shape == (1, 32, 4, 4)
     else:
         pytest.skip(f"ImageNet weights not present at {SHARED_WEIGHTS}")
+
+
+def _conv_params(*modules) -> int:
+    """Parameters of the convolutions in torchvision modules once their BatchNorm is folded in: each conv's
+    weight plus a bias per output channel."""
+    return sum(m.weight.numel() + m.out_channels for module in modules for m in module.modules()
+               if isinstance(m, torch.nn.Conv2d))
+
+
+def _trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet_v2"])
+def test_default_fine_tuning_trains_what_detectron_trains(backbone):
+    """Default MNCConfig: ResNet-50 fine-tunes from res3 on (layer2 and layer3 of its C4 body; stem and
+    layer1 frozen), MobileNetV2 from `features[4]` on; the 1x1 reduction and the heads always train."""
+    torch.manual_seed(0)
+    cfg = small_config(backbone=backbone, backbone_frozen_blocks=None)
+    model = build_model(cfg, 2, backbone_weights="none")
+    ref = getattr(torchvision.models, backbone)()
+    if backbone == "resnet50":
+        expected, frozen = _conv_params(ref.layer2, ref.layer3), _conv_params(ref.conv1, ref.layer1)
+        assert model.backbone.frozen_blocks == 2
+    else:
+        expected, frozen = _conv_params(*ref.features[4:14]), _conv_params(*ref.features[:4])
+        assert model.backbone.frozen_blocks == 4
+    body = model.backbone.body
+    assert _trainable(body) == expected > 500_000
+    assert sum(p.numel() for p in body.parameters()) == expected + frozen
+    assert _trainable(model.backbone.reduce) == sum(p.numel() for p in model.backbone.reduce.parameters())
+    assert _trainable(model) == _trainable(body) + sum(p.numel() for n, p in model.named_parameters()
+                                                       if not n.startswith("backbone.body."))
+
+
+def test_frozen_blocks_split_the_forward_pass_exactly():
+    torch.manual_seed(0)
+    b = build_backbone("mobilenet_v2", 16, "none", frozen_blocks=7)
+    x = torch.randn(1, 3, 64, 96)
+    frozen = b.frozen(x)
+    assert frozen.shape == (1, 32, 8, 12) and not frozen.requires_grad  # features[7] starts at stride 8
+    torch.testing.assert_close(b.from_frozen(frozen), b(x))
+    assert _trainable(b.body[:7]) == 0 and _trainable(b.body[7:]) == sum(p.numel() for p in b.body[7:].parameters())
+    b.set_frozen_blocks(99)  # everything frozen: `frozen` is the whole body
+    assert b.frozen_blocks == 14 and _trainable(b.body) == 0
+    torch.testing.assert_close(b.from_frozen(b.frozen(x)), b(x))

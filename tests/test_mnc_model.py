@@ -119,7 +119,11 @@ def test_detect_outputs(stages, voting):
     cands = model(images, sizes)
     assert len(cands) == 2
     n = cfg.rpn_post_nms_top_n_test * (2 if stages == 5 else 1)
-    assert cands[0]["boxes"].shape[0] <= n and cands[0]["scores"].shape[1] == 3
+    c0 = cands[0]  # (instance, class) pairs: at most every RoI of both passes with both classes
+    pairs = c0["boxes"].shape[0]
+    assert pairs <= 2 * n and c0["scores"].shape == (pairs,) and c0["labels"].shape == (pairs,)
+    assert c0["mask_probs"].shape == (pairs, cfg.mask_size, cfg.mask_size)
+    assert set(c0["labels"].tolist()) <= {1, 2} and bool((c0["scores"] > min(cfg.score_thresh, cfg.vote_score_thresh)).all())
     dets = model.detect(images, sizes, [(288, 352), (144, 176)], score_thresh=0.0)
     d = dets[0]
     assert d["masks"].shape[1:] == (288, 352) and d["masks"].dtype == torch.bool
@@ -147,13 +151,13 @@ def test_prefix_nms_helpers_equal_torchvision():
 @pytest.mark.parametrize("top_n", [None, 10])
 def test_cascade_top_n_limits_stage_4_5_rois(top_n):
     torch.manual_seed(0)
-    cfg = small_config(cascade_top_n_test=top_n)
+    cfg = small_config(cascade_top_n_test=top_n, score_thresh=0.0, vote_score_thresh=0.0)  # every pair is a candidate
     model = build_model(cfg, 2, backbone_weights="none").eval()
     images, sizes, _ = _batch(ShapesDataset(1), cfg, idx=(0,))
     n_props = model.rpn(images, model.backbone(images), sizes)[0][0].shape[0]
     assert n_props == 64
     cands = model(images, sizes)[0]
-    assert cands["boxes"].shape[0] == n_props + (n_props if top_n is None else top_n)
+    assert cands["boxes"].shape[0] == 2 * (n_props + (n_props if top_n is None else top_n))  # 2 classes
 
 
 def test_image_without_instances_trains():

@@ -83,3 +83,35 @@ def test_gradcheck_pooled_boxes():
 def test_empty_boxes():
     f = torch.randn(1, 3, 5, 5)
     assert roi_warp(f, torch.zeros(0, 5), 4, 1.0).shape == (0, 3, 4, 4)
+
+
+def test_sampling_grid_and_warp_stay_float32_under_autocast():
+    """Under bf16 autocast (what training and inference use on a GPU) the grid is computed and sampled in
+    float32: the same grid as without autocast to 1e-3 of a feature pixel, the same warp and box gradient."""
+    from mnc_core.roi_warp import _sampling_grid, sampling_grid
+
+    H, W, P, scale = 48, 64, 28, 1 / 16
+    boxes = torch.tensor([[53.3, 65.7, 926.1, 651.9], [0.0, 0.0, 1008.0, 752.0], [500.2, 10.9, 1017.5, 700.3]])
+    ref = sampling_grid(boxes, H, W, P, scale)
+    to_pixels = torch.tensor([W / 2, H / 2])  # normalised grid units -> feature pixels
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grid = sampling_grid(boxes, H, W, P, scale)
+    assert grid.dtype == torch.float32
+    assert float(((grid - ref) * to_pixels).abs().max()) < 1e-3
+    # what a bf16 grid would be (the bug this guards against): far more than 1e-3 pixel off
+    rounded = _sampling_grid(boxes.bfloat16(), H, W, P, scale).float()
+    assert float(((rounded - ref) * to_pixels).abs().max()) > 0.1
+
+    torch.manual_seed(0)
+    features = torch.randn(1, 8, H, W).bfloat16().float()  # values a bf16 feature map can hold
+    rois = torch.cat([torch.zeros(3, 1), boxes], 1)
+    rois_ref = rois.clone().requires_grad_(True)
+    out_ref = roi_warp(features, rois_ref, 7, scale)
+    out_ref.square().sum().backward()
+    rois_amp = rois.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_warp(features.bfloat16(), rois_amp, 7, scale)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    torch.testing.assert_close(rois_amp.grad, rois_ref.grad, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""The training recipe study (issue 11): MNC and its peer on coco_subset, chosen on held-out photos.
+
+    python benchmarks/bench_recipe.py mnc NAME [--project person|all] [--split select|val]
+        [--mode heads|full] [--iterations N] [--lr LR] [--train-images N] [--seed S] [--set FIELD=VALUE ...]
+    python benchmarks/bench_recipe.py peer NAME [--project ...] [--split ...] [--iterations N] [--lr LR]
+        [--optimizer sgd|adamw] [--frozen-blocks K] [--scale-jitter F ...]
+    python benchmarks/bench_recipe.py reeval NAME [--set FIELD=VALUE ...] [--score-threshold T]
+    python benchmarks/bench_recipe.py table [--split select|val]
+
+Projects: `person` (the coco_subset photos that show people, person only) and `all` (every photo, all
+classes). Splits, so that no figure is measured on photos that trained the model or chose its settings:
+  select  train on train.json minus a held-out part, evaluate on that part (every 3rd photo of the
+          project's train.json photos by id for `person`: 25 photos; every 4th for `all`: 40). All the
+          choices of the recipe are made here.
+  val     train on all of train.json, evaluate on val.json (39 person photos / 79 photos), which chose
+          nothing: the figures reported as the model's quality.
+`--train-images N` keeps the first N training photos (by id; learning curves). MNC runs go through
+`mnc_core.train_model` with `partial_sup.training.training_config(mode, ...)`, i.e. the product's mode
+presets, changed by `--set`; the peer is torchvision's Mask R-CNN on the same backbone
+(benchmarks/maskrcnn_peer.py). Evaluation: COCOeval mask and box AP of the project's classes
+(partial_sup.evaluation.coco_metrics), the model's own score threshold unless --score-threshold.
+Each run appends a line to WORK/results.jsonl (with its command, timing and the load average) and saves
+its checkpoint in WORK/ckpt/NAME.pt (MNC); `table` prints the runs of a split.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_partial_sup import CocoFileDataset, ImageCache, load_coco, restrict_gt  # noqa: E402
+from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+
+WORK = REPO / "benchmarks" / "out" / "recipe"
+PERSON = 1
+
+
+def project_coco(path: Path, project: str):
+    coco = load_coco(path)
+    if project == "person":
+        coco.dataset["categories"] = [c for c in coco.dataset["categories"] if c["id"] == PERSON]
+        coco.dataset["annotations"] = [a for a in coco.dataset["annotations"] if a["category_id"] == PERSON]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    return coco
+
+
+def held_out(coco, project: str, keep_held_out: bool):
+    """The selection split: every 3rd (person) / 4th (all) photo with a non-crowd annotation, by id."""
+    ids = sorted({a["image_id"] for a in coco.dataset["annotations"] if not a["iscrowd"]})
+    every = 3 if project == "person" else 4
+    chosen = set(ids[every - 1::every])
+    keep = chosen if keep_held_out else set(ids) - chosen
+    return restrict_gt(coco, sorted(keep))
+
+
+def datasets(args, images: ImageCache):
+    """(training dataset, evaluation ground truth, evaluated image ids)."""
+    train = project_coco(args.data / "train.json", args.project)
+    if args.split == "select":
+        truth = held_out(train, args.project, True)
+        train = held_out(train, args.project, False)
+    else:
+        truth = project_coco(args.data / "val.json", args.project)
+    dataset = CocoFileDataset(train, args.data / "images", set(), images, args.train_images)
+    image_ids = [i for i in sorted(truth.getImgIds()) if truth.imgToAnns[i]]
+    return dataset, restrict_gt(truth, image_ids), image_ids
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = json.loads(value)
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def evaluate(predict, truth, image_ids, args, images: ImageCache) -> dict:
+    from partial_sup.evaluation import coco_metrics
+    from partial_sup.inference import instance_to_result
+
+    results, start = [], time.perf_counter()
+    for image_id in image_ids:
+        image = images(args.data / "images" / truth.imgs[image_id]["file_name"])
+        results += [instance_to_result(inst, image_id) for inst in predict(image)]
+    seconds = time.perf_counter() - start
+    metrics = coco_metrics(truth, results)
+    return {"mask_AP": round(metrics["segm"]["AP"], 4), "mask_AP50": round(metrics["segm"]["AP50"], 4),
+            "box_AP": round(metrics["bbox"]["AP"], 4), "box_AP50": round(metrics["bbox"]["AP50"], 4),
+            "detections": len(results), "eval_images": len(image_ids), "eval_seconds": round(seconds, 1)}
+
+
+def record(args, entry: dict) -> None:
+    entry = {"name": args.name, "kind": args.kind, "project": args.project, "split": args.split,
+             "command": "python benchmarks/bench_recipe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **entry}
+    args.work.mkdir(parents=True, exist_ok=True)
+    with open(args.work / "results.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    print(json.dumps({k: v for k, v in entry.items() if k != "losses"}), flush=True)
+
+
+class Progress:
+    def __init__(self, name: str, every: int = 100) -> None:
+        self.name, self.every, self.points = name, every, []
+
+    def __call__(self, iteration: int, loss: float, seconds: float) -> None:
+        if iteration % self.every == 0:
+            self.points.append([iteration, round(seconds, 1), round(loss, 3)])
+            print(f"[{self.name}] it {iteration} {seconds:.0f} s loss {loss:.3f} load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+
+
+def run_mnc(args) -> None:
+    import torch
+
+    from mnc_core import Predictor, save_checkpoint, train_model
+    from partial_sup.maskx import MaskXConfig, build_maskx_model
+    from partial_sup.presets import PRESETS
+    from partial_sup.training import training_config
+
+    images = ImageCache()
+    dataset, truth, image_ids = datasets(args, images)
+    preset = PRESETS[args.mode]
+    config = training_config(args.mode, args.image_size or preset.image_size, batch_size=args.batch_size)
+    config = config.replace(**parse_sets(args.set))
+    iterations = args.iterations or preset.iterations
+    torch.manual_seed(args.seed)
+    model = build_maskx_model(config, len(dataset.categories), MaskXConfig(method="transfer"), str(args.weights))
+    progress = Progress(args.name)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    model, summary = train_model(dataset, config, iterations=iterations, seed=args.seed, lr=args.lr, model=model,
+                                 device="cpu", cache_frozen_features=preset.cache_frozen_features,
+                                 num_workers=args.workers,
+                                 on_progress=lambda p: progress(p.iteration, p.losses["total"], p.seconds))
+    (args.work / "ckpt").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.work / "ckpt" / f"{args.name}.pt", model, config, dataset.categories,
+                    extra={"maskx": model.final_mask_head.config.to_dict()})
+    predictor = Predictor(model, config, dataset.categories, "cpu")
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
+    record(args, {"mode": args.mode, "iterations": summary["iterations"], "train_images": len(dataset),
+                  "train_seconds": round(summary["seconds"], 1), "seconds_per_iteration": round(summary["seconds"] / max(1, summary["iterations"]), 3),
+                  "threads": args.threads, "load_before": load_before,
+                  "load_after": [round(v, 2) for v in os.getloadavg()], "lr": summary["lr"],
+                  "config": {k: v for k, v in config.to_dict().items() if k in parse_sets(args.set) or k in (
+                      "min_size", "num_stages", "roi_batch_size", "backbone_frozen_blocks", "scale_jitter",
+                      "photometric_jitter", "images_per_batch")},
+                  "feature_cache": summary["feature_cache"], "curve": progress.points, **metrics})
+
+
+def run_peer(args) -> None:
+    import torch
+
+    from maskrcnn_peer import peer_predict, train_peer
+
+    images = ImageCache()
+    dataset, truth, image_ids = datasets(args, images)
+    torch.manual_seed(args.seed)
+    progress = Progress(args.name)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    lr = args.lr if args.lr is not None else (3e-4 if args.optimizer == "adamw" else 0.01)
+    model, summary = train_peer(dataset, iterations=args.iterations, image_size=args.image_size or 600,
+                                weights=str(args.weights), lr=lr, seed=args.seed, optimizer=args.optimizer,
+                                frozen_blocks=args.frozen_blocks, scale_jitter=tuple(args.scale_jitter),
+                                on_progress=progress)
+    model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05
+    metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, args, images)
+    record(args, {"iterations": args.iterations, "train_images": len(dataset), "train_seconds": round(summary["seconds"], 1),
+                  "seconds_per_iteration": round(summary["seconds"] / max(1, args.iterations), 3),
+                  "threads": args.threads, "load_before": load_before,
+                  "load_after": [round(v, 2) for v in os.getloadavg()], "lr": lr, "optimizer": args.optimizer,
+                  "frozen_blocks": args.frozen_blocks, "scale_jitter": args.scale_jitter, "curve": progress.points,
+                  **metrics})
+
+
+def run_reeval(args) -> None:
+    from mnc_core import Predictor
+    from partial_sup.maskx import load_model
+
+    images = ImageCache()
+    _, truth, image_ids = datasets(args, images)
+    if not args.checkpoint:
+        raise SystemExit("reeval needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
+    model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
+    config = config.replace(**parse_sets(args.set))
+    model.config = config
+    predictor = Predictor(model, config, categories, "cpu")
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
+    record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set),
+                  "score_threshold": args.score_threshold, **metrics})
+
+
+def table(args) -> None:
+    rows = [json.loads(line) for line in open(args.work / "results.jsonl")]
+    rows = [r for r in rows if r["split"] == args.split and (args.project is None or r["project"] == args.project)]
+    print("| run | project | kind | photos | iterations | train s (s/it) | mask AP50 | mask AP | box AP50 | command |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        timing = f"{r['train_seconds']:.0f} ({r['seconds_per_iteration']:.2f})" if "train_seconds" in r else "-"
+        print(f"| {r['name']} | {r['project']} | {r['kind']} | {r.get('train_images', '-')} | {r.get('iterations', '-')} | "
+              f"{timing} | {r['mask_AP50']:.3f} | {r['mask_AP']:.3f} | {r['box_AP50']:.3f} | `{r['command']}` |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["mnc", "peer", "reeval", "table"])
+    parser.add_argument("name", nargs="?", default="")
+    parser.add_argument("--project", choices=["person", "all"], default="person")
+    parser.add_argument("--split", choices=["select", "val"], default="select")
+    parser.add_argument("--mode", choices=["heads", "full"], default="heads")
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--train-images", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="an MNCConfig field, e.g. --set roi_batch_size=64 --set 'scale_jitter=[0.8,1.0]'")
+    parser.add_argument("--score-threshold", type=float, default=None)
+    parser.add_argument("--checkpoint", default=None, help="reeval: the run whose checkpoint to evaluate")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    parser.add_argument("--frozen-blocks", type=int, default=4)
+    parser.add_argument("--scale-jitter", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--work", type=Path, default=WORK)
+    args = parser.parse_args()
+    if args.kind == "table":
+        args.project = None if "--project" not in sys.argv else args.project
+        table(args)
+        return 0
+    if not args.name:
+        parser.error("a run NAME is required")
+    require(args.data / "train.json", "the coco_subset data")
+    require(args.weights, "the ImageNet MobileNetV2 weights")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.kind == "peer" and args.iterations is None:
+        parser.error("peer runs need --iterations (the budget of the MNC run they stand beside)")
+    {"mnc": run_mnc, "peer": run_peer, "reeval": run_reeval}[args.kind](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
