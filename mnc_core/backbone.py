@@ -93,10 +93,10 @@ def resolve_backbone_state_dict(name: str, weights: str | None) -> dict[str, Ten
     return _load_state_dict_file(os.fspath(weights))
 
 
-def body_blocks(name: str, dilated: bool = False) -> int:
+def body_blocks(name: str, dilated: bool = False, expansion: bool = False) -> int:
     """Number of blocks of a backbone's body (what `backbone_frozen_blocks` counts)."""
     if name == "mobilenet_v2":
-        return 18 if dilated else 14
+        return 18 if dilated else 15 if expansion else 14
     if name == "resnet50":
         return 4
     raise ValueError(f"unknown backbone {name!r}")
@@ -161,7 +161,7 @@ class Backbone(nn.Module):
         return torch.relu(self.reduce(trunk_features))
 
 
-def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool) -> tuple[nn.Sequential, int]:
+def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool, expansion: bool = False) -> tuple[nn.Sequential, int]:
     net = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
     if state is not None:
         net.load_state_dict(state, strict=True)
@@ -178,6 +178,9 @@ def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool) -> tuple[nn.
             dw = body[i].conv[1][0]
             dw.stride, dw.dilation, dw.padding = (1, 1), (2, 2), (2, 2)
         channels = 320
+    elif expansion:  # block 14's expansion (Conv 1x1 96 -> 576, BN, ReLU6) still runs at stride 16
+        body = nn.Sequential(*net.features[:14], net.features[14].conv[0])
+        channels = 576
     else:
         body = net.features[:14]
         channels = 96
@@ -249,13 +252,13 @@ def fold_frozen_bn(module: nn.Module) -> int:
 
 
 def build_backbone(name: str, out_channels: int, weights: str | None, dilated: bool = False,
-                   frozen_blocks: int | None = None) -> Backbone:
+                   frozen_blocks: int | None = None, expansion: bool = False) -> Backbone:
     """frozen_blocks: leading body blocks frozen (None: DEFAULT_FROZEN_BLOCKS of the backbone)."""
     if name not in DEFAULT_FROZEN_BLOCKS:
         raise ValueError(f"unknown backbone {name!r}")
     state = resolve_backbone_state_dict(name, weights)
     if name == "mobilenet_v2":
-        body, ch = _mobilenet_body(state, dilated)
+        body, ch = _mobilenet_body(state, dilated, expansion)
     else:
         body, ch = _resnet50_body(state)
     if state is None:

@@ -16,6 +16,8 @@ class MNCConfig:
     backbone: str = "mobilenet_v2"          # "mobilenet_v2" | "resnet50"
     feature_channels: int = 256             # 1x1 conv after the backbone reduces to this
     mobilenet_dilated: bool = False         # True: keep blocks 14-17 at stride 16 (dilation 2); False: stop after block 13
+    mobilenet_expansion: bool = False       # True: end with block 14's 1x1 expansion (576 ch, stride 16), where
+                                            # SSDLite attaches its head (MobileNetV2 paper, sec. 6.2)
     backbone_frozen_blocks: int | None = None  # leading body blocks frozen (mobilenet_v2: `features` modules, 14 or
                                             # 18 dilated; resnet50: stem, layer1, layer2, layer3); None: the
                                             # backbone's default (backbone.DEFAULT_FROZEN_BLOCKS)
@@ -108,6 +110,8 @@ class MNCConfig:
             raise ValueError("inference_stages must be None, 3 or 5")
         if self.warp_size % 4 != 0:
             raise ValueError("warp_size must be a multiple of 4 (two 2x2 max-pools)")
+        if self.mobilenet_dilated and self.mobilenet_expansion:
+            raise ValueError("mobilenet_dilated and mobilenet_expansion exclude each other")
         if self.test_score not in ("seg_cls", "cls", "mean"):
             raise ValueError("test_score must be 'seg_cls', 'cls' or 'mean'")
         if self.optimizer not in ("sgd", "adamw"):
@@ -132,7 +136,7 @@ class MNCConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that decide the model's parameters (two configs with equal architectures can
         exchange weights; sampling, cascade depth, losses and inference settings may differ)."""
-        names = ("backbone", "feature_channels", "mobilenet_dilated", "anchor_sizes", "anchor_ratios",
+        names = ("backbone", "feature_channels", "mobilenet_dilated", "mobilenet_expansion", "anchor_sizes", "anchor_ratios",
                  "rpn_channels", "warp_size", "mask_size", "mask_fc_dim", "mask_pathway_dim", "box_pathway_dim")
         return {name: getattr(self, name) for name in names}
 
@@ -148,6 +152,8 @@ class MNCConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MNCConfig":
+        """The config a `to_dict` describes; a field missing from `d` (a checkpoint written before the field
+        existed) takes its default, which is what such a model did."""
         known = {f.name: f for f in fields(cls)}
         unknown = set(d) - set(known)
         if unknown:

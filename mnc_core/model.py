@@ -308,5 +308,6 @@ def build_model(config: MNCConfig, num_classes: int, backbone_weights: str | Non
     """backbone_weights: None = torchvision ImageNet weights via the weights API (clear error offline),
     "none" = explicit random init, or a path to a .pth state dict. final_mask_head: see `MNC`."""
     backbone = build_backbone(config.backbone, config.feature_channels, backbone_weights,
-                              dilated=config.mobilenet_dilated, frozen_blocks=config.backbone_frozen_blocks)
+                              dilated=config.mobilenet_dilated, frozen_blocks=config.backbone_frozen_blocks,
+                              expansion=config.mobilenet_expansion)
     return MNC(backbone, num_classes, config, final_mask_head)

@@ -32,7 +32,8 @@ def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", 
                                            max_size=max(image_size, int(image_size * 5 / 3)),
                                            images_per_batch=batch_size, **dict(PRESETS[mode].config))
     if mode == "heads":  # the whole body frozen (cached); the 1x1 reduction, RPN and heads train
-        config = config.replace(backbone_frozen_blocks=body_blocks(backbone, config.mobilenet_dilated))
+        config = config.replace(backbone_frozen_blocks=body_blocks(backbone, config.mobilenet_dilated,
+                                                                   config.mobilenet_expansion))
     return config
 
 

@@ -170,3 +170,24 @@ def test_frozen_blocks_split_the_forward_pass_exactly():
     b.set_frozen_blocks(99)  # everything frozen: `frozen` is the whole body
     assert b.frozen_blocks == 14 and _trainable(b.body) == 0
     torch.testing.assert_close(b.from_frozen(b.frozen(x)), b(x))
+
+
+def test_mobilenet_expansion_ends_at_block_14s_expansion_like_ssdlite(tmp_path):
+    """mobilenet_expansion: the body ends with block 14's 1x1 expansion (576 channels, ReLU6) at stride 16,
+    where SSDLite attaches (MobileNetV2 paper, sec. 6.2); its frozen BN is folded exactly."""
+    from mnc_core.backbone import body_blocks
+
+    torch.manual_seed(3)
+    ref = torchvision.models.mobilenet_v2().eval()
+    torch.save(ref.state_dict(), tmp_path / "mnv2.pth")
+    b = build_backbone("mobilenet_v2", 16, str(tmp_path / "mnv2.pth"), expansion=True, frozen_blocks=99)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        y = ref.features[14].conv[0](ref.features[:14](x))
+    assert y.shape == (1, 576, 4, 6) and b.num_blocks == body_blocks("mobilenet_v2", expansion=True) == 15
+    torch.testing.assert_close(b.trunk(x), y, rtol=1e-3, atol=1e-3 * y.abs().max().item())
+    assert b(x).shape == (1, 16, 4, 6) and b.frozen_blocks == 15
+    cfg = small_config(mobilenet_expansion=True)
+    assert cfg.architecture()["mobilenet_expansion"] is True
+    with pytest.raises(ValueError, match="exclude"):
+        small_config(mobilenet_expansion=True, mobilenet_dilated=True)

@@ -155,3 +155,46 @@ def test_heads_retraining_starts_from_the_active_model_and_can_be_rolled_back(tr
     refused = run_cli("train", "--mode", "heads", "--mask-head", "none", "--init", "active", "--iterations", "1",
                       "--image-size", "64", "--device", "cpu", "--data-dir", data_dir, cwd=tmp_path)
     assert refused.returncode == 2 and "--init backbone" in refused.stderr
+
+
+@pytest.mark.backends("sqlite")
+def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_coco, monkeypatch):
+    """`launch.py train --mode heads` without --iterations / --image-size and the UI's Train button run the same
+    preset: its iterations (for the device found), image size and configuration, recorded in the version."""
+    from db.coco_import import import_coco
+    from partial_sup import presets, service, training
+
+    tiny = presets.Preset(iterations=3, gpu_iterations=7, image_size=64,
+                          config=(("num_stages", 3), ("roi_batch_size", 8), ("test_score", "cls"),
+                                  ("inference_stages", 5)),
+                          cache_frozen_features=True, cpu_minutes=1.0, description="tiny")
+    monkeypatch.setitem(presets.PRESETS, "heads", tiny)
+    db = open_database(tmp_path / "data")
+    import_coco(db, synthetic_coco, synthetic_coco.parent / "images")
+    result = training.train_from_database(db, mode="heads", backbone_weights="none", device="cpu", init="backbone")
+    version = registry.active_version(db)
+    assert result.iterations == 3 and registry.get_run(db, result.run_id).iterations == 3
+    config = version.config
+    assert (config["min_size"], config["num_stages"], config["roi_batch_size"]) == (64, 3, 8)
+    assert config["test_score"] == "cls" and config["inference_stages"] == 5
+    assert config["backbone_frozen_blocks"] == 14  # heads: the whole MobileNetV2 body frozen and cached
+    assert version.name.endswith("3 it @ 64px")
+    # the UI's start: the same process command without --iterations / --image-size (the preset decides)
+    commands = []
+
+    class FakeProcess:
+        pid = os.getpid()
+
+        def __init__(self, command, **kwargs):
+            commands.append(command)
+
+    monkeypatch.setattr(service.subprocess, "Popen", FakeProcess)
+    run_id = service.start_training(db, mode="heads", device="cpu")
+    command = commands[0]
+    assert "--iterations" not in command and "--image-size" not in command
+    assert command[command.index("--mode") + 1] == "heads"
+    assert registry.get_run(db, run_id).iterations == 3  # the preset's, for the progress bar
+    service.start_training(db, mode="heads", device="cpu", iterations=50, image_size=96)
+    assert commands[1][commands[1].index("--iterations") + 1] == "50"
+    assert commands[1][commands[1].index("--image-size") + 1] == "96"
+    db.close()

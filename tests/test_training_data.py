@@ -235,3 +235,17 @@ def test_draw_keys_name_the_input(draw):
     inputs = TrainingInputs(ShapesDataset(1), small_config(photometric_jitter=0.2), {7: 1, 3: 2})
     item = inputs[draw]
     assert item.key == draw.key and item.size[0] == draw.short_side
+
+
+def test_the_learning_rate_scales_with_the_global_batch():
+    from mnc_core.train import scaled_lr
+
+    assert scaled_lr(0.01, 4, "sgd") == pytest.approx(0.04)  # linear scaling rule
+    assert scaled_lr(3e-4, 4, "adamw") == pytest.approx(6e-4)  # square-root rule
+    assert scaled_lr(3e-4, 1, "adamw") == 3e-4
+    ds = ShapesDataset(4)
+    torch.manual_seed(0)
+    _, summary = train_model(ds, small_config(images_per_batch=2), iterations=2, lr=1e-3, backbone_weights="none",
+                             num_workers=0)
+    assert summary["global_batch"] == 2 and summary["lr"] == 1e-3
+    assert summary["lr_scaled"] == pytest.approx(1e-3 * 2 ** 0.5)
