@@ -54,6 +54,9 @@ METHODS = ("agnostic", "transfer", "grabcut", "oracle")
 # The paper's Table 3.5 (R50-FPN, end-to-end, full COCO): mask AP on B.
 PAPER_AP_B = {"voc2nonvoc": {"agnostic": 19.2, "grabcut": 12.6, "transfer": 23.7, "oracle": 33.0},
               "nonvoc2voc": {"agnostic": 23.9, "grabcut": 12.1, "transfer": 28.9, "oracle": 37.5}}
+# Table 3.3 (stage-wise training, R50-FPN), the '+MLP' rows: the baseline here includes the MLP branch too.
+PAPER_MLP_AP_B = {"voc2nonvoc": {"agnostic": 17.1, "transfer": 21.3},
+                  "nonvoc2voc": {"agnostic": 22.8, "transfer": 26.6}}
 
 
 def stamp() -> str:
@@ -92,9 +95,10 @@ class ImageCache:
 
 
 class CocoFileDataset:
-    """mnc_core InstanceDataset over a COCO instances file: non-crowd annotations; the masks of the
+    """mnc_core InstanceDataset over a COCO instances file, as the workbench's database dataset makes it:
+    non-crowd annotations are objects, crowd regions come as regions to ignore; the masks of the
     categories in ``box_only`` are dropped (has_mask=False, boxes and classes kept). Images without a
-    non-crowd annotation are left out. Masks are decoded on access (heads-mode training caches its targets)."""
+    non-crowd annotation are left out. Masks are decoded on access."""
 
     def __init__(self, coco, images_dir: Path, box_only: set[int], images: ImageCache,
                  limit: int | None = None) -> None:
@@ -124,11 +128,11 @@ class CocoFileDataset:
         if (height, width) != (info["height"], info["width"]):
             raise ValueError(f"image {image_id}: file is {width}x{height}, the COCO file says "
                              f"{info['width']}x{info['height']}")
-        anns = [a for a in self.coco.imgToAnns[image_id] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        anns = [a for a in self.coco.imgToAnns[image_id] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
         return Sample.from_instances(image, [
             (ann["bbox"], ann["category_id"],
              partial(self.coco.annToMask, ann) if ann["category_id"] not in self.box_only and ann.get("segmentation")
-             else None) for ann in anns], image_id)
+             else None, bool(ann.get("iscrowd"))) for ann in anns], image_id)
 
 
 def load_coco(path: Path):
@@ -542,8 +546,9 @@ def fmt(values: list[float]) -> str:
 
 def table(work: Path, splits: list[str], methods: list[str], seeds: list[int]) -> tuple[str, dict]:
     summary: dict = {"generated": stamp(), "splits": {}}
-    lines = ["| split | method | seeds | " + " | ".join(label for _, label in COLUMNS) + " | paper: mask AP on B |",
-             "|---|---|---:|" + "---:|" * len(COLUMNS) + "---:|"]
+    lines = ["| split | method | seeds | " + " | ".join(label for _, label in COLUMNS)
+             + " | paper Table 3.5: mask AP on B | paper Table 3.3, +MLP: mask AP on B |",
+             "|---|---|---:|" + "---:|" * len(COLUMNS) + "---:|---:|"]
     for split in splits:
         summary["splits"][split] = {}
         per_seed: dict[str, dict[int, dict]] = {}
@@ -568,8 +573,9 @@ def table(work: Path, splits: list[str], methods: list[str], seeds: list[int]) -
             entry["iterations"] = sorted({runs[s]["iterations"] for s in runs})
             entry["image_size"] = sorted({runs[s]["image_size"] for s in runs})
             summary["splits"][split][method] = entry
+            mlp = PAPER_MLP_AP_B[split].get(method)
             lines.append(f"| {split} | {LABELS[method]} | {len(runs)} | " + " | ".join(cells)
-                         + f" | {PAPER_AP_B[split][method]:.1f} |")
+                         + f" | {PAPER_AP_B[split][method]:.1f} | {'-' if mlp is None else f'{mlp:.1f}'} |")
         # paired difference transfer - agnostic on B (same split and seed)
         common = sorted(set(per_seed.get("transfer", {})) & set(per_seed.get("agnostic", {})))
         if common:
@@ -577,9 +583,18 @@ def table(work: Path, splits: list[str], methods: list[str], seeds: list[int]) -
                      for s in common]
             diffs50 = [per_seed["transfer"][s]["metrics"]["mask_AP50_B"] - per_seed["agnostic"][s]["metrics"]["mask_AP50_B"]
                        for s in common]
+            iou = [per_seed["transfer"][s]["metrics"].get("gtbox_mIoU_B") for s in common]
+            iou_agnostic = [per_seed["agnostic"][s]["metrics"].get("gtbox_mIoU_B") for s in common]
+            diffs_iou = [t - a for t, a in zip(iou, iou_agnostic) if t is not None and a is not None]
             summary["splits"][split]["transfer_minus_agnostic_B"] = {
-                "seeds": common, "AP": diffs, "AP50": diffs50,
-                "AP_mean": mean_std(diffs)[0], "AP_std": mean_std(diffs)[1]}
+                "seeds": common, "AP": diffs, "AP50": diffs50, "gtbox_mIoU": diffs_iou,
+                "AP_mean": mean_std(diffs)[0], "AP_std": mean_std(diffs)[1],
+                # the seed-to-seed spread each method shows on its own (sample std over seeds)
+                "spread_AP": {m: mean_std([per_seed[m][s]["metrics"]["mask_AP_B"] for s in common])[1]
+                              for m in ("transfer", "agnostic")},
+                "spread_gtbox_mIoU": {m: mean_std([v for v in vals if v is not None])[1]
+                                      for m, vals in (("transfer", iou), ("agnostic", iou_agnostic))}
+                if diffs_iou else {}}
     return "\n".join(lines), summary
 
 
@@ -624,9 +639,17 @@ def diff_lines(summary: dict) -> list[str]:
     for split, entry in summary["splits"].items():
         d = entry.get("transfer_minus_agnostic_B")
         if d:
+            spread = d["spread_AP"]
             out.append(f"{split}: transfer - agnostic, mask AP on B per seed {d['seeds']}: "
                        + ", ".join(f"{100 * v:+.1f}" for v in d["AP"])
-                       + f" (mean {100 * d['AP_mean']:+.1f}); AP50: " + ", ".join(f"{100 * v:+.1f}" for v in d["AP50"]))
+                       + f" (mean {100 * d['AP_mean']:+.1f}; seed-to-seed std transfer {100 * spread['transfer']:.1f}, "
+                       f"agnostic {100 * spread['agnostic']:.1f}); AP50: " + ", ".join(f"{100 * v:+.1f}" for v in d["AP50"]))
+            if d["gtbox_mIoU"]:
+                spread = d["spread_gtbox_mIoU"]
+                out.append(f"{split}: transfer - agnostic, mean mask IoU on B in the ground-truth boxes per seed: "
+                           + ", ".join(f"{100 * v:+.1f}" for v in d["gtbox_mIoU"])
+                           + f" (seed-to-seed std transfer {100 * spread['transfer']:.1f}, agnostic "
+                           f"{100 * spread['agnostic']:.1f})")
     return out
 
 

@@ -31,16 +31,14 @@ import numpy as np
 import torch
 
 from . import distributed
+from .backbone import DEFAULT_FROZEN_BLOCKS
 from .cache import ByteBoundedLRU
 from .checkpoint import load_checkpoint
 from .config import MNCConfig
 from .data import InstanceDataset
 from .model import MNC, build_model
 from .preprocess import batch_images
-from .training_data import TrainingInput, TrainingInputs, draw_batches, prepare_sample, training_loader
-
-__all__ = ["TrainProgress", "default_lr", "scaled_lr", "train_model", "prepare_sample", "default_num_workers",
-           "DEFAULT_CACHE_BYTES"]
+from .training_data import TrainingInput, TrainingInputs, draw_batches, training_loader
 
 DEFAULT_CACHE_BYTES = {"cpu": 2 * 2**30, "cuda": 4 * 2**30}  # frozen-feature cache budget per device type
 
@@ -261,8 +259,6 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
 
 def resolve_frozen_blocks(config: MNCConfig) -> int:
     """config.backbone_frozen_blocks, or the backbone's default when it is None."""
-    from .backbone import DEFAULT_FROZEN_BLOCKS
-
     if config.backbone_frozen_blocks is None:
         return DEFAULT_FROZEN_BLOCKS[config.backbone]
     return config.backbone_frozen_blocks

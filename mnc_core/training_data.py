@@ -134,10 +134,10 @@ def prepare_sample(sample: Sample, cat_to_label: dict[int, int], config: MNCConf
     image = normalise(image, config.pixel_mean, config.pixel_std)
     boxes = torch.as_tensor(np.asarray(sample.boxes, dtype=np.float32), device=device).reshape(-1, 4)
     boxes = boxes * torch.tensor([sx, sy, sx, sy], device=device)
-    crowd = torch.as_tensor(sample.crowd_flags(), device=device)
-    try:
-        labels = torch.tensor([cat_to_label[int(c)] if not iscrowd else 0
-                               for c, iscrowd in zip(sample.category_ids, sample.crowd_flags())],
+    crowd_flags = sample.crowd_flags()
+    crowd = torch.as_tensor(crowd_flags, device=device)
+    try:  # a crowd region's class does not matter (and need not be one of the dataset's)
+        labels = torch.tensor([0 if iscrowd else cat_to_label[int(c)] for c, iscrowd in zip(sample.category_ids, crowd_flags)],
                               dtype=torch.long, device=device)
     except KeyError as e:
         raise ValueError(f"image {sample.image_id}: category id {e.args[0]} is not in dataset.categories") from None

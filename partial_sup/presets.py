@@ -16,6 +16,7 @@ class Preset:
     gpu_iterations: int             # on a GPU
     image_size: int                 # short side in pixels
     config: tuple[tuple[str, object], ...]  # MNCConfig changes of the mode
+    freeze_body: bool               # the whole backbone body frozen (else the backbone's default blocks train)
     cache_frozen_features: bool     # the frozen blocks' output computed once per input and reused
     cpu_minutes: float              # training time of the preset measured on the 2-core CPU (for the UI's estimate)
     description: str
@@ -25,17 +26,14 @@ class Preset:
 
 
 PRESETS = {
-    # heads: chosen on the held-out part of the train split (benchmarks/README.md, "Recipe"): the frozen body
-    # beat fine-tuning blocks 4-13 / 7-13 at equal time, 800 px beat 600 and 1000 (small and medium people),
-    # 3 stages on 32 RoIs beat 5 on 64 at equal time, the box classifier's scores (`cls`) ranked better than
-    # seg_cls, and running the 5-stage cascade at inference (the refined boxes) helped; lr 3e-4 beat 1e-3.
-    # 2200 iterations: 10 min of training at 0.26 s an iteration on the 2-core CPU.
+    # heads: the study's choice (benchmarks/README.md, "Recipe"); 2200 iterations fill 10 min on the 2-core CPU
     "heads": Preset(iterations=2200, gpu_iterations=12000, image_size=800,
                     config=(("num_stages", 3), ("roi_batch_size", 32), ("test_score", "cls"),
                             ("inference_stages", 5)),
-                    cache_frozen_features=True, cpu_minutes=10.0,
+                    freeze_body=True, cache_frozen_features=True, cpu_minutes=10.0,
                     description="the backbone body frozen, its features computed once per photo and reused; "
                                 "the fast path on a CPU"),
-    "full": Preset(iterations=2000, gpu_iterations=20000, image_size=600, config=(), cache_frozen_features=False,
-                   cpu_minutes=40.0, description="end-to-end: the backbone fine-tunes from its 5th block on"),
+    "full": Preset(iterations=2000, gpu_iterations=20000, image_size=600, config=(), freeze_body=False,
+                   cache_frozen_features=False, cpu_minutes=40.0,
+                   description="end-to-end: the backbone fine-tunes from its 5th block on"),
 }

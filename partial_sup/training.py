@@ -20,18 +20,17 @@ from partial_sup.validation import evaluate_on_val
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
 INITS = ("auto", "active", "backbone")  # auto: the active model when it is compatible, else the backbone weights
-
-
 MODES = tuple(PRESETS)
 
 
 def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", batch_size: int = 1,
                     base: MNCConfig | None = None) -> MNCConfig:
     """The model and training configuration of a mode's run at an image size (short side)."""
+    preset = PRESETS[mode]
     config = (base or MNCConfig()).replace(backbone=backbone, min_size=image_size,
                                            max_size=max(image_size, int(image_size * 5 / 3)),
-                                           images_per_batch=batch_size, **dict(PRESETS[mode].config))
-    if mode == "heads":  # the whole body frozen (cached); the 1x1 reduction, RPN and heads train
+                                           images_per_batch=batch_size, **dict(preset.config))
+    if preset.freeze_body:  # the 1x1 reduction, RPN and heads train
         config = config.replace(backbone_frozen_blocks=body_blocks(backbone, config.mobilenet_dilated,
                                                                    config.mobilenet_expansion))
     return config

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnc_core import Predictor, Sample, load_checkpoint, save_checkpoint, train_model, warm_start
-from mnc_core.train import prepare_sample
+from mnc_core.training_data import prepare_sample
 from partial_sup.maskx import MaskXConfig, build_maskx_model, load_model
 
 from test_mnc_helpers import small_config

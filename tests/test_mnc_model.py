@@ -7,7 +7,7 @@ import torch
 
 from mnc_core import MNCConfig, build_model
 from mnc_core.preprocess import batch_images
-from mnc_core.train import prepare_sample
+from mnc_core.training_data import prepare_sample
 
 from test_mnc_helpers import ShapesDataset, small_config
 

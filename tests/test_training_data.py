@@ -249,3 +249,28 @@ def test_the_learning_rate_scales_with_the_global_batch():
                              num_workers=0)
     assert summary["global_batch"] == 2 and summary["lr"] == 1e-3
     assert summary["lr_scaled"] == pytest.approx(1e-3 * 2 ** 0.5)
+
+
+def test_the_database_dataset_reads_through_each_workers_own_connection(database, synthetic_coco):
+    """DataLoader workers read the database through connections of their own and give the same inputs as
+    the training process; crowd regions arrive as regions to ignore; decoded images stay within budget."""
+    from db.coco_import import import_coco
+    from partial_sup.data import DatabaseDataset
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    dataset = DatabaseDataset(database, "train", cache_bytes=20_000)  # about two of these small images
+    assert len(dataset) == 4 and [c for c, _ in dataset.categories] == [3, 7, 12]
+    first = dataset[0]
+    assert first.crowd_flags().tolist() == [False, False, False, True]  # image 1's crowd region
+    cfg = small_config(min_size=48, max_size=64)
+    inputs = TrainingInputs(dataset, cfg, {3: 1, 7: 2, 12: 3})
+    batches = draw_batches(len(dataset), cfg, seed=0, iterations=8, global_batch=1)
+    here = list(training_loader(inputs, batches, rank=0, per_process=1, num_workers=0, pin_memory=False))
+    workers = list(training_loader(inputs, batches, rank=0, per_process=1, num_workers=2, pin_memory=False))
+    for a, b in zip(here, workers):
+        _same_input(a[0], b[0])
+    crowd_input = next(item[0] for item in here if item[0].key[0] == 0)
+    assert crowd_input.targets.crowd_boxes.shape == (1, 4) and crowd_input.targets.boxes.shape == (3, 4)
+    for index in range(len(dataset)):
+        dataset[index]
+    assert 0 < dataset._images.bytes <= 20_000 and dataset._images.evictions > 0
