@@ -723,7 +723,8 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             return wb.min_score
 
         min_score.input(set_min_score, [min_score], [min_score], **private)
-        timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private)
+        timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private).then(
+            wb.training_estimate, [mode, iterations, image_size], [train_estimate], show_progress="hidden", **private)
 
         def cancel(run):
             if run is not None:

@@ -198,6 +198,8 @@ def run_reeval(args) -> None:
     model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
     config = config.replace(**parse_sets(args.set))
     model.config = config
+    model.rpn.pre_nms_top_n["testing"] = config.rpn_pre_nms_top_n_test  # the RPN keeps its own copies
+    model.rpn.post_nms_top_n["testing"] = config.rpn_post_nms_top_n_test
     predictor = Predictor(model, config, categories, "cpu")
     metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
     record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set),
