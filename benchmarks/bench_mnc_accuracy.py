@@ -8,7 +8,8 @@ Mask R-CNN on the same backbone, and the MNC paper's ablations on the same photo
 
 Steps (each writes WORK/<step>.json and is skipped on a re-run unless --force):
   mnc       `launch.py import-coco` (the subset) -> `launch.py train --iterations N --image-size S
-            --backbone-weights W --device cpu --seed 0` -> `launch.py evaluate` on the same photos
+            --backbone-weights W --device cpu --seed 0 --mode full --mask-head none --init backbone` (plain MNC,
+            end-to-end, from ImageNet) -> `launch.py evaluate` on the same photos
   peer      torchvision Mask R-CNN (benchmarks/maskrcnn_peer.py) trained on the same database split with the
             same iterations / size / seed / flips, batch 1, SGD lr 0.01 momentum 0.9 wd 1e-4, warmup and step
             decay like MNC; evaluated the same way (COCO results -> partial_sup.evaluation.coco_metrics)

@@ -528,6 +528,7 @@ def brief(m: dict) -> dict:
 COLUMNS = (("mask_AP_A", "mask AP on A"), ("mask_AP50_A", "mask AP50 on A"), ("mask_AP_B", "**mask AP on B**"),
            ("mask_AP50_B", "mask AP50 on B"), ("box_AP_all", "box AP (all)"))
 ORDER = ("agnostic", "grabcut", "transfer", "oracle")
+AP_DIGITS = 2  # AP x100 with two decimals: a weak detector's APs are fractions of a point
 LABELS = {"agnostic": "class-agnostic", "grabcut": "detector + GrabCut", "transfer": "Mask^X transfer+MLP",
           "oracle": "oracle (all masks)"}
 
@@ -537,11 +538,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 1) -> str:
+    """mean ± sample std of values x100 (AP or IoU points)."""
     if not values:
         return "-"
     mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def table(work: Path, splits: list[str], methods: list[str], seeds: list[int]) -> tuple[str, dict]:
@@ -567,7 +569,7 @@ def table(work: Path, splits: list[str], methods: list[str], seeds: list[int]) -
                 vals = [runs[s]["metrics"][key] for s in sorted(runs)]
                 mean, std = mean_std(vals)
                 entry[key] = {"mean": mean, "std": std, "per_seed": vals}
-                cells.append(fmt(vals))
+                cells.append(fmt(vals, AP_DIGITS))
             entry["wall_seconds"] = [runs[s]["wall_seconds"] for s in sorted(runs)]
             entry["train_seconds"] = [runs[s].get("train_seconds") for s in sorted(runs)]
             entry["iterations"] = sorted({runs[s]["iterations"] for s in runs})
@@ -641,9 +643,9 @@ def diff_lines(summary: dict) -> list[str]:
         if d:
             spread = d["spread_AP"]
             out.append(f"{split}: transfer - agnostic, mask AP on B per seed {d['seeds']}: "
-                       + ", ".join(f"{100 * v:+.1f}" for v in d["AP"])
-                       + f" (mean {100 * d['AP_mean']:+.1f}; seed-to-seed std transfer {100 * spread['transfer']:.1f}, "
-                       f"agnostic {100 * spread['agnostic']:.1f}); AP50: " + ", ".join(f"{100 * v:+.1f}" for v in d["AP50"]))
+                       + ", ".join(f"{100 * v:+.2f}" for v in d["AP"])
+                       + f" (mean {100 * d['AP_mean']:+.2f}; seed-to-seed std transfer {100 * spread['transfer']:.2f}, "
+                       f"agnostic {100 * spread['agnostic']:.2f}); AP50: " + ", ".join(f"{100 * v:+.2f}" for v in d["AP50"]))
             if d["gtbox_mIoU"]:
                 spread = d["spread_gtbox_mIoU"]
                 out.append(f"{split}: transfer - agnostic, mean mask IoU on B in the ground-truth boxes per seed: "

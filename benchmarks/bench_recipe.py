@@ -6,6 +6,7 @@
     python benchmarks/bench_recipe.py peer NAME [--project ...] [--split ...] [--iterations N] [--lr LR]
         [--optimizer sgd|adamw] [--frozen-blocks K] [--scale-jitter F ...]
     python benchmarks/bench_recipe.py reeval NAME [--set FIELD=VALUE ...] [--score-threshold T]
+    python benchmarks/bench_recipe.py diagnose NAME --checkpoint RUN [--split ...] [--set FIELD=VALUE ...]
     python benchmarks/bench_recipe.py table [--split select|val]
 
 Projects: `person` (the coco_subset photos that show people, person only) and `all` (every photo, all
@@ -206,9 +207,87 @@ def run_reeval(args) -> None:
                   "score_threshold": args.score_threshold, **metrics})
 
 
+def _iou(a, b) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def size_class(area: float) -> str:
+    return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"  # COCO's area ranges
+
+
+def run_diagnose(args) -> None:
+    """Where a checkpoint loses AP on the split's photos, per COCO size class of the true objects:
+    RPN recall (a test proposal with box IoU >= 0.5 / 0.7), detection recall (an output above the score
+    threshold with box IoU >= 0.5), the mask IoU of those matched detections, and the mask IoU the model
+    gives inside the true box (mask quality without the detector) beside the filled box's."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    from mnc_core import Predictor
+    from mnc_core.preprocess import batch_images
+    from partial_sup.maskx import load_model
+
+    images = ImageCache()
+    _, truth, image_ids = datasets(args, images)
+    if not args.checkpoint:
+        raise SystemExit("diagnose needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
+    model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
+    config = config.replace(**parse_sets(args.set))
+    model.config = config
+    predictor = Predictor(model, config, categories, "cpu")
+    rows = []  # per true object: size, rpn IoU, detection box IoU, detection mask IoU, in-box mask IoU, filled-box IoU
+    for image_id in image_ids:
+        anns = [a for a in truth.imgToAnns[image_id] if not a["iscrowd"] and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        if not anns:
+            continue
+        image = images(args.data / "images" / truth.imgs[image_id]["file_name"])
+        H, W = image.shape[:2]
+        gt_boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                 for a in anns], dtype=torch.float32)
+        gt_masks = [truth.annToMask(a).astype(bool) for a in anns]
+        tensor, (h, w), _ = predictor._prepare(image)
+        with torch.no_grad():
+            batch = batch_images([tensor], config.size_divisibility)
+            model.eval()
+            proposals, _ = model.rpn(batch, model.backbone(batch), [(h, w)])
+        scale = torch.tensor([w / W, h / H, w / W, h / H])
+        rpn_iou = box_iou(gt_boxes * scale, proposals[0].float()).max(dim=1).values if proposals[0].numel() else torch.zeros(len(anns))
+        detections = predictor(image, score_threshold=args.score_threshold)
+        if detections:
+            det_iou = box_iou(gt_boxes, torch.tensor(np.stack([d.box for d in detections]), dtype=torch.float32))
+            best = det_iou.max(dim=1)
+        in_box = predictor.masks_for_boxes(image, gt_boxes.numpy(), [a["category_id"] for a in anns])
+        for k, ann in enumerate(anns):
+            filled = np.zeros((H, W), bool)
+            x1, y1, x2, y2 = gt_boxes[k].tolist()
+            filled[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+            det_box_iou = float(best.values[k]) if detections else 0.0
+            det_mask_iou = _iou(detections[int(best.indices[k])].mask, gt_masks[k]) if detections and det_box_iou >= 0.5 else None
+            rows.append({"size": size_class(ann["area"]), "rpn": float(rpn_iou[k]), "det": det_box_iou,
+                         "det_mask": det_mask_iou, "in_box": _iou(in_box[k], gt_masks[k]), "filled": _iou(filled, gt_masks[k])})
+    summary = {}
+    for size in ("all", "small", "medium", "large"):
+        sel = [r for r in rows if size == "all" or r["size"] == size]
+        if not sel:
+            continue
+        matched = [r["det_mask"] for r in sel if r["det_mask"] is not None]
+        summary[size] = {
+            "objects": len(sel), "rpn_recall50": np.mean([r["rpn"] >= 0.5 for r in sel]),
+            "rpn_recall70": np.mean([r["rpn"] >= 0.7 for r in sel]),
+            "detection_recall50": np.mean([r["det"] >= 0.5 for r in sel]),
+            "matched_mask_IoU": np.mean(matched) if matched else None,
+            "matched_mask_IoU50_share": np.mean([v >= 0.5 for v in matched]) if matched else None,
+            "in_box_mask_IoU": np.mean([r["in_box"] for r in sel]), "filled_box_IoU": np.mean([r["filled"] for r in sel])}
+        summary[size] = {k: (round(float(v), 3) if isinstance(v, (float, np.floating)) else v) for k, v in summary[size].items()}
+    record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set), "diagnosis": summary})
+
+
 def table(args) -> None:
     rows = [json.loads(line) for line in open(args.work / "results.jsonl")]
-    rows = [r for r in rows if r["split"] == args.split and (args.project is None or r["project"] == args.project)]
+    rows = [r for r in rows if r["split"] == args.split and (args.project is None or r["project"] == args.project)
+            and "mask_AP50" in r]  # diagnose records have no AP
     print("| run | project | kind | photos | iterations | train s (s/it) | mask AP50 | mask AP | box AP50 | command |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
@@ -219,7 +298,7 @@ def table(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["mnc", "peer", "reeval", "table"])
+    parser.add_argument("kind", choices=["mnc", "peer", "reeval", "diagnose", "table"])
     parser.add_argument("name", nargs="?", default="")
     parser.add_argument("--project", choices=["person", "all"], default="person")
     parser.add_argument("--split", choices=["select", "val"], default="select")
@@ -256,7 +335,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.kind == "peer" and args.iterations is None:
         parser.error("peer runs need --iterations (the budget of the MNC run they stand beside)")
-    {"mnc": run_mnc, "peer": run_peer, "reeval": run_reeval}[args.kind](args)
+    {"mnc": run_mnc, "peer": run_peer, "reeval": run_reeval, "diagnose": run_diagnose}[args.kind](args)
     return 0
 
 
