@@ -188,20 +188,26 @@ def run_peer(args) -> None:
                   **metrics})
 
 
-def run_reeval(args) -> None:
+def checkpoint_predictor(args):
+    """(predictor, truth, image_ids, images): the --checkpoint run's model with --set inference changes, and the
+    split's evaluation photos."""
     from mnc_core import Predictor
     from partial_sup.maskx import load_model
 
     images = ImageCache()
     _, truth, image_ids = datasets(args, images)
     if not args.checkpoint:
-        raise SystemExit("reeval needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
+        raise SystemExit(f"{args.kind} needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
     model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
     config = config.replace(**parse_sets(args.set))
     model.config = config
     model.rpn.pre_nms_top_n["testing"] = config.rpn_pre_nms_top_n_test  # the RPN keeps its own copies
     model.rpn.post_nms_top_n["testing"] = config.rpn_post_nms_top_n_test
-    predictor = Predictor(model, config, categories, "cpu")
+    return Predictor(model, config, categories, "cpu"), truth, image_ids, images
+
+
+def run_reeval(args) -> None:
+    predictor, truth, image_ids, images = checkpoint_predictor(args)
     metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
     record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set),
                   "score_threshold": args.score_threshold, **metrics})
@@ -225,18 +231,10 @@ def run_diagnose(args) -> None:
     import torch
     from torchvision.ops import box_iou
 
-    from mnc_core import Predictor
     from mnc_core.preprocess import batch_images
-    from partial_sup.maskx import load_model
 
-    images = ImageCache()
-    _, truth, image_ids = datasets(args, images)
-    if not args.checkpoint:
-        raise SystemExit("diagnose needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
-    model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
-    config = config.replace(**parse_sets(args.set))
-    model.config = config
-    predictor = Predictor(model, config, categories, "cpu")
+    predictor, truth, image_ids, images = checkpoint_predictor(args)
+    model, config = predictor.model, predictor.config
     rows = []  # per true object: size, rpn IoU, detection box IoU, detection mask IoU, in-box mask IoU, filled-box IoU
     for image_id in image_ids:
         anns = [a for a in truth.imgToAnns[image_id] if not a["iscrowd"] and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
