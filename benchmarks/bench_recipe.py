@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_partial_sup import CocoFileDataset, ImageCache, load_coco, restrict_gt  # noqa: E402
+from bench_partial_sup import CocoFileDataset, ImageCache, _box_window, _iou, load_coco, restrict_gt  # noqa: E402
 from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
 
 WORK = REPO / "benchmarks" / "out" / "recipe"
@@ -213,11 +213,6 @@ def run_reeval(args) -> None:
                   "score_threshold": args.score_threshold, **metrics})
 
 
-def _iou(a, b) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
-
-
 def size_class(area: float) -> str:
     return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"  # COCO's area ranges
 
@@ -248,10 +243,10 @@ def run_diagnose(args) -> None:
         tensor, (h, w), _ = predictor._prepare(image)
         with torch.no_grad():
             batch = batch_images([tensor], config.size_divisibility)
-            model.eval()
             proposals, _ = model.rpn(batch, model.backbone(batch), [(h, w)])
         scale = torch.tensor([w / W, h / H, w / W, h / H])
-        rpn_iou = box_iou(gt_boxes * scale, proposals[0].float()).max(dim=1).values if proposals[0].numel() else torch.zeros(len(anns))
+        rpn_iou = (box_iou(gt_boxes * scale, proposals[0].float()).max(dim=1).values if proposals[0].numel()
+                   else torch.zeros(len(anns)))
         detections = predictor(image, score_threshold=args.score_threshold)
         if detections:
             det_iou = box_iou(gt_boxes, torch.tensor(np.stack([d.box for d in detections]), dtype=torch.float32))
@@ -259,8 +254,8 @@ def run_diagnose(args) -> None:
         in_box = predictor.masks_for_boxes(image, gt_boxes.numpy(), [a["category_id"] for a in anns])
         for k, ann in enumerate(anns):
             filled = np.zeros((H, W), bool)
-            x1, y1, x2, y2 = gt_boxes[k].tolist()
-            filled[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+            x1, y1, x2, y2 = _box_window(ann["bbox"], H, W)
+            filled[y1:y2, x1:x2] = True
             det_box_iou = float(best.values[k]) if detections else 0.0
             det_mask_iou = _iou(detections[int(best.indices[k])].mask, gt_masks[k]) if detections and det_box_iou >= 0.5 else None
             rows.append({"size": size_class(ann["area"]), "rpn": float(rpn_iou[k]), "det": det_box_iou,
