@@ -18,6 +18,8 @@ from conftest import COCO_SUBSET, make_synthetic_coco
 from test_app_helpers import register_tiny_model
 from test_serve import serving
 
+from app.ui import MAX_SHOWN
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -103,7 +105,11 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             threshold = page.locator("#threshold input[type=number]")
             threshold.fill("0")
             threshold.press("Enter")
-            page.wait_for_function("document.querySelectorAll('#overlay .legend-item').length > 0", timeout=60_000)
+            # the view at threshold 0 draws every stored proposal; wait for it, not for the view at the
+            # default threshold (which draws the best guesses too), or its late arrival clears the selection
+            _, proposed = get_annotations(db, image_id, states=["proposed"])
+            page.wait_for_function("n => document.querySelectorAll('#overlay .legend-item').length === n",
+                                   arg=min(len(proposed), MAX_SHOWN), timeout=60_000)
             page.locator("#overlay .legend-item").first.click()  # select the best proposal
             page.wait_for_function("document.querySelector('#instance input').value.includes('proposed')",
                                    timeout=30_000)
