@@ -32,7 +32,7 @@ def _open(args, migrate: bool = True):
 
 def cmd_serve(args) -> int:
     from app.ui import serve
-    from app.users import server_auth
+    from services.users import server_auth
 
     server_auth(args.host, args.auth_file)  # refuses before the database is opened
     serve(_open(args), host=args.host, port=args.port, auth_file=args.auth_file,
@@ -43,7 +43,7 @@ def cmd_serve(args) -> int:
 def cmd_users(args) -> int:
     import getpass
 
-    from app import users
+    from services import users
     from db.errors import WorkbenchError
 
     if args.action == "list":
@@ -95,25 +95,35 @@ def _lowest_cpu_priority() -> None:
         os.nice(19 - os.nice(0))
 
 
+def training_spec(args):
+    """The run's TrainingSpec from `launch.py train`'s flags."""
+    from services.presets import TrainingSpec
+
+    return TrainingSpec(mode=args.mode, iterations=args.iterations, image_size=args.image_size,
+                        backbone=args.backbone, backbone_weights=args.backbone_weights, device=args.device,
+                        seed=args.seed, lr=args.lr, mask_head=args.mask_head, init=args.init,
+                        batch_size=args.batch_size, num_workers=args.workers, feature_cache_mb=args.feature_cache_mb,
+                        low_priority=args.background)
+
+
 def cmd_train(args) -> int:
     from mnc_core import distributed
-    from partial_sup.training import train_from_database
+    from services.training import queued_spec, train_from_database
 
-    if args.background:
-        _lowest_cpu_priority()
     main = distributed.from_env().is_main  # under torchrun: rank 0 migrates, records and prints
-    result = train_from_database(
-        _open(args, migrate=main), iterations=args.iterations, image_size=args.image_size, backbone=args.backbone,
-        backbone_weights=args.backbone_weights, device=args.device, seed=args.seed, lr=args.lr,
-        mode=args.mode, mask_head=args.mask_head, init=args.init, batch_size=args.batch_size, num_workers=args.workers,
-        feature_cache_mb=args.feature_cache_mb, show_progress=True, run_id=args.run_id)
+    db = _open(args, migrate=main)
+    # a run queued by the workbench (--run-id) brings its own spec; otherwise the flags make one
+    spec = training_spec(args) if args.run_id is None else queued_spec(db, args.run_id)
+    if spec.low_priority:
+        _lowest_cpu_priority()
+    result = train_from_database(db, spec, show_progress=True, run_id=args.run_id)
     if result is not None:
         print(result.summary())
     return 0
 
 
 def cmd_predict(args) -> int:
-    from partial_sup.inference import predict_files
+    from services.models import predict_files
 
     report = predict_files(_open(args), args.images, args.out, checkpoint=args.checkpoint, device=args.device,
                            score_threshold=args.score_threshold, progress=_progress)
@@ -122,7 +132,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from partial_sup.evaluation import evaluate_file, format_metrics
+    from services.evaluation import evaluate_file, format_metrics
 
     metrics = evaluate_file(_open(args), args.annotations, args.images, args.out, checkpoint=args.checkpoint,
                             device=args.device, progress=_progress)
@@ -132,7 +142,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from db import queries, registry
+    from db import registry
+    from services.versions import version_metrics
 
     db = _open(args)
     if args.activate is not None:
@@ -142,7 +153,7 @@ def cmd_models(args) -> int:
     if not versions:
         print("no model versions yet: `python launch.py train` makes one")
     for v in versions:
-        metrics = ", ".join(f"{header} {text}" for header, text in queries.version_metrics(v.metrics).items())
+        metrics = ", ".join(f"{header} {text}" for header, text in version_metrics(v.metrics).items())
         print(f"{'*' if v.is_active else ' '} v{v.id:<4} {v.created_at:%Y-%m-%d %H:%M}  {v.name}  [{metrics}]  {v.checkpoint_path}")
     return 0
 
@@ -197,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="polygon (most widely readable, default) or rle (exact, keeps holes)")
     exp.set_defaults(func=cmd_export_coco)
 
-    from partial_sup.presets import PRESETS
+    from services.presets import BACKBONES, INITS, MASK_HEADS, PRESETS
 
     presets = "; ".join(f"{mode}: {p.iterations} iterations on a CPU, {p.gpu_iterations} on a GPU, at {p.image_size} px"
                         for mode, p in PRESETS.items())
@@ -213,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-cache-mb", type=float, default=None,
                        help="heads mode: memory for the cached backbone features (default 2048 on a CPU, 4096 on "
                             "a GPU); the least recently used are dropped beyond it")
-    train.add_argument("--backbone", choices=["mobilenet_v2", "resnet50"], default="mobilenet_v2")
+    train.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2")
     train.add_argument("--backbone-weights", default=None, metavar="PATH|none",
                        help="ImageNet weights file for the backbone, or 'none' for random initialisation; "
                             "default: torchvision's ImageNet weights (downloaded or cached)")
@@ -224,16 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mode", choices=list(PRESETS), default="heads",
                        help="; ".join(f"{mode}: {p.description}" for mode, p in PRESETS.items()) + " (default heads, "
                             "what the workbench's Train button runs)")
-    train.add_argument("--mask-head", choices=["transfer", "agnostic", "none"], default="transfer",
+    train.add_argument("--mask-head", choices=MASK_HEADS, default="transfer",
                        help="transfer (default): Mask^X weight transfer, so box-only classes get masks; agnostic: "
                             "the class-agnostic baseline; none: plain MNC masks")
-    train.add_argument("--init", choices=["auto", "active", "backbone"], default="auto",
+    train.add_argument("--init", choices=INITS, default="auto",
                        help="start from the active model version (active), from the backbone weights (backbone), "
                             "or the active one when it has the same architecture (auto, default)")
     train.add_argument("--background", action="store_true",
                        help="run at the lowest CPU priority (SCHED_IDLE on Linux, else nice 19): the CPU goes to "
                             "the server first; the UI's Retrain uses it")
-    train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run (background training)
+    train.add_argument("--run-id", type=int, default=None, help=argparse.SUPPRESS)  # a queued run: its stored spec
     train.set_defaults(func=cmd_train)
 
     pred = sub.add_parser("predict", parents=[common], help="predict instances on images, write COCO results JSON")

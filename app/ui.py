@@ -1,4 +1,7 @@
-"""The browser workbench (Gradio). ``app/`` only calls services of db/, mnc_core/ and partial_sup/.
+"""The browser workbench (Gradio): the page's layout and the wiring of its events, nothing else.
+
+What each event does is in ``app.handlers`` (the headless endpoints in ``app.api``); both call the one
+services facade, ``services.workbench.Workbench``.
 
 Layout: the image list (upload, status filter, gallery, previous/next) on the left; on the
 right the current image in tabs: Review (model proposals: accept / reject), Draw (boxes
@@ -15,34 +18,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import logging  # noqa: E402
+import threading  # noqa: E402
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from gradio_image_annotation import image_annotator  # noqa: E402
 
-from app.display import (EDITOR_MAX_SIDE, downscale, downscale_mask, hex_color, rgb_string,  # noqa: E402
-                         scale_for, upscale_mask)
-from app.workbench import PRESETS, Workbench, default_backbone_weights  # noqa: E402
-from db import categories as category_service  # noqa: E402
-from db import queries, registry  # noqa: E402
-from db.annotations import ConflictError, get_annotations  # noqa: E402
-from db.engine import Database  # noqa: E402
-from db.errors import WorkbenchError  # noqa: E402
-from db.uploads import MAX_UPLOAD_BYTES  # noqa: E402
-from partial_sup import service  # noqa: E402
-from partial_sup.proposals import LOW_CONFIDENCE_TOP  # noqa: E402
+from app.api import Api  # noqa: E402
+from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, INSTANCE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
+from app.handlers import Handlers  # noqa: E402
+from services.images import EDITOR_MAX_SIDE  # noqa: E402
+from services.users import server_auth  # noqa: E402
+from services.workbench import MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-CATEGORY_HEADERS = ["id", "name", "train box-only", "train masks", "set"]  # accepted, non-crowd, train split
-IMAGE_HEADERS = ["id", "file_name", "width", "height", "split", "annotations", "status"]
-INSTANCE_HEADERS = ["id", "class", "score", "state", "source", "kind"]
-VERSION_HEADERS = ["version", "active", "name", "created",
-                   *(header for header, _, _ in queries.VERSION_METRIC_COLUMNS), "run"]
-STATUS_FILTERS = ["all", "new", "proposed", "in review", "done"]
-GALLERY_LIMIT = 300
-MAX_SHOWN = 60  # instances drawn on the image at once
 
 SHORTCUTS = [("→ or j", "next image", "next-image"), ("← or k", "previous image", "prev-image"),
              ("a", "accept the selected instance", "accept-one"), ("r", "reject the selected instance", "reject-one"),
@@ -98,223 +86,11 @@ def _shortcuts_markdown() -> str:
             + rows)
 
 
-def _progress_adapter(progress: gr.Progress):
-    def wrap(iterable, total, description):
-        return progress.tqdm(iterable, total=total, desc=description)
-
-    return wrap
-
-
-def _user(request: gr.Request | None) -> str | None:
-    """The logged-in user (Gradio's ``auth``; see launch_app), None when the server runs without logins."""
-    return getattr(request, "username", None) if request is not None else None
-
-
-def _error_text(exc: Exception) -> str:
-    if isinstance(exc, ConflictError):
-        return (f"⚠️ **Conflict:** {exc} The image now shows the other person's version; your version is "
-                "kept and can be brought back with *Recover my lost version*.")
-    return f"⚠️ {exc}"
-
-
-def _overview(db: Database):
-    summary = queries.summary(db)
-    counts = queries.status_counts(db)
-    text = (f"**{summary.images} images** ({summary.train_images} train, {summary.val_images} val; "
-            + ", ".join(f"{v} {k}" for k, v in counts.items()) + ") · "
-            f"**{summary.annotations} annotations** accepted, {summary.proposed} proposed · "
-            f"**{len(summary.categories)} categories** · active model: {summary.active_model or 'none yet'}")
-    categories = [[c.id, c.name, c.boxes, c.masks, c.supervision] for c in summary.categories]
-    images = [[row[h] for h in IMAGE_HEADERS] for row in queries.list_images(db)]
-    return text, categories, images
-
-
-def shown_instances(rows: list[dict], threshold: float, min_score: float) -> tuple[list[dict], set[int]]:
-    """What the review draws: the accepted instances and the proposals scoring at least ``threshold``;
-    when no proposal reaches it, the best LOW_CONFIDENCE_TOP proposals instead, marked low confidence
-    (their ids, the second value), as are stored guesses below ``min_score``. Accepted first, then by score."""
-    proposed = sorted((r for r in rows if r["review_state"] == "proposed"), key=lambda r: -(r["score"] or 0.0))
-    above = [r for r in proposed if (r["score"] or 0.0) >= threshold]
-    guesses = above or proposed[:LOW_CONFIDENCE_TOP]
-    low = {r["id"] for r in guesses if not above or (r["score"] is not None and r["score"] < min_score)}
-    shown = [r for r in rows if r["review_state"] == "accepted"] + guesses
-    shown.sort(key=lambda r: (r["review_state"] != "accepted", -(r["score"] or 0.0)))
-    return shown[:MAX_SHOWN], low
-
-
-def proposal_message(result, min_score: float) -> str:
-    if result.low_confidence:
-        return (f"No instance reached the minimum score {min_score:.2f}: the model's {result.added} best guess(es) "
-                "were stored as low-confidence proposals.")
-    return f"The model proposed {result.added} instance(s) (scores ≥ {min_score:.2f} are kept)."
-
-
-class UI:
-    """Handlers of the page's events (each session's state lives in gr.State components)."""
-
-    def __init__(self, db: Database, workbench: Workbench):
-        self.db = db
-        self.wb = workbench
-
-    # ---- the image list ----------------------------------------------------------------
-    def status_choices(self):
-        counts = queries.status_counts(self.db)
-        return [(f"all ({sum(counts.values())})", "all")] + [(f"{k} ({v})", k) for k, v in counts.items()]
-
-    def gallery(self, status: str):
-        status = status or "all"
-        rows = queries.list_images(self.db, limit=None, status=None if status == "all" else status)
-        choices = self.status_choices()
-        items = []
-        for row in rows[:GALLERY_LIMIT]:
-            try:
-                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['file_name']} · {row['status']}"))
-            except (OSError, WorkbenchError) as exc:  # a lost file must not hide the other images
-                log.warning("no thumbnail for image %s: %s", row["id"], exc)
-        ids = [row["id"] for row in rows[:GALLERY_LIMIT]]
-        return gr.Gallery(value=items), ids, gr.Radio(choices=choices, value=status)
-
-    # ---- the current image ----------------------------------------------------------------
-    def view(self, image_id, threshold, message: str = "", selected=None):
-        """Outputs of VIEW: title, overlay, instance table, instance choice, annotator, revision, shown ids, message."""
-        if image_id is None:
-            empty_annotator = image_annotator(value=None)
-            return ("Upload images or pick one in the gallery.", None, [], gr.Dropdown(choices=[], value=None),
-                    empty_annotator, None, [], message, gr.Radio(choices=self.status_choices()))
-        threshold = float(threshold or 0.0)
-        info, rgb = self.wb.rgb(image_id)
-        scale = scale_for(info["height"], info["width"])
-        small = downscale(rgb, scale)
-        revision, rows = get_annotations(self.db, image_id)
-        names = queries.category_names(self.db)
-        shown, low = shown_instances(rows, threshold, self.wb.min_score)
-        if low:
-            guesses = ", ".join(f"{r['score']:.3f}" for r in rows if r["id"] in low)
-            message = ((message + "\n\n") if message else "") + (
-                f"⚠️ No proposal reaches the score threshold {threshold:.2f}: the model's {len(low)} best guesses "
-                f"are shown, marked **low confidence** (scores {guesses}). Accept, correct or reject them; "
-                "retraining with more labelled photos makes the model surer.")
-        overlays, colors = [], {}
-        for r in shown:
-            name = names.get(r["category_id"], f"class {r['category_id']}")
-            score = "" if r["score"] is None else f" {r['score']:.2f}"
-            mark = "✓" if r["review_state"] == "accepted" else "? low confidence" if r["id"] in low else "?"
-            label = f"#{r['id']} {name}{score} {mark}"
-            colors[label] = hex_color(r["category_id"])
-            if r["mask"] is not None:
-                overlays.append((downscale_mask(r["mask"], small.shape[:2]), label))
-            else:
-                x1, y1, x2, y2 = (int(round(v * scale)) for v in r["box"])
-                overlays.append(((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)), label))
-        table = [[r["id"], names.get(r["category_id"], r["category_id"]),
-                  "" if r["score"] is None else round(float(r["score"]), 3), r["review_state"], r["source"],
-                  "mask" if r["mask"] is not None else "box"] for r in rows]
-        choices = [(f"#{r['id']} {names.get(r['category_id'], r['category_id'])} · {r['review_state']}"
-                    + ("" if r["score"] is None else f" · {r['score']:.2f}")
-                    + (" · low confidence" if r["id"] in low else ""), r["id"]) for r in rows]
-        ids = {r["id"] for r in rows}
-        selected = selected if selected in ids else None
-        boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
-                  "xmax": int(round(r["box"][2] * scale)), "ymax": int(round(r["box"][3] * scale)),
-                  "label": names.get(r["category_id"], ""), "color": rgb_string(r["category_id"])}
-                 for r in rows if r["review_state"] == "accepted"]
-        label_list = list(names.values())
-        annotator = image_annotator(value={"image": small, "boxes": boxes}, label_list=label_list,
-                                    label_colors=[hex_color(i) for i in names])
-        status = queries.image_status(sum(r["review_state"] == "accepted" for r in rows),
-                                      sum(r["review_state"] == "proposed" for r in rows),
-                                      sum(r["review_state"] == "rejected" for r in rows))
-        active = registry.active_version(self.db)
-        lost = self.wb.conflicts(image_id)
-        title = (f"**Image {image_id}** · {info['file_name']} · {info['width']}×{info['height']}"
-                 f"{' (shown at %d%%)' % round(scale * 100) if scale < 1 else ''} · {info['split']} · **{status}** · "
-                 f"revision {revision} · model: {'v%d' % active.id if active else 'none yet'}")
-        if lost:
-            title += f" · {len(lost)} version(s) lost in conflicts kept (newest: journal entry {lost[0].id})"
-        overlay = gr.AnnotatedImage(value=(small, overlays), color_map=colors)
-        return (title, overlay, table, gr.Dropdown(choices=choices, value=selected), annotator, revision,
-                [r["id"] for r in shown], message, gr.Radio(choices=self.status_choices()))
-
-    def safe_view(self, image_id, threshold, message, selected=None):
-        try:
-            return self.view(image_id, threshold, message, selected)
-        except (WorkbenchError, OSError) as exc:
-            return self.view(None, threshold, _error_text(exc))
-
-    def open(self, image_id, threshold, message: str = "", auto_propose: bool = True, user: str | None = None):
-        if image_id is None:
-            return (None, *self.view(None, threshold, message), None, None)
-        image_id = int(image_id)
-        try:
-            if auto_propose and self.wb.should_propose(image_id):
-                result = self.wb.propose(image_id, user=user)
-                message = (message + "\n\n" if message else "") + proposal_message(result, self.wb.min_score)
-        except (WorkbenchError, OSError) as exc:
-            message = (message + "\n\n" if message else "") + _error_text(exc)
-        # a new image empties the mask editor (an empty editor costs nothing on later events)
-        return (image_id, *self.safe_view(image_id, threshold, message), None, None)
-
-    def act(self, image_id, threshold, selected, action, success):
-        """Run an edit; on any problem (a conflict included) show it and the image as it is now."""
-        if image_id is None:
-            return self.view(None, threshold, "⚠️ Open an image first.")
-        try:
-            result = action()
-            message = success(result) if callable(success) else success
-            return self.view(image_id, threshold, message, selected)
-        except (WorkbenchError, OSError, ValueError) as exc:
-            return self.safe_view(image_id, threshold, _error_text(exc), selected)
-
-    # ---- classes --------------------------------------------------------------------------
-    def class_outputs(self, message: str = "", keep=None):
-        """Message, overview, class table, and the class choices (new-instance class, picked, merge target)."""
-        names = queries.category_names(self.db)
-        choices = [(f"{name} (id {cid})", cid) for cid, name in names.items()]
-        overview, categories, _ = _overview(self.db)
-        first = choices[0][1] if choices else None
-        keep = keep if keep in names else None
-        return (message, overview, categories, gr.Dropdown(choices=choices, value=first),
-                gr.Dropdown(choices=choices, value=keep), gr.Dropdown(choices=choices, value=None))
-
-    # ---- training -----------------------------------------------------------------------
-    def versions(self):
-        rows = []
-        for v in registry.list_versions(self.db):
-            metrics = queries.version_metrics(v.metrics)
-            rows.append([v.id, "●" if v.is_active else "", v.name, f"{v.created_at:%Y-%m-%d %H:%M}",
-                         *(metrics[header] for header, _, _ in queries.VERSION_METRIC_COLUMNS),
-                         v.training_run_id or ""])
-        choices = [(f"v{v[0]} {v[2]}" + (" (active)" if v[1] else ""), v[0]) for v in rows]
-        return rows, gr.Dropdown(choices=choices, value=None)
-
-    def run_outputs(self, run_id):
-        """Status text, progress bar, loss curve, versions, version choice, timer (active while running)."""
-        if run_id is None:
-            run_id = queries.latest_run(self.db)
-        rows, choices = self.versions()
-        if run_id is None:
-            return ("No training run yet.", "", pd.DataFrame({"iteration": [], "loss": []}), rows, choices,
-                    gr.Timer(active=False), None)
-        state = service.run_state(self.db, int(run_id))
-        fraction = state.iteration / state.iterations if state.iterations else 0.0
-        loss = "" if state.loss is None else f", loss {state.loss:.4f}"
-        text = f"**Training run {state.run_id}: {state.status}** · iteration {state.iteration}/{state.iterations}{loss}"
-        eta = state.eta_seconds
-        if eta is not None:
-            text += f" · about {eta / 60:.1f} min left" if eta >= 90 else f" · about {eta:.0f} s left"
-        if state.message and state.message != f"model version {state.version_id}":
-            text += f" · {state.message}"
-        if state.version_id is not None:
-            text += f" · model version {state.version_id} is now active: new images get its proposals"
-        bar = (f"<div style='background:#ddd;border-radius:4px;height:14px;width:100%'><div id='train-bar' "
-               f"style='background:#3b82f6;height:14px;border-radius:4px;width:{fraction * 100:.1f}%'></div></div>")
-        curve = pd.DataFrame({"iteration": [h[0] for h in state.history], "loss": [h[1] for h in state.history]})
-        return (text, bar, curve, rows, choices, gr.Timer(active=not state.finished), state.run_id)
-
-
-def build_app(db: Database, *, proposal_min_score: float | None = None, device: str | None = None) -> gr.Blocks:
-    wb = Workbench(db, proposal_min_score=proposal_min_score, device=device)
-    ui = UI(db, wb)
+def build_app(db, *, score_threshold: float | None = None, device: str | None = None) -> gr.Blocks:
+    """The page for an open database (db.engine.open_database); ``score_threshold``: the lowest score of a
+    stored proposal (None: $WORKBENCH_SCORE_THRESHOLD or 0.05)."""
+    wb = Workbench(db, score_threshold=score_threshold, device=device)
+    ui, api = Handlers(wb), Api(wb)
     with gr.Blocks(title="Instance segmentation workbench") as demo:
         image_id = gr.State(None)
         revision = gr.State(None)
@@ -343,7 +119,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                 with gr.Row():
                     instance = gr.Dropdown(label="Selected instance (click it on the image)", choices=[],
                                            elem_id="instance", scale=3)
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold",
+                    review_threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Review threshold",
                                           elem_id="threshold", scale=2)
                 with gr.Tabs():
                     with gr.Tab("Review", id="review"):
@@ -419,8 +195,9 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
                         with gr.Row():
                             train_btn = gr.Button("Train a new model version", variant="primary", elem_id="train")
                             cancel_btn = gr.Button("Cancel training", variant="stop", elem_id="cancel-train")
-                            min_score = gr.Number(value=wb.min_score, minimum=0.0, maximum=0.99, step=0.01,
-                                                  label="Minimum score of stored proposals", elem_id="min-score",
+                            score_threshold = gr.Number(value=wb.score_threshold, minimum=0.0, maximum=0.99,
+                                                        step=0.01, label="Score threshold of stored proposals",
+                                                        elem_id="score-threshold",
                                                   info="below it a proposal is not stored, unless none reaches it "
                                                        "(then the best 3 are, marked low confidence)")
                         train_estimate = gr.Markdown(wb.training_estimate("heads"), elem_id="train-estimate")
@@ -449,7 +226,7 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             api_files = gr.File(file_count="multiple", label="files")
             api_split = gr.Textbox(value="train", label="split")
             api_image = gr.Number(label="image_id", precision=0)
-            api_threshold = gr.Number(value=wb.min_score, label="score_threshold")
+            api_score_threshold = gr.Number(value=wb.score_threshold, label="score_threshold")
             api_instances = gr.JSON(label="instances")
             api_seen = gr.Number(value=-1, label="seen_revision (-1: no check)", precision=0)
             api_mode = gr.Textbox(value="heads", label="mode")
@@ -463,365 +240,83 @@ def build_app(db: Database, *, proposal_min_score: float | None = None, device: 
             api_buttons = [gr.Button(f"api{i}") for i in range(5)]
 
         view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter]
-        open_outputs = [image_id, *view_outputs, editor, editing]
+        open_outputs = [image_id, *view_outputs, editor, editing]  # the fields of handlers.Opened
         gallery_outputs = [gallery, ids, status_filter]
-
-        def _refresh_gallery(event):
-            """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
-            return event.then(ui.gallery, [status_filter], gallery_outputs, show_progress="hidden",
-                              api_visibility="private")
-        class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target]
-        run_outputs = [train_status, train_bar, loss_plot, versions, version_pick, timer, run_id]
+        class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target]  # handlers.ClassView
+        run_outputs = [train_status, train_bar, loss_plot, versions, version_pick, timer, run_id]  # handlers.RunView
+        # UI events are private (not API endpoints); Gradio still names them after their functions, so the
+        # handlers' names differ from the headless API's (propose, export_coco, ...)
         private = dict(api_visibility="private")
+        review_inputs = [image_id, review_threshold, instance, revision]
+
+        def edits(event):
+            """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
+            return event.then(ui.gallery, [status_filter], gallery_outputs, show_progress="hidden", **private)
 
         # ---- overview (also the `overview` API) --------------------------------------------
         images_table = gr.Dataframe(headers=IMAGE_HEADERS, interactive=False, visible=False, elem_id="images")
-        demo.load(lambda: _overview(db), outputs=[overview, categories, images_table], api_name="overview")
+        demo.load(ui.overview, outputs=[overview, categories, images_table], api_name="overview")
         demo.load(lambda: ui.gallery("all"), outputs=gallery_outputs, **private)
         demo.load(lambda: ui.class_outputs()[3:], outputs=class_outputs[3:], **private)
-        demo.load(lambda: ui.run_outputs(queries.latest_run(db, active_only=True)), outputs=run_outputs, **private)
-
-        def refresh_all(status):
-            return (*_overview(db), *ui.gallery(status))
-
-        refresh.click(refresh_all, [status_filter], [overview, categories, images_table, *gallery_outputs], **private)
+        demo.load(ui.active_run_outputs, outputs=run_outputs, **private)
+        refresh.click(ui.refresh_all, [status_filter], [overview, categories, images_table, *gallery_outputs],
+                      **private)
 
         # ---- images ----------------------------------------------------------------------
-        def on_upload(files, split_value, threshold_value, request: gr.Request, progress=gr.Progress()):
-            text, first = "", None
-            if files:
-                try:
-                    result = wb.upload(files, names=[os.path.basename(getattr(f, "orig_name", None) or str(f))
-                                                     for f in files], split=split_value,
-                                       progress=_progress_adapter(progress))
-                    text = result.summary().replace("\n", "  \n")
-                    first = result.image_ids[0] if result.image_ids else None
-                except WorkbenchError as exc:
-                    text = _error_text(exc)
-            opened = ui.open(first, threshold_value, user=_user(request))  # proposes first: the gallery's counts include it
-            return (text, _overview(db)[0], *ui.gallery("all"), *opened)
-
-        upload.upload(on_upload, [upload, split, threshold], [upload_msg, overview, *gallery_outputs, *open_outputs],
-                      **private)
+        upload.upload(ui.on_upload, [upload, split, review_threshold],
+                      [upload_msg, overview, *gallery_outputs, *open_outputs], **private)
         status_filter.input(ui.gallery, [status_filter], gallery_outputs, **private)
-
-        def on_select(id_list, threshold_value, evt: gr.SelectData, request: gr.Request):
-            if evt.index is None or evt.index >= len(id_list):
-                return ui.open(None, threshold_value)
-            return ui.open(id_list[evt.index], threshold_value, user=_user(request))
-
-        gallery.select(on_select, [ids, threshold], open_outputs, **private)
-
-        def step(delta):
-            def go(current, id_list, status_value, threshold_value, request: gr.Request):
-                if not id_list:
-                    id_list = [r["id"] for r in queries.list_images(
-                        db, limit=GALLERY_LIMIT, status=None if status_value in (None, "all") else status_value)]
-                if not id_list:
-                    return ui.open(None, threshold_value, "No images in this list.")
-                if current in id_list:
-                    index = (id_list.index(current) + delta) % len(id_list)
-                else:
-                    index = 0 if delta > 0 else len(id_list) - 1
-                return ui.open(id_list[index], threshold_value, user=_user(request))
-            return go
-
-        next_btn.click(step(+1), [image_id, ids, status_filter, threshold], open_outputs, **private)
-        prev_btn.click(step(-1), [image_id, ids, status_filter, threshold], open_outputs, **private)
+        gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private)
+        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
+        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
 
         # ---- review ----------------------------------------------------------------------
-        threshold.change(lambda i, t, s: ui.safe_view(i, t, "", s), [image_id, threshold, instance], view_outputs,
-                         trigger_mode="always_last", show_progress="hidden", **private)
+        review_threshold.change(ui.on_review_threshold, [image_id, review_threshold, instance], view_outputs,
+                                trigger_mode="always_last", show_progress="hidden", **private)
+        overlay.select(ui.on_overlay_select, [shown], [instance], **private)
+        edits(propose_btn.click(ui.on_propose, review_inputs, view_outputs, **private))
+        edits(accept_btn.click(ui.review("accepted"), review_inputs, view_outputs, **private))
+        edits(reject_btn.click(ui.review("rejected"), review_inputs, view_outputs, **private))
+        edits(accept_all_btn.click(ui.accept_all, review_inputs, view_outputs, **private))
+        edits(delete_btn.click(ui.delete, review_inputs, view_outputs, **private))
+        edits(undo_btn.click(ui.undo, [image_id, review_threshold, instance], view_outputs, **private))
+        edits(recover_btn.click(ui.recover, review_inputs, view_outputs, **private))
 
-        def on_overlay_select(shown_ids, evt: gr.SelectData):
-            index = evt.index
-            if isinstance(index, int) and 0 <= index < len(shown_ids):
-                return gr.Dropdown(value=shown_ids[index])
-            return gr.Dropdown()
-
-        overlay.select(on_overlay_select, [shown], [instance], **private)
-
-        def propose_click(i, t, s, rev, request: gr.Request):
-            return ui.act(i, t, s, lambda: wb.propose(int(i), seen_revision=rev, user=_user(request)),
-                          lambda r: f"{proposal_message(r, wb.min_score)} {r.replaced} older proposal(s) replaced.")
-
-        _refresh_gallery(propose_btn.click(propose_click, [image_id, threshold, instance, revision], view_outputs, **private))
-
-        def review_click(state):
-            def handler(i, t, s, rev, request: gr.Request):
-                def action():
-                    if s is None:
-                        raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
-                    return wb.review(int(i), [int(s)], state, rev, _user(request))
-                return ui.act(i, t, s, action, f"Instance #{s} {state}.")
-            return handler
-
-        _refresh_gallery(accept_btn.click(review_click("accepted"), [image_id, threshold, instance, revision], view_outputs, **private))
-        _refresh_gallery(reject_btn.click(review_click("rejected"), [image_id, threshold, instance, revision], view_outputs, **private))
-        def accept_all_click(i, t, s, rev, request: gr.Request):
-            return ui.act(i, t, s, lambda: wb.accept_all(int(i), float(t), rev, _user(request)),
-                          lambda r: f"{r[1]} proposal(s) accepted.")
-
-        _refresh_gallery(accept_all_btn.click(accept_all_click, [image_id, threshold, instance, revision], view_outputs,
-                                              **private))
-
-        def delete_click(i, t, s, rev, request: gr.Request):
-            def action():
-                if s is None:
-                    raise WorkbenchError("select the instance to delete first")
-                return wb.delete_instance(int(i), int(s), rev, _user(request))
-            return ui.act(i, t, None, action, f"Instance #{s} deleted (Undo brings it back).")
-
-        _refresh_gallery(delete_btn.click(delete_click, [image_id, threshold, instance, revision], view_outputs, **private))
-        def undo_click(i, t, s, request: gr.Request):
-            return ui.act(i, t, s, lambda: wb.undo(int(i), _user(request)), "Undone.")
-
-        def recover_click(i, t, s, rev, request: gr.Request):
-            return ui.act(i, t, s, lambda: wb.recover_conflict(int(i), rev, _user(request)),
-                          "Your version from the conflict is back (Undo reverts it).")
-
-        _refresh_gallery(undo_btn.click(undo_click, [image_id, threshold, instance], view_outputs, **private))
-        _refresh_gallery(recover_btn.click(recover_click, [image_id, threshold, instance, revision], view_outputs,
-                                           **private))
-
-        # ---- draw --------------------------------------------------------------------------
-        def save_boxes(i, t, s, rev, value, only, request: gr.Request):
-            def action():
-                info = queries.image_info(db, int(i))
-                scale = scale_for(info["height"], info["width"])
-                _, rows = get_annotations(db, int(i), states=["accepted"])
-                existing = [(r["category_id"], [v * scale for v in r["box"]]) for r in rows]
-                new = []
-                for box in (value or {}).get("boxes") or []:
-                    small_box = [float(box["xmin"]), float(box["ymin"]), float(box["xmax"]), float(box["ymax"])]
-                    label = box.get("label") or ""
-                    if not label:
-                        raise WorkbenchError("a drawn box has no class: click it and choose its class (add classes in the Classes tab)")
-                    category_id = wb.category_id(label)
-                    from partial_sup.proposals import box_iou
-
-                    if any(c == category_id and box_iou(small_box, b) >= 0.9 for c, b in existing):
-                        continue  # an annotation that is already there
-                    new.append((category_id, tuple(v / scale for v in small_box)))
-                if not new:
-                    raise WorkbenchError("no new box: draw one with 'Create box' and choose its class first")
-                return wb.add_boxes(int(i), new, box_only=bool(only), seen_revision=rev, user=_user(request))
-            return ui.act(i, t, s, action, lambda r: f"{len(r[1])} box(es) added: {', '.join(r[1])}.")
-
-        _refresh_gallery(save_boxes_btn.click(save_boxes, [image_id, threshold, instance, revision, annotator, box_only], view_outputs,
-                             **private))
-
-        # ---- correct (kept out of progress-heavy events: explicit buttons only) ------------
-        def load_editor(i, s):
-            if i is None:
-                return None, None, "⚠️ Open an image first."
-            try:
-                info, rgb = wb.rgb(int(i))
-                scale = scale_for(info["height"], info["width"], EDITOR_MAX_SIDE)
-                background = downscale(rgb, scale)
-                layer = np.zeros((*background.shape[:2], 4), np.uint8)
-                if s is not None:
-                    rows = {r["id"]: r for r in get_annotations(db, int(i))[1]}
-                    row = rows.get(int(s))
-                    if row is None:
-                        return None, None, f"⚠️ Instance #{s} is gone; reload the image."
-                    if row["mask"] is not None:
-                        small = downscale_mask(row["mask"], background.shape[:2]) >= 0.5
-                    else:
-                        small = np.zeros(background.shape[:2], bool)
-                        x1, y1, x2, y2 = (int(round(v * scale)) for v in row["box"])
-                        small[y1:y2, x1:x2] = True
-                    layer[small] = (255, 32, 32, 255)
-                # The editor misplaces layers that are smaller than its canvas (Gradio 6.31): background
-                # and layer are padded to the canvas size, and the padding is cut off again on saving.
-                height, width = background.shape[:2]
-                canvas = np.full((EDITOR_MAX_SIDE, EDITOR_MAX_SIDE, 4), (128, 128, 128, 255), np.uint8)
-                canvas[:height, :width, :3] = background
-                padded = np.zeros_like(canvas)
-                padded[:height, :width] = layer
-                value = {"background": canvas, "layers": [padded], "composite": None}
-                what = f"instance #{s}" if s is not None else "a new instance"
-                return (value, (int(i), None if s is None else int(s), height, width),
-                        f"Editing the mask of {what} (grey: outside the image).")
-            except (WorkbenchError, OSError) as exc:
-                return None, None, _error_text(exc)
-
-        edit_btn.click(load_editor, [image_id, instance], [editor, editing, message], **private)
-
-        def save_mask(i, t, rev, value, target, klass, request: gr.Request):
-            def action():
-                if not target or target[0] != i:
-                    raise WorkbenchError("load a mask with 'Edit mask' first (for the image that is open)")
-                layers = (value or {}).get("layers") or []
-                if not layers or layers[0] is None:
-                    raise WorkbenchError("nothing painted yet")
-                painted = np.asarray(layers[0])
-                mask = painted[..., 3] > 0 if painted.ndim == 3 and painted.shape[2] == 4 else painted.any(axis=-1)
-                mask = mask[:target[2], :target[3]]  # without the padding
-                info = queries.image_info(db, int(i))
-                full = upscale_mask(mask, (info["height"], info["width"]))
-                return wb.save_mask(int(i), target[1], klass, full, rev, _user(request))
-            out = ui.act(i, t, target[1] if target else None, action, "Mask saved.")
-            if out[7] == "Mask saved.":
-                return (*out, None, None)  # saved: the editor is emptied
-            return (*out, gr.skip(), gr.skip())  # not saved: the painting stays
-
-        _refresh_gallery(save_mask_btn.click(save_mask, [image_id, threshold, revision, editor, editing, new_class],
-                            [*view_outputs, editor, editing], **private))
+        # ---- draw and correct (the editor only on explicit buttons: it is costly to send) ------
+        edits(save_boxes_btn.click(ui.save_boxes, [*review_inputs, annotator, box_only], view_outputs, **private))
+        edit_btn.click(ui.load_editor, [image_id, instance], [editor, editing, message], **private)
+        edits(save_mask_btn.click(ui.save_mask, [image_id, review_threshold, revision, editor, editing, new_class],
+                                  [*view_outputs, editor, editing], **private))
 
         # ---- classes ---------------------------------------------------------------------
-        def class_action(action, success, keep=None):
-            try:
-                result = action()
-                return ui.class_outputs(success(result) if callable(success) else success, keep)
-            except WorkbenchError as exc:
-                return ui.class_outputs(_error_text(exc), keep)
-
-        add_class_btn.click(lambda name: class_action(lambda: category_service.add_category(db, name),
-                                                      lambda cid: f"Class {name.strip()!r} added (id {cid})."),
-                            [class_name], class_outputs, **private)
-
-        def need(value, what):
-            if value is None:
-                raise WorkbenchError(f"choose {what} first")
-            return int(value)
-
-        rename_btn.click(lambda c, name: class_action(lambda: category_service.rename_category(
-            db, need(c, "the class to rename"), name), f"Class renamed to {str(name).strip()!r}.", c),
-            [class_pick, class_name], class_outputs, **private)
-        def merge_click(c, target, request: gr.Request):
-            return class_action(lambda: category_service.merge_categories(
-                db, need(c, "the class to merge"), need(target, "the class to merge into"), user=_user(request)),
-                lambda n: f"Merged: {n} annotation(s) moved.")
-
-        merge_btn.click(merge_click, [class_pick, merge_target], class_outputs, **private)
-        delete_class_btn.click(lambda c, ok: class_action(lambda: category_service.delete_category(
-            db, need(c, "the class to delete"), delete_annotations=bool(ok)),
-            lambda n: f"Class deleted with {n} annotation(s).", c), [class_pick, confirm_delete], class_outputs,
-            **private)
+        add_class_btn.click(ui.add_class, [class_name], class_outputs, **private)
+        rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private)
+        merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private)
+        delete_class_btn.click(ui.delete_class, [class_pick, confirm_delete], class_outputs, **private)
 
         # ---- train -------------------------------------------------------------------------
-        def start_train(mode_value, its, size, weights_value):
-            try:
-                new_run = wb.start_training(mode_value, its, size, weights_value)
-            except WorkbenchError as exc:
-                out = list(ui.run_outputs(None))
-                out[0] = _error_text(exc)
-                return tuple(out)
-            return ui.run_outputs(new_run)
-
-        train_btn.click(start_train, [mode, iterations, image_size, weights], run_outputs, **private).then(
-            wb.training_estimate, [mode, iterations, image_size], [train_estimate], **private)
+        estimate_inputs = [mode, iterations, image_size]
+        train_btn.click(ui.start_training, [mode, iterations, image_size, weights], run_outputs, **private).then(
+            wb.training_estimate, estimate_inputs, [train_estimate], **private)
         for setting in (mode, iterations, image_size):
-            setting.change(wb.training_estimate, [mode, iterations, image_size], [train_estimate], **private)
-
-        def set_min_score(value):
-            try:
-                wb.set_min_score(value)
-            except WorkbenchError as exc:
-                gr.Warning(str(exc))
-            return wb.min_score
-
-        min_score.input(set_min_score, [min_score], [min_score], **private)
+            setting.change(wb.training_estimate, estimate_inputs, [train_estimate], **private)
+        score_threshold.input(ui.set_score_threshold, [score_threshold], [score_threshold], **private)
         timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private).then(
-            wb.training_estimate, [mode, iterations, image_size], [train_estimate], show_progress="hidden", **private)
-
-        def cancel(run):
-            if run is not None:
-                service.cancel_training(db, int(run))
-            return ui.run_outputs(run)
-
-        cancel_btn.click(cancel, [run_id], run_outputs, **private)
-
-        def activate(version, run):
-            try:
-                if version is None:
-                    raise WorkbenchError("choose a model version first")
-                registry.activate_version(db, int(version))
-                out = list(ui.run_outputs(run))
-                out[0] = f"Model version {int(version)} is active: proposals now come from it."
-                return tuple(out)
-            except WorkbenchError as exc:
-                out = list(ui.run_outputs(run))
-                out[0] = _error_text(exc)
-                return tuple(out)
-
-        activate_btn.click(activate, [version_pick, run_id], run_outputs, **private)
+            wb.training_estimate, estimate_inputs, [train_estimate], show_progress="hidden", **private)
+        cancel_btn.click(ui.cancel_training, [run_id], run_outputs, **private)
+        activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private)
 
         # ---- export ----------------------------------------------------------------------------
-        def export_click(fmt, images, progress=gr.Progress()):
-            try:
-                path, report = wb.export(fmt, images, progress=_progress_adapter(progress))
-            except WorkbenchError as exc:
-                return _error_text(exc), None
-            return f"Exported {report.summary()}", str(path)
-
-        export_btn.click(export_click, [mask_format, which], [export_summary, export_file], **private)
+        export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private)
 
         # ---- the headless API -------------------------------------------------------------------
-        def upload_images(files, split, progress=gr.Progress()):
-            """Add image files; returns their image ids (existing images keep theirs) and refusals."""
-            try:
-                result = wb.upload(files, split=split or "train", progress=_progress_adapter(progress))
-            except WorkbenchError as exc:
-                raise gr.Error(str(exc)) from None
-            return {"image_ids": result.image_ids, "added": result.added, "existing": result.existing,
-                    "refused": result.refused}
-
-        def api_propose(image_id, score_threshold, request: gr.Request):
-            """Run the active model on an image, store its instances as proposals; returns the image's instances."""
-            try:
-                result = wb.propose(int(image_id), score_threshold=score_threshold, user=_user(request))
-                out = wb.instances(int(image_id))
-                out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
-                           low_confidence=result.low_confidence, model_version_id=registry.active_version(db).id)
-                return out
-            except (WorkbenchError, TypeError, ValueError) as exc:
-                raise gr.Error(str(exc)) from None
-
-        def api_save(image_id, instances, seen_revision, request: gr.Request):
-            """Make the instances the image's annotations; returns the annotations as they are now, their
-            revision, and the revision this save made (saved_revision: another save may follow at once)."""
-            try:
-                seen = None if seen_revision is None or int(seen_revision) < 0 else int(seen_revision)
-                saved = wb.save_json(int(image_id), instances if instances is not None else [], seen,
-                                     user=_user(request))
-                return {**wb.instances(int(image_id)), "saved_revision": saved}
-            except (WorkbenchError, TypeError, ValueError, KeyError) as exc:
-                raise gr.Error(str(exc)) from None
-
-        def api_retrain(mode, iterations, image_size, backbone_weights, progress=gr.Progress()):
-            """Train a new model version (its own process) and wait for it; returns the version and its metrics."""
-            try:
-                run = wb.start_training(mode, iterations, image_size, backbone_weights)
-            except WorkbenchError as exc:
-                raise gr.Error(str(exc)) from None
-            progress(0.0, desc=f"training run {run}")
-
-            def report(state):
-                if state.iterations:
-                    progress((state.iteration, state.iterations), desc=f"training run {run}", unit="iterations")
-
-            state = wb.wait_for_run(run, report)
-            if state.status != "succeeded":
-                raise gr.Error(f"training run {run} {state.status}: {state.message}")
-            return {"run_id": run, "status": state.status, "iterations": state.iterations, "loss": state.loss,
-                    "history": state.history, **(wb.version_info(state.version_id) or {})}
-
-        def api_export(mask_format, images, progress=gr.Progress()):
-            """Export COCO (mask_format polygon|rle, images all|reviewed); returns the file."""
-            try:
-                path, _ = wb.export(mask_format, images, progress=_progress_adapter(progress))
-            except WorkbenchError as exc:
-                raise gr.Error(str(exc)) from None
-            return str(path)
-
-        api_buttons[0].click(upload_images, [api_files, api_split], api_out, api_name="upload_images")
-        api_buttons[1].click(api_propose, [api_image, api_threshold], api_out, api_name="propose")
-        api_buttons[2].click(api_save, [api_image, api_instances, api_seen], api_out, api_name="save_annotations")
-        api_buttons[3].click(api_retrain, [api_mode, api_iterations, api_size, api_weights], api_out,
+        api_buttons[0].click(api.upload_images, [api_files, api_split], api_out, api_name="upload_images")
+        api_buttons[1].click(api.propose, [api_image, api_score_threshold], api_out, api_name="propose")
+        api_buttons[2].click(api.save_annotations, [api_image, api_instances, api_seen], api_out,
+                             api_name="save_annotations")
+        api_buttons[3].click(api.retrain, [api_mode, api_iterations, api_size, api_weights], api_out,
                              api_name="retrain")
-        api_buttons[4].click(api_export, [api_format, api_which], api_file, api_name="export_coco")
+        api_buttons[4].click(api.export_coco, [api_format, api_which], api_file, api_name="export_coco")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
 
@@ -833,35 +328,23 @@ def _preload_model(workbench: Workbench) -> None:
         log.warning("the active model could not be loaded: %s", exc)
 
 
-def served_folders(db: Database) -> list[str]:
-    """The only folders whose files the server hands out (exports and thumbnails): not the database,
-    the stored images or the checkpoints."""
-    folders = [db.data_dir / "exports", db.data_dir / "thumbs"]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    return [str(folder) for folder in folders]
-
-
-def launch_app(db: Database, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
+def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
                max_file_size: int = MAX_UPLOAD_BYTES, **build_kwargs):
-    """``auth``: Gradio's login check, a callable (username, password) -> bool (app.users.UsersFile);
-    ``max_file_size``: bytes; larger uploads are refused by the server before any handler sees them."""
-    import threading
-
+    """``db``: an open database (db.engine.open_database); ``auth``: Gradio's login check, a callable
+    (username, password) -> bool (services.users.UsersFile); ``max_file_size``: bytes; larger uploads are
+    refused by the server before any handler sees them."""
     demo = build_app(db, **build_kwargs)
     threading.Thread(target=_preload_model, args=(demo.workbench,), daemon=True).start()
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
-                allowed_paths=served_folders(db), auth=auth, max_file_size=max_file_size,
+                allowed_paths=demo.workbench.served_folders(), auth=auth, max_file_size=max_file_size,
                 prevent_thread_lock=not block, quiet=not block)
     return demo
 
 
-def serve(db: Database, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
+def serve(db, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
           max_file_size: int = MAX_UPLOAD_BYTES) -> None:
-    """Refuses a non-loopback ``host`` without a users file (see app.users.server_auth)."""
-    from app.users import server_auth
-
+    """Refuses a non-loopback ``host`` without a users file (see services.users.server_auth)."""
     auth = server_auth(host, auth_file)
     logins = f", logins from {auth_file} ({len(auth.users)} users)" if auth else ""
     print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins})")

@@ -41,22 +41,12 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-DEFAULT_DATA = SHARED / "data" / "coco_subset"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, copy_fresh, loadavg, run_launch, stamp,
+                    write_json)
+
 ENV = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-
-
-def stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def others_running(work: Path) -> list[str]:
@@ -82,19 +72,6 @@ def stats(values: list[float]) -> dict:
             "mean": float(a.mean())}
 
 
-def run_cli(args: list[str], log) -> float:
-    cmd = [sys.executable, str(REPO / "launch.py"), *args]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    log.write("$ " + " ".join(cmd[1:]) + "\n")
-    log.flush()
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:1])} failed (exit {proc.returncode}); see {log.name}")
-    return seconds
-
-
 # ---- the data dir with a model (made once) -------------------------------------------------------
 def make_base(args, log) -> dict:
     base = args.work / "base_data"
@@ -103,18 +80,14 @@ def make_base(args, log) -> dict:
         return json.loads(marker.read_text())
     if base.exists():
         shutil.rmtree(base)
-    data = json.loads((args.data / "train.json").read_text())
-    ids = sorted(im["id"] for im in data["images"])[:args.train_images]
-    keep = set(ids)
-    subset = args.work / f"train_first{args.train_images}.json"
-    subset.write_text(json.dumps({**data, "images": [im for im in data["images"] if im["id"] in keep],
-                                  "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}))
-    import_s = run_cli(["import-coco", str(subset), "--images", str(args.data / "images"), "--data-dir", str(base)],
-                       log)
+    subset = coco_subset_file(args.data / "train.json", args.train_images,
+                              args.work / f"train_first{args.train_images}.json")
+    import_s = run_launch(["import-coco", str(subset), "--images", str(args.data / "images"), "--data-dir", str(base)],
+                          log, env=ENV)
     load_before = loadavg()
-    train_s = run_cli(["train", "--mode", "heads", "--iterations", str(args.base_iterations), "--image-size",
-                       str(args.base_image_size), "--backbone-weights", str(args.weights), "--device", "cpu",
-                       "--data-dir", str(base)], log)
+    train_s = run_launch(["train", "--mode", "heads", "--iterations", str(args.base_iterations), "--image-size",
+                          str(args.base_image_size), "--backbone-weights", str(args.weights), "--device", "cpu",
+                          "--data-dir", str(base)], log, env=ENV)
     sys.path.insert(0, str(REPO))
     from db import registry
     from db.engine import open_database
@@ -127,7 +100,7 @@ def make_base(args, log) -> dict:
             "train_command_seconds": train_s, "load_before_train": load_before, "version_id": version.id,
             "version_name": version.name, "checkpoint": version.checkpoint_path, "metrics": version.metrics}
     db.close()
-    marker.write_text(json.dumps(info, indent=1))
+    write_json(marker, info)
     return info
 
 
@@ -390,13 +363,13 @@ def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Pa
     from PIL import Image
 
     from app.display import predict_scaled
-    from app.workbench import Workbench
+    from services.workbench import Workbench
     from db import queries
     from db.engine import open_database
     from db.imagestore import ImageStore, load_rgb
     from db.uploads import add_images
-    from partial_sup.inference import load_predictor
-    from partial_sup.proposals import propose
+    from services.models import load_predictor
+    from services.proposals import propose
 
     db = open_database(run_data)
     wb = Workbench(db)
@@ -410,7 +383,7 @@ def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Pa
         info = queries.image_info(db, image_id)
         decode_s, rgb = timed(load_rgb, store.absolute(info["stored_path"]))
         model_s, preds = timed(predict_scaled, predictor, rgb, app_threshold)
-        store_s, result = timed(propose, db, image_id, None, base["version_id"], score_threshold=wb.min_score,
+        store_s, result = timed(propose, db, image_id, None, base["version_id"], score_threshold=wb.score_threshold,
                                 instances=preds)
         read_s, out = timed(wb.instances, image_id)
         json_s, text = timed(json.dumps, out)
@@ -504,10 +477,7 @@ def main() -> int:
     base = make_base(args, log)
     results["model"] = base
     photos = make_photos(args)
-    run_data = args.work / "run_data"
-    if run_data.exists():
-        shutil.rmtree(run_data)
-    shutil.copytree(args.work / "base_data", run_data)
+    run_data = copy_fresh(args.work / "base_data", args.work / "run_data")
 
     server = Server(run_data, args.work / "server.log")
     try:
@@ -534,7 +504,7 @@ def main() -> int:
         # 2. saves: on the uploaded photo with the most proposals, and on the imported photo with the most
         # annotations (its instances as the page shows them, read from the database)
         sys.path.insert(0, str(REPO))
-        from app.workbench import Workbench
+        from services.workbench import Workbench
         from db import queries
         from db.engine import open_database
 
@@ -569,7 +539,7 @@ def main() -> int:
     results["finished"] = stamp()
     results["load_end"] = loadavg()
     results["others_running_at_end"] = others_running(args.work.resolve())
-    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(args.work / "results.json", results)
 
     print()
     print(f"model: v{base['version_id']} {base['version_name']} (heads, {base['iterations']} iterations at "

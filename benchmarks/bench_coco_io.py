@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO
 WIDTH, HEIGHT = 640, 480
 
 
@@ -68,7 +68,7 @@ def run_phase(args: list[str]) -> dict:
     """Run launch.py in a child process; returns its wall time and peak memory."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TQDM_DISABLE="1")
     code = ("import resource, sys, time, runpy; sys.argv = ['launch.py'] + sys.argv[1:]; t = time.perf_counter()\n"
-            f"sys.path.insert(0, {str(ROOT)!r}); import launch; rc = launch.main(sys.argv[1:])\n"
+            f"sys.path.insert(0, {str(REPO)!r}); import launch; rc = launch.main(sys.argv[1:])\n"
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH")), None)
@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--per-image", type=int, default=10)
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "coco_io")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "coco_io")
     args = parser.parse_args()
     work = args.work
     data_dir = work / "workbench_data"

@@ -41,8 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_api_speed import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, Server, client_for, loadavg,  # noqa: E402
-                             make_base, make_photos, others_running, stamp)
+from bench_api_speed import Server, client_for, make_base, make_photos, others_running  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, copy_fresh, loadavg, percentile, stamp,  # noqa: E402
+                    write_json)
 
 OPS = ("upload", "propose", "save", "hot_save")
 CONFLICT = re.compile(r"revision (-?\d+), now (\d+)")
@@ -246,12 +247,6 @@ def prepare_postgres(run_data: Path, url: str) -> None:
         target.close()
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values), q)) if values else None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "load")
@@ -275,10 +270,7 @@ def main() -> int:
     with open(args.work / "log.txt", "a") as log:
         base = make_base(args, log)
     photos = [p.read_bytes() for p in make_photos(args)]
-    run_data = args.work / "run_data"
-    if run_data.exists():
-        shutil.rmtree(run_data)
-    shutil.copytree(args.work / "base_data", run_data)
+    run_data = copy_fresh(args.work / "base_data", args.work / "run_data")
     backend = "sqlite"
     if args.db:
         backend = args.db.split(":", 1)[0].split("+")[0]
@@ -331,7 +323,7 @@ def main() -> int:
                         "p99_ms": None if not v else round(percentile(v, 99) * 1000)}
                    for op, v in rec.latency.items()},
         "check": check}
-    (args.work / f"results-{backend}.json").write_text(json.dumps(results, indent=1))
+    write_json(args.work / f"results-{backend}.json", results)
     print(json.dumps({k: v for k, v in results.items() if k != "per_op"}, indent=1))
     print("\n| operation | n | ops/s | p50 | p99 |\n|---|---|---|---|---|")
     for op, row in results["per_op"].items():

@@ -25,7 +25,7 @@ predictions that are not timed. Reported per model: parameter counts, checkpoint
 iteration and losses (first/last 10 iterations), per-image predict latency (median, p90) with a breakdown
 (stage-3 classify head, final masks = detection weights + T + FCN, post-processing), detections per image,
 peak RSS (VmHWM) of the train and the predict process. A second interleaved pass (--low-threshold, 0.005 by
-default; 0 skips it) sets the models' own score_thresh = vote_score_thresh that low, because a short training
+default; 0 skips it) sets the models' own score_threshold = vote_score_threshold that low, because a short training
 leaves every score under 0.05 (no detections, Mask^X final masks never computed). Then (unless --no-probe) one
 extra prediction per model
 at score_threshold 0.0 (a user can set the workbench's threshold that low): latency and peak RSS, measured
@@ -35,52 +35,27 @@ Writes OUT/results.json (and OUT/model_80.pt, OUT/model_3000.pt, OUT/train_*.jso
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (DEFAULT_DATA as DATA, DEFAULT_WEIGHTS as WEIGHTS, REPO, cpu_name, load_coco, loadavg,
+                    percentile, proc_status_mb, read_rgb, stamp, usable_anns, write_json)
+
 sys.path.insert(0, str(REPO))
 
-DATA = (REPO / ".." / "shared" / "data" / "coco_subset").resolve()
-WEIGHTS = (REPO / ".." / "shared" / "weights" / "mobilenet_v2-b0353104.pth").resolve()
 OUT = REPO / "benchmarks" / "out" / "many_classes"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def proc_status_mb(field: str) -> float:
-    """VmHWM (peak RSS) / VmRSS of this process in MB (Linux); getrusage's max RSS as a fallback."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def reset_peak_rss() -> bool:
@@ -91,28 +66,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8).copy()
-
-
-def load_coco(path: Path):
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
-
-
-def usable_anns(coco, image_id: int) -> list[dict]:
-    return [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
 
 
 def setup_torch():
@@ -288,7 +241,7 @@ def worker_train(args) -> None:
         "loadavg_train_start": load_train,
         "loadavg_train_end": loadavg(),
     }
-    (out / f"train_{n}.json").write_text(json.dumps(result, indent=2))
+    write_json(out / f"train_{n}.json", result, indent=2)
     print(f"  [{n} classes] trained {iters} its in {summary['seconds']:.1f} s, checkpoint "
           f"{result['checkpoint_mb']} MB, peak RSS {peak_train:.0f} MB", flush=True)
 
@@ -377,8 +330,8 @@ def worker_predict(args) -> None:
                   "detections_box_only_classes": sum(1 for i in instances if i.category_id not in coco_ids),
                   "peak_rss_mb": round(proc_status_mb("VmHWM"), 1), "rss_mb": round(proc_status_mb("VmRSS"), 1)})
         elif op == "thresholds":  # the model's own thresholds (what MNC.detect uses for final masks and voting)
-            t = cmd["score_thresh"]  # None: back to the checkpoint's own thresholds
-            model.config = config if t is None else config.replace(score_thresh=t, vote_score_thresh=t)
+            t = cmd["score_threshold"]  # None: back to the checkpoint's own thresholds
+            model.config = config if t is None else config.replace(score_threshold=t, vote_score_threshold=t)
             reset_peak_rss()
             send({"ok": True, "rss_mb": round(proc_status_mb("VmRSS"), 1)})
         elif op == "quit":
@@ -498,7 +451,7 @@ def table(res: dict) -> str:
          None, None),
         ("peak RSS, train process (MB)", fmt(a["train"]["peak_rss_train_mb"], 0), fmt(b["train"]["peak_rss_train_mb"], 0),
          a["train"]["peak_rss_train_mb"], b["train"]["peak_rss_train_mb"]),
-        ("**models' default score_thresh = vote_score_thresh = 0.05**", "", "", None, None),
+        ("**models' default score_threshold = vote_score_threshold = 0.05**", "", "", None, None),
         ("predict latency, median (ms)", fmt(a["predict"]["median_ms"]), fmt(b["predict"]["median_ms"]),
          a["predict"]["median_ms"], b["predict"]["median_ms"]),
         ("predict latency, p90 (ms)", fmt(a["predict"]["p90_ms"]), fmt(b["predict"]["p90_ms"]),
@@ -521,9 +474,9 @@ def table(res: dict) -> str:
     ]
     if a.get("predict_low") and b.get("predict_low"):
         la, lb = a["predict_low"], b["predict_low"]
-        t = la["score_thresh"]
+        t = la["score_threshold"]
         rows += [
-            (f"**models' score_thresh = vote_score_thresh = {t}**", "", "", None, None),
+            (f"**models' score_threshold = vote_score_threshold = {t}**", "", "", None, None),
             ("predict latency, median (ms)", fmt(la["median_ms"]), fmt(lb["median_ms"]), la["median_ms"], lb["median_ms"]),
             ("predict latency, p90 (ms)", fmt(la["p90_ms"]), fmt(lb["p90_ms"]), la["p90_ms"], lb["p90_ms"]),
         ]
@@ -570,7 +523,7 @@ def run_parent(args) -> None:
                               "max_size": int(args.image_size * 5 / 3), "relabel_fraction": args.relabel_fraction,
                               "seed": args.seed, "warmup": args.warmup, "mode": "heads (cache_frozen_features=True, body frozen)",
                               "maskx": "transfer", "threads": 2, "score_threshold": 0.05},
-                 "cpu": _cpu_name(), "models": {str(n): {} for n in variants}}
+                 "cpu": cpu_name(), "models": {str(n): {} for n in variants}}
     print(f"{stamp()}  load {loadavg()}  -> {out}", flush=True)
 
     for n in variants:
@@ -582,8 +535,7 @@ def run_parent(args) -> None:
                   flush=True)
             subprocess.run(worker_cmd(args, "--worker", "train", "--classes-worker", str(n)), check=True, cwd=str(REPO))
         res["models"][str(n)]["train"] = json.loads((out / f"train_{n}.json").read_text())
-        res["models"][str(n)]["train"]["checkpoint_written"] = datetime.fromtimestamp(
-            (out / f"model_{n}.pt").stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        res["models"][str(n)]["train"]["checkpoint_written"] = stamp(when=(out / f"model_{n}.pt").stat().st_mtime)
         t = res["models"][str(n)]["train"]
         wanted = {"iterations": args.iterations, "image_size": args.image_size, "seed": args.seed,
                   "relabel_fraction": args.relabel_fraction}
@@ -610,20 +562,20 @@ def run_parent(args) -> None:
         m["predict_rows"] = rows[n]
     if args.low_threshold > 0:
         t = args.low_threshold
-        print(f"predict again with the models' score_thresh = vote_score_thresh = {t}", flush=True)
+        print(f"predict again with the models' score_threshold = vote_score_threshold = {t}", flush=True)
         for w in workers.values():
-            w.ask(op="thresholds", score_thresh=t)
+            w.ask(op="thresholds", score_threshold=t)
         res["loadavg_low_start"] = loadavg()
         low = timed_pass(workers, variants, count, f"score {t}")
         res["loadavg_low_end"] = loadavg()
         for n in variants:
             m = res["models"][str(n)]
             m["predict_low"] = summarize_latency(low[n])
-            m["predict_low"]["score_thresh"] = t
+            m["predict_low"]["score_threshold"] = t
             m["peak_rss_predict_low_mb"] = low[n][-1]["peak_rss_mb"]
             m["predict_low_rows"] = low[n]
         for w in workers.values():
-            w.ask(op="thresholds", score_thresh=None)
+            w.ask(op="thresholds", score_threshold=None)
     if not args.no_probe:
         for n in variants:
             res["models"][str(n)]["probe"] = workers[n].ask(op="predict", index=0, score_threshold=0.0, reset_peak=True)
@@ -634,23 +586,12 @@ def run_parent(args) -> None:
     res["finished"] = stamp()
     res["loadavg_end"] = loadavg()
     res["table"] = table(res)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
+    write_json(out / "results.json", res, indent=2)
     print()
     print(res["table"])
     print()
     print(f"load average: start {res['loadavg_start']}, predict {res['loadavg_predict_start']} -> "
           f"{res['loadavg_predict_end']}, end {res['loadavg_end']}; results: {out / 'results.json'}")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -665,7 +606,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=2, help="untimed predictions per model before timing")
     ap.add_argument("--low-threshold", type=float, default=0.005,
-                    help="second timed pass with the models' score_thresh = vote_score_thresh set to this "
+                    help="second timed pass with the models' score_threshold = vote_score_threshold set to this "
                          "(short training leaves every score under 0.05); 0 = skip")
     ap.add_argument("--no-probe", action="store_true", help="skip the score_threshold 0.0 probe")
     ap.add_argument("--reuse-models", action="store_true",

@@ -12,41 +12,29 @@ Steps (each writes WORK/<step>.json and is skipped on a re-run unless --force):
             end-to-end, from ImageNet) -> `launch.py evaluate` on the same photos
   peer      torchvision Mask R-CNN (benchmarks/maskrcnn_peer.py) trained on the same database split with the
             same iterations / size / seed / flips, batch 1, SGD lr 0.01 momentum 0.9 wd 1e-4, warmup and step
-            decay like MNC; evaluated the same way (COCO results -> partial_sup.evaluation.coco_metrics)
+            decay like MNC; evaluated the same way (COCO results -> services.evaluation.coco_metrics)
   novote    the `mnc` checkpoint evaluated with mask_voting=False (inference-only ablation)
   detach    MNC trained with detach_proposals=True (no gradient through the boxes)
   stages3   MNC trained with num_stages=3
-The ablation trainings use partial_sup.training.train_from_database (what `launch.py train` runs) with
+The ablation trainings use services.training.train_from_database (what `launch.py train` runs) with
 the config changed, and are evaluated in-process with the same Predictor + coco_metrics as `evaluate`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, load_coco, loadavg_text, require, run_launch,  # noqa: E402
+                    stamp, write_json)
+
+sys.path.insert(0, str(REPO))
 
 ALL_STEPS = ["mnc", "peer", "novote", "detach", "stages3"]
-
-
-def stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def make_subset(data: Path, n: int, out: Path) -> Path:
@@ -66,35 +54,12 @@ def make_subset(data: Path, n: int, out: Path) -> Path:
     return out
 
 
-def cli(args: list[str], log, threads: int) -> float:
-    cmd = [sys.executable, str(REPO / "launch.py"), *args]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    log.write("$ " + " ".join(cmd[1:]) + "\n")
-    t = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # torch's intra-op threads in the CLI process
-    proc = subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    for line in proc.stdout:  # stream (tqdm's \r updates arrive with the next newline or at the end)
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        log.write(line)
-    rc = proc.wait()
-    dt = time.perf_counter() - t
-    log.write(f"[{dt:.1f} s, rc {rc}]\n")
-    log.flush()
-    if rc != 0:
-        raise SystemExit(f"command failed (rc {rc}): {' '.join(cmd)}")
-    return dt
-
-
 def evaluate_predict(predict, gt_path: Path, images_dir: Path) -> dict:
     """predict(image) -> Instances; COCO results -> coco_metrics, as `launch.py evaluate` does."""
-    from pycocotools.coco import COCO
+    from services.evaluation import coco_metrics
+    from services.models import instance_to_result, read_image
 
-    from partial_sup.evaluation import coco_metrics
-    from partial_sup.inference import instance_to_result, read_image
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
+    gt = load_coco(gt_path)
     cats = set(gt.getCatIds())
     results = []
     for im in gt.loadImgs(gt.getImgIds()):
@@ -110,9 +75,9 @@ def brief(metrics: dict) -> dict:
 
 
 def mnc_predict_fn(checkpoint: Path, **config_changes):
-    from partial_sup.maskx import load_predictor
+    from partial_sup.maskx import predictor_from_file
 
-    pred = load_predictor(checkpoint, device="cpu")
+    pred = predictor_from_file(checkpoint, device="cpu")
     if config_changes:
         pred.config = pred.config.replace(**config_changes)
         pred.model.config = pred.config  # detect() post-processes with the model's config
@@ -122,20 +87,21 @@ def mnc_predict_fn(checkpoint: Path, **config_changes):
 def train_variant(db_dir: Path, name: str, args, log, **changes) -> dict:
     from db.engine import open_database
     from mnc_core import MNCConfig
-    from partial_sup.training import train_from_database
+    from services.presets import TrainingSpec
+    from services.training import train_from_database
 
     if not (db_dir / "imported.ok").exists():  # its own database, so variants can train in parallel
-        cli(["import-coco", str(args.gt), "--images", str(args.data / "images"), "--data-dir", str(db_dir),
-             "--split", "train"], log, args.threads)
+        run_launch(["import-coco", str(args.gt), "--images", str(args.data / "images"), "--data-dir", str(db_dir),
+                    "--split", "train"], log, threads=args.threads, stream=True)
         (db_dir / "imported.ok").write_text(stamp())
     db = open_database(db_dir)
     config = MNCConfig().replace(**changes)
-    print(f"[{stamp()}] training {name} ({changes}), {args.iterations} it @ {args.image_size} px, load {load()}",
-          flush=True)
+    print(f"[{stamp()}] training {name} ({changes}), {args.iterations} it @ {args.image_size} px, "
+          f"load {loadavg_text()}", flush=True)
     t = time.perf_counter()
-    res = train_from_database(db, iterations=args.iterations, image_size=args.image_size,
-                              backbone_weights=str(args.weights), device="cpu", seed=args.seed, config=config,
-                              mode="full", mask_head="none", init="backbone", show_progress=True)
+    spec = TrainingSpec(iterations=args.iterations, image_size=args.image_size, backbone_weights=str(args.weights),
+                        device="cpu", seed=args.seed, mode="full", mask_head="none", init="backbone")
+    res = train_from_database(db, spec, config=config, show_progress=True)
     dt = time.perf_counter() - t
     log.write(f"{name}: {res.summary()} [{dt:.1f} s]\n")
     log.flush()
@@ -147,14 +113,14 @@ def train_variant(db_dir: Path, name: str, args, log, **changes) -> dict:
 def step_mnc(args, log) -> dict:
     data_dir = args.work / "workbench_data"
     if not (data_dir / "imported.ok").exists():
-        cli(["import-coco", str(args.gt), "--images", str(args.data / "images"), "--data-dir", str(data_dir),
-             "--split", "train"], log, args.threads)
+        run_launch(["import-coco", str(args.gt), "--images", str(args.data / "images"), "--data-dir", str(data_dir),
+                    "--split", "train"], log, threads=args.threads, stream=True)
         (data_dir / "imported.ok").write_text(stamp())
     train_cmd = ["train", "--data-dir", str(data_dir), "--iterations", str(args.iterations), "--image-size",
                  str(args.image_size), "--backbone-weights", str(args.weights), "--device", "cpu", "--seed",
                  str(args.seed), "--mode", "full", "--mask-head", "none", "--init", "backbone"]  # plain MNC, end-to-end
-    load_before = load()
-    dt = cli(train_cmd, log, args.threads)
+    load_before = loadavg_text()
+    dt = run_launch(train_cmd, log, threads=args.threads, stream=True)
     from db import registry
     from db.engine import open_database
 
@@ -163,8 +129,9 @@ def step_mnc(args, log) -> dict:
     metrics_v = registry.active_version(db).metrics or {}
     final_loss = metrics_v.get("train_loss", metrics_v.get("final_loss"))
     out = args.work / "mnc_metrics.json"
-    cli(["evaluate", "--data-dir", str(data_dir), "--annotations", str(args.gt), "--images",
-         str(args.data / "images"), "--out", str(out), "--checkpoint", str(checkpoint)], log, args.threads)
+    run_launch(["evaluate", "--data-dir", str(data_dir), "--annotations", str(args.gt), "--images",
+                str(args.data / "images"), "--out", str(out), "--checkpoint", str(checkpoint)], log,
+               threads=args.threads, stream=True)
     metrics = json.loads(out.read_text())
     return {"train_seconds": dt, "final_loss": final_loss, "checkpoint": str(checkpoint), "load_before_train": load_before,
             "command": "python launch.py " + " ".join(train_cmd), **brief(metrics), "metrics": metrics}
@@ -175,7 +142,7 @@ def step_peer(args, log) -> dict:
 
     from db.engine import open_database
     from maskrcnn_peer import peer_predict, train_peer
-    from partial_sup.data import DatabaseDataset
+    from services.dataset import DatabaseDataset
 
     data_dir = args.work / "workbench_data"
     for _ in range(120):  # the mnc step (maybe running in parallel) imports the subset
@@ -193,8 +160,8 @@ def step_peer(args, log) -> dict:
         bar.update(it - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
-    print(f"[{stamp()}] training the Mask R-CNN peer, {args.iterations} it @ {args.image_size} px, load {load()}",
-          flush=True)
+    print(f"[{stamp()}] training the Mask R-CNN peer, {args.iterations} it @ {args.image_size} px, "
+          f"load {loadavg_text()}", flush=True)
     model, summ = train_peer(dataset, iterations=args.iterations, image_size=args.image_size, weights=args.weights,
                              seed=args.seed, on_progress=prog, rpn_post_nms_top_n_train=args.peer_proposals,
                              box_batch_size_per_image=args.peer_rois)
@@ -272,7 +239,7 @@ def main() -> int:
             if step in results and not args.force:
                 print(f"{step}: done before ({results[step].get('finished')}), skipped; --force re-runs it")
                 continue
-            started, load_start = stamp(), load()
+            started, load_start = stamp(), loadavg_text()
             print(f"[{started}] step {step}, load {load_start}", flush=True)
             if step == "mnc":
                 r = step_mnc(args, log)
@@ -291,9 +258,7 @@ def main() -> int:
             # re-read first: another invocation (e.g. --steps peer in parallel) may have added its step
             results = json.loads(res_path.read_text()) if res_path.exists() else {}
             results[step] = r
-            tmp = res_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1))
-            tmp.replace(res_path)
+            write_json(res_path, results)
             print(f"[{stamp()}] {step}: mask AP50 {r['segm_AP50']:.3f}, AP70 {r['segm_AP70']:.3f}, "
                   f"AP {r['segm_AP']:.3f}, box AP50 {r['bbox_AP50']:.3f}", flush=True)
     print()

@@ -9,7 +9,7 @@ side by side in the same run with torchvision's Mask R-CNN on the same backbone.
 Both models are in eval mode with ImageNet backbone weights (heads random: latency does not depend
 on training) and 81 classes, at 600 px short side / 1000 px long side cap, 300 RPN proposals.
 MNC's backbone folds its frozen BatchNorm into the convolutions; the peer's is folded the same way
-(mnc_core.backbone.fold_frozen_bn, exact) unless --stock-peer-bn. Score thresholds are 0.0 for both (MNC `score_thresh`, Mask R-CNN `box_score_thresh`) with 100
+(mnc_core.backbone.fold_frozen_bn, exact) unless --stock-peer-bn. Score thresholds are 0.0 for both (MNC `score_threshold`, Mask R-CNN `box_score_thresh`) with 100
 detections per image, so that both post-process all of their candidates and paste 100 masks,
 independent of how confident the (untrained) heads are. MNC's stage boundaries are timestamps taken
 by forward hooks on its sub-modules while `MNC.detect` runs (nothing of the model is re-implemented):
@@ -31,7 +31,6 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,18 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, build_peer, image_tensor, require  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, read_rgb, require, stamp, write_json  # noqa: E402
+from maskrcnn_peer import build_peer, image_tensor  # noqa: E402
 
 MNC_STAGES = ["input", "backbone", "stage1_rpn", "stage2_mask", "stage3_cls", "stage4_mask", "stage5_cls", "other"]
 PEER_STAGES = ["transform", "backbone", "rpn", "box_head", "mask_head", "other"]
 
 
 def load_images(data: Path, n: int) -> list[np.ndarray]:
-    from PIL import Image
-
     ann = json.loads((data / "val.json").read_text())
     imgs = sorted(ann["images"], key=lambda im: im["id"])[:n]
-    return [np.asarray(Image.open(data / "images" / im["file_name"]).convert("RGB")) for im in imgs]
+    return [read_rgb(data / "images" / im["file_name"], exif_transpose=False) for im in imgs]
 
 
 class Clock:
@@ -110,7 +108,7 @@ def build_mnc(args, device):
     from mnc_core import MNCConfig, Predictor, build_model
 
     config = MNCConfig().replace(min_size=args.min_size, max_size=args.max_size, num_stages=5,
-                                 rpn_post_nms_top_n_test=300, score_thresh=args.score_thresh,
+                                 rpn_post_nms_top_n_test=300, score_threshold=args.score_threshold,
                                  detections_per_image=100, mask_voting=not args.no_voting)
     if args.cascade_top_n is not None and hasattr(config, "cascade_top_n_test"):
         config = config.replace(cascade_top_n_test=None if args.cascade_top_n == "all" else int(args.cascade_top_n))
@@ -134,7 +132,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up images (default 2)")
     p.add_argument("--min-size", type=int, default=600)
     p.add_argument("--max-size", type=int, default=1000)
-    p.add_argument("--score-thresh", type=float, default=0.0, help="both models' score threshold (default 0.0)")
+    p.add_argument("--score-threshold", "--score-thresh", dest="score_threshold", type=float, default=0.0,
+                   help="both models' score threshold (default 0.0)")
     p.add_argument("--no-voting", action="store_true", help="MNC without mask voting")
     p.add_argument("--skip-peer", action="store_true", help="MNC only")
     p.add_argument("--stock-peer-bn", action="store_true",
@@ -176,7 +175,7 @@ def main() -> int:
     if not args.skip_peer:
         torch.manual_seed(0)
         peer = build_peer(81, args.weights, min_size=args.min_size, max_size=args.max_size,
-                          box_score_thresh=args.score_thresh, detections_per_img=100,
+                          box_score_thresh=args.score_threshold, detections_per_img=100,
                           rpn_post_nms_top_n_test=300)
         if not args.stock_peer_bn:  # MNC's backbone folds its frozen BN into the convs; do the same here
             from mnc_core.backbone import fold_frozen_bn
@@ -217,13 +216,13 @@ def main() -> int:
 
     m = summarise(mnc_rows)
     load = os.getloadavg()
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = stamp(seconds=False)
     print()
     print(f"MNC 5-stage vs Mask R-CNN, {args.min_size}/{args.max_size} px, {args.images} coco_subset val images "
           f"(median of per-image times), device {device}"
           + (f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"))
     print(f"{when}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: timings vary)")
-    print(f"score threshold {args.score_thresh} for both, 100 detections/image; MNC mask voting "
+    print(f"score threshold {args.score_threshold} for both, 100 detections/image; MNC mask voting "
           f"{'off' if args.no_voting else 'on'}; MNC stages 4-5 on "
           f"{getattr(config, 'cascade_top_n_test', None) or 'all'} of the 300 RoIs; Mask R-CNN backbone BN "
           f"{'FrozenBatchNorm2d (stock)' if args.stock_peer_bn else 'folded into the convs (like MNC)'}")
@@ -261,7 +260,7 @@ def main() -> int:
         print(f"goal <= 30 ms per image on a GPU: {'met' if m['total'] <= 30 else 'NOT met'} ({m['total']:.1f} ms)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
     return 0
 
 

@@ -19,7 +19,7 @@ ImageNet MobileNetV2 body with cached features, from ../shared/weights/mobilenet
   oracle    MaskXConfig(method="transfer") trained with masks for every class. Its training data do
             not depend on the split, so one model per seed is trained and evaluated for both splits
             (identical to training it twice: same data, config and seed on a deterministic CPU run).
-Metrics: partial_sup.evaluation.coco_metrics on val.json restricted to A resp. B categories
+Metrics: services.evaluation.coco_metrics on val.json restricted to A resp. B categories
 (mask AP, AP50) and on all categories (box AP). Each run writes WORK/<split>-<method>-seed<k>.json
 (skipped on a re-run unless --force); the final step prints a markdown table (mean +- sample std over
 seeds, in AP points x100) beside the paper's figures and writes WORK/results.json.
@@ -27,24 +27,21 @@ seeds, in AP points x100) beside the paper's figures and writes WORK/results.jso
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (DEFAULT_DATA as DATA, DEFAULT_WEIGHTS as WEIGHTS, REPO, index_quietly, load_coco, loadavg,
+                    read_rgb, stamp, usable_anns, write_json)
+
 sys.path.insert(0, str(REPO))
 
-DATA = (REPO / ".." / "shared" / "data" / "coco_subset").resolve()
-WEIGHTS = (REPO / ".." / "shared" / "weights" / "mobilenet_v2-b0353104.pth").resolve()
 WORK = REPO / "benchmarks" / "out" / "partial_sup"
 
 # The 20 PASCAL VOC classes as COCO category ids (../shared/notes/mnc_maskx_facts.md).
@@ -59,26 +56,11 @@ PAPER_MLP_AP_B = {"voc2nonvoc": {"agnostic": 17.1, "transfer": 21.3},
                   "nonvoc2voc": {"agnostic": 22.8, "transfer": 26.6}}
 
 
-def stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def split_sets(split: str, all_ids: list[int]) -> tuple[list[int], list[int]]:
     """(A, B) category ids: A keeps masks in training, B is box-only."""
     voc = sorted(c for c in all_ids if c in VOC_IDS)
     nonvoc = sorted(c for c in all_ids if c not in VOC_IDS)
     return (voc, nonvoc) if split == "voc2nonvoc" else (nonvoc, voc)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8).copy()
 
 
 class ImageCache:
@@ -107,11 +89,7 @@ class CocoFileDataset:
         self.box_only = set(box_only)
         self.load = images
         self.categories = [(int(c["id"]), str(c["name"])) for c in coco.dataset["categories"]]
-        self.image_ids = []
-        for image_id in sorted(coco.getImgIds()):
-            anns = [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
-            if anns:
-                self.image_ids.append(image_id)
+        self.image_ids = [i for i in sorted(coco.getImgIds()) if usable_anns(coco, i)]
         if limit:
             self.image_ids = self.image_ids[:limit]
 
@@ -135,26 +113,19 @@ class CocoFileDataset:
              else None, bool(ann.get("iscrowd"))) for ann in anns], image_id)
 
 
-def load_coco(path: Path):
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # training and evaluation
 
 
 def train_run(name: str, dataset, method: str, seed: int, args) -> tuple[object, object, dict]:
-    """One model trained with the product's heads recipe (partial_sup.training.training_config("heads")),
+    """One model trained with the product's heads recipe (services.training.training_config("heads")),
     changed only where a flag says so."""
     import torch
 
     from mnc_core import train_model
     from partial_sup.maskx import MaskXConfig, build_maskx_model
-    from partial_sup.presets import PRESETS
-    from partial_sup.training import training_config
+    from services.presets import PRESETS
+    from services.training import training_config
 
     config = training_config("heads", args.image_size)
     changes = {k: v for k, v in (("num_stages", args.stages), ("roi_batch_size", args.rois)) if v is not None}
@@ -185,7 +156,7 @@ def predict_val(model, config, categories, gt, images_dir: Path, images: ImageCa
                 score_threshold: float) -> tuple[list, dict]:
     """COCO results (RLE masks) of the model on the val images, and timing."""
     from mnc_core import Predictor
-    from partial_sup.inference import instance_to_result
+    from services.models import instance_to_result
 
     predictor = Predictor(model, config, categories, "cpu")
     cats = set(gt.getCatIds())
@@ -202,7 +173,7 @@ def predict_val(model, config, categories, gt, images_dir: Path, images: ImageCa
 
 
 def metrics_for(gt, results: list[dict], a_ids: list[int], b_ids: list[int], image_ids: list[int] | None) -> dict:
-    from partial_sup.evaluation import coco_metrics
+    from services.evaluation import coco_metrics
 
     if image_ids is not None:  # smoke runs on a few val images: evaluate those images only
         gt = restrict_gt(gt, image_ids)
@@ -232,9 +203,7 @@ def restrict_gt(gt, image_ids: list[int]):
     dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["image_id"] in keep]
     out = COCO()
     out.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        out.createIndex()
-    return out
+    return index_quietly(out)
 
 
 def grabcut_results(detections: list[dict], gt, images_dir: Path, images: ImageCache, top: int) -> tuple[list, dict]:
@@ -365,12 +334,6 @@ def summarize_gt_box(per_instance: list[list], a_ids: list[int], b_ids: list[int
         out[f"gtbox_catIoU_{name}"] = float(np.mean([np.mean(v) for v in per_cat.values()])) if per_cat else 0.0
         out[f"gtbox_n_{name}"] = len(ious)
     return out
-
-
-def write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 class Bench:
@@ -685,7 +648,7 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="only print the table of finished runs")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    from partial_sup.presets import PRESETS
+    from services.presets import PRESETS
 
     args.iterations = args.iterations or PRESETS["heads"].iterations
     args.image_size = args.image_size or PRESETS["heads"].image_size

@@ -17,32 +17,30 @@ classes). Splits, so that no figure is measured on photos that trained the model
   val     train on all of train.json, evaluate on val.json (39 person photos / 79 photos), which chose
           nothing: the figures reported as the model's quality.
 `--train-images N` keeps the first N training photos (by id; learning curves). MNC runs go through
-`mnc_core.train_model` with `partial_sup.training.training_config(mode, ...)`, i.e. the product's mode
+`mnc_core.train_model` with `services.training.training_config(mode, ...)`, i.e. the product's mode
 presets, changed by `--set`; the peer is torchvision's Mask R-CNN on the same backbone
 (benchmarks/maskrcnn_peer.py). Evaluation: COCOeval mask and box AP of the project's classes
-(partial_sup.evaluation.coco_metrics), the model's own score threshold unless --score-threshold.
+(services.evaluation.coco_metrics), the model's own score threshold unless --score-threshold.
 Each run appends a line to WORK/results.jsonl (with its command, timing and the load average) and saves
 its checkpoint in WORK/ckpt/NAME.pt (MNC); `table` prints the runs of a split.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_partial_sup import CocoFileDataset, ImageCache, _box_window, _iou, load_coco, restrict_gt  # noqa: E402
-from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+from bench_partial_sup import CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, index_quietly, load_coco, loadavg, require,  # noqa: E402
+                    stamp)
+
+sys.path.insert(0, str(REPO))
 
 WORK = REPO / "benchmarks" / "out" / "recipe"
 PERSON = 1
@@ -53,8 +51,7 @@ def project_coco(path: Path, project: str):
     if project == "person":
         coco.dataset["categories"] = [c for c in coco.dataset["categories"] if c["id"] == PERSON]
         coco.dataset["annotations"] = [a for a in coco.dataset["annotations"] if a["category_id"] == PERSON]
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
+        index_quietly(coco)
     return coco
 
 
@@ -91,8 +88,8 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def evaluate(predict, truth, image_ids, args, images: ImageCache) -> dict:
-    from partial_sup.evaluation import coco_metrics
-    from partial_sup.inference import instance_to_result
+    from services.evaluation import coco_metrics
+    from services.models import instance_to_result
 
     results, start = [], time.perf_counter()
     for image_id in image_ids:
@@ -108,7 +105,7 @@ def evaluate(predict, truth, image_ids, args, images: ImageCache) -> dict:
 def record(args, entry: dict) -> None:
     entry = {"name": args.name, "kind": args.kind, "project": args.project, "split": args.split,
              "command": "python benchmarks/bench_recipe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **entry}
+             "finished": stamp(seconds=False), **entry}
     args.work.mkdir(parents=True, exist_ok=True)
     with open(args.work / "results.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -131,8 +128,8 @@ def run_mnc(args) -> None:
 
     from mnc_core import Predictor, save_checkpoint, train_model
     from partial_sup.maskx import MaskXConfig, build_maskx_model
-    from partial_sup.presets import PRESETS
-    from partial_sup.training import training_config
+    from services.presets import PRESETS
+    from services.training import training_config
 
     images = ImageCache()
     dataset, truth, image_ids = datasets(args, images)
@@ -143,7 +140,7 @@ def run_mnc(args) -> None:
     torch.manual_seed(args.seed)
     model = build_maskx_model(config, len(dataset.categories), MaskXConfig(method="transfer"), str(args.weights))
     progress = Progress(args.name)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = loadavg()
     model, summary = train_model(dataset, config, iterations=iterations, seed=args.seed, lr=args.lr, model=model,
                                  device="cpu", cache_frozen_features=preset.cache_frozen_features,
                                  num_workers=args.workers,
@@ -156,7 +153,7 @@ def run_mnc(args) -> None:
     record(args, {"mode": args.mode, "iterations": summary["iterations"], "train_images": len(dataset),
                   "train_seconds": round(summary["seconds"], 1), "seconds_per_iteration": round(summary["seconds"] / max(1, summary["iterations"]), 3),
                   "threads": args.threads, "load_before": load_before,
-                  "load_after": [round(v, 2) for v in os.getloadavg()], "lr": summary["lr"],
+                  "load_after": loadavg(), "lr": summary["lr"],
                   "config": {k: v for k, v in config.to_dict().items() if k in parse_sets(args.set) or k in (
                       "min_size", "num_stages", "roi_batch_size", "backbone_frozen_blocks", "scale_jitter",
                       "photometric_jitter", "images_per_batch")},
@@ -172,18 +169,18 @@ def run_peer(args) -> None:
     dataset, truth, image_ids = datasets(args, images)
     torch.manual_seed(args.seed)
     progress = Progress(args.name)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = loadavg()
     lr = args.lr if args.lr is not None else (3e-4 if args.optimizer == "adamw" else 0.01)
     model, summary = train_peer(dataset, iterations=args.iterations, image_size=args.image_size or 600,
                                 weights=str(args.weights), lr=lr, seed=args.seed, optimizer=args.optimizer,
                                 frozen_blocks=args.frozen_blocks, scale_jitter=tuple(args.scale_jitter),
                                 on_progress=progress)
-    model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05
+    model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05  # torchvision's name
     metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, args, images)
     record(args, {"iterations": args.iterations, "train_images": len(dataset), "train_seconds": round(summary["seconds"], 1),
                   "seconds_per_iteration": round(summary["seconds"] / max(1, args.iterations), 3),
                   "threads": args.threads, "load_before": load_before,
-                  "load_after": [round(v, 2) for v in os.getloadavg()], "lr": lr, "optimizer": args.optimizer,
+                  "load_after": loadavg(), "lr": lr, "optimizer": args.optimizer,
                   "frozen_blocks": args.frozen_blocks, "scale_jitter": args.scale_jitter, "curve": progress.points,
                   **metrics})
 

@@ -33,33 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mnc_accuracy import cli, load, stamp  # noqa: E402
-from maskrcnn_peer import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, loadavg_text, require,  # noqa: E402
+                    run_launch, stamp, write_json)
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def subset(source: Path, n: int | None, out: Path, categories: list[str] | None = None) -> Path:
-    """The first n images of a COCO file (by id) with all their annotations and every category.
-
-    With `categories` (names), a project of those classes only: their categories, their annotations, and
-    only the images that show at least one of them (the first n of those).
-    """
-    data = json.loads(source.read_text())
-    annotations, cats = data["annotations"], data["categories"]
-    if categories:
-        unknown = set(categories) - {c["name"] for c in cats}
-        if unknown:
-            raise SystemExit(f"--categories: {sorted(unknown)} not in {source}")
-        cats = [c for c in cats if c["name"] in categories]
-        cat_ids = {c["id"] for c in cats}
-        annotations = [a for a in annotations if a["category_id"] in cat_ids]
-    ids = sorted({a["image_id"] for a in annotations} if categories else {im["id"] for im in data["images"]})
-    keep = set(ids if n is None else ids[:n])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**data, "categories": cats, "images": [im for im in data["images"] if im["id"] in keep],
-                               "annotations": [a for a in annotations if a["image_id"] in keep]}))
-    return out
+sys.path.insert(0, str(REPO))
 
 
 def version_metrics(data_dir: Path) -> dict:
@@ -101,6 +78,10 @@ def main() -> int:
     results_path = args.work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() and not args.force else {}
     log = open(args.work / "log.txt", "a")
+
+    def launch(cli_args: list[str]) -> float:  # `launch.py CLI_ARGS`, shown and logged; seconds
+        return run_launch(cli_args, log, threads=args.threads, stream=True)
+
     images = str(args.data / "images")
     common = ["--data-dir", str(data_dir), "--device", "cpu", "--image-size", str(args.image_size), "--mode", "heads"]
     first_flags = ["--backbone-weights", str(args.weights), "--iterations", str(args.first_iterations)]
@@ -118,25 +99,25 @@ def main() -> int:
         if args.force and data_dir.exists():
             import shutil
             shutil.rmtree(data_dir)
-        first = subset(args.data / "train.json", args.first_images, args.work / "train_first.json", categories)
-        val = subset(args.data / "val.json", args.val_images, args.work / "val.json", categories)
-        cli(["import-coco", str(val), "--images", images, "--data-dir", str(data_dir), "--split", "val"], log, args.threads)
-        cli(["import-coco", str(first), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
-        load_before = load()
-        seconds = cli(["train", *common, "--init", "backbone", *first_flags], log, args.threads)
+        first = coco_subset_file(args.data / "train.json", args.first_images, args.work / "train_first.json", categories)
+        val = coco_subset_file(args.data / "val.json", args.val_images, args.work / "val.json", categories)
+        launch(["import-coco", str(val), "--images", images, "--data-dir", str(data_dir), "--split", "val"])
+        launch(["import-coco", str(first), "--images", images, "--data-dir", str(data_dir)])
+        load_before = loadavg_text()
+        seconds = launch(["train", *common, "--init", "backbone", *first_flags])
         results["first"] = {"command_seconds": seconds, "load_before": load_before, "images": args.first_images,
                             **version_metrics(data_dir)}
-        results_path.write_text(json.dumps(results, indent=1))
+        write_json(results_path, results)
     if "retrain" not in results:
-        more = subset(args.data / "train.json", args.images, args.work / "train_more.json", categories)
-        cli(["import-coco", str(more), "--images", images, "--data-dir", str(data_dir)], log, args.threads)
-        load_before = load()
+        more = coco_subset_file(args.data / "train.json", args.images, args.work / "train_more.json", categories)
+        launch(["import-coco", str(more), "--images", images, "--data-dir", str(data_dir)])
+        load_before = loadavg_text()
         t = time.perf_counter()
-        seconds = cli(["train", *common, *retrain_flags], log, args.threads)
-        results["retrain"] = {"command_seconds": seconds, "load_before": load_before, "load_after": load(),
+        seconds = launch(["train", *common, *retrain_flags])
+        results["retrain"] = {"command_seconds": seconds, "load_before": load_before, "load_after": loadavg_text(),
                               "images": args.images, "finished": stamp(), **version_metrics(data_dir)}
         results["retrain"]["wall_seconds"] = time.perf_counter() - t
-        results_path.write_text(json.dumps(results, indent=1))
+        write_json(results_path, results)
 
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"

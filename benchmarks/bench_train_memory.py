@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from maskrcnn_peer import DEFAULT_WEIGHTS, require  # noqa: E402
+from common import (DEFAULT_WEIGHTS, REPO, echo_command, launch_command, loadavg, proc_status_mb,  # noqa: E402
+                    require, write_json)
 
 WIDTH, HEIGHT = 320, 240
 
@@ -71,16 +71,6 @@ def make_coco(folder: Path, n: int, seed: int = 0) -> Path:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -89,11 +79,10 @@ def children(pid: int) -> list[int]:
 
 
 def train_and_sample(data_dir: Path, args, log) -> dict:
-    cmd = [sys.executable, str(REPO / "launch.py"), "train", "--data-dir", str(data_dir), "--mode", "heads",
-           "--init", "backbone", "--iterations", str(args.iterations), "--image-size", str(HEIGHT),
-           "--backbone-weights", str(args.weights), "--device", "cpu", "--feature-cache-mb", str(args.feature_cache_mb)]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    log.write("$ " + " ".join(cmd[1:]) + "\n")
+    cmd = launch_command(["train", "--data-dir", str(data_dir), "--mode", "heads", "--init", "backbone",
+                          "--iterations", str(args.iterations), "--image-size", str(HEIGHT), "--backbone-weights",
+                          str(args.weights), "--device", "cpu", "--feature-cache-mb", str(args.feature_cache_mb)])
+    echo_command(cmd, log)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TQDM_MININTERVAL="1")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -102,8 +91,8 @@ def train_and_sample(data_dir: Path, args, log) -> dict:
 
     def sample() -> None:
         while not done.is_set():
-            workers = sum(rss_mb(c) for c in children(proc.pid))
-            samples.append((time.perf_counter() - start, rss_mb(proc.pid), workers))
+            workers = sum(proc_status_mb("VmRSS", c) for c in children(proc.pid))
+            samples.append((time.perf_counter() - start, proc_status_mb("VmRSS", proc.pid), workers))
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -141,15 +130,15 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     log = open(args.work / "log.txt", "a")
     results = {"iterations": args.iterations, "feature_cache_mb": args.feature_cache_mb, "image_size": HEIGHT,
-               "load_before": [round(v, 2) for v in os.getloadavg()], "runs": {}}
+               "load_before": loadavg(), "runs": {}}
     for label, n in (("large", args.images), ("small", args.small_images)):
         folder = args.work / f"{n}_images"
         t = time.perf_counter()
         coco = make_coco(folder, n)
         data_dir = folder / "workbench_data"
         if not (data_dir / "workbench.sqlite").exists():
-            subprocess.run([sys.executable, str(REPO / "launch.py"), "import-coco", str(coco), "--images",
-                            str(folder / "images"), "--data-dir", str(data_dir)], cwd=REPO, check=True,
+            subprocess.run(launch_command(["import-coco", str(coco), "--images", str(folder / "images"),
+                                           "--data-dir", str(data_dir)]), cwd=REPO, check=True,
                            stdout=log, stderr=subprocess.STDOUT)
         prepared = time.perf_counter() - t
         run = train_and_sample(data_dir, args, log)
@@ -161,8 +150,8 @@ def main() -> int:
         run["images"], run["prepare_seconds"] = n, round(prepared, 1)
         results["runs"][label] = run
         print(json.dumps(run), flush=True)
-    results["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    results["load_after"] = loadavg()
+    write_json(args.work / "results.json", results)
     print(f"\n{args.iterations} heads iterations at {HEIGHT} px, feature cache {args.feature_cache_mb:g} MB, "
           f"load {results['load_before']} -> {results['load_after']}\n")
     print("| database | seconds | peak RSS, training process (MB) | peak RSS with workers (MB) | peak after 25 / 50 / 75 / 100 % "

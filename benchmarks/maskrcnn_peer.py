@@ -25,19 +25,6 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "coco_subset"
-
-
-def require(path: Path, what: str) -> Path:
-    """Exit with a clear message when a shared input is absent (data and weights are never in the repo)."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"error: {what} not found at {path}; pass its path explicitly (see --help)")
-    return path
-
-
 class PeerBackbone(nn.Module):
     """MobileNetV2 features[:14] (stride 16, 96 ch) -> 1x1 conv 256 -> ReLU; like mnc_core.backbone."""
 
@@ -182,7 +169,7 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
 @torch.inference_mode()
 def peer_predict(model: MaskRCNN, image: np.ndarray, categories: list[tuple[int, str]], device="cpu",
                  mask_thresh: float = 0.5):
-    """-> list of mnc_core.Instance (so partial_sup.inference.instance_to_result applies)."""
+    """-> list of mnc_core.Instance (so services.models.instance_to_result applies)."""
     from mnc_core import Instance
 
     out = model([image_tensor(image, device)])[0]

@@ -252,3 +252,21 @@ def conflict_versions(db: Database, image_id: int) -> list[JournalEntry]:
     with db.session() as session:
         return list(session.scalars(select(JournalEntry).where(
             JournalEntry.image_id == image_id, JournalEntry.action == "conflict").order_by(JournalEntry.id.desc())))
+
+
+def lost_instances(db: Database, image_id: int) -> list[InstanceData]:
+    """The annotations of the newest save that lost a conflict on this image, ready to be saved again
+    (those whose annotation still exists keep its id)."""
+    entries = conflict_versions(db, image_id)
+    if not entries:
+        raise WorkbenchError("there is no lost version of this image to recover")
+    _, rows = get_annotations(db, image_id, decode_masks=False)
+    current = {r["id"] for r in rows}
+    data = []
+    for row in entries[0].snapshot:
+        box = (row["bbox_x"], row["bbox_y"], row["bbox_x"] + row["bbox_w"], row["bbox_y"] + row["bbox_h"])
+        data.append(InstanceData(category_id=row["category_id"], box=box, mask_rle=row.get("mask_rle"),
+                                 source=row["source"], review_state=row["review_state"], score=row["score"],
+                                 model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
+                                 id=row.get("id") if row.get("id") in current else None))
+    return data

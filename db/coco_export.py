@@ -28,7 +28,7 @@ from pycocotools.coco import COCO
 from sqlalchemy import func, select
 
 from db import masks
-from db.coco_import import Progress, _no_progress
+from db.progress import Progress, no_progress
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import Annotation, Category, Image, ReviewState
@@ -189,7 +189,7 @@ def write_json_atomic(data: Any, out_path: Path) -> None:
 
 
 def export_coco(db: Database, out_path: str | Path, *, mask_format: str = "polygon",
-                progress: Progress = _no_progress, validate: Callable[[Path], Any] | None = None,
+                progress: Progress = no_progress, validate: Callable[[Path], Any] | None = None,
                 image_ids: set[int] | None = None) -> ExportReport:
     """``image_ids``: export only these images and their annotations (default: all)."""
     if mask_format not in MASK_FORMATS:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -20,14 +20,7 @@ from db.engine import Database
 from db.errors import BadImageError, CocoImportError
 from db.imagestore import ImageStore, probe
 from db.models import Annotation, Category, Image, ReviewState, Source, Split
-
-# progress(iterable, total, description) -> iterable; e.g. a tqdm factory on the command line.
-Progress = Callable[[Iterable, int, str], Iterable]
-
-
-def _no_progress(items: Iterable, total: int, description: str) -> Iterable:
-    return items
-
+from db.progress import Progress, no_progress
 
 @dataclass
 class ImportReport:
@@ -299,7 +292,7 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
 
 
 def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Path, *,
-                split: str = "train", progress: Progress = _no_progress) -> ImportReport:
+                split: str = "train", progress: Progress = no_progress) -> ImportReport:
     """Import a COCO instances file; raises :class:`CocoImportError` and writes nothing on bad input."""
     annotations_path, images_dir = Path(annotations_path), Path(images_dir)
     source = str(annotations_path)

@@ -10,9 +10,6 @@ from db.engine import Database
 from db.models import Annotation, Category, Image, ModelVersion, ReviewState, RunStatus, Split, TrainingRun
 
 
-SET_LABELS = {"A": "A (masks)", "B": "B (boxes only)", None: "-"}
-
-
 @dataclass
 class CategoryStats:
     """A category's accepted, non-crowd annotations in the train split (what training uses)."""
@@ -26,10 +23,6 @@ class CategoryStats:
     def category_set(self) -> str | None:
         """The Mask^X set: "A" (at least one mask), "B" (boxes only), None (no train annotations: unused)."""
         return "A" if self.masks else "B" if self.boxes else None
-
-    @property
-    def supervision(self) -> str:
-        return SET_LABELS[self.category_set]
 
 
 def _train_counts(session) -> list[tuple[int, str, int, int]]:
@@ -179,32 +172,3 @@ def image_info(db: Database, image_id: int) -> dict:
 def category_names(db: Database) -> dict[int, str]:
     with db.session() as session:
         return dict(session.execute(select(Category.id, Category.name).order_by(Category.id)).all())
-
-
-# A model version's metrics as the UI and `launch.py models` show them: (header, keys in order of
-# preference, decimals). Versions before the validation metrics stored the training loss (mean total
-# loss of the last 20 iterations) as ``final_loss``; newer ones store it as ``train_loss``.
-VERSION_METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...], int | None], ...] = (
-    ("train loss (last 20 it)", ("train_loss", "final_loss"), 4),
-    ("mask AP A", ("mask_AP_A",), 3),
-    ("mask AP B", ("mask_AP_B",), 3),
-    ("box AP", ("box_AP",), 3),
-    ("val images", ("val_images",), None),
-    ("train images", ("train_images",), None),
-)
-
-
-def version_metrics(metrics: dict | None) -> dict[str, str]:
-    """header -> text of each of ``VERSION_METRIC_COLUMNS``; "-" where the version has no such metric
-    (not measured, e.g. no reviewed val image or no val mask of a set-B class)."""
-    metrics = metrics or {}
-    out = {}
-    for header, keys, decimals in VERSION_METRIC_COLUMNS:
-        value = next((metrics[k] for k in keys if metrics.get(k) is not None), None)
-        if value is None:
-            out[header] = "-"
-        elif decimals is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[header] = f"{float(value):.{decimals}f}"
-        else:
-            out[header] = str(value)
-    return out

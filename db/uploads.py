@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db.coco_import import Progress, _no_progress
+from db.progress import Progress, no_progress
 from db.engine import Database
 from db.errors import BadImageError, WorkbenchError
 from db.imagestore import ImageStore, probe
@@ -32,7 +32,7 @@ class UploadResult:
 
 
 def add_images(db: Database, files: list[str | Path], *, split: str = "train", names: list[str] | None = None,
-               progress: Progress = _no_progress) -> UploadResult:
+               progress: Progress = no_progress) -> UploadResult:
     """Store the image files (by content hash) and record them; unreadable files are refused with a reason.
 
     ``names``: the names people know the files by (an upload's original name), default the file names."""

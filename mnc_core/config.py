@@ -10,6 +10,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 
+RENAMED_FIELDS = {"score_thresh": "score_threshold", "vote_score_thresh": "vote_score_threshold"}  # older checkpoints
+
+
 @dataclass(frozen=True)
 class MNCConfig:
     # ---- backbone (feature stride 16) ----
@@ -72,12 +75,12 @@ class MNCConfig:
     # ---- inference ----
     test_score: str = "seg_cls"             # class scores of the output: "seg_cls" (the paper: positive only for
                                             # good masks), "cls" (box-IoU classifier) or "mean" (their geometric mean)
-    score_thresh: float = 0.05              # candidates (and default Predictor threshold)
+    score_threshold: float = 0.05              # candidates (and default Predictor threshold)
     nms_thresh: float = 0.3
     detections_per_image: int = 100
     mask_voting: bool = True
     vote_iou_thresh: float = 0.5
-    vote_score_thresh: float = 0.05         # only candidates above this vote (and get pasted)
+    vote_score_threshold: float = 0.05         # only candidates above this vote (and get pasted)
     vote_resolution: int = 56               # voting is done on an R x R grid over each survivor's window
     max_candidates: int = 5000              # (candidate, class) pairs kept per image before NMS (bounds a very
                                             # low threshold with thousands of classes)
@@ -155,6 +158,7 @@ class MNCConfig:
         """The config a `to_dict` describes; a field missing from `d` (a checkpoint written before the field
         existed) takes its default, which is what such a model did."""
         known = {f.name: f for f in fields(cls)}
+        d = {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - set(known)
         if unknown:
             raise ValueError(f"unknown MNCConfig fields: {sorted(unknown)}")

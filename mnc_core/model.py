@@ -161,10 +161,10 @@ class MNC(nn.Module):
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
                 targets: list[ImageTargets] | None = None, frozen_features: Tensor | None = None,
-                score_thresh: float | None = None):
+                score_threshold: float | None = None):
         """frozen_features: precomputed `backbone.frozen(images)` (training with cached frozen-block
-        features); `images` is then only used for its padded shape. score_thresh (eval): the caller's
-        detection threshold (default config.score_thresh), which decides which candidates get final masks."""
+        features); `images` is then only used for its padded shape. score_threshold (eval): the caller's
+        detection threshold (default config.score_threshold), which decides which candidates get final masks."""
         c = self.config
         if frozen_features is None:
             features = self.backbone(images)  # (N, C, H/16, W/16)
@@ -190,10 +190,10 @@ class MNC(nn.Module):
                 l45, _, _ = self._stage_losses(features, rois2, targets, "_s45")
                 losses.update(l45)
             return losses
-        return self._candidates(images, features, image_sizes, score_thresh)
+        return self._candidates(images, features, image_sizes, score_threshold)
 
     def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
-                    score_thresh: float | None = None) -> list[dict[str, Tensor]]:
+                    score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Eval: per image, the (instance, class) pairs that can reach post-processing, from stage 3 (300 RoIs)
         and stage 5 (the refined top RoIs): class probability above min(score threshold, vote threshold),
         at most `max_candidates`. Each pair's mask is its own class's final mask (the final-mask head at
@@ -212,8 +212,8 @@ class MNC(nn.Module):
                 rois2 = [r[i] for r, i in zip(rois2, sel)]
             x2, mask_logits2, cls2, seg2, _ = self._stages(features, rois2)
             parts.append((rois2, x2, mask_logits2, self._class_scores(cls2, seg2)))
-        thresh = c.score_thresh if score_thresh is None else float(score_thresh)
-        low = min(thresh, c.vote_score_thresh) if c.mask_voting else thresh
+        thresh = c.score_threshold if score_threshold is None else float(score_threshold)
+        low = min(thresh, c.vote_score_threshold) if c.mask_voting else thresh
         # rows: every RoI of every part, part-major then image-major
         boxes = torch.cat([torch.cat(p[0]) for p in parts]).detach()
         probs = torch.cat([p[3] for p in parts])
@@ -280,18 +280,18 @@ class MNC(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: Tensor, image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]] | None = None,
-               score_thresh: float | None = None) -> list[dict[str, Tensor]]:
+               score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Eval-mode inference + post-processing. Returns per image: boxes (D, 4) in original pixels,
         scores (D,), labels (D,) class indices 1..N, masks (D, H0, W0) bool; sorted by score desc."""
         was_training = self.training
         self.eval()
         try:
-            cands = self.forward(images, image_sizes, score_thresh=score_thresh)
+            cands = self.forward(images, image_sizes, score_threshold=score_threshold)
         finally:
             self.train(was_training)
         original_sizes = original_sizes or image_sizes
         return [postprocess_image(cd["boxes"].float(), cd["scores"].float(), cd["labels"], cd["mask_probs"].float(),
-                                  size, orig, self.config, score_thresh)
+                                  size, orig, self.config, score_threshold)
                 for cd, size, orig in zip(cands, image_sizes, original_sizes)]
 
 

@@ -33,12 +33,12 @@ def batched_nms_top_n(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh:
 
 def postprocess_image(boxes: Tensor, scores: Tensor, labels: Tensor, mask_probs: Tensor, image_size: tuple[int, int],
                       original_size: tuple[int, int], config: MNCConfig,
-                      score_thresh: float | None = None) -> dict[str, Tensor]:
+                      score_threshold: float | None = None) -> dict[str, Tensor]:
     """Candidate (instance, class) pairs: boxes (P, 4) network-input pixels, scores (P,), labels (P,) 1..N,
     mask_probs (P, m, m) each pair's mask in its box (see MNC._candidates).
     Returns boxes (D, 4) original pixels, scores (D,), labels (D,) 1..N, masks (D, H0, W0) bool."""
     c = config
-    thr = c.score_thresh if score_thresh is None else float(score_thresh)
+    thr = c.score_threshold if score_threshold is None else float(score_threshold)
     H0, W0 = int(original_size[0]), int(original_size[1])
     h, w = image_size
     dev = boxes.device
@@ -47,7 +47,7 @@ def postprocess_image(boxes: Tensor, scores: Tensor, labels: Tensor, mask_probs:
     ob = torch.stack([ob[:, 0].clamp(0, W0), ob[:, 1].clamp(0, H0), ob[:, 2].clamp(0, W0), ob[:, 3].clamp(0, H0)], 1)
 
     # candidates: the pairs whose box is not degenerate
-    low = min(thr, c.vote_score_thresh) if c.mask_voting else thr
+    low = min(thr, c.vote_score_threshold) if c.mask_voting else thr
     ok = ((ob[:, 2] - ob[:, 0]) > 1e-2) & ((ob[:, 3] - ob[:, 1]) > 1e-2) & (scores > low)
     cb, cs, cl, cm = ob[ok], scores[ok], labels[ok], mask_probs[ok]
 
@@ -60,11 +60,11 @@ def postprocess_image(boxes: Tensor, scores: Tensor, labels: Tensor, mask_probs:
                 "masks": torch.zeros((0, H0, W0), dtype=torch.bool, device=dev)}
 
     if c.mask_voting:
-        voters = torch.where(cs > c.vote_score_thresh)[0]  # (V,) only these vote
+        voters = torch.where(cs > c.vote_score_threshold)[0]  # (V,) only these vote
         voter = (box_iou(cb[surv], cb[voters]) >= c.vote_iou_thresh) & (cl[surv][:, None] == cl[voters][None, :])
         s_idx, v_local = torch.where(voter)  # (P,), (P,)
         v_idx = voters[v_local]
-        weak = torch.where(cs[surv] <= c.vote_score_thresh)[0]  # a survivor always votes for itself
+        weak = torch.where(cs[surv] <= c.vote_score_threshold)[0]  # a survivor always votes for itself
         s_idx, v_idx = torch.cat([s_idx, weak]), torch.cat([v_idx, surv[weak]])
     else:
         s_idx, v_idx = torch.arange(S, device=dev), surv

@@ -104,7 +104,7 @@ class Predictor:
         batch = batch_images(tensors, c.size_divisibility)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with amp:
-            dets = self.model.detect(batch, sizes, originals, score_thresh=score_threshold)
+            dets = self.model.detect(batch, sizes, originals, score_threshold=score_threshold)
         out = []
         for d in dets:
             boxes = d["boxes"].float().cpu().numpy()

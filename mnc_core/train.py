@@ -17,6 +17,9 @@ Under torchrun (see distributed.py) every process trains a DistributedDataParall
 the same global sequence from the seed and each takes its slice, and every loss is a mean over images
 (losses.py), so the gradient equals one process's with the whole global batch. Rank 0 alone reports
 progress (the losses averaged over the processes) and decides when to stop.
+
+This docstring says what the code does and why; what it measured (the default learning rate's choice,
+training speed, accuracy) is in benchmarks/README.md, with the command and date of each figure.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Training, evaluation and model versions on top of mnc_core, reading data through a dataset interface.
+"""Partial supervision, the method only: Mask^X R-CNN's weight transfer (``maskx``), so that classes
+labelled with boxes only still get masks, and GrabCut masks for boxes (``grabcut``).
 
-(Mask^X R-CNN style partial supervision builds here: classes with boxes only still get masks.)
+Training from the database, proposals and evaluation that use it live in ``services/``.
 """

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from mnc_core import MNC, MNCConfig, Predictor, build_model, load_checkpoint
 
 METHODS = ("transfer", "agnostic")  # transfer+MLP (Mask^X) | class-agnostic FCN+MLP (the paper's baseline)
-MASK_HEADS = ("transfer", "agnostic", "none")  # what `launch.py train --mask-head` accepts; none = plain MNC
 
 
 @dataclass(frozen=True)
@@ -159,6 +158,6 @@ def load_model(path, device=None) -> tuple[MNC, MNCConfig, list[tuple[int, str]]
     return load_checkpoint(path, device=device, final_mask_head=head_from_extra)
 
 
-def load_predictor(path, device=None) -> Predictor:
+def predictor_from_file(path, device=None) -> Predictor:
     """mnc_core.Predictor.from_checkpoint that also rebuilds a Mask^X head."""
     return Predictor.from_checkpoint(path, device=device, final_mask_head=head_from_extra)

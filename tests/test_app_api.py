@@ -27,7 +27,7 @@ def app_server(tmp_path_factory, db_backend):
         import_coco(db, coco, coco.parent / "images")
         version = register_tiny_model(db, tmp_path_factory.getbasetemp())
         port = free_port()
-        demo = launch_app(db, "127.0.0.1", port, block=False, proposal_min_score=0.0)
+        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0)
         try:
             yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
         finally:

@@ -18,7 +18,7 @@ from conftest import COCO_SUBSET, make_synthetic_coco
 from test_app_helpers import register_tiny_model
 from test_serve import serving
 
-from app.ui import MAX_SHOWN
+from app.display import MAX_SHOWN
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,7 +51,7 @@ def workbench(tmp_path, tmp_path_factory):
     import_coco(db, coco, coco.parent / "images")
     register_tiny_model(db, tmp_path_factory.getbasetemp())
     try:
-        with serving(data_dir, WORKBENCH_PROPOSAL_MIN_SCORE="0") as url:
+        with serving(data_dir, WORKBENCH_SCORE_THRESHOLD="0") as url:
             yield url, db
     finally:
         db.close()

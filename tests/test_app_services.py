@@ -99,10 +99,10 @@ def test_export_restricted_to_some_images(db, tmp_path):
 
 
 def test_proposals_replace_only_still_proposed_model_annotations(db, tmp_path_factory):
-    from app.workbench import Workbench
+    from services.workbench import Workbench
 
     version = register_tiny_model(db, tmp_path_factory.getbasetemp())
-    wb = Workbench(db, proposal_min_score=0.0)
+    wb = Workbench(db, score_threshold=0.0)
     first = wb.propose(1)
     assert first.added > 0
     _, rows = get_annotations(db, 1)
@@ -120,7 +120,7 @@ def test_proposals_replace_only_still_proposed_model_annotations(db, tmp_path_fa
 
 
 def test_box_mask_from_model_or_grabcut():
-    from partial_sup.proposals import mask_for_box
+    from services.proposals import mask_for_box
 
     image = np.full((40, 50, 3), 30, np.uint8)
     image[10:30, 10:30] = 220
@@ -150,7 +150,7 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
     from app.ui import build_app
 
     register_tiny_model(db, tmp_path_factory.getbasetemp())
-    demo = build_app(db, proposal_min_score=0.0)
+    demo = build_app(db, score_threshold=0.0)
     ui = demo.ui
     path = tmp_path / "shapes.png"
     pixels = np.full((60, 80, 3), 40, np.uint8)
@@ -158,23 +158,24 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
     Image.fromarray(pixels).save(path)
     new_id = ui.wb.upload([path]).image_ids[0]
     # open it: the active model's proposals are stored and drawn
-    image_id, title, overlay, table, _, _, revision_a, shown, message, statuses, editor, _ = ui.open(new_id, 0.0)
-    assert image_id == new_id and f"Image {new_id}" in title and "model proposed" in message
+    opened = ui.open(new_id, 0.0)
+    table, shown, revision_a = opened.table, opened.shown, opened.revision
+    assert opened.image_id == new_id and f"Image {new_id}" in opened.title and "model proposed" in opened.message
     assert table and all(row[3] == "proposed" and row[4] == "model" for row in table) and len(shown) == len(table)
-    assert len(overlay.value["annotations"]) == len(shown) and editor is None
-    assert ("proposed (1)", "proposed") in statuses.choices
+    assert len(opened.overlay.value["annotations"]) == len(shown) and opened.editor is None
+    assert ("proposed (1)", "proposed") in opened.statuses.choices
     first, second = table[0][0], table[1][0]
     # person B (same revision) accepts one proposal
     out_b = ui.act(new_id, 0.0, first, lambda: ui.wb.review(new_id, [first], "accepted", revision_a), "ok")
-    assert out_b[7] == "ok" and out_b[5] == revision_a + 1 and "in review" in out_b[0]
+    assert out_b.message == "ok" and out_b.revision == revision_a + 1 and "in review" in out_b.title
     # person A, still on revision_a, deletes another one: conflict, both versions kept
     out_a = ui.act(new_id, 0.0, None, lambda: ui.wb.delete_instance(new_id, second, revision_a), "deleted")
-    assert "Conflict" in out_a[7] and "someone else" in out_a[7]
-    assert "lost in conflicts kept" in out_a[0]
+    assert "Conflict" in out_a.message and "someone else" in out_a.message
+    assert "lost in conflicts kept" in out_a.title
     _, rows = get_annotations(db, new_id)
     assert any(r["id"] == second for r in rows)  # B's version is what the image shows
     # A recovers the lost version: the deleted proposal is gone, B's accept is undone with it
-    revision = ui.wb.recover_conflict(new_id, out_a[5])
+    revision = ui.wb.recover_conflict(new_id, out_a.revision)
     _, rows = get_annotations(db, new_id)
     assert not any(r["id"] == second for r in rows) and len(rows) == len(table) - 1
     # accept all above a threshold
@@ -189,7 +190,7 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
 
 
 def test_large_images_are_predicted_downscaled_with_full_size_masks():
-    from app.display import FULL_MASK_BUDGET, predict_scaled
+    from services.models import FULL_MASK_BUDGET, predict_scaled
     from mnc_core import Instance
 
     seen = []
@@ -213,7 +214,7 @@ def test_large_images_are_predicted_downscaled_with_full_size_masks():
 
 
 def test_drawn_boxes_and_painted_masks_without_a_model(db):
-    from app.workbench import Workbench
+    from services.workbench import Workbench
 
     wb = Workbench(db)
     revision, before = get_annotations(db, 1)
@@ -252,7 +253,7 @@ def test_a_young_model_still_proposes_its_best_guesses(database, tmp_path):
     from PIL import Image
 
     from db.uploads import add_images
-    from partial_sup.proposals import LOW_CONFIDENCE_FLOOR, LOW_CONFIDENCE_TOP, propose
+    from services.proposals import LOW_CONFIDENCE_FLOOR, LOW_CONFIDENCE_TOP, propose
 
     categories.add_category(database, "car")
     car = next(iter(queries.category_names(database)))
@@ -275,26 +276,26 @@ def test_a_young_model_still_proposes_its_best_guesses(database, tmp_path):
 
 
 def test_the_review_marks_low_confidence_guesses():
-    from app.ui import proposal_message, shown_instances
-    from partial_sup.proposals import ProposalResult
+    from app.display import proposal_message, shown_instances
+    from services.proposals import ProposalResult
 
     rows = [{"id": i, "review_state": state, "score": score} for i, (state, score) in enumerate(
         [("accepted", None), ("proposed", 0.04), ("proposed", 0.3), ("proposed", 0.02), ("proposed", 0.01),
          ("rejected", 0.9)])]
-    shown, low = shown_instances(rows, threshold=0.5, min_score=0.05)  # no proposal reaches the slider's 0.5
+    shown, low = shown_instances(rows, review_threshold=0.5, score_threshold=0.05)  # no proposal reaches the slider's 0.5
     assert [r["id"] for r in shown] == [0, 2, 1, 3] and low == {2, 1, 3}
-    shown, low = shown_instances(rows, threshold=0.25, min_score=0.05)  # one does: only it, not low
+    shown, low = shown_instances(rows, review_threshold=0.25, score_threshold=0.05)  # one does: only it, not low
     assert [r["id"] for r in shown] == [0, 2] and low == set()
-    shown, low = shown_instances(rows, threshold=0.0, min_score=0.05)  # stored guesses below the minimum
+    shown, low = shown_instances(rows, review_threshold=0.0, score_threshold=0.05)  # stored guesses below the minimum
     assert [r["id"] for r in shown] == [0, 2, 1, 3, 4] and low == {1, 3, 4}
     assert "low-confidence" in proposal_message(ProposalResult(1, 3, 0, 0, low_confidence=3), 0.05)
     assert "proposed 2 instance(s)" in proposal_message(ProposalResult(1, 2, 0, 0), 0.05)
 
 
 def test_the_model_cache_falls_back_to_best_guesses_and_follows_the_minimum_score(database, monkeypatch):
-    from app.display import ModelCache
-    from app.workbench import Workbench
-    from partial_sup.proposals import LOW_CONFIDENCE_FLOOR
+    from services.models import ModelCache
+    from services.workbench import Workbench
+    from services.proposals import LOW_CONFIDENCE_FLOOR
 
     calls = []
 
@@ -303,29 +304,29 @@ def test_the_model_cache_falls_back_to_best_guesses_and_follows_the_minimum_scor
         scores = [0.2, 0.04, 0.03, 0.02, 0.01]
         return [_instance(s) for s in scores if s > score_threshold]
 
-    cache = ModelCache(database, threshold=0.3)
+    cache = ModelCache(database, score_threshold=0.3)
     monkeypatch.setattr(cache, "active", lambda: (1, predictor))
     _, out = cache.predictions(7, np.zeros((40, 60, 3), np.uint8))
     assert calls == [0.3, LOW_CONFIDENCE_FLOOR] and [i.score for i in out] == [0.2, 0.04, 0.03]
-    cache.set_threshold(0.1)  # a new minimum: earlier predictions are not reused
+    cache.set_score_threshold(0.1)  # a new minimum: earlier predictions are not reused
     _, out = cache.predictions(7, np.zeros((40, 60, 3), np.uint8))
     assert calls[2:] == [0.1] and [i.score for i in out] == [0.2]
-    wb = Workbench(database, proposal_min_score=0.05)
-    assert wb.set_min_score("0.2") == 0.2 and wb.min_score == 0.2 and wb.models.threshold == 0.2
+    wb = Workbench(database, score_threshold=0.05)
+    assert wb.set_score_threshold("0.2") == 0.2 and wb.score_threshold == 0.2 and wb.models.score_threshold == 0.2
     for bad in (1.0, -0.1, "x"):
-        with pytest.raises(WorkbenchError, match="minimum score"):
-            wb.set_min_score(bad)
-    assert wb.min_score == 0.2
+        with pytest.raises(WorkbenchError, match="score threshold"):
+            wb.set_score_threshold(bad)
+    assert wb.score_threshold == 0.2
 
 
 def test_the_train_tab_says_how_long_a_run_takes(database, monkeypatch):
     """Before any run: the preset's time measured on a 2-core CPU (scaled to the iterations and image size
     asked for); after a run of the mode: that run's pace on this machine."""
-    from app.workbench import Workbench
+    from services.workbench import Workbench
     from db import registry
     from db.models import RunStatus
-    from partial_sup import service
-    from partial_sup.presets import PRESETS
+    from services import training as service
+    from services.presets import PRESETS
 
     monkeypatch.setattr(service, "training_device", lambda device=None: "cpu")
     wb = Workbench(database)

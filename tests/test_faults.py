@@ -114,22 +114,23 @@ def trained(database, synthetic_coco, tmp_path_factory):
 
 def assert_active_model_unchanged(db, version_id: int) -> None:
     from db import registry
-    from partial_sup.maskx import load_predictor
+    from partial_sup.maskx import predictor_from_file
 
     assert db.integrity_ok()
     active = registry.active_version(db)
     assert active.id == version_id
-    assert load_predictor(registry.checkpoint_path(db, active), device="cpu").categories  # loads
+    assert predictor_from_file(registry.checkpoint_path(db, active), device="cpu").categories  # loads
 
 
 def test_kill_9_of_training_while_it_writes_its_checkpoint(trained):
     from db import registry
-    from partial_sup.service import run_state, start_training
+    from services.presets import TrainingSpec
+    from services.training import run_state, start_training
 
     db, version = trained
     models = registry.models_dir(db)
     for attempt in range(4):  # the checkpoint is written in well under a second: watch for its temp file
-        run_id = start_training(db, iterations=2, **TINY)
+        run_id = start_training(db, TrainingSpec(iterations=2, **TINY))
         pid = wait_until(lambda: registry.get_run(db, run_id).pid, seconds=60, every=0.01)
         partial, prefix, next_check = None, f".tmp-run{run_id:04d}-", 0.0
         while partial is None:
@@ -251,7 +252,8 @@ def test_disk_full_during_a_training_checkpoint(trained, small_disk, tmp_path):
     import shutil
 
     from db import registry
-    from partial_sup.service import run_state, start_training
+    from services.presets import TrainingSpec
+    from services.training import run_state, start_training
 
     db, version = trained
     models = registry.models_dir(db)
@@ -262,7 +264,7 @@ def test_disk_full_during_a_training_checkpoint(trained, small_disk, tmp_path):
         for path in moved.iterdir():
             shutil.copy2(path, models / path.name)
         assert_active_model_unchanged(db, version)
-        run_id = start_training(db, iterations=2, **TINY)
+        run_id = start_training(db, TrainingSpec(iterations=2, **TINY))
         state = wait_until(lambda: (s := run_state(db, run_id)).finished and s, seconds=300)
         assert state.status == "failed" and "No space left on device" in state.message, state.message
         assert "could not write checkpoint" in state.message and state.version_id is None

@@ -268,7 +268,7 @@ def test_every_class_of_a_candidate_gets_its_own_final_mask():
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(dataset.categories)}
     image, size, _ = prepare_sample(dataset[0], cat_to_label, cfg, False)
     with torch.no_grad():
-        pairs = model(image[None], [size], score_thresh=0.3)[0]
+        pairs = model(image[None], [size], score_threshold=0.3)[0]
     labels = pairs["labels"]
     assert set(labels.tolist()) == {1, 2} and (labels == 1).sum() == (labels == 2).sum() > 0
     one, two = torch.where(labels == 1)[0], torch.where(labels == 2)[0]

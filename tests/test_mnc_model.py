@@ -105,6 +105,10 @@ def test_config_round_trip_and_validation():
         MNCConfig(num_stages=4)
     with pytest.raises(ValueError):
         MNCConfig.from_dict({**d, "bogus": 1})
+    # checkpoints written before the score threshold had one name end to end still load
+    old = {k: v for k, v in d.items() if k not in ("score_threshold", "vote_score_threshold")}
+    old.update(score_thresh=0.3, vote_score_thresh=0.2)
+    assert MNCConfig.from_dict(old) == c.replace(score_threshold=0.3, vote_score_threshold=0.2)
     with pytest.raises(Exception):
         c.min_size = 3  # frozen
 
@@ -123,8 +127,8 @@ def test_detect_outputs(stages, voting):
     pairs = c0["boxes"].shape[0]
     assert pairs <= 2 * n and c0["scores"].shape == (pairs,) and c0["labels"].shape == (pairs,)
     assert c0["mask_probs"].shape == (pairs, cfg.mask_size, cfg.mask_size)
-    assert set(c0["labels"].tolist()) <= {1, 2} and bool((c0["scores"] > min(cfg.score_thresh, cfg.vote_score_thresh)).all())
-    dets = model.detect(images, sizes, [(288, 352), (144, 176)], score_thresh=0.0)
+    assert set(c0["labels"].tolist()) <= {1, 2} and bool((c0["scores"] > min(cfg.score_threshold, cfg.vote_score_threshold)).all())
+    dets = model.detect(images, sizes, [(288, 352), (144, 176)], score_threshold=0.0)
     d = dets[0]
     assert d["masks"].shape[1:] == (288, 352) and d["masks"].dtype == torch.bool
     assert dets[1]["masks"].shape[1:] == (144, 176)
@@ -151,7 +155,7 @@ def test_prefix_nms_helpers_equal_torchvision():
 @pytest.mark.parametrize("top_n", [None, 10])
 def test_cascade_top_n_limits_stage_4_5_rois(top_n):
     torch.manual_seed(0)
-    cfg = small_config(cascade_top_n_test=top_n, score_thresh=0.0, vote_score_thresh=0.0)  # every pair is a candidate
+    cfg = small_config(cascade_top_n_test=top_n, score_threshold=0.0, vote_score_threshold=0.0)  # every pair is a candidate
     model = build_model(cfg, 2, backbone_weights="none").eval()
     images, sizes, _ = _batch(ShapesDataset(1), cfg, idx=(0,))
     n_props = model.rpn(images, model.backbone(images), sizes)[0][0].shape[0]

@@ -37,7 +37,7 @@ def test_serve_refuses_a_non_loopback_address_without_logins(tmp_path):
 
 
 def test_users_file_keeps_salted_scrypt_hashes_only(tmp_path):
-    from app.users import UsersFile
+    from services.users import UsersFile
 
     users = tmp_path / "users.txt"
     for name, password in [("ana", "same-password"), ("bob", "same-password")]:

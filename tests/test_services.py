@@ -10,6 +10,8 @@ import pytest
 from db import registry
 from db.engine import DB_URL_VARIABLE, open_database
 from db.models import RunStatus
+from db.errors import WorkbenchError
+from services.presets import TrainingSpec
 from test_coco_import_export import run_cli
 
 
@@ -101,7 +103,7 @@ def test_train_without_annotations_says_what_to_do(tmp_path):
 
 
 def test_cancelled_run_leaves_the_active_model_unchanged(trained, monkeypatch):
-    from partial_sup import training
+    from services import training
 
     data_dir, _ = trained
     db = open_db(data_dir)
@@ -114,7 +116,8 @@ def test_cancelled_run_leaves_the_active_model_unchanged(trained, monkeypatch):
 
     monkeypatch.setattr(training.registry, "start_run", start_and_cancel)
     monkeypatch.setattr(training, "PROGRESS_EVERY", 1)
-    result = training.train_from_database(db, iterations=50, image_size=64, backbone_weights="none", device="cpu")
+    result = training.train_from_database(db, TrainingSpec(iterations=50, image_size=64, backbone_weights="none",
+                                                             device="cpu"))
     assert result.version_id is None and result.iterations < 50
     assert registry.active_version(db).id == 1
     assert registry.get_run(db, result.run_id).status == RunStatus.cancelled
@@ -162,7 +165,7 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     """`launch.py train --mode heads` without --iterations / --image-size and the UI's Train button run the same
     preset: its iterations (for the device found), image size and configuration, recorded in the version."""
     from db.coco_import import import_coco
-    from partial_sup import presets, service, training
+    from services import presets, training
 
     tiny = presets.Preset(iterations=3, gpu_iterations=7, image_size=64,
                           config=(("num_stages", 3), ("roi_batch_size", 8), ("test_score", "cls"),
@@ -171,7 +174,8 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     monkeypatch.setitem(presets.PRESETS, "heads", tiny)
     db = open_database(tmp_path / "data")
     import_coco(db, synthetic_coco, synthetic_coco.parent / "images")
-    result = training.train_from_database(db, mode="heads", backbone_weights="none", device="cpu", init="backbone")
+    result = training.train_from_database(db, TrainingSpec(mode="heads", backbone_weights="none", device="cpu",
+                                                             init="backbone"))
     version = registry.active_version(db)
     assert result.iterations == 3 and registry.get_run(db, result.run_id).iterations == 3
     config = version.config
@@ -179,7 +183,8 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     assert config["test_score"] == "cls" and config["inference_stages"] == 5
     assert config["backbone_frozen_blocks"] == 14  # heads: the whole MobileNetV2 body frozen and cached
     assert version.name.endswith("3 it @ 64px")
-    # the UI's start: the same process command without --iterations / --image-size (the preset decides)
+    # the UI's start: the training process gets the run's id, and reads the typed spec stored with the run
+    # (no iterations / image size: the preset decides)
     commands = []
 
     class FakeProcess:
@@ -188,13 +193,37 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
         def __init__(self, command, **kwargs):
             commands.append(command)
 
-    monkeypatch.setattr(service.subprocess, "Popen", FakeProcess)
-    run_id = service.start_training(db, mode="heads", device="cpu")
-    command = commands[0]
-    assert "--iterations" not in command and "--image-size" not in command
-    assert command[command.index("--mode") + 1] == "heads"
+    monkeypatch.setattr(training.subprocess, "Popen", FakeProcess)
+    spec = TrainingSpec(mode="heads", device="cpu", low_priority=True)
+    run_id = training.start_training(db, spec)
+    assert commands[0][-4:] == ["--run-id", str(run_id), "--data-dir", str(db.data_dir)]
+    assert training.queued_spec(db, run_id) == spec
     assert registry.get_run(db, run_id).iterations == 3  # the preset's, for the progress bar
-    service.start_training(db, mode="heads", device="cpu", iterations=50, image_size=96)
-    assert commands[1][commands[1].index("--iterations") + 1] == "50"
-    assert commands[1][commands[1].index("--image-size") + 1] == "96"
+    sized = TrainingSpec(mode="heads", device="cpu", iterations=50, image_size=96)
+    other = training.start_training(db, sized)
+    assert training.queued_spec(db, other) == sized and registry.get_run(db, other).iterations == 50
     db.close()
+
+
+def test_training_choices_are_listed_once_and_checked():
+    """The CLI's choices come from services.presets (the UI's too); a spec refuses what is not a choice, and
+    survives the trip through the database (a queued run's params) unchanged."""
+    from launch import build_parser
+    from partial_sup.maskx import METHODS
+    from services import presets
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    choices = {action.dest: tuple(action.choices) for action in train._actions if action.choices}  # noqa: SLF001
+    assert choices == {"mode": presets.MODES, "mask_head": presets.MASK_HEADS, "init": presets.INITS,
+                       "backbone": presets.BACKBONES}
+    assert set(presets.MASK_HEADS) == set(METHODS) | {"none"}
+    spec = TrainingSpec(mode="full", iterations=7, mask_head="agnostic", batch_size=2, low_priority=True)
+    assert TrainingSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    for bad, message in ((dict(mode="fast"), "mode must be one of heads, full"),
+                         (dict(mask_head="x"), "mask head must be one of"), (dict(init="x"), "init must be one of"),
+                         (dict(iterations=0), "iterations"), (dict(image_size=16), "32 pixels"),
+                         (dict(batch_size=0), "batch size")):
+        with pytest.raises(WorkbenchError, match=message):
+            TrainingSpec(**bad)
+    with pytest.raises(WorkbenchError, match="unknown training settings lr_decay"):
+        TrainingSpec.from_dict({"lr_decay": 1})

@@ -255,7 +255,7 @@ def test_the_database_dataset_reads_through_each_workers_own_connection(database
     """DataLoader workers read the database through connections of their own and give the same inputs as
     the training process; crowd regions arrive as regions to ignore; decoded images stay within budget."""
     from db.coco_import import import_coco
-    from partial_sup.data import DatabaseDataset
+    from services.dataset import DatabaseDataset
 
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
     dataset = DatabaseDataset(database, "train", cache_bytes=20_000)  # about two of these small images

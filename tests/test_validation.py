@@ -13,7 +13,7 @@ from db import categories, queries, registry
 from db.annotations import InstanceData, get_annotations, save_annotations, set_review_state
 from db.coco_import import import_coco
 from mnc_core import Instance
-from partial_sup.validation import evaluate_on_val, val_ground_truth
+from services.evaluation import evaluate_on_val, val_ground_truth
 from test_app_helpers import register_tiny_model
 from test_coco_import_export import run_cli
 
@@ -56,8 +56,8 @@ def test_category_sets_come_from_accepted_train_annotations(db):
     unused = categories.add_category(db, "unused")
     stats = {c.id: c for c in queries.summary(db).categories}
     # train split only, crowd regions left out: car has 4 masks (plus 1 crowd), sign 4 boxes
-    assert [(stats[c].boxes, stats[c].masks, stats[c].supervision) for c in (3, 7, 12, unused)] == [
-        (0, 4, "A (masks)"), (0, 4, "A (masks)"), (4, 0, "B (boxes only)"), (0, 0, "-")]
+    assert [(stats[c].boxes, stats[c].masks, stats[c].category_set) for c in (3, 7, 12, unused)] == [
+        (0, 4, "A"), (0, 4, "A"), (4, 0, "B"), (0, 0, None)]
 
     # none of these makes sign mask-supervised or unused used: a val mask, a proposal, a crowd region
     add_instance(db, VAL_IDS[0], InstanceData(12, mask=square_mask(db, VAL_IDS[0], 30, 40, 5, 17)))
@@ -66,7 +66,7 @@ def test_category_sets_come_from_accepted_train_annotations(db):
     add_instance(db, TRAIN_IDS[1], InstanceData(unused, mask=square_mask(db, 2, 0, 5, 0, 5), iscrowd=True))
     assert queries.category_sets(db) == {3: "A", 7: "A", 12: "B"}
     stats = {c.id: c for c in queries.summary(db).categories}
-    assert (stats[12].boxes, stats[12].masks, stats[unused].supervision) == (4, 0, "-")
+    assert (stats[12].boxes, stats[12].masks, stats[unused].category_set) == (4, 0, None)
 
     # a person accepts the proposed mask: sign is in A; a box-only train annotation puts unused in B
     _, rows = get_annotations(db, TRAIN_IDS[0])
@@ -75,7 +75,11 @@ def test_category_sets_come_from_accepted_train_annotations(db):
     add_instance(db, TRAIN_IDS[2], InstanceData(unused, box=(1, 1, 9, 9)))
     assert queries.category_sets(db) == {3: "A", 7: "A", 12: "A", unused: "B"}
     stats = {c.id: c for c in queries.summary(db).categories}
-    assert [stats[c].supervision for c in (12, unused)] == ["A (masks)", "B (boxes only)"]
+    assert [stats[c].category_set for c in (12, unused)] == ["A", "B"]
+    from app.display import category_rows  # the Classes tab's words for the sets
+
+    assert [row[4] for row in category_rows(queries.summary(db)) if row[0] in (3, 12, unused)] == [
+        "A (masks)", "A (masks)", "B (boxes only)"]
 
 
 # ---- ground truth and evaluation ----------------------------------------------------------
@@ -181,7 +185,7 @@ def test_reviewed_val_images_without_objects_measure_nothing(database, synthetic
 
 
 def test_a_real_tiny_model_on_the_val_images(db, tmp_path_factory):
-    from partial_sup.inference import load_predictor
+    from services.models import load_predictor
 
     register_tiny_model(db, tmp_path_factory.getbasetemp())
     predictor = load_predictor(db, device="cpu")
@@ -213,21 +217,24 @@ NEW = {"train_loss": 0.5, "train_images": 4, "val_images": 2, "mask_AP": 0.3, "b
 
 
 def test_version_metrics_text():
-    assert queries.version_metrics(OLD) == {"train loss (last 20 it)": "1.2346", "mask AP A": "-", "mask AP B": "-",
+    from services.versions import version_metrics
+
+    assert version_metrics(OLD) == {"train loss (last 20 it)": "1.2346", "mask AP A": "-", "mask AP B": "-",
                                             "box AP": "-", "val images": "-", "train images": "4"}
-    assert queries.version_metrics(NEW) == {"train loss (last 20 it)": "0.5000", "mask AP A": "0.250",
+    assert version_metrics(NEW) == {"train loss (last 20 it)": "0.5000", "mask AP A": "0.250",
                                             "mask AP B": "-", "box AP": "0.125", "val images": "2",
                                             "train images": "4"}
-    assert set(queries.version_metrics(None).values()) == {"-"}
+    assert set(version_metrics(None).values()) == {"-"}
 
 
 def test_versions_table_and_models_command_show_the_metrics(database, tmp_path):
-    from app.ui import UI, VERSION_HEADERS
-    from app.workbench import Workbench
+    from app.display import VERSION_HEADERS
+    from app.handlers import Handlers
+    from services.workbench import Workbench
 
     register(database, "old", OLD)
     register(database, "new", NEW)
-    rows, _ = UI(database, Workbench(database)).versions()
+    rows, _ = Handlers(Workbench(database)).versions()
     table = [dict(zip(VERSION_HEADERS, row)) for row in rows]
     assert [(r["version"], r["active"], r["train loss (last 20 it)"], r["mask AP A"], r["mask AP B"], r["box AP"],
              r["val images"]) for r in table] == [(1, "", "1.2346", "-", "-", "-", "-"),

@@ -1,35 +1,55 @@
-"""The workbench's actions, shared by the browser UI and the headless API (gradio_client).
+"""The one facade the app calls: every action of the browser UI and the headless API (gradio_client).
 
-Everything here calls services: ``db.*`` for images, annotations, classes, model versions
-and exports; ``partial_sup.*`` for proposals, GrabCut and training; ``mnc_core`` through
-the Predictor held by :class:`app.display.ModelCache`.
+It orchestrates: ``db.*`` for images, annotations, classes, model versions and exports (all SQL
+lives there); ``services.proposals`` / ``services.training`` / ``services.models`` for proposals,
+training runs and the model in memory. It hands out plain values (dicts, dataclasses, numpy
+arrays), never ORM rows or tensors.
+
+One name per concept: ``score_threshold`` is the lowest score of an instance that the model keeps
+and the workbench stores as a proposal (setting: WORKBENCH_SCORE_THRESHOLD, the Train tab);
+``review_threshold`` is the lowest score the Review tab draws and "Accept all" accepts.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from app.display import ImageCache, ModelCache
-from db import masks, queries, registry
-from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, save_annotations,
-                            set_review_state, undo)
+from db import categories, masks, queries, registry
+from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, lost_instances,
+                            save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
 from db.errors import WorkbenchError
-from db.uploads import add_images
-from partial_sup import service
-from partial_sup.presets import PRESETS
-from partial_sup.proposals import DEFAULT_MIN_SCORE, mask_for_box, propose
+from db.progress import Progress, no_progress
+from db.uploads import MAX_UPLOAD_BYTES, add_images
+from services import training
+from services.images import ImageCache
+from services.models import ModelCache
+from services.presets import PRESETS, TrainingSpec
+from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, box_iou, mask_for_box, propose
+from services.versions import VERSION_METRIC_COLUMNS, version_metrics
+
+SCORE_THRESHOLD_VARIABLE = "WORKBENCH_SCORE_THRESHOLD"
+RunState = training.RunState
 
 
-
-def _no_progress(iterable, total, description):
-    return iterable
+@dataclass(frozen=True)
+class VersionInfo:
+    """A model version as the UI and the API show it."""
+    id: int
+    name: str
+    is_active: bool
+    created_at: datetime
+    metrics: dict
+    metric_texts: dict[str, str]  # header -> text (services.versions.VERSION_METRIC_COLUMNS)
+    checkpoint: str
+    training_run_id: int | None
 
 
 def default_backbone_weights() -> str | None:
@@ -74,18 +94,53 @@ def mask_of(value, height: int, width: int) -> np.ndarray | None:
 
 
 class Workbench:
-    def __init__(self, db: Database, *, proposal_min_score: float | None = None, device: str | None = None):
+    def __init__(self, db: Database, *, score_threshold: float | None = None, device: str | None = None):
+        """score_threshold: the lowest score of a stored proposal (None: $WORKBENCH_SCORE_THRESHOLD, else 0.05)."""
         self.db = db
         self.images = ImageCache(db)
-        env = os.environ.get("WORKBENCH_PROPOSAL_MIN_SCORE")
-        self.min_score = (proposal_min_score if proposal_min_score is not None
-                          else float(env) if env else DEFAULT_MIN_SCORE)
-        self.models = ModelCache(db, device=device, threshold=self.min_score)
+        env = os.environ.get(SCORE_THRESHOLD_VARIABLE)
+        self.score_threshold = (score_threshold if score_threshold is not None
+                                else float(env) if env else DEFAULT_SCORE_THRESHOLD)
+        self.models = ModelCache(db, device=device, score_threshold=self.score_threshold)
         self.device = device
+
+    # ---- the data as the page lists it -----------------------------------------------
+    def summary(self) -> queries.Summary:
+        return queries.summary(self.db)
+
+    def status_counts(self) -> dict[str, int]:
+        return queries.status_counts(self.db)
+
+    def list_images(self, status: str | None = None, limit: int | None = 1000) -> list[dict]:
+        """Images with their counts and review status; ``status`` None or "all": every image."""
+        return queries.list_images(self.db, limit=limit, status=None if status in (None, "all") else status)
+
+    def image_info(self, image_id: int) -> dict:
+        return queries.image_info(self.db, image_id)
+
+    def category_names(self) -> dict[int, str]:
+        return queries.category_names(self.db)
+
+    def annotations(self, image_id: int, states: list[str] | None = None) -> tuple[int, list[dict]]:
+        """(revision, rows) of an image's annotations, masks decoded (see db.annotations.get_annotations)."""
+        return get_annotations(self.db, image_id, states=states)
+
+    def annotation(self, image_id: int, ann_id: int) -> dict:
+        rows = {r["id"]: r for r in self.annotations(image_id)[1]}
+        if int(ann_id) not in rows:
+            raise WorkbenchError(f"instance #{ann_id} is gone from image {image_id}; reload the image")
+        return rows[int(ann_id)]
+
+    @staticmethod
+    def image_status(rows: list[dict]) -> str:
+        """new / proposed / in review / done of an image with these annotation rows."""
+        return queries.image_status(sum(r["review_state"] == "accepted" for r in rows),
+                                    sum(r["review_state"] == "proposed" for r in rows),
+                                    sum(r["review_state"] == "rejected" for r in rows))
 
     # ---- images -------------------------------------------------------------------
     def upload(self, files: list, *, names: list[str] | None = None, split: str = "train",
-               progress=_no_progress):
+               progress=no_progress):
         paths = [str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "path", None) or f.name)
                  for f in files or []]
         if not paths:
@@ -109,21 +164,21 @@ class Workbench:
         if version_id is None:
             raise WorkbenchError("no model is trained yet: draw boxes (GrabCut makes their masks) and train one "
                                  "in the Train tab")
-        threshold = self.min_score if score_threshold is None else float(score_threshold)
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         return propose(self.db, image_id, None, version_id, score_threshold=threshold, seen_revision=seen_revision,
                        instances=predictions, user=user)
 
-    def set_min_score(self, value) -> float:
-        """The lowest score of a stored proposal (the Train tab's setting; default WORKBENCH_PROPOSAL_MIN_SCORE
+    def set_score_threshold(self, value) -> float:
+        """The lowest score of a stored proposal (the Train tab's setting; default $WORKBENCH_SCORE_THRESHOLD
         or 0.05). Applies to the proposals made from now on."""
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise WorkbenchError(f"the minimum score must be a number between 0 and 1, not {value!r}") from None
+            raise WorkbenchError(f"the score threshold must be a number between 0 and 1, not {value!r}") from None
         if not 0.0 <= value < 1.0:
-            raise WorkbenchError(f"the minimum score must be between 0 and 1 (below 1), not {value}")
-        self.min_score = value
-        self.models.set_threshold(value)
+            raise WorkbenchError(f"the score threshold must be between 0 and 1 (below 1), not {value}")
+        self.score_threshold = value
+        self.models.set_score_threshold(value)
         return value
 
     def should_propose(self, image_id: int) -> bool:
@@ -199,12 +254,13 @@ class Workbench:
             raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
         return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision, user=user)
 
-    def accept_all(self, image_id: int, threshold: float, seen_revision: int | None,
+    def accept_all(self, image_id: int, review_threshold: float, seen_revision: int | None,
                    user: str | None = None) -> tuple[int, int]:
+        """Accept every proposal scoring at least ``review_threshold`` -> (revision, how many)."""
         _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
-        ids = [r["id"] for r in rows if (r["score"] or 0.0) >= threshold]
+        ids = [r["id"] for r in rows if (r["score"] or 0.0) >= review_threshold]
         if not ids:
-            raise WorkbenchError(f"no proposals with a score of at least {threshold:.2f} to accept")
+            raise WorkbenchError(f"no proposals with a score of at least {review_threshold:.2f} to accept")
         return self.review(image_id, ids, "accepted", seen_revision, user), len(ids)
 
     def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
@@ -216,6 +272,28 @@ class Workbench:
 
     def undo(self, image_id: int, user: str | None = None) -> int:
         return undo(self.db, image_id, user=user)
+
+    def add_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
+                        seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
+        """Boxes drawn on the image shown at ``scale`` ({"xmin", "ymin", "xmax", "ymax", "label"} in shown
+        pixels, label a class name or id): those not already an accepted annotation of their class (box IoU
+        >= 0.9) are added as :meth:`add_boxes` says."""
+        _, rows = get_annotations(self.db, image_id, states=["accepted"], decode_masks=False)
+        existing = [(r["category_id"], [v * scale for v in r["box"]]) for r in rows]
+        names = queries.category_names(self.db)
+        new = []
+        for box in drawn or []:
+            small_box = [float(box["xmin"]), float(box["ymin"]), float(box["xmax"]), float(box["ymax"])]
+            if not box.get("label"):
+                raise WorkbenchError("a drawn box has no class: click it and choose its class "
+                                     "(add classes in the Classes tab)")
+            category_id = self.category_id(box["label"], names)
+            if any(c == category_id and box_iou(small_box, b) >= 0.9 for c, b in existing):
+                continue  # an annotation that is already there
+            new.append((category_id, tuple(v / scale for v in small_box)))
+        if not new:
+            raise WorkbenchError("no new box: draw one with 'Create box' and choose its class first")
+        return self.add_boxes(image_id, new, box_only=box_only, seen_revision=seen_revision, user=user)
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
                   box_only: bool, seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
@@ -262,43 +340,38 @@ class Workbench:
             data.append(InstanceData(category_id=self.category_id(category), mask=mask, source="drawn"))
         return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
 
-    def conflicts(self, image_id: int) -> list:
-        return conflict_versions(self.db, image_id)
+    def conflicts(self, image_id: int) -> list[int]:
+        """Journal entry ids of the saves on this image that lost a conflict, newest first."""
+        return [entry.id for entry in conflict_versions(self.db, image_id)]
 
     def recover_conflict(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
         """Make the newest save that lost a conflict on this image its annotations again."""
-        entries = conflict_versions(self.db, image_id)
-        if not entries:
-            raise WorkbenchError("there is no lost version of this image to recover")
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
-        current = {r["id"] for r in rows}
-        data = []
-        for row in entries[0].snapshot:
-            box = (row["bbox_x"], row["bbox_y"], row["bbox_x"] + row["bbox_w"], row["bbox_y"] + row["bbox_h"])
-            data.append(InstanceData(category_id=row["category_id"], box=box, mask_rle=row.get("mask_rle"),
-                                     source=row["source"],
-                                     review_state=row["review_state"], score=row["score"],
-                                     model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
-                                     id=row.get("id") if row.get("id") in current else None))
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        return save_annotations(self.db, image_id, lost_instances(self.db, image_id), seen_revision=seen_revision,
+                                user=user)
 
     # ---- training -------------------------------------------------------------------
     def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:
         """Start a training run in its own process; iterations and image size empty or 0: the mode's preset
         (the training process picks the preset's iterations for the device it finds)."""
         mode = (mode or "heads").strip().lower()
-        if mode not in PRESETS:
-            raise WorkbenchError(f"training mode {mode!r} is not one of {', '.join(PRESETS)}")
         iterations = int(iterations) if iterations not in (None, "", 0) else None
         image_size = int(image_size) if image_size not in (None, "", 0) else None
-        if (iterations is not None and iterations < 1) or (image_size is not None and image_size < 32):
-            raise WorkbenchError("iterations must be at least 1 and the image size at least 32 pixels")
-        running = queries.latest_run(self.db, active_only=True)
-        if running is not None and not service.run_state(self.db, running).finished:
-            raise WorkbenchError(f"training run {running} is still running: wait for it or cancel it first")
         weights = (str(backbone_weights).strip() or None) if backbone_weights else default_backbone_weights()
-        return service.start_training(self.db, iterations=iterations, image_size=image_size,
-                                      backbone_weights=weights, device=self.device, mode=mode)
+        spec = TrainingSpec(mode=mode, iterations=iterations, image_size=image_size, backbone_weights=weights,
+                            device=self.device, low_priority=True)
+        running = queries.latest_run(self.db, active_only=True)
+        if running is not None and not training.run_state(self.db, running).finished:
+            raise WorkbenchError(f"training run {running} is still running: wait for it or cancel it first")
+        return training.start_training(self.db, spec)
+
+    def cancel_training(self, run_id: int) -> None:
+        training.cancel_training(self.db, run_id)
+
+    def run_state(self, run_id: int) -> RunState:
+        return training.run_state(self.db, run_id)
+
+    def latest_run(self, active_only: bool = False) -> int | None:
+        return queries.latest_run(self.db, active_only=active_only)
 
     def training_estimate(self, mode: str = "heads", iterations=None, image_size=None) -> str:
         """How long a run will take, said before it starts: from the pace of this machine's last finished run
@@ -307,7 +380,7 @@ class Workbench:
         if mode not in PRESETS:
             return ""
         preset = PRESETS[mode]
-        on_gpu = service.training_device(self.device) == "cuda"
+        on_gpu = training.training_device(self.device) == "cuda"
         iterations = int(iterations) if iterations not in (None, "", 0) else preset.iterations_on(
             "cuda" if on_gpu else "cpu")
         size = int(image_size) if image_size not in (None, "", 0) else preset.image_size
@@ -322,24 +395,59 @@ class Workbench:
         minutes = max(1, round(seconds / 60))
         return f"**{mode}**: {iterations} iterations at {size} px: about **{minutes} min** ({basis})."
 
-    def wait_for_run(self, run_id: int, on_progress=None, poll: float = 1.0) -> service.RunState:
+    def wait_for_run(self, run_id: int, on_progress=None, poll: float = 1.0) -> RunState:
         while True:
-            state = service.run_state(self.db, run_id)
+            state = training.run_state(self.db, run_id)
             if on_progress is not None:
                 on_progress(state)
             if state.finished:
                 return state
             time.sleep(poll)
 
+    # ---- model versions ----------------------------------------------------------------
+    def versions(self) -> list[VersionInfo]:
+        return [VersionInfo(id=v.id, name=v.name, is_active=v.is_active, created_at=v.created_at,
+                            metrics=dict(v.metrics or {}), metric_texts=version_metrics(v.metrics),
+                            checkpoint=v.checkpoint_path, training_run_id=v.training_run_id)
+                for v in registry.list_versions(self.db)]
+
+    def active_version_id(self) -> int | None:
+        version = registry.active_version(self.db)
+        return None if version is None else version.id
+
+    def activate_version(self, version_id: int) -> None:
+        registry.activate_version(self.db, int(version_id))
+
     def version_info(self, version_id: int | None) -> dict | None:
-        for v in registry.list_versions(self.db):
+        for v in self.versions():
             if v.id == version_id:
                 return {"version_id": v.id, "name": v.name, "metrics": v.metrics, "active": v.is_active,
-                        "checkpoint": v.checkpoint_path, "created_at": v.created_at.isoformat()}
+                        "checkpoint": v.checkpoint, "created_at": v.created_at.isoformat()}
         return None
 
-    # ---- export ---------------------------------------------------------------------
-    def export(self, mask_format: str = "polygon", images: str = "all", progress=_no_progress):
+    # ---- classes ---------------------------------------------------------------------
+    def add_category(self, name: str) -> int:
+        return categories.add_category(self.db, name)
+
+    def rename_category(self, category_id: int, name: str) -> None:
+        categories.rename_category(self.db, int(category_id), name)
+
+    def merge_categories(self, source_id: int, target_id: int, user: str | None = None) -> int:
+        return categories.merge_categories(self.db, int(source_id), int(target_id), user=user)
+
+    def delete_category(self, category_id: int, delete_annotations: bool = False) -> int:
+        return categories.delete_category(self.db, int(category_id), delete_annotations=delete_annotations)
+
+    # ---- export and files ------------------------------------------------------------
+    def served_folders(self) -> list[str]:
+        """The only folders whose files the server hands out (exports and thumbnails): not the database,
+        the stored images or the checkpoints."""
+        folders = [self.db.data_dir / "exports", self.db.data_dir / "thumbs"]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        return [str(folder) for folder in folders]
+
+    def export(self, mask_format: str = "polygon", images: str = "all", progress: Progress = no_progress):
         mask_format = (mask_format or "polygon").strip().lower()
         which = (images or "all").strip().lower()
         if which not in ("all", "reviewed"):
@@ -353,4 +461,5 @@ class Workbench:
         return Path(out), report
 
 
-__all__ = ["Workbench", "ConflictError", "PRESETS"]
+__all__ = ["Workbench", "WorkbenchError", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "VERSION_METRIC_COLUMNS",
+           "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo", "default_backbone_weights"]

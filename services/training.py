@@ -1,26 +1,38 @@
-"""Training from the database: a recorded training run, a checkpoint and a new active model version."""
+"""Training from the database: a recorded training run, a checkpoint and a new active model version.
+
+``start_training`` records a queued run with its :class:`~services.presets.TrainingSpec` and starts
+``launch.py train --run-id N`` as a separate process, so that the UI stays responsive; that process reads
+the spec back from the run's record, stores its progress (iteration, loss, history) and final state in
+the database, where any client reads it. ``cancel_training`` asks the process to stop (it checks between
+iterations). A process that dies (crash, ``kill -9``) is noticed by ``run_state`` and its run marked
+failed; the active model only ever changes when a run finishes and registers its version in one
+transaction.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from db import queries, registry
-from db.engine import Database
+from db.engine import DB_URL_VARIABLE, Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
 from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress, default_lr, distributed,
                       save_checkpoint, train_model, warm_start)
 from mnc_core.backbone import body_blocks
-from partial_sup.data import DatabaseDataset
-from partial_sup.maskx import MASK_HEADS, MaskXConfig, build_maskx_model, load_model
-from partial_sup.presets import PRESETS
-from partial_sup.validation import evaluate_on_val
+from partial_sup.maskx import MaskXConfig, build_maskx_model, load_model
+from services.dataset import DatabaseDataset
+from services.evaluation import evaluate_on_val
+from services.presets import PRESETS, TrainingSpec
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
-INITS = ("auto", "active", "backbone")  # auto: the active model when it is compatible, else the backbone weights
-MODES = tuple(PRESETS)
+LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+ACTIVE = (RunStatus.queued, RunStatus.running)
 
 
 def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", batch_size: int = 1,
@@ -97,53 +109,36 @@ def _initial_model(db: Database, config: MNCConfig, categories: list[tuple[int, 
     return model, f"active model ({report['classes_kept']} classes kept, {report['classes_new']} new)"
 
 
-def train_from_database(db: Database, *, iterations: int | None = None, image_size: int | None = None,
-                        backbone: str = "mobilenet_v2", backbone_weights: str | None = None, device: str | None = None,
-                        seed: int = 0, lr: float | None = None, config: MNCConfig | None = None, mode: str = "heads",
-                        mask_head: str = "transfer", init: str = "auto", batch_size: int = 1,
-                        num_workers: int | None = None, feature_cache_mb: float | None = None,
+def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig | None = None,
                         show_progress: bool = False, run_id: int | None = None) -> TrainResult | None:
-    """Train on the accepted annotations of the train split; on success the new model version is active.
+    """Train on the accepted annotations of the train split as ``spec`` says; on success the new model
+    version is active.
 
-    mode: a key of PRESETS, "heads" (frozen backbone body, cached features) or "full" (end-to-end);
-    iterations and image_size default to the mode's preset (its iterations for the device found).
-    batch_size: images per iteration and process (the lr scales with it, see mnc_core.train).
-    num_workers: data-loading processes (None: one per spare core); feature_cache_mb: the frozen-feature
-    cache's budget (None: mnc_core's default for the device). mask_head:
-    "transfer" (Mask^X: box-only classes get masks through the weight transfer), "agnostic" (the
-    class-agnostic baseline) or "none" (plain MNC). init: see INITS. The new version is evaluated
-    on the reviewed val-split images (mask AP on set A and B, box AP) and those metrics are stored.
+    spec.mode: a key of PRESETS, "heads" (frozen backbone body, cached features) or "full" (end-to-end);
+    spec.mask_head: "transfer" (Mask^X: box-only classes get masks through the weight transfer),
+    "agnostic" (the class-agnostic baseline) or "none" (plain MNC); spec.init: see presets.INITS.
+    ``config``: the MNCConfig to start from (default MNCConfig()). The new version is evaluated on the
+    reviewed val-split images (mask AP on set A and B, box AP) and those metrics are stored.
 
-    ``run_id``: a queued run (made by :func:`partial_sup.service.start_training`) that this process
-    takes over; otherwise a new run is recorded. Progress and the final state are stored in it.
+    ``run_id``: a queued run (made by :func:`start_training`) that this process takes over; otherwise a
+    new run is recorded. Progress and the final state are stored in it.
 
     Under torchrun (several processes, GPUs or machines; see mnc_core/distributed.py) every process
     reads the train split and trains its share of each global batch; only rank 0 writes: the run,
     its progress, the checkpoint and the new version (it also evaluates), and it alone decides on a
     cancel request. The other processes return None once training is over."""
-    if mode not in PRESETS:
-        raise WorkbenchError(f"mode must be one of {', '.join(PRESETS)}, not {mode!r}")
-    if mask_head not in MASK_HEADS:
-        raise WorkbenchError(f"the mask head must be one of {', '.join(MASK_HEADS)}, not {mask_head!r}")
-    if init not in INITS:
-        raise WorkbenchError(f"init must be one of {', '.join(INITS)}, not {init!r}")
-    preset = PRESETS[mode]
+    preset = spec.preset
     job = distributed.from_env()
-    if iterations is None:
-        iterations = preset.iterations_on(distributed.resolve_device(device, job).type)
-    image_size = preset.image_size if image_size is None else image_size
-    if iterations < 1:
-        raise WorkbenchError("--iterations must be at least 1")
-    if image_size < 32:
-        raise WorkbenchError("--image-size must be at least 32 pixels")
-    if batch_size < 1:
-        raise WorkbenchError("--batch-size must be at least 1")
+    mode, mask_head, init, backbone, seed = spec.mode, spec.mask_head, spec.init, spec.backbone, spec.seed
+    batch_size, backbone_weights, device = spec.batch_size, spec.backbone_weights, spec.device
+    iterations = spec.planned_iterations(distributed.resolve_device(device, job).type)
+    image_size = spec.planned_image_size()
     config = training_config(mode, image_size, backbone, batch_size, config)
     maskx = None if mask_head == "none" else MaskXConfig(method=mask_head)
-    lr = default_lr(config) if lr is None else lr
-    cache_bytes = None if feature_cache_mb is None else int(feature_cache_mb * 2**20)
+    lr = default_lr(config) if spec.lr is None else spec.lr
+    cache_bytes = None if spec.feature_cache_mb is None else int(spec.feature_cache_mb * 2**20)
     loader = {"cache_frozen_features": preset.cache_frozen_features, "cache_bytes": cache_bytes,
-              "num_workers": num_workers}
+              "num_workers": spec.num_workers}
     main = job.is_main  # rank 0 (or the only process) writes to the database
     try:
         dataset = DatabaseDataset(db, "train")
@@ -158,7 +153,7 @@ def train_from_database(db: Database, *, iterations: int | None = None, image_si
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
               "backbone_weights": backbone_weights, "images": len(dataset), "categories": len(dataset.categories),
               "mode": mode, "mask_head": mask_head, "init": init, "set_A": set_a, "set_B": set_b,
-              "batch_size": batch_size}
+              "batch_size": batch_size, "spec": spec.to_dict()}
     if not main:
         return _train_other_rank(dataset, config, maskx, iterations=iterations, device=device, seed=seed, lr=lr,
                                  loader=loader)
@@ -236,3 +231,99 @@ def _train_other_rank(dataset: DatabaseDataset, config: MNCConfig, maskx: MaskXC
     model = build_maskx_model(config, len(dataset.categories), maskx, "none")
     train_model(dataset, config, iterations=iterations, device=device, seed=seed, lr=lr, model=model, **loader)
     return None
+
+
+@dataclass
+class RunState:
+    run_id: int
+    status: str
+    iteration: int
+    iterations: int
+    loss: float | None
+    history: list
+    message: str
+    version_id: int | None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Estimated seconds left, from the pace of the iterations so far (None before the first record)."""
+        timed = [h for h in self.history if len(h) > 2 and h[0] > 0]
+        if self.finished or not timed:
+            return None
+        iteration, _, seconds = timed[-1][:3]
+        return max(0.0, seconds / iteration * (self.iterations - iteration))
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (RunStatus.queued.value, RunStatus.running.value)
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reaps it if it is our finished child
+    except ChildProcessError:
+        pass  # not our child: fine, ask the kernel below
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def training_device(device: str | None = None) -> str:
+    """The device type a training process will use: "cuda" or "cpu" (`device` None: cuda when available)."""
+    if device:
+        return "cuda" if str(device).startswith("cuda") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def start_training(db: Database, spec: TrainingSpec) -> int:
+    """Record a queued run with ``spec`` and start `launch.py train --run-id N` for it in its own process,
+    which reads the spec back from the run (iterations / image_size None: the mode's preset, the same
+    for the UI and the command line)."""
+    planned = spec.planned_iterations(training_device(spec.device))
+    params = {"spec": spec.to_dict(), "iterations": planned, "image_size": spec.planned_image_size()}
+    run_id = registry.create_run(db, mode=spec.mode, iterations=planned, params=params)
+    command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir)]
+    logs = db.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"run{run_id:04d}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True,  # the URL (password too) not in argv, which `ps` shows
+                                   env=dict(os.environ, TQDM_MININTERVAL="5", **{DB_URL_VARIABLE: db.url}))
+    registry.set_pid(db, run_id, process.pid)
+    return run_id
+
+
+def queued_spec(db: Database, run_id: int) -> TrainingSpec:
+    """The spec that ``start_training`` stored with a queued run."""
+    params = registry.get_run(db, run_id).params or {}
+    if "spec" not in params:
+        raise WorkbenchError(f"training run {run_id} has no stored training spec: start runs with start_training")
+    return TrainingSpec.from_dict(params["spec"])
+
+
+def cancel_training(db: Database, run_id: int) -> None:
+    registry.request_cancel(db, run_id)
+
+
+def run_state(db: Database, run_id: int) -> RunState:
+    run = registry.get_run(db, run_id)
+    if run.status in ACTIVE and not _process_alive(run.pid):
+        registry.finish_run(db, run_id, RunStatus.failed,
+                            f"the training process ended unexpectedly; see {db.data_dir / 'logs'}/run{run_id:04d}.log")
+        registry.remove_unfinished_checkpoints(db, run_id)
+        run = registry.get_run(db, run_id)
+    version = next((v.id for v in registry.list_versions(db) if v.training_run_id == run_id), None)
+    return RunState(run_id=run.id, status=run.status.value, iteration=run.iteration, iterations=run.iterations,
+                    loss=run.loss, history=list(run.history), message=run.message, version_id=version)

@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
 
+from db import queries
 from db.annotations import InstanceData, get_annotations, save_annotations
 from db.engine import Database
 from db.imagestore import ImageStore, load_rgb
-from db.models import Category, Image
 from partial_sup.grabcut import grabcut_mask
 
-DEFAULT_MIN_SCORE = 0.05  # proposals below this score are not stored ...
+DEFAULT_SCORE_THRESHOLD = 0.05  # proposals below this score are not stored ...
 LOW_CONFIDENCE_TOP = 3  # ... except, when none reaches it, the model's best few guesses (marked low confidence)
 LOW_CONFIDENCE_FLOOR = 0.005  # the lowest score such a guess may have
 
@@ -34,14 +33,7 @@ class ProposalResult:
 
 
 def image_rgb(db: Database, image_id: int) -> np.ndarray:
-    with db.session() as session:
-        image = session.get(Image, int(image_id))
-        if image is None:
-            from db.errors import WorkbenchError
-
-            raise WorkbenchError(f"there is no image {image_id}")
-        stored = image.stored_path
-    return load_rgb(ImageStore(db.data_dir).absolute(stored))
+    return load_rgb(ImageStore(db.data_dir).absolute(queries.image_info(db, image_id)["stored_path"]))
 
 
 def propose(db: Database, image_id: int, predictor, version_id: int | None, *, score_threshold: float | None = None,
@@ -56,15 +48,14 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
     ``seen_revision``: the revision the caller saw (ConflictError when someone changed the
     image since); ``instances``: predictions already made (skips running the model), sorted by score
     and down to LOW_CONFIDENCE_FLOOR where the fallback should be possible."""
-    threshold = DEFAULT_MIN_SCORE if score_threshold is None else float(score_threshold)
+    threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
     revision, rows = get_annotations(db, image_id, decode_masks=False)
     if seen_revision is None:
         seen_revision = revision
     if instances is None:
         image = image_rgb(db, image_id) if image is None else image
         instances = predictor(image, score_threshold=min(threshold, LOW_CONFIDENCE_FLOOR))
-    with db.session() as session:
-        known = set(session.scalars(select(Category.id)))
+    known = set(queries.category_names(db))
     keep = [row for row in rows if not (row["review_state"] == "proposed" and row["source"] == "model")]
     usable = [inst for inst in instances if inst.category_id in known and inst.score >= LOW_CONFIDENCE_FLOOR]
     confident = [inst for inst in usable if inst.score >= threshold]

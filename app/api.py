@@ -1,0 +1,76 @@
+"""The headless API (gradio_client, or HTTP under /gradio_api/): upload_images, propose, save_annotations,
+retrain, export_coco (and overview, bound in app.ui). Each endpoint is one call of the services facade;
+errors reach the client as gr.Error with the facade's message."""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from app.handlers import progress_adapter, user_of
+from services.workbench import Workbench, WorkbenchError
+
+
+def client_errors(endpoint):
+    """Bad input and refused actions reach the client as gr.Error with the message (not a server error)."""
+    @functools.wraps(endpoint)  # keeps the signature: Gradio reads gr.Request / gr.Progress parameters from it
+    def call(*args, **kwargs):
+        try:
+            return endpoint(*args, **kwargs)
+        except (WorkbenchError, TypeError, ValueError, KeyError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    return call
+
+
+class Api:
+    def __init__(self, workbench: Workbench):
+        self.wb = workbench
+
+    @client_errors
+    def upload_images(self, files, split, progress=gr.Progress()):
+        """Add image files; returns their image ids (existing images keep theirs) and refusals."""
+        result = self.wb.upload(files, split=split or "train", progress=progress_adapter(progress))
+        return {"image_ids": result.image_ids, "added": result.added, "existing": result.existing,
+                "refused": result.refused}
+
+    @client_errors
+    def propose(self, image_id, score_threshold, request: gr.Request):
+        """Run the active model on an image, store its instances as proposals; returns the image's instances."""
+        result = self.wb.propose(int(image_id), score_threshold=score_threshold, user=user_of(request))
+        out = self.wb.instances(int(image_id))
+        out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
+                   low_confidence=result.low_confidence, model_version_id=self.wb.active_version_id())
+        return out
+
+    @client_errors
+    def save_annotations(self, image_id, instances, seen_revision, request: gr.Request):
+        """Make the instances the image's annotations; returns the annotations as they are now, their
+        revision, and the revision this save made (saved_revision: another save may follow at once)."""
+        seen = None if seen_revision is None or int(seen_revision) < 0 else int(seen_revision)
+        saved = self.wb.save_json(int(image_id), instances if instances is not None else [], seen,
+                                  user=user_of(request))
+        return {**self.wb.instances(int(image_id)), "saved_revision": saved}
+
+    @client_errors
+    def retrain(self, mode, iterations, image_size, backbone_weights, progress=gr.Progress()):
+        """Train a new model version (its own process) and wait for it; returns the version and its metrics."""
+        run = self.wb.start_training(mode, iterations, image_size, backbone_weights)
+        progress(0.0, desc=f"training run {run}")
+
+        def report(state):
+            if state.iterations:
+                progress((state.iteration, state.iterations), desc=f"training run {run}", unit="iterations")
+
+        state = self.wb.wait_for_run(run, report)
+        if state.status != "succeeded":
+            raise gr.Error(f"training run {run} {state.status}: {state.message}")
+        return {"run_id": run, "status": state.status, "iterations": state.iterations, "loss": state.loss,
+                "history": state.history, **(self.wb.version_info(state.version_id) or {})}
+
+    @client_errors
+    def export_coco(self, mask_format, images, progress=gr.Progress()):
+        """Export COCO (mask_format polygon|rle, images all|reviewed); returns the file."""
+        path, _ = self.wb.export(mask_format, images, progress=progress_adapter(progress))
+        return str(path)
