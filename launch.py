@@ -36,7 +36,7 @@ def cmd_serve(args) -> int:
 
     server_auth(args.host, args.auth_file)  # refuses before the database is opened
     serve(_open(args), host=args.host, port=args.port, auth_file=args.auth_file,
-          max_file_size=int(args.max_upload_mb * 2**20))
+          max_file_size=int(args.max_upload_mb * 2**20), device=args.device)
     return 0
 
 
@@ -110,8 +110,12 @@ def cmd_train(args) -> int:
     from mnc_core import distributed
     from services.training import queued_spec, train_from_database
 
-    main = distributed.from_env().is_main  # under torchrun: rank 0 migrates, records and prints
+    job = distributed.from_env()
+    main = job.is_main  # under torchrun: rank 0 migrates, records and prints
     db = _open(args, migrate=main)
+    if job.enabled and main:
+        print(f"distributed training under torchrun: {job.world_size} process(es), "
+              f"{'NCCL' if distributed.resolve_device(args.device, job).type == 'cuda' else 'gloo'}", flush=True)
     # a run queued by the workbench (--run-id) brings its own spec; otherwise the flags make one
     spec = training_spec(args) if args.run_id is None else queued_spec(db, args.run_id)
     if spec.low_priority:
@@ -137,7 +141,7 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate_file(_open(args), args.annotations, args.images, args.out, checkpoint=args.checkpoint,
                             device=args.device, progress=_progress)
     print(format_metrics(metrics))
-    print(f"metrics written to {args.out}")
+    print(f"metrics written to {args.out} (model on {metrics['device']})")
     return 0
 
 
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "loopback address")
     serve.add_argument("--max-upload-mb", type=float, default=default_upload_mb,
                        help=f"largest file the server accepts in one upload, in MB (default {default_upload_mb:g})")
+    serve.add_argument("--device", default="auto",
+                       help="where the model runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N; "
+                            "retraining from the page uses the same")
     serve.set_defaults(func=cmd_serve)
 
     users = sub.add_parser("users", help="logins for `serve --auth-file`: add NAME (asks for the password), "
@@ -251,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", type=Path, help="image files")
     pred.add_argument("--out", type=Path, required=True, help="COCO results JSON file")
     pred.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the active model version)")
-    pred.add_argument("--device", default=None)
+    pred.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu, cuda, cuda:N")
     pred.add_argument("--score-threshold", type=float, default=None)
     pred.set_defaults(func=cmd_predict)
 
@@ -260,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", type=Path, required=True, help="folder of the ground truth's images")
     ev.add_argument("--out", type=Path, required=True, help="metrics JSON file")
     ev.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the active model version)")
-    ev.add_argument("--device", default=None)
+    ev.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu, cuda, cuda:N")
     ev.set_defaults(func=cmd_evaluate)
     models = sub.add_parser("models", parents=[common], help="list model versions (* = active); --activate N")
     models.add_argument("--activate", type=int, default=None, metavar="N", help="make version N the active model")

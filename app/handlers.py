@@ -123,7 +123,8 @@ class Handlers:
         """Summary line, class table, image table (also the `overview` API)."""
         summary = self.wb.summary()
         images = [[row[h] for h in IMAGE_HEADERS] for row in self.wb.list_images()]
-        return overview_text(summary, self.wb.status_counts()), category_rows(summary), images
+        text = f"{overview_text(summary, self.wb.status_counts())} · model on {self.wb.device_text()}"
+        return text, category_rows(summary), images
 
     def refresh_all(self, status):
         return (*self.overview(), *self.gallery(status))

@@ -329,11 +329,11 @@ def _preload_model(workbench: Workbench) -> None:
 
 
 def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
-               max_file_size: int = MAX_UPLOAD_BYTES, **build_kwargs):
+               max_file_size: int = MAX_UPLOAD_BYTES, demo: gr.Blocks | None = None, **build_kwargs):
     """``db``: an open database (db.engine.open_database); ``auth``: Gradio's login check, a callable
     (username, password) -> bool (services.users.UsersFile); ``max_file_size``: bytes; larger uploads are
     refused by the server before any handler sees them."""
-    demo = build_app(db, **build_kwargs)
+    demo = demo if demo is not None else build_app(db, **build_kwargs)
     threading.Thread(target=_preload_model, args=(demo.workbench,), daemon=True).start()
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
@@ -343,9 +343,12 @@ def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = T
 
 
 def serve(db, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
-          max_file_size: int = MAX_UPLOAD_BYTES) -> None:
-    """Refuses a non-loopback ``host`` without a users file (see services.users.server_auth)."""
+          max_file_size: int = MAX_UPLOAD_BYTES, device: str | None = None) -> None:
+    """Refuses a non-loopback ``host`` without a users file (see services.users.server_auth); ``device``:
+    where the model runs (None or "auto": the GPU when there is one)."""
     auth = server_auth(host, auth_file)
     logins = f", logins from {auth_file} ({len(auth.users)} users)" if auth else ""
-    print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins})")
-    launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size)
+    demo = build_app(db, device=device)
+    print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins}; model on "
+          f"{demo.workbench.device_text()})")
+    launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size, demo=demo)

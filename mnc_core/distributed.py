@@ -26,10 +26,11 @@ class Distributed:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    under_torchrun: bool = False  # started by torchrun: a process group even for one process (a DDP smoke run)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.under_torchrun
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +54,7 @@ def from_env() -> Distributed:
     local = _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world or local < 0:
         raise ValueError(f"inconsistent torchrun environment: WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}")
-    return Distributed(world, rank, local)
+    return Distributed(world, rank, local, under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
 
 
 def resolve_device(device: str | None, job: Distributed) -> torch.device:

@@ -31,7 +31,7 @@ from db.dataset import ImageRecord, reviewed_records
 from db.engine import Database
 from db.errors import WorkbenchError
 from mnc_core import Instance
-from services.models import instance_to_result, load_predictor, read_image
+from services.models import device_description, instance_to_result, load_predictor, read_image
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -124,6 +124,7 @@ def evaluate_file(db: Database, annotations: Path, images_dir: Path, out: Path, 
                 results.append(instance_to_result(instance, image["id"]))
     metrics = coco_metrics(gt, results)
     metrics["checkpoint"] = str(checkpoint) if checkpoint else "active model version"
+    metrics["device"] = device_description(str(predictor.device))
     write_json_atomic(metrics, Path(out))
     return metrics
 

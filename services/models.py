@@ -23,12 +23,42 @@ from services.images import downscale, scale_for, upscale_mask
 from services.proposals import LOW_CONFIDENCE_FLOOR, LOW_CONFIDENCE_TOP
 
 
+def inference_device(device: str | None = None) -> str:
+    """The device the model runs on: ``device`` None or "auto": "cuda" when a GPU is visible, else "cpu";
+    "cpu", "cuda" or "cuda:N" as asked, refused with a clear message when that GPU is not there."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        wanted = torch.device(device)
+    except RuntimeError:
+        raise WorkbenchError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from None
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WorkbenchError(f"device {device}: no CUDA GPU is visible to this process; use auto or cpu")
+        if wanted.index is not None and wanted.index >= torch.cuda.device_count():
+            raise WorkbenchError(f"device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif wanted.type != "cpu":
+        raise WorkbenchError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    return str(wanted)
+
+
+def device_description(device: str) -> str:
+    """What people read: "GPU (NVIDIA H200)" or "CPU (2 threads)"."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"GPU ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def load_predictor(db: Database, checkpoint: str | Path | None = None, device: str | None = None) -> Predictor:
     path = Path(checkpoint) if checkpoint is not None else registry.active_checkpoint(db)
     if not path.is_file():
         raise WorkbenchError(f"checkpoint {path} does not exist")
     try:
-        return predictor_from_file(path, device=device)
+        return predictor_from_file(path, device=inference_device(device))
     except (ValueError, RuntimeError) as exc:
         raise WorkbenchError(f"checkpoint {path} cannot be loaded: {exc}") from None
 
@@ -64,7 +94,8 @@ def predict_files(db: Database, images: list[Path], out: Path, *, checkpoint: Pa
         for instance in predictor(read_image(path), score_threshold=score_threshold):
             results.append(dict(instance_to_result(instance, image_id), file_name=file_name))
     write_json_atomic(results, Path(out))
-    return f"{len(results)} instances on {len(paths)} images written to {out}"
+    return (f"{len(results)} instances on {len(paths)} images written to {out} "
+            f"(model on {device_description(str(predictor.device))})")
 
 
 PREDICT_MAX_SIDE = 1600  # larger images are downscaled before the model sees them (it resizes to <= 1000 anyway)

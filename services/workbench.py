@@ -30,7 +30,7 @@ from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
 from services import training
 from services.images import ImageCache
-from services.models import ModelCache
+from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
 from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, box_iou, mask_for_box, propose
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
@@ -95,14 +95,19 @@ def mask_of(value, height: int, width: int) -> np.ndarray | None:
 
 class Workbench:
     def __init__(self, db: Database, *, score_threshold: float | None = None, device: str | None = None):
-        """score_threshold: the lowest score of a stored proposal (None: $WORKBENCH_SCORE_THRESHOLD, else 0.05)."""
+        """score_threshold: the lowest score of a stored proposal (None: $WORKBENCH_SCORE_THRESHOLD, else 0.05);
+        device: where the model runs and trains (None or "auto": the GPU when there is one)."""
         self.db = db
         self.images = ImageCache(db)
         env = os.environ.get(SCORE_THRESHOLD_VARIABLE)
         self.score_threshold = (score_threshold if score_threshold is not None
                                 else float(env) if env else DEFAULT_SCORE_THRESHOLD)
-        self.models = ModelCache(db, device=device, score_threshold=self.score_threshold)
-        self.device = device
+        self.device = inference_device(device)  # "auto" / None: the GPU when there is one
+        self.models = ModelCache(db, device=self.device, score_threshold=self.score_threshold)
+
+    def device_text(self) -> str:
+        """Where the model runs, as people read it (e.g. "GPU (NVIDIA H200)", "CPU (2 threads)")."""
+        return device_description(self.device)
 
     # ---- the data as the page lists it -----------------------------------------------
     def summary(self) -> queries.Summary:

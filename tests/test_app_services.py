@@ -15,6 +15,12 @@ from db.errors import WorkbenchError
 from test_app_helpers import register_tiny_model
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.fixture
 def db(database, synthetic_coco):
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
@@ -343,3 +349,19 @@ def test_the_train_tab_says_how_long_a_run_takes(database, monkeypatch):
     assert "about **2 min**" in paced and "last run" in paced
     assert f"about **{round(PRESETS['full'].cpu_minutes)} min**" in wb.training_estimate("full")  # no full run yet
     assert wb.training_estimate("nonsense") == ""
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="checks the no-GPU answers")
+def test_the_model_device_is_auto_by_default_and_said(database):
+    from app.handlers import Handlers
+    from services.models import inference_device
+    from services.workbench import Workbench
+
+    assert inference_device(None) == inference_device("auto") == "cpu" and inference_device("cpu") == "cpu"
+    with pytest.raises(WorkbenchError, match="no CUDA GPU is visible"):
+        inference_device("cuda")
+    with pytest.raises(WorkbenchError, match="not one of auto, cpu, cuda"):
+        inference_device("tpu")
+    wb = Workbench(database)
+    assert wb.device == "cpu" and wb.device_text().startswith("CPU (")
+    assert Handlers(wb).overview()[0].endswith(f"· model on {wb.device_text()}")

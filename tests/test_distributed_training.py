@@ -44,9 +44,9 @@ def db_with_data(database, synthetic_coco):
     return database
 
 
-def train_command(db, *extra: str) -> list[str]:
+def train_command(db, *extra: str, nproc_per_node: int = 2) -> list[str]:
     return torchrun(str(ROOT / "launch.py"), "train", "--data-dir", str(db.data_dir), "--db", db.url,
-                    "--image-size", "64", "--backbone-weights", "none", "--device", "cpu", *extra)
+                    "--image-size", "64", "--backbone-weights", "none", "--device", "cpu", *extra, nproc=nproc_per_node)
 
 
 def count(db, model) -> int:
@@ -72,6 +72,18 @@ def test_launch_train_under_torchrun_records_one_run_and_one_version(db_with_dat
     model, _, categories, extra = load_model(checkpoints[0])
     assert extra["iterations"] == 4 and extra["mode"] == "heads" and [c for c, _ in categories] == [3, 7, 12]
     assert "maskx" in extra  # the Mask^X head trained under DDP (set B has no masks)
+    assert "distributed training under torchrun: 2 process(es), gloo" in proc.stdout
+
+
+@pytest.mark.backends("sqlite")
+def test_one_process_under_torchrun_still_trains_through_a_process_group(db_with_data):
+    """What the GPU check's DDP smoke run does on a one-GPU machine (NCCL there, gloo here)."""
+    db = db_with_data
+    proc = subprocess.run(train_command(db, "--iterations", "2", "--mode", "heads", nproc_per_node=1), cwd=ROOT,
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "distributed training under torchrun: 1 process(es), gloo" in proc.stdout
+    assert count(db, ModelVersion) == 1 and registry.get_run(db, 1).iteration == 2
 
 
 def test_two_processes_give_the_losses_of_one_process_with_the_whole_batch(tmp_path):

@@ -31,3 +31,13 @@ def test_cuda_roi_warp_matches_cpu():
     cpu = roi_warp(f, b, 7, 1 / 8)
     gpu = roi_warp(f.cuda(), b.cuda(), 7, 1 / 8).cpu()
     torch.testing.assert_close(cpu, gpu)
+
+
+def test_cuda_paste_matches_the_cpu_paste():
+    """The GPU path of the post-processing (all survivors pasted at once) against the CPU's one-by-one paste."""
+    from mnc_core.postprocess import paste_windows, paste_windows_one_by_one
+    from test_postprocess import assert_same_paste, soft_masks_and_windows
+
+    soft, windows, shape = soft_masks_and_windows(0)
+    gpu = paste_windows(soft.cuda(), windows.cuda(), shape, 0.4)
+    assert_same_paste(tuple(t.cpu() for t in gpu), paste_windows_one_by_one(soft, windows, shape, 0.4))
