@@ -14,6 +14,9 @@ fade linearly to 0 within one pixel outside the map and are 0 beyond); RoIAlign
 instead replicates the border for samples in [-1, 0) and 0 beyond -1, so the two
 differ only for samples within one feature pixel outside the map.
 
+Without gradients (inference) the same values come from torchvision's `roi_align` on the map with a
+one-pixel ring of zeros (`_warp_without_gradient`: grid_sample's border rule, ~40 % less time on a CPU).
+
 Precision: the sampling grid and the bilinear sampling are always float32, also under autocast
 (bf16 has 8 significant bits: a grid position near the right edge of a 60-pixel map would be off by
 up to ~0.5 pixel, and the box gradient would use the rounded grid). The output is float32.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
 
 
 def max_pool_2x2(x: Tensor) -> Tensor:
@@ -62,6 +66,39 @@ def _sampling_grid(boxes: Tensor, height: int, width: int, output_size: int, spa
     return torch.stack((gx[:, None, :].expand(K, P, P), gy[:, :, None].expand(K, P, P)), dim=-1)
 
 
+def _warp_without_gradient(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
+                           pool: bool) -> Tensor:
+    """The same values as the grid_sample path, through torchvision's roi_align (faster; no box gradient):
+    a one-pixel ring of zeros around the map turns RoIAlign's border rule into grid_sample's zero padding
+    (a sample within one pixel outside the map fades linearly to 0, beyond it is 0), and the boxes move by
+    that pixel."""
+    with torch.autocast(features.device.type, enabled=False):
+        padded = F.pad(features.to(_at_least_float32(features.dtype)), (1, 1, 1, 1))
+        shifted = boxes.to(padded.dtype).clone()
+        shifted[:, 1:] += 1.0 / spatial_scale
+
+        def warp(part: Tensor) -> Tensor:
+            out = roi_align(padded, part, output_size, spatial_scale=spatial_scale, sampling_ratio=1, aligned=True)
+            return max_pool_2x2(out) if pool else out
+
+        if not pool or features.device.type != "cpu":
+            return warp(shifted)
+        # on a CPU, a few RoIs at a time: their (k, C, P, P) warp stays in cache until it is pooled, straight
+        # into the result (300 RoIs at once write and read ~240 MB: ~1.8x the time)
+        Q = output_size // 2
+        result = padded.new_empty((shifted.shape[0], padded.shape[1], Q, Q))
+        for start in range(0, shifted.shape[0], CPU_POOL_CHUNK):
+            out = roi_align(padded, shifted[start:start + CPU_POOL_CHUNK], output_size, spatial_scale=spatial_scale,
+                            sampling_ratio=1, aligned=True)
+            torch.maximum(torch.maximum(out[..., 0::2, 0::2], out[..., 0::2, 1::2]),
+                          torch.maximum(out[..., 1::2, 0::2], out[..., 1::2, 1::2]),
+                          out=result[start:start + CPU_POOL_CHUNK])
+        return result
+
+
+CPU_POOL_CHUNK = 8  # RoIs warped and pooled together on a CPU (fastest of 4-64 measured for 300 RoIs x 256 ch)
+
+
 def _warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float, pool: bool) -> Tensor:
     if boxes.ndim != 2 or boxes.shape[1] != 5:
         raise ValueError(f"boxes must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
@@ -71,6 +108,8 @@ def _warp(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: floa
     K = boxes.shape[0]
     if K == 0:
         return features.new_zeros((0, C, Q, Q))
+    if not (torch.is_grad_enabled() and (features.requires_grad or boxes.requires_grad)):
+        return _warp_without_gradient(features, boxes, output_size, spatial_scale, pool)  # inference
     features = features.to(_at_least_float32(features.dtype))  # float32 sampling (module doc)
     # channels-last makes grid_sample's per-sample work contiguous across channels (~15-30% less
     # CPU time forward + backward); the conversion of the (N, C, h, w) map is negligible.

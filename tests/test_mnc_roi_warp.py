@@ -23,7 +23,7 @@ def test_forward_matches_roi_align_inside_the_map(size):
     f = torch.randn(2, 3, 12, 14, dtype=torch.float64)
     b = _inside_boxes()
     ref = roi_align(f, b, size, 1 / 8, sampling_ratio=1, aligned=True)
-    out = roi_warp(f, b, size, 1 / 8)
+    out = roi_warp(f.requires_grad_(True), b, size, 1 / 8).detach()  # the differentiable (grid_sample) path
     assert out.shape == (4, 3, size, size)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
@@ -35,7 +35,7 @@ def test_forward_matches_roi_align_float32_single_image_many_boxes():
     wh = torch.rand(50, 2) * 60 + 4
     b = torch.cat([torch.zeros(50, 1), xy, (xy + wh).clamp(max=torch.tensor([23 * 8.0, 19 * 8.0]))], 1)
     ref = roi_align(f, b, 14, 1 / 8, sampling_ratio=1, aligned=True)
-    torch.testing.assert_close(roi_warp(f, b, 14, 1 / 8), ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(roi_warp(f.requires_grad_(True), b, 14, 1 / 8).detach(), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_pooled_equals_warp_then_maxpool():
@@ -115,3 +115,23 @@ def test_sampling_grid_and_warp_stay_float32_under_autocast():
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
     torch.testing.assert_close(rois_amp.grad, rois_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_path_equals_the_differentiable_path(dtype):
+    """Without gradients the warp runs through roi_align on a zero-ringed map: the same values as grid_sample's,
+    boxes across and beyond the border included, for one and several images."""
+    torch.manual_seed(7)
+    features = torch.randn(2, 5, 11, 13, dtype=dtype)
+    xy = torch.rand(40, 2, dtype=dtype) * 140 - 20  # some start outside the map (8 px per feature pixel)
+    wh = torch.rand(40, 2, dtype=dtype) * 90 + 1
+    boxes = torch.cat([torch.randint(0, 2, (40, 1)).to(dtype), xy, xy + wh], 1)
+    boxes[0, 1:] = torch.tensor([-50.0, -50.0, 200.0, 200.0])  # larger than the map
+    for warp, size in ((roi_warp, 7), (roi_warp_pooled, 8)):
+        differentiable = warp(features.clone().requires_grad_(True), boxes, size, 1 / 8).detach()
+        with torch.no_grad():
+            fast = warp(features, boxes, size, 1 / 8)
+        torch.testing.assert_close(fast, differentiable, atol=1e-5 if dtype == torch.float32 else 1e-10, rtol=0)
+        one = warp(features[:1], boxes[boxes[:, 0] == 0], size, 1 / 8)  # a single image
+        torch.testing.assert_close(one, differentiable[boxes[:, 0] == 0], atol=1e-5 if dtype == torch.float32 else 1e-10,
+                                   rtol=0)
