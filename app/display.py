@@ -18,17 +18,31 @@ MAX_SHOWN = 60  # instances drawn on the image at once
 
 
 def category_color(category_id: int) -> tuple[int, int, int]:
+    """A class's colour; its red value is even (instance colours' is odd: see instance_colors)."""
     hue = (int(category_id) * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
+    return int(r * 255) & ~1, int(g * 255), int(b * 255)
+
+
+def instance_colors(annotation_ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    """A distinct colour per instance (odd red value, so never a class's colour, and no two alike): the
+    Draw tab gives each existing box its instance's colour, and the box's colour, which the annotator
+    sends back, says which annotation a moved box is (a new box gets its class's colour)."""
+    out: dict[int, tuple[int, int, int]] = {}
+    used: set[tuple[int, int, int]] = set()
+    for annotation_id in annotation_ids:
+        hue = (int(annotation_id) * 0.7548776662466927) % 1.0
+        r, g, b = (int(v * 255) for v in colorsys.hsv_to_rgb(hue, 0.65, 0.9))
+        color = (r | 1, g, b)
+        while color in used:
+            color = (color[0], color[1], (color[2] + 1) % 256)
+        used.add(color)
+        out[int(annotation_id)] = color
+    return out
 
 
 def hex_color(category_id: int) -> str:
     return "#%02x%02x%02x" % category_color(category_id)
-
-
-def rgb_string(category_id: int) -> str:
-    return "rgb(%d, %d, %d)" % category_color(category_id)
 
 
 def shown_instances(rows: list[dict], review_threshold: float, score_threshold: float) -> tuple[list[dict], set[int]]:

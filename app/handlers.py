@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from gradio_image_annotation import image_annotator
 
-from app.display import (GALLERY_LIMIT, IMAGE_HEADERS, category_rows, error_text, hex_color, overview_text,
-                         progress_bar_html, proposal_message, rgb_string, shown_instances)
+from app.display import (GALLERY_LIMIT, IMAGE_HEADERS, category_rows, error_text, hex_color, instance_colors,
+                         overview_text, progress_bar_html, proposal_message, shown_instances)
 from services.images import EDITOR_MAX_SIDE, downscale, downscale_mask, scale_for, upscale_mask
 from services.workbench import Workbench, WorkbenchError
 
@@ -35,6 +35,7 @@ class View(NamedTuple):
     shown: list           # ids of the instances drawn, in the overlay's order
     message: str
     statuses: Any         # gr.Radio: the status filter with its counts
+    box_ids: dict         # "r,g,b" colour of a box in the Draw tab -> the annotation it shows
 
 
 class Opened(NamedTuple):
@@ -49,6 +50,7 @@ class Opened(NamedTuple):
     shown: list
     message: str
     statuses: Any
+    box_ids: dict
     editor: Any
     editing: Any
 
@@ -64,6 +66,7 @@ class ClassView(NamedTuple):
     new_class: Any     # gr.Dropdown
     class_pick: Any    # gr.Dropdown
     merge_target: Any  # gr.Dropdown
+    annotator: Any     # the Draw tab's box annotator: its class list (its boxes stay as they are)
 
 
 class RunView(NamedTuple):
@@ -133,7 +136,7 @@ class Handlers:
     def view(self, image_id, review_threshold, message: str = "", selected=None) -> View:
         if image_id is None:
             return View("Upload images or pick one in the gallery.", None, [], gr.Dropdown(choices=[], value=None),
-                        image_annotator(value=None), None, [], message, gr.Radio(choices=self.status_choices()))
+                        image_annotator(value=None), None, [], message, gr.Radio(choices=self.status_choices()), {})
         review_threshold = float(review_threshold or 0.0)
         info, rgb = self.wb.rgb(image_id)
         scale = scale_for(info["height"], info["width"])
@@ -166,10 +169,13 @@ class Handlers:
                     + ("" if r["score"] is None else f" · {r['score']:.2f}")
                     + (" · low confidence" if r["id"] in low else ""), r["id"]) for r in rows]
         selected = selected if selected in {r["id"] for r in rows} else None
+        accepted = [r for r in rows if r["review_state"] == "accepted"]
+        colors_of = instance_colors([r["id"] for r in accepted])
         boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
                   "xmax": int(round(r["box"][2] * scale)), "ymax": int(round(r["box"][3] * scale)),
-                  "label": names.get(r["category_id"], ""), "color": rgb_string(r["category_id"])}
-                 for r in rows if r["review_state"] == "accepted"]
+                  "label": names.get(r["category_id"], ""), "color": "rgb(%d, %d, %d)" % colors_of[r["id"]]}
+                 for r in accepted]
+        box_ids = {",".join(map(str, color)): annotation_id for annotation_id, color in colors_of.items()}
         annotator = image_annotator(value={"image": small, "boxes": boxes}, label_list=list(names.values()),
                                     label_colors=[hex_color(i) for i in names])
         active = self.wb.active_version_id()
@@ -182,7 +188,7 @@ class Handlers:
             title += f" · {len(lost)} version(s) lost in conflicts kept (newest: journal entry {lost[0]})"
         overlay = gr.AnnotatedImage(value=(small, overlays), color_map=colors)
         return View(title, overlay, table, gr.Dropdown(choices=choices, value=selected), annotator, revision,
-                    [r["id"] for r in shown], message, gr.Radio(choices=self.status_choices()))
+                    [r["id"] for r in shown], message, gr.Radio(choices=self.status_choices()), box_ids)
 
     def safe_view(self, image_id, review_threshold, message, selected=None) -> View:
         try:
@@ -300,15 +306,17 @@ class Handlers:
                         "Your version from the conflict is back (Undo reverts it).")
 
     # ---- draw ------------------------------------------------------------------------------
-    def save_boxes(self, image_id, review_threshold, selected, revision, value, box_only,
+    def save_boxes(self, image_id, review_threshold, selected, revision, value, box_only, box_ids,
                    request: gr.Request) -> View:
+        """The Draw tab's boxes saved: new ones added, moved or re-classed ones changed, removed ones deleted
+        (which annotation a box is: its colour, see display.instance_colors)."""
         def action():
             info = self.wb.image_info(int(image_id))
-            return self.wb.add_drawn_boxes(int(image_id), (value or {}).get("boxes") or [],
-                                           scale_for(info["height"], info["width"]), box_only=bool(box_only),
-                                           seen_revision=revision, user=user_of(request))
-        return self.act(image_id, review_threshold, selected, action,
-                        lambda r: f"{len(r[1])} box(es) added: {', '.join(r[1])}.")
+            drawn = [dict(box, id=(box_ids or {}).get(",".join(str(int(v)) for v in box.get("color") or ())))
+                     for box in (value or {}).get("boxes") or []]
+            return self.wb.save_drawn_boxes(int(image_id), drawn, scale_for(info["height"], info["width"]),
+                                            box_only=bool(box_only), seen_revision=revision, user=user_of(request))
+        return self.act(image_id, review_threshold, selected, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.")
 
     # ---- correct -------------------------------------------------------------------------------
     def load_editor(self, image_id, selected):
@@ -366,8 +374,10 @@ class Handlers:
         overview, categories, _ = self.overview()
         first = choices[0][1] if choices else None
         keep = keep if keep in names else None
+        # a class added while boxes are drawn reaches the Draw tab at once (they can be labelled without a reload)
+        annotator = image_annotator(label_list=list(names.values()), label_colors=[hex_color(i) for i in names])
         return ClassView(message, overview, categories, gr.Dropdown(choices=choices, value=first),
-                         gr.Dropdown(choices=choices, value=keep), gr.Dropdown(choices=choices, value=None))
+                         gr.Dropdown(choices=choices, value=keep), gr.Dropdown(choices=choices, value=None), annotator)
 
     def _class_action(self, action, success, keep=None) -> ClassView:
         try:

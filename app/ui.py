@@ -96,6 +96,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         revision = gr.State(None)
         ids = gr.State([])
         shown = gr.State([])
+        box_ids = gr.State({})  # the Draw tab's box colours -> annotation ids
         editing = gr.State(None)  # (image id, annotation id or None) the editor was loaded for
         run_id = gr.State(None)
 
@@ -137,15 +138,17 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                         instances_table = gr.Dataframe(headers=INSTANCE_HEADERS, interactive=False,
                                                        elem_id="instances", label="Instances of this image")
                     with gr.Tab("Draw", id="draw"):
-                        gr.Markdown("Draw a box (*Create box*), pick its class, then **Add drawn boxes**: each new "
-                                    "box gets a mask from the model (its best instance of that class) or GrabCut "
-                                    "when there is none. Tick *box only* to keep the class box-supervised.")
+                        gr.Markdown("Draw a box (*Create box*), pick its class, then **Save boxes**: each new box "
+                                    "gets a mask from the model (for exactly that box and class) or GrabCut when "
+                                    "there is none. Move or resize an accepted box (it gets a new mask), change its "
+                                    "class, or delete it, and save. Tick *box only* to keep the class "
+                                    "box-supervised.")
                         annotator = image_annotator(label_list=[], label_colors=[], image_type="numpy",
                                                     sources=[], show_clear_button=False, elem_id="annotator",
                                                     height=560)
                         with gr.Row():
                             box_only = gr.Checkbox(label="box only (no mask)", value=False, elem_id="box-only")
-                            save_boxes_btn = gr.Button("Add drawn boxes (s)", elem_id="save-boxes", variant="primary")
+                            save_boxes_btn = gr.Button("Save boxes (s)", elem_id="save-boxes", variant="primary")
                     with gr.Tab("Correct", id="correct"):
                         gr.Markdown("Pick an instance above (or none to paint a new one of the class below), "
                                     "**Edit mask**, paint with the brush or erase, then **Save mask**.")
@@ -239,10 +242,11 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_file = gr.File(label="coco_file")
             api_buttons = [gr.Button(f"api{i}") for i in range(5)]
 
-        view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter]
+        view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter,
+                        box_ids]  # the fields of handlers.View
         open_outputs = [image_id, *view_outputs, editor, editing]  # the fields of handlers.Opened
         gallery_outputs = [gallery, ids, status_filter]
-        class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target]  # handlers.ClassView
+        class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target, annotator]  # ClassView
         run_outputs = [train_status, train_bar, loss_plot, versions, version_pick, timer, run_id]  # handlers.RunView
         # UI events are private (not API endpoints); Gradio still names them after their functions, so the
         # handlers' names differ from the headless API's (propose, export_coco, ...)
@@ -283,7 +287,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         edits(recover_btn.click(ui.recover, review_inputs, view_outputs, **private))
 
         # ---- draw and correct (the editor only on explicit buttons: it is costly to send) ------
-        edits(save_boxes_btn.click(ui.save_boxes, [*review_inputs, annotator, box_only], view_outputs, **private))
+        edits(save_boxes_btn.click(ui.save_boxes, [*review_inputs, annotator, box_only, box_ids], view_outputs,
+                                   **private))
         edit_btn.click(ui.load_editor, [image_id, instance], [editor, editing, message], **private)
         edits(save_mask_btn.click(ui.save_mask, [image_id, review_threshold, revision, editor, editing, new_class],
                                   [*view_outputs, editor, editing], **private))

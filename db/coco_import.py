@@ -30,11 +30,15 @@ class ImportReport:
     annotations_existing: int = 0
     categories_added: int = 0
     warnings: list[str] = field(default_factory=list)
+    category_mapping: list[str] = field(default_factory=list)  # file categories stored under another id
 
     def summary(self) -> str:
-        return (f"images: {self.images_added} added, {self.images_existing} already there; "
+        text = (f"images: {self.images_added} added, {self.images_existing} already there; "
                 f"annotations: {self.annotations_added} added, {self.annotations_existing} already there; "
                 f"categories: {self.categories_added} added")
+        if self.category_mapping:
+            text += "\ncategories matched by name or renumbered:\n  " + "\n  ".join(self.category_mapping)
+        return text
 
 
 @dataclass
@@ -95,6 +99,11 @@ def _load_json(path: Path) -> dict:
 
 
 def _check_categories(data: dict, existing: dict[int, Category], problems: list[str]) -> dict[int, dict]:
+    """The file's categories by file id, each with the database id it is stored under ("db_id") and whether it
+    is new. Categories are matched by name: a name the database has (exactly, else the one name equal up to
+    case and spaces) maps to that category whatever its id (classes made in the UI first, then a COCO file);
+    a new name keeps the file's id when the database does not use it, else gets the next free id. ``note``
+    says what happened where the id changes."""
     by_id: dict[int, dict] = {}
     names: dict[str, int] = {}
     existing_names = {c.name: c.id for c in existing.values()}
@@ -119,16 +128,35 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
         if name in names:
             problems.append(f"{where}: name {name!r} is also used by category {names[name]}; names must be unique")
             continue
-        if cat["id"] in existing and existing[cat["id"]].name != name:
-            problems.append(f"{where}: is {name!r} in the file but {existing[cat['id']].name!r} in the database; "
-                            "rename one of them so that they agree, or renumber the file's category")
-            continue
-        if name in existing_names and existing_names[name] != cat["id"]:
-            problems.append(f"{where}: name {name!r} already belongs to category {existing_names[name]} in the "
-                            "database; use that id in the file")
-            continue
-        by_id[cat["id"]] = cat
+        by_id[cat["id"]] = dict(cat)
         names[name] = cat["id"]
+    # by name first; then new names keep their file id where it is free; the rest get ids above all of those
+    taken = set(existing)
+    folded: dict[str, list[int]] = {}
+    for category in existing.values():
+        folded.setdefault(category.name.strip().casefold(), []).append(category.id)
+    for file_id, cat in by_id.items():
+        same = existing_names.get(cat["name"])
+        if same is None and len(folded.get(cat["name"].strip().casefold(), [])) == 1:
+            same = folded[cat["name"].strip().casefold()][0]  # "Person" in the UI, "person" in the file
+        if same is not None:
+            cat.update(db_id=same, new=False)
+            if cat["db_id"] != file_id:
+                cat["note"] = (f"file category {file_id} {cat['name']!r} -> category {cat['db_id']} "
+                               "(the database's class of that name)")
+    for file_id, cat in by_id.items():
+        if "db_id" not in cat and file_id not in taken:
+            cat.update(db_id=file_id, new=True)
+            taken.add(file_id)
+    next_id = max(taken | set(by_id), default=0) + 1
+    for file_id, cat in by_id.items():
+        if "db_id" not in cat:
+            cat.update(db_id=next_id, new=True,
+                       note=f"file category {file_id} {cat['name']!r} -> new category {next_id} (id {file_id} "
+                            f"is {existing[file_id].name!r} in the database)")
+            next_id += 1
+    if next_id - 1 > MAX_ID:
+        problems.append(f"renumbering the file's categories would need ids above {MAX_ID}; renumber them in the file")
     return by_id
 
 
@@ -282,11 +310,12 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
             area = float(masks.area(counts, image.height, image.width))
             if area == 0:
                 warnings.append(f"{where}: its mask is empty (a degenerate polygon?); kept as an empty mask")
+        category_id = categories[ann["category_id"]]["db_id"]
         rows.append({
-            "image_sha": image.sha256, "category_id": ann["category_id"],
+            "image_sha": image.sha256, "category_id": category_id,
             "bbox_x": bbox[0], "bbox_y": bbox[1], "bbox_w": bbox[2], "bbox_h": bbox[3],
             "mask_rle": counts, "mask_polygons": polygons, "area": area, "iscrowd": bool(iscrowd),
-            "fingerprint": _fingerprint(ann["category_id"], bool(iscrowd), counts, bbox),
+            "fingerprint": _fingerprint(category_id, bool(iscrowd), counts, bbox),
         })
     return rows
 
@@ -314,10 +343,13 @@ def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Pa
             if problems:
                 raise CocoImportError(source, problems)
 
-            for cid, cat in categories.items():
-                if cid not in existing:
-                    session.add(Category(id=cid, name=cat["name"], supercategory=str(cat.get("supercategory") or "")))
+            for cat in categories.values():
+                if cat["new"]:
+                    session.add(Category(id=cat["db_id"], name=cat["name"],
+                                         supercategory=str(cat.get("supercategory") or "")))
                     report.categories_added += 1
+                if "note" in cat:
+                    report.category_mapping.append(cat["note"])
             session.flush()
 
             shas = {entry.sha256 for entry in images.values()}

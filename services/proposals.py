@@ -75,15 +75,6 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
                           low_confidence=0 if confident else len(new))
 
 
-def box_iou(a, b) -> float:
-    ax1, ay1, ax2, ay2 = a
-    bx1, by1, bx2, by2 = b
-    iw, ih = max(0.0, min(ax2, bx2) - max(ax1, bx1)), max(0.0, min(ay2, by2) - max(ay1, by1))
-    inter = iw * ih
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def mask_for_box(image: np.ndarray, box, category_id: int, masks_for_boxes=None) -> tuple[np.ndarray, str]:
     """A mask for a box a person drew: the model's mask for exactly that box and class (for a
     box-only class through the Mask^X weight transfer) when a model that knows the class is

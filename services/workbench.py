@@ -32,7 +32,7 @@ from services import training
 from services.images import ImageCache
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
-from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, box_iou, mask_for_box, propose
+from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask_for_box, propose
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
 
 SCORE_THRESHOLD_VARIABLE = "WORKBENCH_SCORE_THRESHOLD"
@@ -278,27 +278,72 @@ class Workbench:
     def undo(self, image_id: int, user: str | None = None) -> int:
         return undo(self.db, image_id, user=user)
 
-    def add_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
-                        seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
-        """Boxes drawn on the image shown at ``scale`` ({"xmin", "ymin", "xmax", "ymax", "label"} in shown
-        pixels, label a class name or id): those not already an accepted annotation of their class (box IoU
-        >= 0.9) are added as :meth:`add_boxes` says."""
-        _, rows = get_annotations(self.db, image_id, states=["accepted"], decode_masks=False)
-        existing = [(r["category_id"], [v * scale for v in r["box"]]) for r in rows]
+    def save_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
+                         seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
+        """The Draw tab's boxes become the image's accepted annotations. ``drawn``: {"xmin", "ymin", "xmax",
+        "ymax", "label", "id"} in the pixels of the image shown at ``scale``; label a class name or id; id the
+        accepted annotation the box was drawn from (None for a new box). A new box is added as
+        :meth:`add_boxes` says; a box moved or resized gets a new mask for its new box (the model's, else
+        GrabCut; none when ``box_only`` or when it had none); a box whose class changed keeps its mask; an
+        accepted annotation whose box is gone is deleted. -> (revision, what happened, one text per change)."""
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        by_id = {r["id"]: r for r in rows}
         names = queries.category_names(self.db)
-        new = []
+        kept, changed, new = set(), {}, []
         for box in drawn or []:
-            small_box = [float(box["xmin"]), float(box["ymin"]), float(box["xmax"]), float(box["ymax"])]
             if not box.get("label"):
                 raise WorkbenchError("a drawn box has no class: click it and choose its class "
                                      "(add classes in the Classes tab)")
             category_id = self.category_id(box["label"], names)
-            if any(c == category_id and box_iou(small_box, b) >= 0.9 for c, b in existing):
-                continue  # an annotation that is already there
-            new.append((category_id, tuple(v / scale for v in small_box)))
-        if not new:
-            raise WorkbenchError("no new box: draw one with 'Create box' and choose its class first")
-        return self.add_boxes(image_id, new, box_only=box_only, seen_revision=seen_revision, user=user)
+            shown = [float(box["xmin"]), float(box["ymin"]), float(box["xmax"]), float(box["ymax"])]
+            full = tuple(v / scale for v in shown)
+            row = by_id.get(box.get("id"))
+            if row is None or row["review_state"] != "accepted":
+                new.append((category_id, full))
+                continue
+            kept.add(row["id"])
+            moved = any(abs(a * scale - b) > 1.0 for a, b in zip(row["box"], shown))  # beyond a shown pixel
+            if moved or category_id != row["category_id"]:
+                changed[row["id"]] = (category_id, full if moved else None)
+        removed = {r["id"] for r in rows if r["review_state"] == "accepted"} - kept
+        if not new and not changed and not removed:
+            raise WorkbenchError("nothing to save: draw a box with 'Create box' (and choose its class), move or "
+                                 "delete one first")
+        image = self.rgb(image_id)[1] if new or any(b is not None for _, b in changed.values()) else None
+        version_id = None if box_only else self.models.active()[0]
+
+        def masked(category_id, box):  # (InstanceData changes, description) for a box that needs a mask
+            if box_only:
+                return dict(mask=None, source="drawn", model_version_id=None, score=None), "box only"
+            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
+            return (dict(mask=mask, source=source, model_version_id=version_id if source == "model" else None,
+                         score=None), f"{source} mask")
+
+        data, said = [], []
+        for row in rows:
+            if row["id"] in removed:
+                said.append(f"#{row['id']} deleted")
+                continue
+            if row["id"] not in changed:
+                data.append(InstanceData.from_row(row))
+                continue
+            category_id, box = changed[row["id"]]
+            if box is None:  # the class alone changed: the mask stays
+                data.append(InstanceData.from_row(row, category_id=category_id))
+                said.append(f"#{row['id']} now {names[category_id]}")
+            elif row["mask_rle"] is None:
+                data.append(InstanceData.from_row(row, category_id=category_id, box=box))
+                said.append(f"#{row['id']} moved (box only)")
+            else:
+                changes, how = masked(category_id, box)
+                data.append(InstanceData.from_row(row, category_id=category_id, box=box, **changes))
+                said.append(f"#{row['id']} moved ({how})")
+        for category_id, box in new:
+            changes, how = masked(category_id, box)
+            data.append(InstanceData(category_id=category_id, box=box, **changes))
+            said.append(f"{names[category_id]} added ({how})")
+        revision = save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        return revision, said
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
                   box_only: bool, seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:

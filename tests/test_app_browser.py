@@ -134,7 +134,7 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             page.locator("#model-box-edit button", has_text="OK").click()
             start = time.monotonic()
             page.locator("#save-boxes").click()
-            wait_text(page, "#message", "box(es) added")
+            wait_text(page, "#message", "ball added")
             timings["add box (model/GrabCut mask)"] = time.monotonic() - start
             _, rows = get_annotations(db, image_id, states=["accepted"])
             drawn = [r for r in rows if r["id"] != accepted_id]  # the accepted proposal may be a ball too

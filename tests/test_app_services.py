@@ -365,3 +365,52 @@ def test_the_model_device_is_auto_by_default_and_said(database):
     wb = Workbench(database)
     assert wb.device == "cpu" and wb.device_text().startswith("CPU (")
     assert Handlers(wb).overview()[0].endswith(f"· model on {wb.device_text()}")
+
+
+def test_a_class_added_reaches_the_draw_tab_without_a_reload(database):
+    """Boxes drawn before any class exists can be labelled once a class is added: the class actions update
+    the annotator's class list (only it: the boxes on it stay)."""
+    from app.handlers import Handlers
+    from services.workbench import Workbench
+
+    ui = Handlers(Workbench(database))
+    out = ui.add_class("ball")
+    assert "added" in out.message and out.annotator.constructor_args == {"label_list": ["ball"],
+                                                                           "label_colors": [out.annotator.label_colors[0]]}
+    out = ui.add_class("car")
+    assert out.annotator.constructor_args["label_list"] == ["ball", "car"] and "value" not in out.annotator.constructor_args
+
+
+def test_the_draw_tab_moves_reclasses_and_deletes_boxes_without_duplicates(db):
+    """Saved boxes are the image's accepted annotations: a moved box changes its annotation (a new mask for
+    the new box), a class change keeps the mask, a removed box deletes its annotation, a new box is added;
+    nothing is duplicated."""
+    from services.workbench import Workbench
+
+    wb = Workbench(db)
+    revision, rows = get_annotations(db, 1, states=["accepted"])
+    assert len(rows) >= 3
+    scale = 0.5  # the Draw tab shows the image at half size
+    first, second, third, *rest = rows
+    names = queries.category_names(db)
+
+    def shown(row, dx=0.0, label=None):
+        x1, y1, x2, y2 = (v * scale for v in row["box"])
+        return {"xmin": x1 + dx, "ymin": y1, "xmax": x2 + dx, "ymax": y2,
+                "label": label or names[row["category_id"]], "id": row["id"]}
+
+    other = next(name for cid, name in names.items() if cid != second["category_id"])
+    drawn = [shown(first, dx=4.0), shown(second, label=other), *[shown(r) for r in rest],
+             {"xmin": 1, "ymin": 1, "xmax": 12, "ymax": 9, "label": "ball"}]  # `third` is gone
+    revision, said = wb.save_drawn_boxes(1, drawn, scale, box_only=False, seen_revision=revision)
+    assert said == [f"#{first['id']} moved (grabcut mask)" if first["mask_rle"] else f"#{first['id']} moved (box only)",
+                    f"#{second['id']} now {other}", f"#{third['id']} deleted", "ball added (grabcut mask)"]
+    _, after = get_annotations(db, 1, states=["accepted"])
+    by_id = {r["id"]: r for r in after}
+    assert len(after) == len(rows)  # one deleted, one added, none duplicated
+    assert third["id"] not in by_id
+    assert by_id[first["id"]]["box"][0] == pytest.approx(first["box"][0] + 8.0, abs=0.5)
+    assert by_id[second["id"]]["category_id"] != second["category_id"]
+    assert by_id[second["id"]]["mask_rle"] == second["mask_rle"]  # a class change keeps the mask
+    with pytest.raises(WorkbenchError, match="nothing to save"):
+        wb.save_drawn_boxes(1, [shown(by_id[r["id"]]) for r in after], scale, box_only=False, seen_revision=revision)
