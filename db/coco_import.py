@@ -210,48 +210,12 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
 
 
 def _segmentation_counts(seg: Any, where: str, height: int, width: int, problems: list[str]) -> str | None | bool:
-    """RLE counts of the annotation's mask, None for box-only, False when invalid."""
-    if seg is None or seg == [] or seg == {}:
-        return None
-    if isinstance(seg, list):
-        for part_index, part in enumerate(seg):
-            if not isinstance(part, list) or not all(_is_number(v) for v in part):
-                problems.append(f"{where}: polygon part {part_index} is not a list of numbers")
-                return False
-            if len(part) < 6 or len(part) % 2:
-                problems.append(f"{where}: polygon part {part_index} has {len(part)} numbers; a polygon needs at "
-                                "least 3 (x, y) points; remove the part or redraw the mask")
-                return False
-        return masks.from_polygons(seg, height, width)
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-            problems.append(f"{where}: RLE 'size' must be [height, width]")
-            return False
-        if size != [height, width]:
-            problems.append(f"{where}: the mask is {size[1]}x{size[0]} (w x h) but its image is {width}x{height}; "
-                            "the mask belongs to another image or the image was resized")
-            return False
-        if isinstance(counts, str):
-            try:
-                runs = masks.run_lengths(counts)
-            except (UnicodeEncodeError, ValueError):
-                runs = None
-            if runs is None or (runs < 0).any() or int(runs.sum()) != height * width:
-                problems.append(f"{where}: the compressed RLE counts do not decode to a {width}x{height} mask; "
-                                "the mask is corrupt or belongs to another image")
-                return False
-            return counts
-        if isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts):
-            if sum(counts) != height * width:
-                problems.append(f"{where}: uncompressed RLE counts sum to {sum(counts)}, not height*width = "
-                                f"{height * width}; the mask does not fit its image")
-                return False
-            return masks.from_uncompressed(seg, height, width)
-        problems.append(f"{where}: RLE 'counts' must be a string (compressed) or a list of non-negative integers")
+    """RLE counts of the annotation's mask, None for box-only, False when invalid (the problem noted)."""
+    try:
+        return masks.counts_from_segmentation(seg, height, width)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}; fix or remove the annotation")
         return False
-    problems.append(f"{where}: 'segmentation' must be a list of polygons, an RLE object, or empty for box-only")
-    return False
 
 
 def _fingerprint(category_id: int, iscrowd: bool, counts: str | None, bbox: list[float]) -> str:

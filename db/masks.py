@@ -26,12 +26,74 @@ def decode(counts: str, height: int, width: int) -> np.ndarray:
 
 
 def check_counts(counts: str, height: int, width: int) -> None:
-    """Raise ValueError unless ``counts`` is a compressed RLE string of an (height, width) mask."""
+    """Raise ValueError unless ``counts`` is a compressed RLE string of an (height, width) mask, written as
+    pycocotools writes it: every number in its shortest form (pycocotools reads over-long numbers otherwise
+    than this module, or not at all), runs not negative, covering exactly height x width pixels (pycocotools
+    would leave the rest of its buffer uninitialised). Cheap: the string is checked, not decoded."""
     if not isinstance(counts, str):
         raise ValueError("RLE counts must be a string")
-    runs = run_lengths(counts)
+    if not counts.isascii():
+        raise ValueError("not a COCO RLE string (non-ASCII characters)")
+    runs = run_lengths(counts, canonical=True)
     if (runs < 0).any() or int(runs.sum()) != height * width:
         raise ValueError(f"the RLE covers {int(runs.sum())} pixels, not {height} x {width} = {height * width}")
+
+
+MAX_POLYGON_NUMBERS = 1_000_000  # coordinates of one mask's polygons
+
+
+def counts_from_segmentation(segmentation, height: int, width: int) -> str | None:
+    """A mask given as COCO polygons, uncompressed RLE or compressed RLE (None, [] or {}: box only) ->
+    compressed counts of an (height, width) mask; ValueError (a short message: what is wrong, what to send)
+    for anything else: numbers that are not finite, polygon points further than one image size outside the
+    image, polygons of fewer than 3 points, RLE of another size, runs that do not cover the mask exactly."""
+    if segmentation is None or segmentation == [] or segmentation == {}:
+        return None
+    if isinstance(segmentation, list):
+        if sum(len(part) if isinstance(part, list) else 0 for part in segmentation) > MAX_POLYGON_NUMBERS:
+            raise ValueError(f"the polygons have more than {MAX_POLYGON_NUMBERS} numbers; simplify the mask")
+        parts = []
+        for index, part in enumerate(segmentation):
+            if not isinstance(part, list) or not all(_is_real(v) for v in part):
+                raise ValueError(f"polygon part {index} is not a list of numbers")
+            if len(part) < 6 or len(part) % 2:
+                raise ValueError(f"polygon part {index} has {len(part)} numbers; a polygon needs at least 3 (x, y) "
+                                 "points")
+            points = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+            if not np.isfinite(points).all():
+                raise ValueError(f"polygon part {index} has a coordinate that is not a finite number")
+            if ((points < -np.array([width, height])) | (points > 2 * np.array([width, height]))).any():
+                raise ValueError(f"polygon part {index} has points further than one image size outside the "
+                                 f"{width}x{height} image; send coordinates in the image's pixels")
+            parts.append(points.reshape(-1).tolist())
+        return from_polygons(parts, height, width)
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_integer(v) for v in size)):
+            raise ValueError("RLE 'size' must be [height, width]")
+        if list(size) != [height, width]:
+            raise ValueError(f"the mask is {size[1]}x{size[0]} (w x h) but its image is {width}x{height}")
+        if isinstance(counts, str):
+            try:
+                check_counts(counts, height, width)
+            except ValueError as exc:
+                raise ValueError(f"the compressed RLE counts are not a {width}x{height} mask ({exc})") from None
+            return counts
+        if isinstance(counts, list) and all(_is_integer(v) and 0 <= v <= height * width for v in counts):
+            if sum(counts) != height * width:
+                raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, not height x width = "
+                                 f"{height * width}")
+            return from_uncompressed({"size": [height, width], "counts": [int(v) for v in counts]}, height, width)
+        raise ValueError("RLE 'counts' must be a string (compressed) or a list of integers from 0 to height x width")
+    raise ValueError("a mask must be a list of polygons, an RLE object {'size', 'counts'}, or empty for a box")
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def area(counts: str, height: int, width: int) -> int:
@@ -83,7 +145,7 @@ def to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list
     return polygons
 
 
-def run_lengths(counts: str) -> np.ndarray:
+def run_lengths(counts: str, canonical: bool = False) -> np.ndarray:
     """COCO's compressed RLE string -> run lengths, vectorised (pycocotools' ``rleFrString``).
 
     pycocotools only decodes whole masks; the exporter needs the runs to decode just the
@@ -97,18 +159,32 @@ def run_lengths(counts: str) -> np.ndarray:
     if chars.size == 0:
         return np.zeros(0, dtype=np.int64)
     last = (chars & 0x20) == 0  # the last character of each number
+    if not last[-1]:
+        raise ValueError("not a COCO RLE string (it ends inside a number)")
     group = np.concatenate(([0], np.cumsum(last)[:-1]))
     starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    lengths = np.flatnonzero(last) - starts + 1
+    if (lengths > MAX_RLE_NUMBER_CHARS).any():
+        raise ValueError(f"not a COCO RLE string (a number of more than {MAX_RLE_NUMBER_CHARS} characters)")
     shift = 5 * (np.arange(chars.size) - starts[group])
     values = np.add.reduceat((chars & 0x1F) << shift, starts)
     ends = np.flatnonzero(last)
     negative = (chars[ends] & 0x10) != 0
     values = np.where(negative, values - (np.int64(1) << (shift[ends] + 5)), values)
+    if canonical:  # each number in as few characters as pycocotools writes it (5-bit two's complement groups)
+        shortest = np.ones_like(values)
+        for n in range(1, MAX_RLE_NUMBER_CHARS):
+            shortest += ~((values >= -(np.int64(1) << (5 * n - 1))) & (values < (np.int64(1) << (5 * n - 1))))
+        if (lengths != shortest).any():
+            raise ValueError("not a COCO RLE string as pycocotools writes it (a number with extra characters)")
     runs = values.copy()
     # runs[m] += runs[m - 2] for m > 2: cumulative sums along the even chain from 2 and the odd chain from 1
     runs[2::2] = np.cumsum(values[2::2])
     runs[1::2] = np.cumsum(values[1::2]) if values.size > 1 else runs[1::2]
     return runs
+
+
+MAX_RLE_NUMBER_CHARS = 12  # 60 bits: more than any mask's run (and within int64)
 
 
 def decode_crop(counts: str, height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

@@ -58,39 +58,42 @@ def default_backbone_weights() -> str | None:
 
 
 def rle_counts(value, height: int, width: int) -> str | None:
-    """The counts string of a compressed COCO RLE dict of the image's size, else None (decode it with mask_of).
+    """The counts string of a compressed COCO RLE dict of the image's size, checked, else None (decode other
+    forms with mask_of).
 
     Compressed RLE is how the API hands masks out; taking it back as it is saves a decode and an encode
-    per instance on every save (the counts are checked when stored)."""
+    per instance on every save."""
     if (isinstance(value, dict) and isinstance(value.get("counts"), str)
             and list(value.get("size", [height, width])) == [height, width]):
-        return value["counts"]
+        try:
+            return masks.counts_from_segmentation({"size": [height, width], "counts": value["counts"]}, height, width)
+        except ValueError as exc:
+            raise WorkbenchError(f"a mask: {exc}") from None
     return None
 
 
 def mask_of(value, height: int, width: int) -> np.ndarray | None:
-    """A mask given through the API: COCO RLE dict (compressed or not), polygons, or a 0/1 array."""
+    """A mask given through the API: COCO RLE dict (compressed or not), polygons, or an HxW 0/1 array; checked
+    (db.masks.counts_from_segmentation) before anything decodes it."""
     if value is None or value == [] or value == {}:
         return None
-    from pycocotools import mask as mask_utils
-
-    if isinstance(value, dict):
-        size = value.get("size", [height, width])
-        if list(size) != [height, width]:
-            raise WorkbenchError(f"a mask of size {size} does not fit the image ({height}x{width}, [height, width])")
-        rle = value
-        if isinstance(value.get("counts"), list):
-            rle = mask_utils.frPyObjects(value, height, width)
-        elif isinstance(value.get("counts"), str):
-            rle = {"size": size, "counts": value["counts"].encode("ascii")}
-        return mask_utils.decode(rle).astype(bool)
-    array = np.asarray(value)
-    if array.ndim == 2 and array.shape == (height, width):
-        return array.astype(bool)
-    if isinstance(value, list) and value and all(isinstance(p, list) for p in value):  # polygons
-        rles = mask_utils.frPyObjects([list(map(float, p)) for p in value], height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-    raise WorkbenchError("a mask must be a COCO RLE {'size', 'counts'}, a list of polygons or an HxW 0/1 array")
+    if not isinstance(value, dict):
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):  # ragged: polygons
+            array = None
+        if array is not None and array.ndim == 2 and array.shape == (height, width):
+            if array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
+                raise WorkbenchError("a mask given as an HxW array must hold only 0 and 1")
+            return array.astype(bool)
+        if not (isinstance(value, list) and all(isinstance(part, list) for part in value)):
+            raise WorkbenchError("a mask must be a COCO RLE {'size', 'counts'}, a list of polygons or an HxW 0/1 "
+                                 "array")
+    try:
+        counts = masks.counts_from_segmentation(value, height, width)
+    except ValueError as exc:
+        raise WorkbenchError(f"a mask: {exc}") from None
+    return masks.decode(counts, height, width)
 
 
 class Workbench:

@@ -102,7 +102,7 @@ def test_propose_then_save_with_conflict_detection(client, app_server):
 
     lost = conflict_versions(app_server["db"], image_id)
     assert len(lost) == 1 and lost[0].snapshot[0]["category_id"] == 7  # the losing version is kept
-    with pytest.raises(AppError, match="RLE does not fit"):
+    with pytest.raises(AppError, match="compressed RLE counts are not a 80x60 mask"):
         client.predict(image_id, [{"category": "ball", "mask": {"size": [60, 80], "counts": "0a0"}}],
                        api_name="/save_annotations")
     with pytest.raises(AppError, match="no class 'dog'"):
@@ -145,3 +145,44 @@ def test_retrain_waits_for_the_new_version(client, app_server):
     assert result["version_id"] != before and result["active"] is True
     assert {"train_loss", "set_A", "set_B", "mode"} <= set(result["metrics"]) and result["history"][-1][0] == 2
     assert registry.active_version(app_server["db"]).id == result["version_id"]
+
+
+def test_hostile_masks_are_refused_and_the_server_lives_on(client, app_server):
+    """Issue 16, items 1-3: polygons far outside the image or not finite (pycocotools crashed the server on
+    them), uncompressed RLE that covers less than the image (pycocotools' uninitialised memory came back as
+    a mask) and compressed RLE with over-long numbers (stored, then unreadable) are refused with a message;
+    nothing is stored and the server answers the next call."""
+    from gradio_client.exceptions import AppError
+
+    from db.annotations import get_annotations
+
+    db = app_server["db"]
+    image_id = app_server["uploaded"][0]  # shapes.png, 80x60 (uploaded by the first test)
+    before = get_annotations(db, image_id)
+    over_long = chr(48 + (5 | 0x20)) + chr(48) + "0"  # 5, then 0 ... a number in two characters where one does
+    hostile = [
+        ([[0, 0, 1e9, 0, 1e9, 1e9]], "further than one image size outside"),
+        ([[0, 0, 2e7, 0, 2e7, 2e7]], "further than one image size outside"),
+        ([[0, 0, 10]], "at least 3"),
+        ({"size": [48, 64], "counts": [0, 10]}, r"is 64x48 \(w x h\) but its image is 80x60"),
+        ({"size": [60, 80], "counts": [0, 10]}, "sum to 10, not height x width = 4800"),
+        ({"size": [60, 80], "counts": [-5, 4805]}, "integers from 0 to height x width"),
+        ({"size": [60, 80], "counts": over_long}, "extra characters"),
+    ]
+    for mask, message in hostile:
+        with pytest.raises(AppError, match=message):
+            client.predict(image_id, [{"category": "ball", "mask": mask}], -1, api_name="/save_annotations")
+    # NaN cannot be sent by gradio_client (not JSON); a raw HTTP call can (Python's json reads it)
+    import urllib.request
+
+    body = ('{"data": [%d, [{"category": "ball", "mask": [[0, 0, NaN, 0, 10, 10]]}], -1]}' % image_id).encode()
+    request = urllib.request.Request(app_server["url"] + "gradio_api/call/save_annotations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+    stream = urllib.request.urlopen(app_server["url"] + f"gradio_api/call/save_annotations/{event}", timeout=30)
+    answer = stream.read().decode()
+    assert "event: error" in answer and "not a finite number" in answer, answer
+    assert get_annotations(db, image_id) == before
+    saved = client.predict(image_id, [{"category": "ball", "mask": [[10, 10, 40, 10, 40, 30, 10, 30]]}], -1,
+                           api_name="/save_annotations")
+    assert saved["instances"][-1]["mask"]["size"] == [60, 80]

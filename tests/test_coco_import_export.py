@@ -211,6 +211,14 @@ BAD_INPUTS = {
     "uncompressed RLE of the wrong length": (
         lambda d: _first(d, "annotations", iscrowd=1)["segmentation"].update(counts=[5, 5]), "sum to 10"),
     "corrupt compressed RLE": (lambda d: d["annotations"][1]["segmentation"].update(counts="0a1"), "annotation 101"),
+    # issue 16: pycocotools crashed the importer (SIGSEGV) on these, or stored what it cannot read back
+    "polygon far outside the image": (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 1e9, 0, 1e9, 1e9]]),
+                                      "further than one image size outside"),
+    "polygon with NaN": (lambda d: d["annotations"][0].update(segmentation=[[0, 0, float("nan"), 0, 10, 10]]),
+                         "not a finite number"),
+    "compressed RLE with an over-long number": (
+        lambda d: d["annotations"][1]["segmentation"].update(
+            counts=chr(48 + (5 | 0x20)) + "0" + d["annotations"][1]["segmentation"]["counts"][1:]), "extra characters"),
     # limits of the database's columns (PostgreSQL enforces them, SQLite would not): refused on both
     "category id beyond 32 bits": (lambda d: d["categories"][0].update(id=2**31), "from 1 to 2147483647"),
     "category name too long": (lambda d: d["categories"][1].update(name="x" * 201),

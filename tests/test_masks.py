@@ -48,3 +48,39 @@ def test_polygon_round_trip_of_blobs_is_nearly_exact():
 
 def test_empty_mask_has_no_polygon():
     assert masks.to_polygons(np.zeros((5, 5), bool)) == []
+
+
+def test_checked_masks_are_what_pycocotools_reads():
+    """Every compressed RLE pycocotools writes passes the check and decodes to its mask; a number written with
+    extra characters, a string ending inside a number, runs that do not cover the mask are refused (before
+    pycocotools ever reads them)."""
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((height, width)) < rng.random()
+        counts = masks.encode(mask)
+        assert masks.counts_from_segmentation({"size": [height, width], "counts": counts}, height, width) == counts
+        assert (masks.decode(counts, height, width) == mask).all()
+    for bad, message in ((chr(48 + (5 | 0x20)) + "0", "extra characters"),  # 5 in two characters
+                         (chr(48 + (5 | 0x20)), "ends inside a number"),
+                         ("4", "covers 4 pixels, not 1 x 5"),
+                         ("5é", "non-ASCII")):
+        with pytest.raises(ValueError, match=message):
+            masks.check_counts(bad, 1, 5)
+
+
+def test_polygons_and_uncompressed_rle_are_checked_before_pycocotools():
+    good = masks.counts_from_segmentation([[1, 1, 8, 1, 8, 6]], 10, 12)
+    assert masks.area(good, 10, 12) > 0
+    assert masks.counts_from_segmentation([[-12, -10, 24, -10, 24, 20]], 10, 12)  # one image size out: allowed
+    for bad, message in (([[0, 0, 1e9, 0, 1e9, 1e9]], "further than one image size outside"),
+                         ([[0, 0, float("inf"), 0, 5, 5]], "not a finite number"),
+                         ([[0, 0, True, 0, 5, 5]], "not a list of numbers"),
+                         ({"size": [10, 12], "counts": [0, 10]}, "sum to 10, not height x width = 120"),
+                         ({"size": [10, 12], "counts": [60, 2**70]}, "integers from 0 to height x width"),
+                         ({"size": [10, 12], "counts": [60, 30.0, 30]}, "integers from 0 to height x width"),
+                         ({"size": ["10", 12], "counts": [120]}, r"'size' must be \[height, width\]"),
+                         ("0123", "a list of polygons, an RLE object")):
+        with pytest.raises(ValueError, match=message):
+            masks.counts_from_segmentation(bad, 10, 12)
+    assert masks.counts_from_segmentation([], 10, 12) is None
