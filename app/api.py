@@ -24,6 +24,17 @@ def client_errors(endpoint):
     return call
 
 
+def whole_number(value, what: str) -> int:
+    """An id or revision from a client: a whole number (also as a float 3.0 or a text "3"), else a clear error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}") from None
+    if not number.is_integer():
+        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}")
+    return int(number)
+
+
 class Api:
     def __init__(self, workbench: Workbench):
         self.wb = workbench
@@ -38,8 +49,9 @@ class Api:
     @client_errors
     def propose(self, image_id, score_threshold, request: gr.Request):
         """Run the active model on an image, store its instances as proposals; returns the image's instances."""
-        result = self.wb.propose(int(image_id), score_threshold=score_threshold, user=user_of(request))
-        out = self.wb.instances(int(image_id))
+        image_id = whole_number(image_id, "image_id")
+        result = self.wb.propose(image_id, score_threshold=score_threshold, user=user_of(request))
+        out = self.wb.instances(image_id)
         out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
                    low_confidence=result.low_confidence, model_version_id=self.wb.active_version_id())
         return out
@@ -48,10 +60,11 @@ class Api:
     def save_annotations(self, image_id, instances, seen_revision, request: gr.Request):
         """Make the instances the image's annotations; returns the annotations as they are now, their
         revision, and the revision this save made (saved_revision: another save may follow at once)."""
-        seen = None if seen_revision is None or int(seen_revision) < 0 else int(seen_revision)
-        saved = self.wb.save_json(int(image_id), instances if instances is not None else [], seen,
-                                  user=user_of(request))
-        return {**self.wb.instances(int(image_id)), "saved_revision": saved}
+        image_id = whole_number(image_id, "image_id")
+        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
+        seen = None if seen is not None and seen < 0 else seen  # -1: no revision check
+        saved = self.wb.save_json(image_id, instances if instances is not None else [], seen, user=user_of(request))
+        return {**self.wb.instances(image_id), "saved_revision": saved}
 
     @client_errors
     def retrain(self, mode, iterations, image_size, backbone_weights, progress=gr.Progress()):

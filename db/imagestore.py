@@ -40,7 +40,10 @@ def probe(data: bytes, name: str) -> ImageInfo:
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt = image.format or ""
-            width, height = image.size
+            width, height = image.size  # from the header: nothing is decoded yet
+            if width * height > MAX_PIXELS:  # refused before decoding (a small file can hold a huge image)
+                raise BadImageError(f"{name}: {width}x{height} is more than {MAX_PIXELS // 1_000_000} megapixels; "
+                                    "downscale it before uploading")
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
             if fmt == "JPEG":
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))  # fast, still reads every byte

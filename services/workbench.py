@@ -26,6 +26,7 @@ from db.annotations import (ConflictError, InstanceData, conflict_versions, get_
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
 from db.errors import WorkbenchError
+from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
 from services import training
@@ -36,6 +37,8 @@ from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
 
 SCORE_THRESHOLD_VARIABLE = "WORKBENCH_SCORE_THRESHOLD"
+SOURCES = tuple(source.value for source in Source)
+REVIEW_STATES = tuple(state.value for state in ReviewState)
 RunState = training.RunState
 
 
@@ -94,6 +97,74 @@ def mask_of(value, height: int, width: int) -> np.ndarray | None:
     except ValueError as exc:
         raise WorkbenchError(f"a mask: {exc}") from None
     return masks.decode(counts, height, width)
+
+
+def _strict_int(value, what: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}")
+    return int(value)
+
+
+def _finite(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise WorkbenchError(f"{what} must be a finite number, not {str(value)[:40]!r}")
+    return float(value)
+
+
+def instance_from_json(item, index: int, height: int, width: int, category_of, versions: set[int]) -> InstanceData:
+    """One instance of the API's save, checked field by field: category (a class id or name), box [x1, y1, x2,
+    y2] or bbox [x, y, w, h] (finite, positive size, at most one image size outside the image), mask
+    (db.masks.counts_from_segmentation), score (finite, 0..1), iscrowd (true/false or 0/1), id and
+    model_version_id (whole numbers; a version that exists), source and review_state (their names)."""
+    where = f"instance {index}"
+    if not isinstance(item, dict):
+        raise WorkbenchError(f"{where} is not an object")
+    category = item.get("category_id", item.get("category"))
+    if category is None:
+        raise WorkbenchError(f"{where} has neither 'category_id' nor 'category'")
+    if isinstance(category, float) or isinstance(category, bool):
+        raise WorkbenchError(f"{where}: the class must be a class id (a whole number) or a name, not {category!r}")
+    box = item.get("box")
+    if box is None and item.get("bbox") is not None:
+        bbox = item["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise WorkbenchError(f"{where}: 'bbox' must be [x, y, width, height]")
+        x, y, w, h = (_finite(v, f"{where}: a bbox value") for v in bbox)
+        box = [x, y, x + w, y + h]
+    if box is not None:
+        if not (isinstance(box, (list, tuple)) and len(box) == 4):
+            raise WorkbenchError(f"{where}: 'box' must be [x1, y1, x2, y2]")
+        box = tuple(_finite(v, f"{where}: a box value") for v in box)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise WorkbenchError(f"{where}: the box {list(box)} has no area; send x1 < x2 and y1 < y2")
+        if (min(box[0], box[2]) < -width or max(box[0], box[2]) > 2 * width
+                or min(box[1], box[3]) < -height or max(box[1], box[3]) > 2 * height):
+            raise WorkbenchError(f"{where}: the box {list(box)} is more than one image size outside the "
+                                 f"{width}x{height} image")
+    counts = rle_counts(item.get("mask"), height, width)
+    mask = None if counts is not None else mask_of(item.get("mask"), height, width)
+    score = item.get("score")
+    if score is not None:
+        score = _finite(score, f"{where}: 'score'")
+        if not 0.0 <= score <= 1.0:
+            raise WorkbenchError(f"{where}: 'score' must be between 0 and 1, not {score}")
+    iscrowd = item.get("iscrowd", False)
+    if iscrowd not in (True, False, 0, 1) or isinstance(iscrowd, float):
+        raise WorkbenchError(f"{where}: 'iscrowd' must be true/false or 0/1, not {str(iscrowd)[:40]!r}")
+    ann_id = item.get("id")
+    ann_id = None if ann_id is None else _strict_int(ann_id, f"{where}: 'id'")
+    version = item.get("model_version_id")
+    version = None if version is None else _strict_int(version, f"{where}: 'model_version_id'")
+    if version is not None and version not in versions:
+        raise WorkbenchError(f"{where}: there is no model version {version}")
+    source, state = item.get("source", "drawn"), item.get("review_state", "accepted")
+    if source not in SOURCES:
+        raise WorkbenchError(f"{where}: 'source' must be one of {', '.join(SOURCES)}, not {str(source)[:40]!r}")
+    if state not in REVIEW_STATES:
+        raise WorkbenchError(f"{where}: 'review_state' must be one of {', '.join(REVIEW_STATES)}, "
+                             f"not {str(state)[:40]!r}")
+    return InstanceData(category_id=category_of(category), box=box, mask=mask, mask_rle=counts, source=source,
+                        review_state=state, score=score, model_version_id=version, iscrowd=bool(iscrowd), id=ann_id)
 
 
 class Workbench:
@@ -228,32 +299,21 @@ class Workbench:
                              f"(classes: {', '.join(names.values()) or 'none yet'})")
 
     def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
-        """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it)."""
+        """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).
+        Every field is checked strictly (no silent casts): see :func:`instance_from_json`."""
         if not isinstance(instances, list):
             raise WorkbenchError("instances must be a list of objects")
         info = queries.image_info(self.db, image_id)
         names = queries.category_names(self.db)
-        data = []
-        for index, item in enumerate(instances):
-            if not isinstance(item, dict):
-                raise WorkbenchError(f"instance {index} is not an object")
-            category = item.get("category_id", item.get("category"))
-            if category is None:
-                raise WorkbenchError(f"instance {index} has neither 'category_id' nor 'category'")
-            mask, counts = None, rle_counts(item.get("mask"), info["height"], info["width"])
-            if counts is None:
-                mask = mask_of(item.get("mask"), info["height"], info["width"])
-            box = item.get("box")
-            if box is None and item.get("bbox") is not None:
-                x, y, w, h = item["bbox"]
-                box = (x, y, x + w, y + h)
-            data.append(InstanceData(
-                category_id=self.category_id(category, names),
-                box=None if box is None else tuple(float(v) for v in box), mask=mask, mask_rle=counts,
-                source=item.get("source", "drawn"), review_state=item.get("review_state", "accepted"),
-                score=item.get("score"), model_version_id=item.get("model_version_id"),
-                iscrowd=bool(item.get("iscrowd", False)), id=item.get("id")))
-        seen = None if seen_revision is None or seen_revision == "" else int(seen_revision)
+        versions = {v.id for v in registry.list_versions(self.db)}
+        data = [instance_from_json(item, index, info["height"], info["width"],
+                                   lambda value: self.category_id(value, names), versions)
+                for index, item in enumerate(instances)]
+        ids = [d.id for d in data if d.id is not None]
+        if len(ids) != len(set(ids)):
+            raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
+                                 "instance once")
+        seen = None if seen_revision is None or seen_revision == "" else _strict_int(seen_revision, "seen_revision")
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
     def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,

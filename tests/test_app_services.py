@@ -414,3 +414,45 @@ def test_the_draw_tab_moves_reclasses_and_deletes_boxes_without_duplicates(db):
     assert by_id[second["id"]]["mask_rle"] == second["mask_rle"]  # a class change keeps the mask
     with pytest.raises(WorkbenchError, match="nothing to save"):
         wb.save_drawn_boxes(1, [shown(by_id[r["id"]]) for r in after], scale, box_only=False, seen_revision=revision)
+
+
+@pytest.mark.parametrize("instance, message", [
+    ({"category": "ball", "box": ["nan", 1, 10, 10]}, "a box value must be a finite number"),
+    ({"category": "ball", "box": [float("nan"), 1, 10, 10]}, "a box value must be a finite number"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "score": float("inf")}, "'score' must be a finite number"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "score": "abc"}, "'score' must be a finite number"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "id": "1"}, "'id' must be a whole number"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "iscrowd": "false"}, "'iscrowd' must be true/false or 0/1"),
+    ({"category_id": 7.5, "box": [1, 1, 10, 10]}, "a class id"),
+    ({"category": "ball", "bbox": [10, 10, -5, 4]}, "has no area"),
+    ({"category": "ball", "box": [1, 1, 1e9, 10]}, "more than one image size outside"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "model_version_id": 999}, "there is no model version 999"),
+    ({"category": "ball", "box": [1, 1, 10, 10], "review_state": "maybe"}, "'review_state' must be one of"),
+])
+def test_the_api_save_refuses_what_it_would_store_wrongly(db, instance, message):
+    """Issue 16, items 9 and 10: values that used to be stored silently wrong, or refused without a word,
+    are refused with a message that names the field; nothing is written."""
+    from services.workbench import Workbench
+
+    wb = Workbench(db)
+    before = get_annotations(db, 1, decode_masks=False)
+    with pytest.raises(WorkbenchError, match=message):
+        wb.save_json(1, [instance], None)
+    assert get_annotations(db, 1, decode_masks=False) == before
+
+
+def test_the_api_save_refuses_one_id_twice_and_keeps_good_values(db):
+    from services.workbench import Workbench
+
+    wb = Workbench(db)
+    _, rows = get_annotations(db, 1, decode_masks=False)
+    first = rows[0]["id"]
+    with pytest.raises(WorkbenchError, match=f"annotation id {first} appears twice"):
+        wb.save_json(1, [{"category": "ball", "box": [1, 1, 9, 9], "id": first},
+                         {"category": "ball", "box": [2, 2, 9, 9], "id": first}], None)
+    with pytest.raises(WorkbenchError, match="seen_revision must be a whole number"):
+        wb.save_json(1, [], "abc")
+    wb.save_json(1, [{"category_id": 7, "bbox": [1, 2, 8, 6], "iscrowd": 1, "id": first, "score": 0.5}], None)
+    _, rows = get_annotations(db, 1, decode_masks=False)
+    assert [(r["id"], r["category_id"], r["box"], r["iscrowd"], r["score"]) for r in rows] == [
+        (first, 7, (1.0, 2.0, 9.0, 8.0), True, 0.5)]

@@ -82,3 +82,19 @@ def test_a_decompression_bomb_is_refused(database, tmp_path):
     bomb.write_bytes(buffer.getvalue())
     result = add_images(database, [bomb])
     assert result.added == 0 and "megapixels" in result.refused[0]
+
+
+def test_a_huge_image_in_a_small_file_is_refused_before_it_is_decoded(database, tmp_path, monkeypatch):
+    """Issue 16, item 6: a 17000 x 17000 PNG of 1 MB (289 megapixels, under Pillow's own bomb limit) used to be
+    decoded (1.1 GB) before the 150-megapixel refusal; the size in the header decides now."""
+    from PIL import ImageFile
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (17000, 17000)).save(path)
+    assert path.stat().st_size < 2_000_000
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    result = add_images(database, [str(path)])
+    assert result.image_ids == [] and "17000x17000 is more than 150 megapixels" in result.summary()
+    assert decoded == []
