@@ -238,8 +238,14 @@ def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
         if entry is None:
             raise WorkbenchError(f"nothing to undo on image {image_id}")
         session.execute(delete(Annotation).where(Annotation.image_id == image_id))
+        # an id of the snapshot that another image's annotation has now (SQLite reuses the highest id after a
+        # delete) is restored under a new id
+        wanted = [row["id"] for row in entry.snapshot if row.get("id") is not None]
+        taken = set(session.scalars(select(Annotation.id).where(Annotation.id.in_(wanted)))) if wanted else set()
         for row in entry.snapshot:
             values = dict(row)
+            if values.get("id") in taken:
+                values.pop("id")
             values["source"], values["review_state"] = Source(values["source"]), ReviewState(values["review_state"])
             values["updated_by"] = user  # undoing is a change too
             session.add(Annotation(image_id=image_id, **values))

@@ -169,3 +169,25 @@ def test_encoded_masks_are_stored_as_given_and_checked(database, image):
     assert changed.mask_rle is None
     save_annotations(database, image_id, [changed], seen_revision=revision)
     assert get_annotations(database, image_id)[1][0]["mask"].sum() == 16
+
+
+def test_undo_works_when_sqlite_reused_an_annotation_id(database, image):
+    """Issue 16, item 8: delete the highest annotation id (of all images), add an annotation on another image
+    (SQLite hands out that id again), undo on the first: the deleted annotation comes back (under a new id),
+    the other image keeps its own."""
+    image_id, h, w = image
+    by_image = {i: get_annotations(database, i)[1] for i in range(1, 5)}
+    highest = max(r["id"] for rows in by_image.values() for r in rows)
+    target = next(i for i, rows in by_image.items() if any(r["id"] == highest for r in rows))
+    second = next(i for i in by_image if i != target)
+    seen, rows = get_annotations(database, target)
+    save_annotations(database, target, [InstanceData.from_row(r) for r in rows if r["id"] != highest],
+                     seen_revision=seen)  # the highest id is deleted
+    seen2, rows2 = get_annotations(database, second)
+    save_annotations(database, second, [InstanceData.from_row(r) for r in rows2]
+                     + [InstanceData(category_id=7, box=(1.0, 1.0, 9.0, 9.0))], seen_revision=seen2)
+    new_on_second = max(r["id"] for r in get_annotations(database, second)[1])
+    undo(database, target)  # SQLite: the restored annotation's old id is the new one's now
+    _, restored = get_annotations(database, target)
+    assert sorted(r["category_id"] for r in restored) == sorted(r["category_id"] for r in rows)
+    assert any(r["id"] == new_on_second and r["category_id"] == 7 for r in get_annotations(database, second)[1])
