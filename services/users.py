@@ -12,13 +12,19 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import socket
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 from db.errors import WorkbenchError
 from db.imagestore import atomic_write
+
+log = logging.getLogger(__name__)
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # the parameters Python's documentation and RFC 7914 suggest
 SALT_BYTES = 16
@@ -59,18 +65,53 @@ def check_name(name: str) -> str:
     return name
 
 
-class UsersFile:
-    """The users of a users file; calling it checks a login (Gradio's ``auth`` callable)."""
+FREE_FAILURES = 5  # wrong passwords in a row for one name before it is locked
+FIRST_LOCK_SECONDS = 2.0  # the first lock; it doubles with every further wrong password, up to
+MAX_LOCK_SECONDS = 900.0
+TRACKED_NAMES = 10_000  # names with failures remembered (the oldest forgotten first)
 
-    def __init__(self, path: str | os.PathLike):
+
+class UsersFile:
+    """The users of a users file; calling it checks a login (Gradio's ``auth`` callable).
+
+    Logins are throttled per user name (Gradio's login check is not told the client's address): after
+    FREE_FAILURES wrong passwords in a row the name is locked for FIRST_LOCK_SECONDS, doubling with each
+    further wrong password up to MAX_LOCK_SECONDS; while locked every attempt is refused unchecked (and
+    does not lengthen the lock, so nobody can keep a user out for long); a right password clears the count.
+    Failures and locks are logged (logger ``services.users``)."""
+
+    def __init__(self, path: str | os.PathLike, clock=time.monotonic):
         self.path = Path(path)
         self.users = read_users(self.path)
         self._dummy = hash_password(secrets.token_hex(8))  # unknown names cost as much time as known ones
+        self._clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # name -> (in a row, locked until)
+        self._lock = threading.Lock()
 
     def __call__(self, username: str, password: str) -> bool:
-        stored = self.users.get(str(username))
-        ok = verify_password(str(password), stored or self._dummy)
-        return ok and stored is not None
+        name = str(username)
+        with self._lock:
+            count, locked_until = self._failures.get(name, (0, 0.0))
+            if self._clock() < locked_until:
+                log.warning("login refused for %r: locked for %.0f s more after %d wrong passwords", name[:80],
+                            locked_until - self._clock(), count)
+                return False
+        stored = self.users.get(name)
+        ok = verify_password(str(password), stored or self._dummy) and stored is not None
+        with self._lock:
+            if ok:
+                self._failures.pop(name, None)
+                return True
+            count += 1
+            if count >= FREE_FAILURES:
+                locked_until = self._clock() + min(MAX_LOCK_SECONDS, FIRST_LOCK_SECONDS * 2 ** (count - FREE_FAILURES))
+            self._failures[name] = (count, locked_until)
+            self._failures.move_to_end(name)
+            while len(self._failures) > TRACKED_NAMES:
+                self._failures.popitem(last=False)
+        log.warning("wrong password for %r (%d in a row)%s", name[:80], count,
+                    f"; locked for {locked_until - self._clock():.0f} s" if count >= FREE_FAILURES else "")
+        return False
 
 
 def read_users(path: str | os.PathLike) -> dict[str, str]:

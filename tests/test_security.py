@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,40 @@ def test_reviews_undo_proposals_and_merges_record_their_user(database, synthetic
     _, rows = get_annotations(database, 2, decode_masks=False)
     assert {r["updated_by"] for r in rows if r["category_id"] == 7} >= {"dora"}
     assert {r["updated_by"] for r in rows if r["category_id"] == 3} == {None}
+
+
+def test_wrong_passwords_lock_the_name_for_a_growing_time(tmp_path):
+    """Issue 16, item 7 (the rule, with a clock of our own): 5 wrong passwords in a row lock the name for 2 s,
+    each further one doubles it; while locked even the right password is refused, and those refusals do not
+    lengthen the lock; a right password clears the count."""
+    from services.users import UsersFile, set_password
+
+    path = tmp_path / "users.txt"
+    set_password(path, "ana", PASSWORDS["ana"])
+    now = [1000.0]
+    users = UsersFile(path, clock=lambda: now[0])
+    assert [users("ana", "wrong") for _ in range(5)] == [False] * 5
+    assert users("ana", PASSWORDS["ana"]) is False  # locked
+    now[0] += 2.1
+    assert users("ana", "wrong") is False  # the 6th: locked for 4 s
+    now[0] += 3.0
+    assert users("ana", PASSWORDS["ana"]) is False
+    now[0] += 1.1
+    assert users("ana", PASSWORDS["ana"]) is True  # and the count starts again
+    assert [users("ana", "wrong") for _ in range(4)] == [False] * 4 and users("ana", PASSWORDS["ana"]) is True
+    assert users("bob", "x") is False  # an unknown name is throttled the same way, without a user to find
+
+
+def test_the_server_throttles_wrong_passwords(secured):
+    """Issue 16, item 7 through the real server: 60 wrong passwords used to be tried in 4 s; now the sixth
+    attempt is refused even with the right password until the lock passes (bob: no other test logs in as him
+    after this one)."""
+    import httpx
+
+    login = secured["url"] + "login"
+    for _ in range(5):
+        assert httpx.post(login, data={"username": "bob", "password": "guess"}, timeout=60).status_code == 400
+    right = {"username": "bob", "password": PASSWORDS["bob"]}
+    assert httpx.post(login, data=right, timeout=60).status_code == 400  # locked
+    time.sleep(2.2)
+    assert httpx.post(login, data=right, timeout=60).status_code == 200
