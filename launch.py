@@ -36,7 +36,8 @@ def cmd_serve(args) -> int:
 
     server_auth(args.host, args.auth_file)  # refuses before the database is opened
     serve(_open(args), host=args.host, port=args.port, auth_file=args.auth_file,
-          max_file_size=int(args.max_upload_mb * 2**20), device=args.device)
+          max_file_size=int(args.max_upload_mb * 2**20), max_request_bytes=int(args.max_request_mb * 2**20),
+          device=args.device)
     return 0
 
 
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "loopback address")
     serve.add_argument("--max-upload-mb", type=float, default=default_upload_mb,
                        help=f"largest file the server accepts in one upload, in MB (default {default_upload_mb:g})")
+    serve.add_argument("--max-request-mb", type=float, default=64.0,
+                       help="largest request body the server reads, uploads aside, in MB (default 64)")
     serve.add_argument("--device", default="auto",
                        help="where the model runs: auto (the GPU when there is one, default), cpu, cuda, cuda:N; "
                             "retraining from the page uses the same")

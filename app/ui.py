@@ -23,7 +23,10 @@ import threading  # noqa: E402
 import gradio as gr  # noqa: E402
 from gradio_image_annotation import image_annotator  # noqa: E402
 
+from starlette.middleware import Middleware  # noqa: E402
+
 from app.api import Api  # noqa: E402
+from app.guard import HostCheck, RequestSizeLimit, allowed_names  # noqa: E402
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, INSTANCE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import Handlers  # noqa: E402
 from services.images import EDITOR_MAX_SIDE  # noqa: E402
@@ -333,22 +336,32 @@ def _preload_model(workbench: Workbench) -> None:
         log.warning("the active model could not be loaded: %s", exc)
 
 
+MAX_REQUEST_BYTES = 64 * 2**20  # a request's body, uploads aside (--max-request-mb)
+
+
 def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
-               max_file_size: int = MAX_UPLOAD_BYTES, demo: gr.Blocks | None = None, **build_kwargs):
+               max_file_size: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
+               demo: gr.Blocks | None = None, **build_kwargs):
     """``db``: an open database (db.engine.open_database); ``auth``: Gradio's login check, a callable
-    (username, password) -> bool (services.users.UsersFile); ``max_file_size``: bytes; larger uploads are
-    refused by the server before any handler sees them."""
+    (username, password) -> bool (services.users.UsersFile); without it only requests addressed to a
+    loopback name or ``host`` are answered (app.guard.HostCheck); ``max_file_size``: bytes; larger uploads
+    are refused by the server before any handler sees them; ``max_request_bytes``: the same for any other
+    request's body (app.guard.RequestSizeLimit)."""
     demo = demo if demo is not None else build_app(db, **build_kwargs)
     threading.Thread(target=_preload_model, args=(demo.workbench,), daemon=True).start()
     demo.queue(default_concurrency_limit=4)
+    middleware = [Middleware(RequestSizeLimit, max_bytes=max_request_bytes)]
+    if auth is None:
+        middleware.append(Middleware(HostCheck, names=allowed_names(host)))
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
                 allowed_paths=demo.workbench.served_folders(), auth=auth, max_file_size=max_file_size,
-                prevent_thread_lock=not block, quiet=not block)
+                prevent_thread_lock=not block, quiet=not block, app_kwargs={"middleware": middleware})
     return demo
 
 
 def serve(db, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
-          max_file_size: int = MAX_UPLOAD_BYTES, device: str | None = None) -> None:
+          max_file_size: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
+          device: str | None = None) -> None:
     """Refuses a non-loopback ``host`` without a users file (see services.users.server_auth); ``device``:
     where the model runs (None or "auto": the GPU when there is one)."""
     auth = server_auth(host, auth_file)
@@ -356,4 +369,5 @@ def serve(db, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
     demo = build_app(db, device=device)
     print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins}; model on "
           f"{demo.workbench.device_text()})")
-    launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size, demo=demo)
+    launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size,
+               max_request_bytes=max_request_bytes, demo=demo)

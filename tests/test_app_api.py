@@ -27,7 +27,7 @@ def app_server(tmp_path_factory, db_backend):
         import_coco(db, coco, coco.parent / "images")
         version = register_tiny_model(db, tmp_path_factory.getbasetemp())
         port = free_port()
-        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0)
+        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0, max_request_bytes=2**20)
         try:
             yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
         finally:
@@ -190,3 +190,35 @@ def test_hostile_masks_are_refused_and_the_server_lives_on(client, app_server):
     saved = client.predict(image_id, [{"category": "ball", "mask": [[10, 10, 40, 10, 40, 30, 10, 30]]}], -1,
                            api_name="/save_annotations")
     assert saved["instances"][-1]["mask"]["size"] == [60, 80]
+
+
+def test_other_hosts_origins_and_huge_bodies_are_refused(client, app_server):
+    """Issue 16, items 4 and 5, through the real server (no logins): a request addressed to another name (DNS
+    rebinding) or sent by a page of another origin gets 403; a body over the limit (here 1 MB) gets 413
+    before it is read whole, with or without a Content-Length; the server answers normally afterwards."""
+    import httpx
+
+    url = app_server["url"]
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    call = "gradio_api/call/overview"
+    assert httpx.post(url + call, json={"data": []}, timeout=30).status_code == 200
+    assert httpx.post(url + call, json={"data": []}, timeout=30,
+                      headers={"Host": "localhost:%d" % port}).status_code == 200
+    rebinding = httpx.post(url + call, json={"data": []}, timeout=30, headers={"Host": "evil.example"})
+    assert rebinding.status_code == 403 and "answers requests for" in rebinding.json()["error"]
+    assert httpx.get(url, timeout=30, headers={"Host": "evil.example:%d" % port}).status_code == 403
+    foreign = httpx.post(url + call, json={"data": []}, timeout=30, headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    big = b'{"data": [1, [' + b"0," * 600_000 + b'0], -1]}'  # 1.2 MB
+    too_large = httpx.post(url + "gradio_api/call/save_annotations", content=big, timeout=30,
+                           headers={"Content-Type": "application/json"})
+    assert too_large.status_code == 413 and "--max-request-mb" in too_large.json()["error"]
+
+    def chunks():
+        for start in range(0, len(big), 65536):
+            yield big[start:start + 65536]
+
+    chunked = httpx.post(url + "gradio_api/call/save_annotations", content=chunks(), timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    assert client.predict(api_name="/overview") is not None
