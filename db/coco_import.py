@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable
@@ -51,6 +52,7 @@ class _ImageEntry:
     stored_path: str
 
 
+MAX_CATEGORIES = 20_000  # the largest tested: 3,000 (benchmarks/README.md, "Thousands of classes")
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database (PostgreSQL's INTEGER)
 _MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
                "supercategory": Category.__table__.c.supercategory.type.length,
@@ -62,7 +64,14 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value for a message, cut to ``limit`` characters (a 10 MB name is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def safe_relative_path(file_name: Any) -> PurePosixPath | None:
@@ -86,6 +95,9 @@ def _load_json(path: Path) -> dict:
         raise CocoImportError(str(path), ["the file is not UTF-8 text; is it really a COCO JSON file?"]) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise CocoImportError(str(path), ["the JSON is nested too deeply for a COCO file; is it really a COCO "
+                                          "instances file?"]) from None
     except json.JSONDecodeError as exc:
         raise CocoImportError(str(path), [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
                                           "fix the file (a JSON validator shows where)"]) from None
@@ -107,6 +119,10 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
     by_id: dict[int, dict] = {}
     names: dict[str, int] = {}
     existing_names = {c.name: c.id for c in existing.values()}
+    if len(data["categories"]) > MAX_CATEGORIES:
+        problems.append(f"the file has {len(data['categories'])} categories; at most {MAX_CATEGORIES} are supported "
+                        "(every save and prediction grows with them); split the dataset")
+        return by_id
     for index, cat in enumerate(data["categories"]):
         where = f"categories[{index}]"
         if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not 1 <= cat["id"] <= MAX_ID:
@@ -196,6 +212,10 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
             problems.append(str(exc))
             continue
         declared = (img.get("width"), img.get("height"))
+        if declared != (None, None) and not all(_is_int(v) for v in declared):
+            problems.append(f"{where}: 'width' and 'height' must be whole numbers, not {_shown(declared[0])} and "
+                            f"{_shown(declared[1])}")
+            continue
         if declared != (None, None) and declared != (info.width, info.height):
             problems.append(f"{where}: the file says {declared[0]}x{declared[1]} but {img['file_name']} is "
                             f"{info.width}x{info.height} (after EXIF orientation); fix width/height in the file")

@@ -295,8 +295,8 @@ class Workbench:
         by_name = {n.lower(): i for i, n in names.items()}
         if text.lower() in by_name:
             return by_name[text.lower()]
-        raise WorkbenchError(f"there is no class {value!r}; add it in the Classes tab "
-                             f"(classes: {', '.join(names.values()) or 'none yet'})")
+        raise WorkbenchError(f"there is no class {str(value)[:60]!r}{'...' if len(str(value)) > 60 else ''}; add it in the Classes tab "
+                             f"(classes: {(', '.join(list(names.values())[:20]) + (f' and {len(names) - 20} more' if len(names) > 20 else '')) or 'none yet'})")
 
     def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
         """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).

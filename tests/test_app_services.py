@@ -456,3 +456,12 @@ def test_the_api_save_refuses_one_id_twice_and_keeps_good_values(db):
     _, rows = get_annotations(db, 1, decode_masks=False)
     assert [(r["id"], r["category_id"], r["box"], r["iscrowd"], r["score"]) for r in rows] == [
         (first, 7, (1.0, 2.0, 9.0, 8.0), True, 0.5)]
+
+
+def test_a_huge_unknown_class_name_is_not_echoed_whole(db):
+    """Issue 16, item 10: the message names the value, cut short (a 10 MB name used to fill the error and the log)."""
+    from services.workbench import Workbench
+
+    with pytest.raises(WorkbenchError) as error:
+        Workbench(db).category_id("x" * 10_000_000)
+    assert "there is no class 'xxxx" in str(error.value) and len(str(error.value)) < 400

@@ -212,6 +212,11 @@ BAD_INPUTS = {
         lambda d: _first(d, "annotations", iscrowd=1)["segmentation"].update(counts=[5, 5]), "sum to 10"),
     "corrupt compressed RLE": (lambda d: d["annotations"][1]["segmentation"].update(counts="0a1"), "annotation 101"),
     # issue 16: pycocotools crashed the importer (SIGSEGV) on these, or stored what it cannot read back
+    "box-only bbox with NaN": (lambda d: d["annotations"][0].update(segmentation=[], bbox=[float("nan"), 1, 5, 5]),
+                               "needs 'bbox'"),
+    "width as text": (lambda d: _first(d, "images", id=2).update(width="64"), "must be whole numbers, not '64'"),
+    "20,001 categories": (lambda d: d["categories"].extend({"id": 1000 + k, "name": f"c{k}"} for k in range(19_998)),
+                          "at most 20000 are supported"),
     "polygon far outside the image": (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 1e9, 0, 1e9, 1e9]]),
                                       "further than one image size outside"),
     "polygon with NaN": (lambda d: d["annotations"][0].update(segmentation=[[0, 0, float("nan"), 0, 10, 10]]),
@@ -365,3 +370,11 @@ def test_import_matches_categories_by_name_and_renumbers_clashes(database, synth
     assert stored == expected
     again = import_coco(database, synthetic_coco, synthetic_coco.parent / "images")  # the same file again
     assert (again.annotations_added, again.categories_added) == (0, 0)
+
+
+def test_deeply_nested_json_is_refused_with_a_message(database, tmp_path):
+    """Issue 16, item 10: json's recursion limit used to end the import in a traceback."""
+    path = tmp_path / "nested.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CocoImportError, match="nested too deeply"):
+        import_coco(database, path, tmp_path)
