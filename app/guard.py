@@ -5,14 +5,22 @@
   a web page elsewhere cannot drive the API through DNS rebinding (Jupyter's and Gradio's own advice).
 - ``RequestSizeLimit``: request bodies larger than a limit are refused with 413 before they are read
   whole (file uploads have their own limit, ``--max-upload-mb``, enforced by Gradio).
+- ``LoginThrottle``: failed logins counted per client address (the users file throttles per user name,
+  services.users): after FREE_FAILURES in a row the address gets 429 for a time that doubles with each
+  further failure.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import threading
+import time
+from collections import OrderedDict
 from urllib.parse import urlsplit
 
+log = logging.getLogger(__name__)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UPLOAD_PREFIX = "/gradio_api/upload"
 
@@ -103,3 +111,49 @@ class RequestSizeLimit:
             return events.pop(0) if events else await receive()
 
         await self.app(scope, replay, send)
+
+
+class LoginThrottle:
+    FREE_FAILURES = 10  # failed logins in a row from one address before it waits
+    FIRST_LOCK_SECONDS = 2.0
+    MAX_LOCK_SECONDS = 900.0
+    TRACKED = 10_000
+
+    def __init__(self, app, clock=time.monotonic):
+        self.app = app
+        self.clock = clock
+        self.failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (in a row, locked until)
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/login"):
+            await self.app(scope, receive, send)
+            return
+        address = (scope.get("client") or ("?", 0))[0]
+        with self.lock:
+            count, locked_until = self.failures.get(address, (0, 0.0))
+            wait = locked_until - self.clock()
+        if wait > 0:
+            log.warning("login from %s refused: %d failed logins, %.0f s to wait", address, count, wait)
+            await _refuse(send, 429, f"too many failed logins from this address: try again in {wait:.0f} s")
+            return
+        status = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        with self.lock:
+            if status.get("code") == 200:
+                self.failures.pop(address, None)
+            elif status.get("code") in (400, 401, 403):
+                count += 1
+                if count >= self.FREE_FAILURES:
+                    locked_until = self.clock() + min(self.MAX_LOCK_SECONDS,
+                                                      self.FIRST_LOCK_SECONDS * 2 ** (count - self.FREE_FAILURES))
+                self.failures[address] = (count, locked_until)
+                self.failures.move_to_end(address)
+                while len(self.failures) > self.TRACKED:
+                    self.failures.popitem(last=False)

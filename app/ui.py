@@ -26,7 +26,7 @@ from gradio_image_annotation import image_annotator  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from app.api import Api  # noqa: E402
-from app.guard import HostCheck, RequestSizeLimit, allowed_names  # noqa: E402
+from app.guard import HostCheck, LoginThrottle, RequestSizeLimit, allowed_names  # noqa: E402
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, INSTANCE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import Handlers  # noqa: E402
 from services.images import EDITOR_MAX_SIDE  # noqa: E402
@@ -353,6 +353,8 @@ def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = T
     middleware = [Middleware(RequestSizeLimit, max_bytes=max_request_bytes)]
     if auth is None:
         middleware.append(Middleware(HostCheck, names=allowed_names(host)))
+    else:
+        middleware.append(Middleware(LoginThrottle))
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
                 allowed_paths=demo.workbench.served_folders(), auth=auth, max_file_size=max_file_size,
                 prevent_thread_lock=not block, quiet=not block, app_kwargs={"middleware": middleware})

@@ -292,3 +292,19 @@ def test_the_server_throttles_wrong_passwords(secured):
     assert httpx.post(login, data=right, timeout=60).status_code == 400  # locked
     time.sleep(2.2)
     assert httpx.post(login, data=right, timeout=60).status_code == 200
+
+
+def test_the_server_throttles_failed_logins_per_client_address(secured):
+    """Issue 16, item 7, per client address (spraying many names from one address): after 10 failed logins in
+    a row the address gets 429, even with a right password, until the lock passes; a success clears it."""
+    import httpx
+
+    login = secured["url"] + "login"
+    for k in range(10):
+        assert httpx.post(login, data={"username": f"user{k}", "password": "guess"}, timeout=60).status_code == 400
+    right = {"username": "ana", "password": PASSWORDS["ana"]}
+    locked = httpx.post(login, data=right, timeout=60)
+    assert locked.status_code == 429 and "too many failed logins" in locked.json()["error"]
+    time.sleep(2.2)
+    assert httpx.post(login, data=right, timeout=60).status_code == 200
+    assert httpx.post(login, data={"username": "ana", "password": "guess"}, timeout=60).status_code == 400  # counts anew
