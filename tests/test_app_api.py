@@ -222,3 +222,23 @@ def test_other_hosts_origins_and_huge_bodies_are_refused(client, app_server):
                          headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413
     assert client.predict(api_name="/overview") is not None
+
+
+def test_wrong_values_and_huge_images_are_refused_through_the_server(client, app_server, tmp_path):
+    """Issue 16, items 6 and 9 through the real server: a 17000 x 17000 PNG of 1 MB is refused by its header's
+    size; an id given as text, a flipped bbox, a class id 7.5 are refused with a message naming the field."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image as PILImage
+
+    huge = tmp_path / "huge.png"
+    PILImage.new("1", (17000, 17000)).save(huge)
+    result = client.predict([handle_file(str(huge))], "train", api_name="/upload_images")
+    assert result["image_ids"] == [] and "17000x17000 is more than 150 megapixels" in result["refused"][0]
+    image_id = app_server["uploaded"][0]
+    for instance, message in (({"category": "ball", "box": [1, 1, 9, 9], "id": "1"}, "'id' must be a whole number"),
+                              ({"category": "ball", "bbox": [10, 10, -5, 4]}, "has no area"),
+                              ({"category_id": 7.5, "box": [1, 1, 9, 9]}, "a class id"),
+                              ({"category": "ball", "box": [1, 1, 9, 9], "iscrowd": "false"}, "'iscrowd' must be")):
+        with pytest.raises(AppError, match=message):
+            client.predict(image_id, [instance], -1, api_name="/save_annotations")
