@@ -231,10 +231,10 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         with gr.Row(visible=False):  # the headless API's inputs and outputs
             api_files = gr.File(file_count="multiple", label="files")
             api_split = gr.Textbox(value="train", label="split")
-            api_image = gr.Number(label="image_id", precision=0)
+            api_image = gr.JSON(label="image_id")  # any JSON: app.api checks it and says what is wrong
             api_score_threshold = gr.Number(value=wb.score_threshold, label="score_threshold")
             api_instances = gr.JSON(label="instances")
-            api_seen = gr.Number(value=-1, label="seen_revision (-1: no check)", precision=0)
+            api_seen = gr.JSON(value=-1, label="seen_revision (-1: no check)")
             api_mode = gr.Textbox(value="heads", label="mode")
             api_iterations = gr.Number(value=0, label="iterations", precision=0)
             api_size = gr.Number(value=0, label="image_size", precision=0)

@@ -242,3 +242,9 @@ def test_wrong_values_and_huge_images_are_refused_through_the_server(client, app
                               ({"category": "ball", "box": [1, 1, 9, 9], "iscrowd": "false"}, "'iscrowd' must be")):
         with pytest.raises(AppError, match=message):
             client.predict(image_id, [instance], -1, api_name="/save_annotations")
+    with pytest.raises(AppError, match="image_id must be a whole number, not 'x'"):
+        client.predict("x", [], -1, api_name="/save_annotations")
+    with pytest.raises(AppError, match="seen_revision must be a whole number, not 'abc'"):
+        client.predict(image_id, [], "abc", api_name="/save_annotations")
+    with pytest.raises(AppError, match="image_id must be a whole number"):
+        client.predict(2.5, 0.5, api_name="/propose")
