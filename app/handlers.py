@@ -126,8 +126,12 @@ class Handlers:
         """Summary line, class table, image table (also the `overview` API)."""
         summary = self.wb.summary()
         images = [[row[h] for h in IMAGE_HEADERS] for row in self.wb.list_images()]
-        text = f"{overview_text(summary, self.wb.status_counts())} · model on {self.wb.device_text()}"
-        return text, category_rows(summary), images
+        return self.summary_line(summary), category_rows(summary), images
+
+    def summary_line(self, summary=None) -> str:
+        """The line at the top: counts, classes, the active model and where it runs."""
+        summary = self.wb.summary() if summary is None else summary
+        return f"{overview_text(summary, self.wb.status_counts())} · model on {self.wb.device_text()}"
 
     def refresh_all(self, status):
         return (*self.overview(), *self.gallery(status))

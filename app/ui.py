@@ -310,9 +310,11 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             setting.change(wb.training_estimate, estimate_inputs, [train_estimate], **private)
         score_threshold.input(ui.set_score_threshold, [score_threshold], [score_threshold], **private)
         timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private).then(
-            wb.training_estimate, estimate_inputs, [train_estimate], show_progress="hidden", **private)
+            wb.training_estimate, estimate_inputs, [train_estimate], show_progress="hidden", **private).then(
+            ui.summary_line, None, [overview], show_progress="hidden", **private)  # a new active model shows
         cancel_btn.click(ui.cancel_training, [run_id], run_outputs, **private)
-        activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private)
+        activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private).then(
+            ui.summary_line, None, [overview], show_progress="hidden", **private)
 
         # ---- export ----------------------------------------------------------------------------
         export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private)

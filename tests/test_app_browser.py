@@ -172,6 +172,7 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             wait_text(page, "#train-status", "succeeded", timeout=240)
             timings["tiny retrain (2 iterations, seen by the UI)"] = time.monotonic() - start
             wait_text(page, "#train-status", "model version 2 is now active")
+            wait_text(page, "#overview", "active model: v2")  # the summary line follows (it said v1 before)
             from db import registry
 
             assert registry.active_version(db).id == 2
