@@ -15,10 +15,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import threading
 import time
-from collections import OrderedDict
 from urllib.parse import urlsplit
+
+from services.users import FailureThrottle
 
 log = logging.getLogger(__name__)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -115,24 +115,17 @@ class RequestSizeLimit:
 
 class LoginThrottle:
     FREE_FAILURES = 10  # failed logins in a row from one address before it waits
-    FIRST_LOCK_SECONDS = 2.0
-    MAX_LOCK_SECONDS = 900.0
-    TRACKED = 10_000
 
     def __init__(self, app, clock=time.monotonic):
         self.app = app
-        self.clock = clock
-        self.failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (in a row, locked until)
-        self.lock = threading.Lock()
+        self.throttle = FailureThrottle(self.FREE_FAILURES, clock=clock)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/login"):
             await self.app(scope, receive, send)
             return
         address = (scope.get("client") or ("?", 0))[0]
-        with self.lock:
-            count, locked_until = self.failures.get(address, (0, 0.0))
-            wait = locked_until - self.clock()
+        wait, count = self.throttle.wait(address)
         if wait > 0:
             log.warning("login from %s refused: %d failed logins, %.0f s to wait", address, count, wait)
             await _refuse(send, 429, f"too many failed logins from this address: try again in {wait:.0f} s")
@@ -145,15 +138,7 @@ class LoginThrottle:
             await send(message)
 
         await self.app(scope, receive, watch)
-        with self.lock:
-            if status.get("code") == 200:
-                self.failures.pop(address, None)
-            elif status.get("code") in (400, 401, 403):
-                count += 1
-                if count >= self.FREE_FAILURES:
-                    locked_until = self.clock() + min(self.MAX_LOCK_SECONDS,
-                                                      self.FIRST_LOCK_SECONDS * 2 ** (count - self.FREE_FAILURES))
-                self.failures[address] = (count, locked_until)
-                self.failures.move_to_end(address)
-                while len(self.failures) > self.TRACKED:
-                    self.failures.popitem(last=False)
+        if status.get("code") == 200:
+            self.throttle.succeeded(address)
+        elif status.get("code") in (400, 401, 403):
+            self.throttle.failed(address)

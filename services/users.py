@@ -65,52 +65,75 @@ def check_name(name: str) -> str:
     return name
 
 
-FREE_FAILURES = 5  # wrong passwords in a row for one name before it is locked
-FIRST_LOCK_SECONDS = 2.0  # the first lock; it doubles with every further wrong password, up to
-MAX_LOCK_SECONDS = 900.0
-TRACKED_NAMES = 10_000  # names with failures remembered (the oldest forgotten first)
+class FailureThrottle:
+    """Failures counted per key (a user name, a client address): after ``free`` in a row the key waits
+    ``first_lock`` seconds, doubling with every further failure up to ``max_lock``; a success clears the
+    count. Attempts refused while a key waits are not failures (nobody can keep a user out for long by
+    trying). The ``tracked`` most recent keys are remembered. Thread-safe."""
+
+    def __init__(self, free: int, first_lock: float = 2.0, max_lock: float = 900.0, tracked: int = 10_000,
+                 clock=time.monotonic):
+        self.free, self.first_lock, self.max_lock, self.tracked = free, first_lock, max_lock, tracked
+        self.clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # key -> (in a row, locked until)
+        self._lock = threading.Lock()
+
+    def wait(self, key: str) -> tuple[float, int]:
+        """(seconds the key still waits, 0 when it may try; failures in a row)."""
+        with self._lock:
+            count, locked_until = self._failures.get(key, (0, 0.0))
+            return max(0.0, locked_until - self.clock()), count
+
+    def failed(self, key: str) -> tuple[float, int]:
+        """Count a failure -> (seconds the key now waits, failures in a row)."""
+        with self._lock:
+            count, locked_until = self._failures.get(key, (0, 0.0))
+            count += 1
+            if count >= self.free:
+                locked_until = self.clock() + min(self.max_lock, self.first_lock * 2 ** (count - self.free))
+            self._failures[key] = (count, locked_until)
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.tracked:
+                self._failures.popitem(last=False)
+            return max(0.0, locked_until - self.clock()), count
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
+FREE_FAILURES = 5  # wrong passwords in a row for one name before it is locked (UsersFile)
 
 
 class UsersFile:
     """The users of a users file; calling it checks a login (Gradio's ``auth`` callable).
 
-    Logins are throttled per user name (Gradio's login check is not told the client's address): after
-    FREE_FAILURES wrong passwords in a row the name is locked for FIRST_LOCK_SECONDS, doubling with each
-    further wrong password up to MAX_LOCK_SECONDS; while locked every attempt is refused unchecked (and
-    does not lengthen the lock, so nobody can keep a user out for long); a right password clears the count.
-    Failures and locks are logged (logger ``services.users``)."""
+    Logins are throttled per user name (Gradio's login check is not told the client's address; the server
+    also counts per address, app.guard.LoginThrottle): after FREE_FAILURES wrong passwords in a row the name
+    is locked for 2 s, doubling with each further wrong password up to 15 min (FailureThrottle); while locked
+    every attempt is refused unchecked; a right password clears the count. Failures and locks are logged
+    (logger ``services.users``)."""
 
     def __init__(self, path: str | os.PathLike, clock=time.monotonic):
         self.path = Path(path)
         self.users = read_users(self.path)
         self._dummy = hash_password(secrets.token_hex(8))  # unknown names cost as much time as known ones
-        self._clock = clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # name -> (in a row, locked until)
-        self._lock = threading.Lock()
+        self.throttle = FailureThrottle(FREE_FAILURES, clock=clock)
 
     def __call__(self, username: str, password: str) -> bool:
         name = str(username)
-        with self._lock:
-            count, locked_until = self._failures.get(name, (0, 0.0))
-            if self._clock() < locked_until:
-                log.warning("login refused for %r: locked for %.0f s more after %d wrong passwords", name[:80],
-                            locked_until - self._clock(), count)
-                return False
+        wait, count = self.throttle.wait(name)
+        if wait > 0:
+            log.warning("login refused for %r: locked for %.0f s more after %d wrong passwords", name[:80], wait,
+                        count)
+            return False
         stored = self.users.get(name)
-        ok = verify_password(str(password), stored or self._dummy) and stored is not None
-        with self._lock:
-            if ok:
-                self._failures.pop(name, None)
-                return True
-            count += 1
-            if count >= FREE_FAILURES:
-                locked_until = self._clock() + min(MAX_LOCK_SECONDS, FIRST_LOCK_SECONDS * 2 ** (count - FREE_FAILURES))
-            self._failures[name] = (count, locked_until)
-            self._failures.move_to_end(name)
-            while len(self._failures) > TRACKED_NAMES:
-                self._failures.popitem(last=False)
+        if verify_password(str(password), stored or self._dummy) and stored is not None:
+            self.throttle.succeeded(name)
+            return True
+        wait, count = self.throttle.failed(name)
         log.warning("wrong password for %r (%d in a row)%s", name[:80], count,
-                    f"; locked for {locked_until - self._clock():.0f} s" if count >= FREE_FAILURES else "")
+                    f"; locked for {wait:.0f} s" if wait > 0 else "")
         return False
 
 
