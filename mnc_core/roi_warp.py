@@ -29,14 +29,15 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 
-def max_pool_2x2(x: Tensor) -> Tensor:
+def max_pool_2x2(x: Tensor, out: Tensor | None = None) -> Tensor:
     """2x2 / stride-2 max-pool over the last two dims (both even). Without autograd it is the max of four
-    strided views, ~8x faster on CPU than max_pool2d for the tall (1, C, K*P, P) warp output; with
-    autograd it is F.max_pool2d (whose index-based backward is the fastest option measured)."""
+    strided views, ~8x faster on CPU than max_pool2d for the tall (1, C, K*P, P) warp output, written into
+    ``out`` when given; with autograd it is F.max_pool2d (whose index-based backward is the fastest option
+    measured)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return F.max_pool2d(x, kernel_size=2, stride=2)
     return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
-                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]), out=out)
 
 
 def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
@@ -78,21 +79,19 @@ def _warp_without_gradient(features: Tensor, boxes: Tensor, output_size: int, sp
         shifted[:, 1:] += 1.0 / spatial_scale
 
         def warp(part: Tensor) -> Tensor:
-            out = roi_align(padded, part, output_size, spatial_scale=spatial_scale, sampling_ratio=1, aligned=True)
-            return max_pool_2x2(out) if pool else out
+            return roi_align(padded, part, output_size, spatial_scale=spatial_scale, sampling_ratio=1, aligned=True)
 
-        if not pool or features.device.type != "cpu":
+        if not pool:
             return warp(shifted)
+        if features.device.type != "cpu":
+            return max_pool_2x2(warp(shifted))
         # on a CPU, a few RoIs at a time: their (k, C, P, P) warp stays in cache until it is pooled, straight
         # into the result (300 RoIs at once write and read ~240 MB: ~1.8x the time)
         Q = output_size // 2
         result = padded.new_empty((shifted.shape[0], padded.shape[1], Q, Q))
         for start in range(0, shifted.shape[0], CPU_POOL_CHUNK):
-            out = roi_align(padded, shifted[start:start + CPU_POOL_CHUNK], output_size, spatial_scale=spatial_scale,
-                            sampling_ratio=1, aligned=True)
-            torch.maximum(torch.maximum(out[..., 0::2, 0::2], out[..., 0::2, 1::2]),
-                          torch.maximum(out[..., 1::2, 0::2], out[..., 1::2, 1::2]),
-                          out=result[start:start + CPU_POOL_CHUNK])
+            part = slice(start, start + CPU_POOL_CHUNK)
+            max_pool_2x2(warp(shifted[part]), out=result[part])
         return result
 
 
