@@ -295,8 +295,9 @@ class Workbench:
         by_name = {n.lower(): i for i, n in names.items()}
         if text.lower() in by_name:
             return by_name[text.lower()]
-        raise WorkbenchError(f"there is no class {str(value)[:60]!r}{'...' if len(str(value)) > 60 else ''}; add it in the Classes tab "
-                             f"(classes: {(', '.join(list(names.values())[:20]) + (f' and {len(names) - 20} more' if len(names) > 20 else '')) or 'none yet'})")
+        shown = ", ".join(list(names.values())[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise WorkbenchError(f"there is no class {str(value)[:60]!r}{'...' if len(str(value)) > 60 else ''}; add it "
+                             f"in the Classes tab (classes: {shown or 'none yet'})")
 
     def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
         """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).
@@ -372,15 +373,8 @@ class Workbench:
         if not new and not changed and not removed:
             raise WorkbenchError("nothing to save: draw a box with 'Create box' (and choose its class), move or "
                                  "delete one first")
-        image = self.rgb(image_id)[1] if new or any(b is not None for _, b in changed.values()) else None
-        version_id = None if box_only else self.models.active()[0]
-
-        def masked(category_id, box):  # (InstanceData changes, description) for a box that needs a mask
-            if box_only:
-                return dict(mask=None, source="drawn", model_version_id=None, score=None), "box only"
-            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
-            return (dict(mask=mask, source=source, model_version_id=version_id if source == "model" else None,
-                         score=None), f"{source} mask")
+        needs_masks = bool(new) or any(box is not None for _, box in changed.values())
+        masked = self._box_masks(image_id, box_only) if needs_masks else None  # no image or model for deletions
 
         data, said = [], []
         for row in rows:
@@ -415,22 +409,32 @@ class Workbench:
         weight transfer) or, without a model that knows the class, GrabCut."""
         if not boxes:
             raise WorkbenchError("draw a box first (the 'Create box' tool), give it a class, then add it")
-        _, image = self.rgb(image_id)
+        masked = self._box_masks(image_id, box_only)
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
-        version_id = None if box_only else self.models.active()[0]
         new, sources = [], []
         for category_id, box in boxes:
-            if box_only:
-                new.append(InstanceData(category_id=category_id, box=box, mask=None, source="drawn"))
-                sources.append("box only")
-                continue
-            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
-            new.append(InstanceData(category_id=category_id, box=box, mask=mask, source=source,
-                                    model_version_id=version_id if source == "model" else None))
-            sources.append(f"{source} mask")
+            changes, how = masked(category_id, box)
+            new.append(InstanceData(category_id=category_id, box=box, **changes))
+            sources.append(how)
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
                                     seen_revision=seen_revision, user=user)
         return revision, sources
+
+    def _box_masks(self, image_id: int, box_only: bool):
+        """masked(category_id, box) -> (InstanceData fields, description) of a box a person drew on the image:
+        the active model's mask for that box and class, else GrabCut ("model mask" / "grabcut mask"), or no
+        mask with ``box_only`` ("box only")."""
+        image = None if box_only else self.rgb(image_id)[1]
+        version_id = None if box_only else self.models.active()[0]
+
+        def masked(category_id: int, box) -> tuple[dict, str]:
+            if box_only:
+                return dict(mask=None, source="drawn", model_version_id=None, score=None), "box only"
+            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
+            return (dict(mask=mask, source=source, model_version_id=version_id if source == "model" else None,
+                         score=None), f"{source} mask")
+
+        return masked
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray,
                   seen_revision: int | None, user: str | None = None) -> int:
