@@ -278,20 +278,12 @@ def _process_alive(pid: int | None) -> bool:
         return True
 
 
-def training_device(device: str | None = None) -> str:
-    """The device type a training process will use: "cuda" or "cpu" (`device` None: cuda when available)."""
-    if device:
-        return "cuda" if str(device).startswith("cuda") else "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def start_training(db: Database, spec: TrainingSpec) -> int:
     """Record a queued run with ``spec`` and start `launch.py train --run-id N` for it in its own process,
     which reads the spec back from the run (iterations / image_size None: the mode's preset, the same
     for the UI and the command line)."""
-    planned = spec.planned_iterations(training_device(spec.device))
+    # the iterations the process will plan (train_from_database), for the progress bar
+    planned = spec.planned_iterations(distributed.resolve_device(spec.device, distributed.Distributed()).type)
     params = {"spec": spec.to_dict(), "iterations": planned, "image_size": spec.planned_image_size()}
     run_id = registry.create_run(db, mode=spec.mode, iterations=planned, params=params)
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir)]

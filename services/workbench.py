@@ -497,7 +497,7 @@ class Workbench:
         if mode not in PRESETS:
             return ""
         preset = PRESETS[mode]
-        on_gpu = training.training_device(self.device) == "cuda"
+        on_gpu = self.device.startswith("cuda")  # where this workbench's runs train
         iterations = int(iterations) if iterations not in (None, "", 0) else preset.iterations_on(
             "cuda" if on_gpu else "cpu")
         size = int(image_size) if image_size not in (None, "", 0) else preset.image_size

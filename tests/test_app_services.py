@@ -325,17 +325,15 @@ def test_the_model_cache_falls_back_to_best_guesses_and_follows_the_minimum_scor
     assert wb.score_threshold == 0.2
 
 
-def test_the_train_tab_says_how_long_a_run_takes(database, monkeypatch):
+def test_the_train_tab_says_how_long_a_run_takes(database):
     """Before any run: the preset's time measured on a 2-core CPU (scaled to the iterations and image size
     asked for); after a run of the mode: that run's pace on this machine."""
     from services.workbench import Workbench
     from db import registry
     from db.models import RunStatus
-    from services import training as service
     from services.presets import PRESETS
 
-    monkeypatch.setattr(service, "training_device", lambda device=None: "cpu")
-    wb = Workbench(database)
+    wb = Workbench(database, device="cpu")  # runs train on the CPU
     heads = PRESETS["heads"]
     text = wb.training_estimate("heads")
     assert f"{heads.iterations} iterations at {heads.image_size} px" in text
