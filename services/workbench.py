@@ -60,26 +60,13 @@ def default_backbone_weights() -> str | None:
     return os.environ.get("WORKBENCH_BACKBONE_WEIGHTS") or None
 
 
-def rle_counts(value, height: int, width: int) -> str | None:
-    """The counts string of a compressed COCO RLE dict of the image's size, checked, else None (decode other
-    forms with mask_of).
-
-    Compressed RLE is how the API hands masks out; taking it back as it is saves a decode and an encode
-    per instance on every save."""
-    if (isinstance(value, dict) and isinstance(value.get("counts"), str)
-            and list(value.get("size", [height, width])) == [height, width]):
-        try:
-            return masks.counts_from_segmentation({"size": [height, width], "counts": value["counts"]}, height, width)
-        except ValueError as exc:
-            raise WorkbenchError(f"a mask: {exc}") from None
-    return None
-
-
-def mask_of(value, height: int, width: int) -> np.ndarray | None:
-    """A mask given through the API: COCO RLE dict (compressed or not), polygons, or an HxW 0/1 array; checked
-    (db.masks.counts_from_segmentation) before anything decodes it."""
+def mask_of(value, height: int, width: int) -> tuple[np.ndarray | None, str | None]:
+    """A mask given through the API -> (mask, None), (None, compressed counts) or (None, None) for none: COCO
+    RLE (compressed or not), polygons or an HxW 0/1 array, checked (db.masks.counts_from_segmentation) before
+    anything decodes it. Compressed RLE, how the API hands masks out, is taken back as it is (no decode and
+    encode per instance on every save)."""
     if value is None or value == [] or value == {}:
-        return None
+        return None, None
     if not isinstance(value, dict):
         try:
             array = np.asarray(value)
@@ -88,15 +75,18 @@ def mask_of(value, height: int, width: int) -> np.ndarray | None:
         if array is not None and array.ndim == 2 and array.shape == (height, width):
             if array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
                 raise WorkbenchError("a mask given as an HxW array must hold only 0 and 1")
-            return array.astype(bool)
+            return array.astype(bool), None
         if not (isinstance(value, list) and all(isinstance(part, list) for part in value)):
             raise WorkbenchError("a mask must be a COCO RLE {'size', 'counts'}, a list of polygons or an HxW 0/1 "
                                  "array")
+    compressed = isinstance(value, dict) and isinstance(value.get("counts"), str)
+    if compressed:
+        value = {"size": [height, width], **value}  # the API's own output may leave out the image's size
     try:
         counts = masks.counts_from_segmentation(value, height, width)
     except ValueError as exc:
         raise WorkbenchError(f"a mask: {exc}") from None
-    return masks.decode(counts, height, width)
+    return (None, counts) if compressed else (masks.decode(counts, height, width), None)
 
 
 def _strict_int(value, what: str) -> int:
@@ -141,8 +131,7 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
                 or min(box[1], box[3]) < -height or max(box[1], box[3]) > 2 * height):
             raise WorkbenchError(f"{where}: the box {list(box)} is more than one image size outside the "
                                  f"{width}x{height} image")
-    counts = rle_counts(item.get("mask"), height, width)
-    mask = None if counts is not None else mask_of(item.get("mask"), height, width)
+    mask, counts = mask_of(item.get("mask"), height, width)
     score = item.get("score")
     if score is not None:
         score = _finite(score, f"{where}: 'score'")
