@@ -9,7 +9,7 @@ import functools
 import gradio as gr
 
 from app.handlers import progress_adapter, user_of
-from services.workbench import Workbench, WorkbenchError
+from services.workbench import Workbench, WorkbenchError, shown
 
 
 def client_errors(endpoint):
@@ -29,9 +29,9 @@ def whole_number(value, what: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}") from None
+        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}") from None
     if not number.is_integer():
-        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}")
+        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
     return int(number)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db import masks
 from db.engine import Database
-from db.errors import BadImageError, CocoImportError
+from db.errors import BadImageError, CocoImportError, shown
 from db.imagestore import ImageStore, probe
 from db.models import Annotation, Category, Image, ReviewState, Source, Split
 from db.progress import Progress, no_progress
@@ -66,12 +66,6 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool, NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """A value for a message, cut to ``limit`` characters (a 10 MB name is not echoed whole)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def safe_relative_path(file_name: Any) -> PurePosixPath | None:
@@ -213,8 +207,8 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
             continue
         declared = (img.get("width"), img.get("height"))
         if declared != (None, None) and not all(_is_int(v) for v in declared):
-            problems.append(f"{where}: 'width' and 'height' must be whole numbers, not {_shown(declared[0])} and "
-                            f"{_shown(declared[1])}")
+            problems.append(f"{where}: 'width' and 'height' must be whole numbers, not {shown(declared[0], 60)} and "
+                            f"{shown(declared[1], 60)}")
             continue
         if declared != (None, None) and declared != (info.width, info.height):
             problems.append(f"{where}: the file says {declared[0]}x{declared[1]} but {img['file_name']} is "

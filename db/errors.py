@@ -1,6 +1,12 @@
 """Errors whose message tells the user what is wrong and what to do."""
 
 
+def shown(value, limit: int = 40) -> str:
+    """A value as a message quotes it: its repr, cut to ``limit`` characters (a 10 MB value is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class WorkbenchError(Exception):
     """A problem with the user's input or data (not a bug): shown as is, exit status 2."""
 

@@ -25,7 +25,7 @@ from db.annotations import (ConflictError, InstanceData, conflict_versions, get_
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
-from db.errors import WorkbenchError
+from db.errors import WorkbenchError, shown
 from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
@@ -91,13 +91,13 @@ def mask_of(value, height: int, width: int) -> tuple[np.ndarray | None, str | No
 
 def _strict_int(value, what: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
-        raise WorkbenchError(f"{what} must be a whole number, not {str(value)[:40]!r}")
+        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
     return int(value)
 
 
 def _finite(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise WorkbenchError(f"{what} must be a finite number, not {str(value)[:40]!r}")
+        raise WorkbenchError(f"{what} must be a finite number, not {shown(value)}")
     return float(value)
 
 
@@ -139,7 +139,7 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
             raise WorkbenchError(f"{where}: 'score' must be between 0 and 1, not {score}")
     iscrowd = item.get("iscrowd", False)
     if iscrowd not in (True, False, 0, 1) or isinstance(iscrowd, float):
-        raise WorkbenchError(f"{where}: 'iscrowd' must be true/false or 0/1, not {str(iscrowd)[:40]!r}")
+        raise WorkbenchError(f"{where}: 'iscrowd' must be true/false or 0/1, not {shown(iscrowd)}")
     ann_id = item.get("id")
     ann_id = None if ann_id is None else _strict_int(ann_id, f"{where}: 'id'")
     version = item.get("model_version_id")
@@ -148,10 +148,10 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
         raise WorkbenchError(f"{where}: there is no model version {version}")
     source, state = item.get("source", "drawn"), item.get("review_state", "accepted")
     if source not in SOURCES:
-        raise WorkbenchError(f"{where}: 'source' must be one of {', '.join(SOURCES)}, not {str(source)[:40]!r}")
+        raise WorkbenchError(f"{where}: 'source' must be one of {', '.join(SOURCES)}, not {shown(source)}")
     if state not in REVIEW_STATES:
         raise WorkbenchError(f"{where}: 'review_state' must be one of {', '.join(REVIEW_STATES)}, "
-                             f"not {str(state)[:40]!r}")
+                             f"not {shown(state)}")
     return InstanceData(category_id=category_of(category), box=box, mask=mask, mask_rle=counts, source=source,
                         review_state=state, score=score, model_version_id=version, iscrowd=bool(iscrowd), id=ann_id)
 
@@ -284,9 +284,9 @@ class Workbench:
         by_name = {n.lower(): i for i, n in names.items()}
         if text.lower() in by_name:
             return by_name[text.lower()]
-        shown = ", ".join(list(names.values())[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-        raise WorkbenchError(f"there is no class {str(value)[:60]!r}{'...' if len(str(value)) > 60 else ''}; add it "
-                             f"in the Classes tab (classes: {shown or 'none yet'})")
+        known = ", ".join(list(names.values())[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise WorkbenchError(f"there is no class {shown(value, 60)}; add it in the Classes tab "
+                             f"(classes: {known or 'none yet'})")
 
     def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
         """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).
@@ -567,5 +567,5 @@ class Workbench:
         return Path(out), report
 
 
-__all__ = ["Workbench", "WorkbenchError", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "VERSION_METRIC_COLUMNS",
+__all__ = ["Workbench", "WorkbenchError", "shown", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "VERSION_METRIC_COLUMNS",
            "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo", "default_backbone_weights"]
