@@ -9,12 +9,11 @@ from services.workbench import LOW_CONFIDENCE_TOP, VERSION_METRIC_COLUMNS, Confl
 
 CATEGORY_HEADERS = ["id", "name", "train box-only", "train masks", "set"]  # accepted, non-crowd, train split
 IMAGE_HEADERS = ["id", "file_name", "width", "height", "split", "annotations", "status"]
-INSTANCE_HEADERS = ["id", "class", "score", "state", "source", "kind"]
 VERSION_HEADERS = ["version", "active", "name", "created", *(header for header, _, _ in VERSION_METRIC_COLUMNS), "run"]
 STATUS_FILTERS = ["all", "new", "proposed", "in review", "done"]
 SET_LABELS = {"A": "A (masks)", "B": "B (boxes only)", None: "-"}  # a class's Mask^X set, as the Classes tab says it
 GALLERY_LIMIT = 300
-MAX_SHOWN = 60  # instances drawn on the image at once
+MAX_SHOWN = 100  # instances drawn on the image at once
 
 
 def category_color(category_id: int) -> tuple[int, int, int]:

@@ -12,14 +12,14 @@ import os
 from typing import Any, NamedTuple
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 from gradio_image_annotation import image_annotator
 
+from app.canvas import canvas_value, file_url
 from app.display import (GALLERY_LIMIT, IMAGE_HEADERS, category_rows, error_text, hex_color, instance_colors,
                          overview_text, progress_bar_html, proposal_message, shown_instances)
-from services.images import EDITOR_MAX_SIDE, downscale, downscale_mask, scale_for, upscale_mask
-from services.workbench import Workbench, WorkbenchError
+from services.images import downscale, scale_for
+from services.workbench import ConflictError, Workbench, WorkbenchError
 
 log = logging.getLogger(__name__)
 
@@ -27,43 +27,43 @@ log = logging.getLogger(__name__)
 class View(NamedTuple):
     """The current image as the page shows it (the components of ``app.ui``'s view outputs)."""
     title: str
-    overlay: Any          # gr.AnnotatedImage
-    table: list           # the instance table's rows
-    instance: Any         # gr.Dropdown: the selected instance
+    canvas: dict          # the review canvas's value (app.canvas.canvas_value)
     annotator: Any        # the Draw tab's box annotator
-    revision: int | None  # the image's revision this view shows (sent back with the next edit)
-    shown: list           # ids of the instances drawn, in the overlay's order
-    message: str
-    statuses: Any         # gr.Radio: the status filter with its counts
+    revision: int | None  # the image's revision this view shows (sent back with the Draw tab's save)
+    statuses: Any         # gr.Dropdown: the status filter with its counts
     box_ids: dict         # "r,g,b" colour of a box in the Draw tab -> the annotation it shows
+    draw_message: str     # the Draw tab's message (the canvas shows its own next to it)
 
 
 class Opened(NamedTuple):
-    """An image opened: its id, its view, and the mask editor emptied."""
+    """An image opened: its id and its view."""
     image_id: int | None
     title: str
-    overlay: Any
-    table: list
-    instance: Any
+    canvas: dict
     annotator: Any
     revision: int | None
-    shown: list
-    message: str
     statuses: Any
     box_ids: dict
-    editor: Any
-    editing: Any
+    draw_message: str
 
     @classmethod
     def of(cls, image_id, view: View) -> "Opened":
-        return cls(image_id, *view, None, None)
+        return cls(image_id, *view)
+
+
+class Saved(NamedTuple):
+    """The canvas's edits saved: its new state, the title, and the image list when the image's status changed."""
+    canvas: dict
+    title: str
+    gallery: Any
+    ids: Any
+    statuses: Any
 
 
 class ClassView(NamedTuple):
     message: str
     overview: str
     categories: list
-    new_class: Any     # gr.Dropdown
     class_pick: Any    # gr.Dropdown
     merge_target: Any  # gr.Dropdown
     annotator: Any     # the Draw tab's box annotator: its class list (its boxes stay as they are)
@@ -109,10 +109,14 @@ class Handlers:
         counts = self.wb.status_counts()
         return [(f"all ({sum(counts.values())})", "all")] + [(f"{k} ({v})", k) for k, v in counts.items()]
 
-    def gallery(self, status: str):
-        """Gallery items, their image ids, the status filter with counts."""
+    def gallery(self, status: str, keep: int | None = None):
+        """Gallery items, their image ids, the status filter with counts; ``keep``: an image listed even when
+        it no longer has the status (the open one, just edited: the list does not drop it under the person)."""
         status = status or "all"
         rows = self.wb.list_images(status, limit=None)
+        if keep is not None and status != "all" and all(row["id"] != keep for row in rows):
+            rows = sorted([*rows, *(r for r in self.wb.list_images("all", limit=None) if r["id"] == keep)],
+                          key=lambda row: row["id"])
         items = []
         for row in rows[:GALLERY_LIMIT]:
             try:
@@ -120,7 +124,7 @@ class Handlers:
             except (OSError, WorkbenchError) as exc:  # a lost file must not hide the other images
                 log.warning("no thumbnail for image %s: %s", row["id"], exc)
         ids = [row["id"] for row in rows[:GALLERY_LIMIT]]
-        return gr.Gallery(value=items), ids, gr.Radio(choices=self.status_choices(), value=status)
+        return gr.Gallery(value=items), ids, gr.Dropdown(choices=self.status_choices(), value=status)
 
     def overview(self):
         """Summary line, class table, image table (also the `overview` API)."""
@@ -137,42 +141,17 @@ class Handlers:
         return (*self.overview(), *self.gallery(status))
 
     # ---- the current image ----------------------------------------------------------------
-    def view(self, image_id, review_threshold, message: str = "", selected=None) -> View:
+    def view(self, image_id, review_threshold, message: str = "") -> View:
         if image_id is None:
-            return View("Upload images or pick one in the gallery.", None, [], gr.Dropdown(choices=[], value=None),
-                        image_annotator(value=None), None, [], message, gr.Radio(choices=self.status_choices()), {})
+            return View("Upload images or pick one in the gallery.", self.canvas(None, review_threshold, message),
+                        image_annotator(value=None), None, gr.Dropdown(choices=self.status_choices()), {}, message)
         review_threshold = float(review_threshold or 0.0)
         info, rgb = self.wb.rgb(image_id)
         scale = scale_for(info["height"], info["width"])
         small = downscale(rgb, scale)
         revision, rows = self.wb.annotations(image_id)
         names = self.wb.category_names()
-        shown, low = shown_instances(rows, review_threshold, self.wb.score_threshold)
-        if low:
-            guesses = ", ".join(f"{r['score']:.3f}" for r in rows if r["id"] in low)
-            message = ((message + "\n\n") if message else "") + (
-                f"⚠️ No proposal reaches the review threshold {review_threshold:.2f}: the model's {len(low)} best "
-                f"guesses are shown, marked **low confidence** (scores {guesses}). Accept, correct or reject them; "
-                "retraining with more labelled photos makes the model surer.")
-        overlays, colors = [], {}
-        for r in shown:
-            name = names.get(r["category_id"], f"class {r['category_id']}")
-            score = "" if r["score"] is None else f" {r['score']:.2f}"
-            mark = "✓" if r["review_state"] == "accepted" else "? low confidence" if r["id"] in low else "?"
-            label = f"#{r['id']} {name}{score} {mark}"
-            colors[label] = hex_color(r["category_id"])
-            if r["mask"] is not None:
-                overlays.append((downscale_mask(r["mask"], small.shape[:2]), label))
-            else:
-                x1, y1, x2, y2 = (int(round(v * scale)) for v in r["box"])
-                overlays.append(((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)), label))
-        table = [[r["id"], names.get(r["category_id"], r["category_id"]),
-                  "" if r["score"] is None else round(float(r["score"]), 3), r["review_state"], r["source"],
-                  "mask" if r["mask"] is not None else "box"] for r in rows]
-        choices = [(f"#{r['id']} {names.get(r['category_id'], r['category_id'])} · {r['review_state']}"
-                    + ("" if r["score"] is None else f" · {r['score']:.2f}")
-                    + (" · low confidence" if r["id"] in low else ""), r["id"]) for r in rows]
-        selected = selected if selected in {r["id"] for r in rows} else None
+        canvas = self.canvas(image_id, review_threshold, message)
         accepted = [r for r in rows if r["review_state"] == "accepted"]
         colors_of = instance_colors([r["id"] for r in accepted])
         boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
@@ -182,27 +161,46 @@ class Handlers:
         box_ids = {",".join(map(str, color)): annotation_id for annotation_id, color in colors_of.items()}
         annotator = image_annotator(value={"image": small, "boxes": boxes}, label_list=list(names.values()),
                                     label_colors=[hex_color(i) for i in names])
-        active = self.wb.active_version_id()
-        lost = self.wb.conflicts(image_id)
-        title = (f"**Image {image_id}** · {info['file_name']} · {info['width']}×{info['height']}"
-                 f"{' (shown at %d%%)' % round(scale * 100) if scale < 1 else ''} · {info['split']} · "
-                 f"**{self.wb.image_status(rows)}** · revision {revision} · "
-                 f"model: {'v%d' % active if active else 'none yet'}")
-        if lost:
-            title += f" · {len(lost)} version(s) lost in conflicts kept (newest: journal entry {lost[0]})"
-        overlay = gr.AnnotatedImage(value=(small, overlays), color_map=colors)
-        return View(title, overlay, table, gr.Dropdown(choices=choices, value=selected), annotator, revision,
-                    [r["id"] for r in shown], message, gr.Radio(choices=self.status_choices()), box_ids)
+        return View(self.title(image_id, info, rows, revision), canvas, annotator, revision,
+                    gr.Dropdown(choices=self.status_choices()), box_ids, message)
 
-    def safe_view(self, image_id, review_threshold, message, selected=None) -> View:
+    def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
+        active = self.wb.active_version_id()
+        return (f"**Image {image_id}** · {info['file_name']} · {info['width']}×{info['height']} · {info['split']} · "
+                f"**{self.wb.image_status(rows)}** · revision {revision} · "
+                f"model: {'v%d' % active if active else 'none yet'}")
+
+    def canvas(self, image_id, review_threshold, message: str = "", *, status: str = "saved", ack=None,
+               created=None) -> dict:
+        """The review canvas's value for the image as it is now (app.canvas.canvas_value)."""
+        if image_id is None:
+            return canvas_value(image=None, image_url=None, revision=None, instances=[],
+                                classes=self.wb.category_names(), review_threshold=float(review_threshold or 0.0),
+                                score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack)
+        image_id = int(image_id)
+        current = self.wb.instances(image_id)
+        shown, low = shown_instances(current["instances"], float(review_threshold or 0.0), self.wb.score_threshold)
+        if low:
+            guesses = ", ".join(f"{r['score']:.3f}" for r in shown if r["id"] in low)
+            message = ((message + "\n") if message else "") + (
+                f"⚠️ No proposal reaches the review threshold {float(review_threshold or 0.0):.2f}: the model's "
+                f"{len(low)} best guesses are shown, faded (scores {guesses}). Accept, correct or reject them; "
+                "retraining with more labelled photos makes the model surer.")
+        return canvas_value(image=self.wb.image_info(image_id), image_url=file_url(self.wb.display_image(image_id)),
+                            revision=current["revision"], instances=current["instances"],
+                            classes=self.wb.category_names(), review_threshold=float(review_threshold or 0.0),
+                            score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack,
+                            created=created, lost=len(self.wb.conflicts(image_id)))
+
+    def safe_view(self, image_id, review_threshold, message) -> View:
         try:
-            return self.view(image_id, review_threshold, message, selected)
+            return self.view(image_id, review_threshold, message)
         except (WorkbenchError, OSError) as exc:
             return self.view(None, review_threshold, error_text(exc))
 
     def open(self, image_id, review_threshold, message: str = "", auto_propose: bool = True,
              user: str | None = None) -> Opened:
-        """Open an image (proposing first when the active model has not seen it); the mask editor empties."""
+        """Open an image (proposing first when the active model has not seen it)."""
         if image_id is None:
             return Opened.of(None, self.view(None, review_threshold, message))
         image_id = int(image_id)
@@ -214,16 +212,16 @@ class Handlers:
             message = (message + "\n\n" if message else "") + error_text(exc)
         return Opened.of(image_id, self.safe_view(image_id, review_threshold, message))
 
-    def act(self, image_id, review_threshold, selected, action, success) -> View:
+    def act(self, image_id, review_threshold, action, success) -> View:
         """Run an edit; on any problem (a conflict included) show it and the image as it is now."""
         if image_id is None:
             return self.view(None, review_threshold, "⚠️ Open an image first.")
         try:
             result = action()
             message = success(result) if callable(success) else success
-            return self.view(image_id, review_threshold, message, selected)
+            return self.view(image_id, review_threshold, message)
         except (WorkbenchError, OSError, ValueError) as exc:
-            return self.safe_view(image_id, review_threshold, error_text(exc), selected)
+            return self.safe_view(image_id, review_threshold, error_text(exc))
 
     # ---- events of the image list -----------------------------------------------------
     def on_upload(self, files, split, review_threshold, request: gr.Request, progress=gr.Progress()):
@@ -260,57 +258,56 @@ class Handlers:
             return self.open(id_list[index], review_threshold, user=user_of(request))
         return go
 
-    # ---- review --------------------------------------------------------------------------
-    def on_review_threshold(self, image_id, review_threshold, selected) -> View:
-        return self.safe_view(image_id, review_threshold, "", selected)
+    # ---- review (the canvas) -------------------------------------------------------------------
+    def on_review_threshold(self, image_id, review_threshold) -> dict:
+        return self.canvas(image_id, review_threshold)
 
-    @staticmethod
-    def on_overlay_select(shown_ids, evt: gr.SelectData):
-        index = evt.index
-        if isinstance(index, int) and 0 <= index < len(shown_ids):
-            return gr.Dropdown(value=shown_ids[index])
-        return gr.Dropdown()
+    def on_canvas_save(self, review_threshold, status_filter, evt: gr.EventData, request: gr.Request) -> Saved:
+        """A batch of the canvas's edits (services.review) saved in order; the canvas gets the image's new
+        state with the batch's number (``ack``) and the ids its new instances got."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        image_id, seq = data.get("image_id"), data.get("seq")
+        if image_id is None:
+            return Saved(self.canvas(None, review_threshold, "⚠️ Open an image first.", status="not saved", ack=seq),
+                         gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        try:
+            image_id = int(image_id)
+            before = self.wb.image_status(self.wb.annotations(image_id)[1])
+            result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
+        except (WorkbenchError, OSError, ValueError, TypeError) as exc:
+            return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
+                         gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        messages = [proposal_message(r, self.wb.score_threshold) for r in result.proposals]
+        status = "saved"
+        if result.error is not None:
+            messages.append(error_text(result.error))
+            status = "conflict" if isinstance(result.error, ConflictError) else "not saved"
+        canvas = self.canvas(image_id, review_threshold, "\n".join(messages), status=status, ack=seq,
+                             created=result.created)
+        info, (revision, rows) = self.wb.image_info(image_id), self.wb.annotations(image_id)
+        title = self.title(image_id, info, rows, revision)
+        if self.wb.image_status(rows) == before:
+            return Saved(canvas, title, gr.skip(), gr.skip(), gr.skip())
+        return Saved(canvas, title, *self.gallery(status_filter, keep=image_id))
 
-    def on_propose(self, image_id, review_threshold, selected, revision, request: gr.Request) -> View:
-        return self.act(image_id, review_threshold, selected,
-                        lambda: self.wb.propose(int(image_id), seen_revision=revision, user=user_of(request)),
-                        lambda r: f"{proposal_message(r, self.wb.score_threshold)} {r.replaced} older proposal(s) "
-                                  "replaced.")
-
-    def review(self, state: str):
-        """The handler of Accept / Reject of the selected instance."""
-        def handler(image_id, review_threshold, selected, revision, request: gr.Request) -> View:
-            def action():
-                if selected is None:
-                    raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
-                return self.wb.review(int(image_id), [int(selected)], state, revision, user_of(request))
-            return self.act(image_id, review_threshold, selected, action, f"Instance #{selected} {state}.")
-        return handler
-
-    def accept_all(self, image_id, review_threshold, selected, revision, request: gr.Request) -> View:
-        return self.act(image_id, review_threshold, selected,
-                        lambda: self.wb.accept_all(int(image_id), float(review_threshold), revision,
-                                                   user_of(request)),
-                        lambda r: f"{r[1]} proposal(s) accepted.")
-
-    def delete(self, image_id, review_threshold, selected, revision, request: gr.Request) -> View:
-        def action():
-            if selected is None:
-                raise WorkbenchError("select the instance to delete first")
-            return self.wb.delete_instance(int(image_id), int(selected), revision, user_of(request))
-        return self.act(image_id, review_threshold, None, action, f"Instance #{selected} deleted (Undo brings it back).")
-
-    def undo(self, image_id, review_threshold, selected, request: gr.Request) -> View:
-        return self.act(image_id, review_threshold, selected, lambda: self.wb.undo(int(image_id), user_of(request)),
-                        "Undone.")
-
-    def recover(self, image_id, review_threshold, selected, revision, request: gr.Request) -> View:
-        return self.act(image_id, review_threshold, selected,
-                        lambda: self.wb.recover_conflict(int(image_id), revision, user_of(request)),
-                        "Your version from the conflict is back (Undo reverts it).")
+    def on_done(self, id_list, status_filter, review_threshold, evt: gr.EventData, request: gr.Request):
+        """"Done, next image": the proposals left are rejected, then the next image of the list opens (the
+        image list follows)."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        image_id = data.get("image_id")
+        if image_id is None:
+            return (*self.open(None, review_threshold), *self.gallery(status_filter))
+        try:
+            self.wb.finish_image(int(image_id), data.get("revision"), user_of(request))
+        except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
+            return (*Opened.of(int(image_id), self.safe_view(int(image_id), review_threshold, error_text(exc))),
+                    *self.gallery(status_filter, keep=int(image_id)))
+        gallery, ids, statuses = self.gallery(status_filter, keep=int(image_id))
+        opened = self.step(+1)(int(image_id), ids, status_filter, review_threshold, request)
+        return (*opened, gallery, ids, statuses)
 
     # ---- draw ------------------------------------------------------------------------------
-    def save_boxes(self, image_id, review_threshold, selected, revision, value, box_only, box_ids,
+    def save_boxes(self, image_id, review_threshold, revision, value, box_only, box_ids,
                    request: gr.Request) -> View:
         """The Draw tab's boxes saved: new ones added, moved or re-classed ones changed, removed ones deleted
         (which annotation a box is: its colour, see display.instance_colors)."""
@@ -320,68 +317,18 @@ class Handlers:
                      for box in (value or {}).get("boxes") or []]
             return self.wb.save_drawn_boxes(int(image_id), drawn, scale_for(info["height"], info["width"]),
                                             box_only=bool(box_only), seen_revision=revision, user=user_of(request))
-        return self.act(image_id, review_threshold, selected, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.")
-
-    # ---- correct -------------------------------------------------------------------------------
-    def load_editor(self, image_id, selected):
-        """Editor value, what it edits (image id, annotation id or None, height, width), message."""
-        if image_id is None:
-            return None, None, "⚠️ Open an image first."
-        try:
-            info, rgb = self.wb.rgb(int(image_id))
-            scale = scale_for(info["height"], info["width"], EDITOR_MAX_SIDE)
-            background = downscale(rgb, scale)
-            layer = np.zeros((*background.shape[:2], 4), np.uint8)
-            if selected is not None:
-                row = self.wb.annotation(int(image_id), int(selected))
-                if row["mask"] is not None:
-                    small = downscale_mask(row["mask"], background.shape[:2]) >= 0.5
-                else:
-                    small = np.zeros(background.shape[:2], bool)
-                    x1, y1, x2, y2 = (int(round(v * scale)) for v in row["box"])
-                    small[y1:y2, x1:x2] = True
-                layer[small] = (255, 32, 32, 255)
-            height, width = background.shape[:2]
-            value = {"background": _pad_to_editor(background, (128, 128, 128, 255)),
-                     "layers": [_pad_to_editor(layer, (0, 0, 0, 0))], "composite": None}
-            what = f"instance #{selected}" if selected is not None else "a new instance"
-            return (value, (int(image_id), None if selected is None else int(selected), height, width),
-                    f"Editing the mask of {what} (grey: outside the image).")
-        except (WorkbenchError, OSError) as exc:
-            return None, None, error_text(exc)
-
-    def save_mask(self, image_id, review_threshold, revision, value, target, new_class, request: gr.Request):
-        """The view, then the editor and its target: emptied when saved, kept when not."""
-        def action():
-            if not target or target[0] != image_id:
-                raise WorkbenchError("load a mask with 'Edit mask' first (for the image that is open)")
-            layers = (value or {}).get("layers") or []
-            if not layers or layers[0] is None:
-                raise WorkbenchError("nothing painted yet")
-            painted = np.asarray(layers[0])
-            mask = painted[..., 3] > 0 if painted.ndim == 3 and painted.shape[2] == 4 else painted.any(axis=-1)
-            mask = mask[:target[2], :target[3]]  # without the padding
-            info = self.wb.image_info(int(image_id))
-            full = upscale_mask(mask, (info["height"], info["width"]))
-            return self.wb.save_mask(int(image_id), target[1], new_class, full, revision, user_of(request))
-        saved = []
-        view = self.act(image_id, review_threshold, target[1] if target else None,
-                        lambda: saved.append(action()), "Mask saved.")
-        if saved:
-            return (*view, None, None)  # saved: the editor is emptied
-        return (*view, gr.skip(), gr.skip())  # not saved: the painting stays
+        return self.act(image_id, review_threshold, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.")
 
     # ---- classes ---------------------------------------------------------------------------
     def class_outputs(self, message: str = "", keep=None) -> ClassView:
         names = self.wb.category_names()
         choices = [(f"{name} (id {cid})", cid) for cid, name in names.items()]
         overview, categories, _ = self.overview()
-        first = choices[0][1] if choices else None
         keep = keep if keep in names else None
         # a class added while boxes are drawn reaches the Draw tab at once (they can be labelled without a reload)
         annotator = image_annotator(label_list=list(names.values()), label_colors=[hex_color(i) for i in names])
-        return ClassView(message, overview, categories, gr.Dropdown(choices=choices, value=first),
-                         gr.Dropdown(choices=choices, value=keep), gr.Dropdown(choices=choices, value=None), annotator)
+        return ClassView(message, overview, categories, gr.Dropdown(choices=choices, value=keep),
+                         gr.Dropdown(choices=choices, value=None), annotator)
 
     def _class_action(self, action, success, keep=None) -> ClassView:
         try:
@@ -475,15 +422,3 @@ class Handlers:
             return error_text(exc), None
         return f"Exported {report.summary()}", str(path)
 
-
-def _pad_to_editor(image: np.ndarray, fill: tuple[int, int, int, int]) -> np.ndarray:
-    """An RGB or RGBA image on an EDITOR_MAX_SIDE square RGBA canvas, top-left. The editor misplaces layers that
-    are smaller than its canvas (Gradio 6.31): background and layer are padded to the canvas size, and the
-    padding is cut off again on saving (``Handlers.save_mask``)."""
-    canvas = np.empty((EDITOR_MAX_SIDE, EDITOR_MAX_SIDE, 4), np.uint8)
-    canvas[:] = fill
-    height, width, channels = image.shape
-    canvas[:height, :width, :channels] = image
-    if channels == 3:
-        canvas[:height, :width, 3] = 255
-    return canvas

@@ -26,22 +26,20 @@ from gradio_image_annotation import image_annotator  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from app.api import Api  # noqa: E402
+from app.canvas import CSS as CANVAS_CSS, JS as CANVAS_JS, KEYS as CANVAS_KEYS, TEMPLATE as CANVAS_TEMPLATE  # noqa: E402
 from app.guard import HostCheck, LoginThrottle, RequestSizeLimit, allowed_names  # noqa: E402
-from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, INSTANCE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
+from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import Handlers  # noqa: E402
-from services.images import EDITOR_MAX_SIDE  # noqa: E402
 from services.users import server_auth  # noqa: E402
 from services.workbench import MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 SHORTCUTS = [("→ or j", "next image", "next-image"), ("← or k", "previous image", "prev-image"),
-             ("a", "accept the selected instance", "accept-one"), ("r", "reject the selected instance", "reject-one"),
-             ("Shift+A", "accept all proposals above the threshold", "accept-all"),
-             ("p", "propose (run the model)", "propose"),
-             ("s or Ctrl+S", "save (drawn boxes in Draw, the mask in Correct)", "save-boxes / save-mask"),
-             ("z or Ctrl+Z", "undo the last change of the image", "undo")]
+             ("s or Ctrl+S", "save the drawn boxes (Draw tab)", "save-boxes")]
 
+# Keys outside the canvas: next / previous image and the Draw tab's save; the review keys (a, r, d, Tab, 1-9,
+# n, ...) go to the review canvas (app/canvas.js) wherever the focus is, except in a text field.
 KEYBOARD_JS = r"""
 () => {
   if (window.__workbenchKeys) return;
@@ -56,37 +54,44 @@ KEYBOARD_JS = r"""
   };
   document.addEventListener('keydown', (event) => {
     const t = event.target;
-    if (t && (t.closest && (t.closest('input, textarea, select, [contenteditable="true"], canvas, .annotator-container')))) return;
+    if (t && t.closest && t.closest('input, textarea, select, [contenteditable="true"], .wb-canvas, .annotator-container')) return;
     if (event.altKey || event.metaKey) return;
     const key = event.key;
-    const ctrl = event.ctrlKey;
     let done = false;
-    if (ctrl) {
-      if (key === 's') done = click('save-boxes', 'save-mask');
-      else if (key === 'z') done = click('undo');
-    } else if (key === 'ArrowRight' || key === 'j') done = click('next-image');
+    if (event.ctrlKey) { if (key === 's') done = click('save-boxes'); }
+    else if (key === 'ArrowRight' || key === 'j') done = click('next-image');
     else if (key === 'ArrowLeft' || key === 'k') done = click('prev-image');
-    else if (key === 'A') done = click('accept-all');
-    else if (key === 'a') done = click('accept-one');
-    else if (key === 'r') done = click('reject-one');
-    else if (key === 'p') done = click('propose');
-    else if (key === 's') done = click('save-boxes', 'save-mask');
-    else if (key === 'z') done = click('undo');
+    else if (key === 's') done = click('save-boxes');
+    else {
+      const canvas = document.querySelector('#review-canvas canvas.wb-view');
+      if (visible(canvas) && key.length === 1 || ['Tab', 'Enter', 'Delete', 'Escape'].includes(key)) {
+        if (visible(canvas)) {
+          canvas.focus({preventScroll: true});
+          canvas.dispatchEvent(new KeyboardEvent('keydown', {key, shiftKey: event.shiftKey, ctrlKey: event.ctrlKey, bubbles: true}));
+          done = true;
+        }
+      }
+    }
     if (done) event.preventDefault();
   });
 }
 """
 
 CSS = """
-#gallery { min-height: 260px; }
+#gallery { min-height: 200px; }
+#gallery .caption-label { white-space: normal; font-size: 11px; }
+#upload { min-height: 0; }
+#upload .wrap { min-height: 60px; padding: 4px; }
 .shortcut-table td { padding: 2px 8px; }
 """
 
 
 def _shortcuts_markdown() -> str:
     rows = "\n".join(f"| `{key}` | {what} |" for key, what, _ in SHORTCUTS)
-    return ("Keyboard shortcuts (not while typing in a field or drawing on a canvas):\n\n| key | action |\n|---|---|\n"
-            + rows)
+    canvas_rows = "\n".join(f"| `{key}` | {what} |" for key, what in CANVAS_KEYS)
+    return ("Keys of the review canvas (wherever the focus is, except in a text field):\n\n| key | action |\n"
+            "|---|---|\n" + canvas_rows + "\n\nOther keys (not while typing in a field):\n\n| key | action |\n"
+            "|---|---|\n" + rows)
 
 
 def build_app(db, *, score_threshold: float | None = None, device: str | None = None) -> gr.Blocks:
@@ -98,75 +103,48 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         image_id = gr.State(None)
         revision = gr.State(None)
         ids = gr.State([])
-        shown = gr.State([])
         box_ids = gr.State({})  # the Draw tab's box colours -> annotation ids
-        editing = gr.State(None)  # (image id, annotation id or None) the editor was loaded for
         run_id = gr.State(None)
 
-        gr.Markdown("# Instance segmentation workbench")
-        overview = gr.Markdown(elem_id="overview")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                upload = gr.File(label="Drop images here (many at once)", file_count="multiple",
-                                 file_types=["image"], elem_id="upload")
-                split = gr.Radio(["train", "val"], value="train", label="Add to split")
+        with gr.Row(equal_height=False):
+            gr.Markdown("### Instance segmentation workbench", elem_id="app-title")
+            overview = gr.Markdown(elem_id="overview")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=230):
+                upload = gr.File(label="Drop images here", file_count="multiple", file_types=["image"],
+                                 elem_id="upload", height=90)
+                with gr.Row():
+                    split = gr.Dropdown(["train", "val"], value="train", label="Add to split", min_width=80)
+                    status_filter = gr.Dropdown(choices=STATUS_FILTERS, value="all", label="Show",
+                                                elem_id="status-filter", min_width=120)
                 upload_msg = gr.Markdown(elem_id="upload-message")
-                status_filter = gr.Radio(choices=STATUS_FILTERS, value="all", label="Show", elem_id="status-filter")
-                gallery = gr.Gallery(label="Images", columns=3, height=360, allow_preview=False, elem_id="gallery")
+                gallery = gr.Gallery(label="Images", columns=2, height="calc(100vh - 390px)", allow_preview=False,
+                                     elem_id="gallery", object_fit="contain")
                 with gr.Row():
-                    prev_btn = gr.Button("◀ Previous", elem_id="prev-image", size="sm")
-                    next_btn = gr.Button("Next ▶", elem_id="next-image", size="sm")
-                refresh = gr.Button("Refresh", size="sm")
-            with gr.Column(scale=3):
-                title = gr.Markdown("Upload images or pick one in the gallery.", elem_id="image-title")
-                message = gr.Markdown(elem_id="message")
-                with gr.Row():
-                    instance = gr.Dropdown(label="Selected instance (click it on the image)", choices=[],
-                                           elem_id="instance", scale=3)
+                    prev_btn = gr.Button("◀ Previous", elem_id="prev-image", size="sm", min_width=60)
+                    next_btn = gr.Button("Next ▶", elem_id="next-image", size="sm", min_width=60)
+                    refresh = gr.Button("Refresh", size="sm", min_width=60)
+            with gr.Column(scale=5):
+                with gr.Row(equal_height=True):
+                    title = gr.Markdown("Upload images or pick one in the gallery.", elem_id="image-title")
                     review_threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Review threshold",
-                                          elem_id="threshold", scale=2)
+                                                 elem_id="threshold", scale=0, min_width=220)
                 with gr.Tabs():
                     with gr.Tab("Review", id="review"):
-                        overlay = gr.AnnotatedImage(label="Proposals (?) and annotations (✓)", height=520,
-                                                    elem_id="overlay")
-                        with gr.Row():
-                            propose_btn = gr.Button("Propose (p)", elem_id="propose", size="sm")
-                            accept_btn = gr.Button("Accept (a)", elem_id="accept-one", variant="primary", size="sm")
-                            reject_btn = gr.Button("Reject (r)", elem_id="reject-one", size="sm")
-                            accept_all_btn = gr.Button("Accept all above threshold (A)", elem_id="accept-all",
-                                                       size="sm")
-                            delete_btn = gr.Button("Delete", elem_id="delete-one", variant="stop", size="sm")
-                            undo_btn = gr.Button("Undo (z)", elem_id="undo", size="sm")
-                            recover_btn = gr.Button("Recover my lost version", elem_id="recover", size="sm")
-                        instances_table = gr.Dataframe(headers=INSTANCE_HEADERS, interactive=False,
-                                                       elem_id="instances", label="Instances of this image")
-                    with gr.Tab("Draw", id="draw"):
-                        gr.Markdown("Draw a box (*Create box*), pick its class, then **Save boxes**: each new box "
-                                    "gets a mask from the model (for exactly that box and class) or GrabCut when "
-                                    "there is none. Move or resize an accepted box (it gets a new mask), change its "
-                                    "class, or delete it, and save. Tick *box only* to keep the class "
-                                    "box-supervised.")
+                        canvas = gr.HTML(value=None, html_template=CANVAS_TEMPLATE, css_template=CANVAS_CSS,
+                                         js_on_load=CANVAS_JS, elem_id="review-canvas")
+                    with gr.Tab("Draw boxes", id="draw"):
+                        gr.Markdown("Boxes of the image's accepted instances: move or resize one (it gets a new "
+                                    "mask), change its class, delete it, or draw new ones (*Create box*), then "
+                                    "**Save boxes**. Tick *box only* to keep a class box-supervised (no mask). "
+                                    "Masks: draw on the Review canvas (box, polygon, brush).")
+                        draw_message = gr.Markdown(elem_id="draw-message")
                         annotator = image_annotator(label_list=[], label_colors=[], image_type="numpy",
                                                     sources=[], show_clear_button=False, elem_id="annotator",
                                                     height=560)
                         with gr.Row():
                             box_only = gr.Checkbox(label="box only (no mask)", value=False, elem_id="box-only")
                             save_boxes_btn = gr.Button("Save boxes (s)", elem_id="save-boxes", variant="primary")
-                    with gr.Tab("Correct", id="correct"):
-                        gr.Markdown("Pick an instance above (or none to paint a new one of the class below), "
-                                    "**Edit mask**, paint with the brush or erase, then **Save mask**.")
-                        with gr.Row():
-                            new_class = gr.Dropdown(label="Class of a new painted instance", choices=[],
-                                                    elem_id="new-class")
-                            edit_btn = gr.Button("Edit mask", elem_id="edit-mask")
-                            save_mask_btn = gr.Button("Save mask (s)", elem_id="save-mask", variant="primary")
-                        editor = gr.ImageEditor(type="numpy", image_mode="RGBA", transforms=(), sources=(),
-                                                layers=gr.LayerOptions(allow_additional_layers=False,
-                                                                       layers=["mask"]),
-                                                brush=gr.Brush(colors=["#ff2020"], color_mode="fixed",
-                                                               default_size=12),
-                                                eraser=gr.Eraser(default_size=12), elem_id="editor", height=520,
-                                                canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE))
                     with gr.Tab("Classes", id="classes"):
                         gr.Markdown("Counts of the accepted annotations of the **train** split (crowd regions "
                                     "left out). Set **A**: at least one mask (mask-supervised); **B**: boxes "
@@ -245,20 +223,19 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_file = gr.File(label="coco_file")
             api_buttons = [gr.Button(f"api{i}") for i in range(5)]
 
-        view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter,
-                        box_ids]  # the fields of handlers.View
-        open_outputs = [image_id, *view_outputs, editor, editing]  # the fields of handlers.Opened
+        view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View
+        open_outputs = [image_id, *view_outputs]  # the fields of handlers.Opened
         gallery_outputs = [gallery, ids, status_filter]
-        class_outputs = [class_msg, overview, categories, new_class, class_pick, merge_target, annotator]  # ClassView
+        class_outputs = [class_msg, overview, categories, class_pick, merge_target, annotator]  # ClassView
         run_outputs = [train_status, train_bar, loss_plot, versions, version_pick, timer, run_id]  # handlers.RunView
         # UI events are private (not API endpoints); Gradio still names them after their functions, so the
         # handlers' names differ from the headless API's (propose, export_coco, ...)
         private = dict(api_visibility="private")
-        review_inputs = [image_id, review_threshold, instance, revision]
 
         def edits(event):
             """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
-            return event.then(ui.gallery, [status_filter], gallery_outputs, show_progress="hidden", **private)
+            return event.then(lambda status, current: ui.gallery(status, keep=current), [status_filter, image_id],
+                              gallery_outputs, show_progress="hidden", **private)
 
         # ---- overview (also the `overview` API) --------------------------------------------
         images_table = gr.Dataframe(headers=IMAGE_HEADERS, interactive=False, visible=False, elem_id="images")
@@ -266,6 +243,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         demo.load(lambda: ui.gallery("all"), outputs=gallery_outputs, **private)
         demo.load(lambda: ui.class_outputs()[3:], outputs=class_outputs[3:], **private)
         demo.load(ui.active_run_outputs, outputs=run_outputs, **private)
+        demo.load(lambda threshold: ui.canvas(None, threshold), [review_threshold], [canvas], **private)
         refresh.click(ui.refresh_all, [status_filter], [overview, categories, images_table, *gallery_outputs],
                       **private)
 
@@ -277,30 +255,26 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
         prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
 
-        # ---- review ----------------------------------------------------------------------
-        review_threshold.change(ui.on_review_threshold, [image_id, review_threshold, instance], view_outputs,
+        # ---- review: the canvas edits in the browser and saves in the background ----------------
+        review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
                                 trigger_mode="always_last", show_progress="hidden", **private)
-        overlay.select(ui.on_overlay_select, [shown], [instance], **private)
-        edits(propose_btn.click(ui.on_propose, review_inputs, view_outputs, **private))
-        edits(accept_btn.click(ui.review("accepted"), review_inputs, view_outputs, **private))
-        edits(reject_btn.click(ui.review("rejected"), review_inputs, view_outputs, **private))
-        edits(accept_all_btn.click(ui.accept_all, review_inputs, view_outputs, **private))
-        edits(delete_btn.click(ui.delete, review_inputs, view_outputs, **private))
-        edits(undo_btn.click(ui.undo, [image_id, review_threshold, instance], view_outputs, **private))
-        edits(recover_btn.click(ui.recover, review_inputs, view_outputs, **private))
+        canvas.save(ui.on_canvas_save, [review_threshold, status_filter], [canvas, title, *gallery_outputs],
+                    trigger_mode="multiple", show_progress="hidden", queue=False, **private)
+        canvas.done(ui.on_done, [ids, status_filter, review_threshold], [*open_outputs, *gallery_outputs],
+                    trigger_mode="once", show_progress="hidden", **private)
 
-        # ---- draw and correct (the editor only on explicit buttons: it is costly to send) ------
-        edits(save_boxes_btn.click(ui.save_boxes, [*review_inputs, annotator, box_only, box_ids], view_outputs,
-                                   **private))
-        edit_btn.click(ui.load_editor, [image_id, instance], [editor, editing, message], **private)
-        edits(save_mask_btn.click(ui.save_mask, [image_id, review_threshold, revision, editor, editing, new_class],
-                                  [*view_outputs, editor, editing], **private))
+        # ---- draw boxes ------------------------------------------------------------------------
+        edits(save_boxes_btn.click(ui.save_boxes, [image_id, review_threshold, revision, annotator, box_only,
+                                                   box_ids], view_outputs, **private))
 
         # ---- classes ---------------------------------------------------------------------
-        add_class_btn.click(ui.add_class, [class_name], class_outputs, **private)
-        rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private)
-        merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private)
-        delete_class_btn.click(ui.delete_class, [class_pick, confirm_delete], class_outputs, **private)
+        # a class added, renamed or deleted reaches the canvas's class list at once
+        for event in (add_class_btn.click(ui.add_class, [class_name], class_outputs, **private),
+                      rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private),
+                      merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private),
+                      delete_class_btn.click(ui.delete_class, [class_pick, confirm_delete], class_outputs,
+                                             **private)):
+            event.then(ui.canvas, [image_id, review_threshold], [canvas], show_progress="hidden", **private)
 
         # ---- train -------------------------------------------------------------------------
         estimate_inputs = [mode, iterations, image_size]

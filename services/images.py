@@ -16,8 +16,8 @@ from db.engine import Database
 from db.imagestore import ImageStore, load_rgb
 
 MAX_SIDE = 1024  # images are shown with their long side at most this (the original is kept)
-EDITOR_MAX_SIDE = 640  # the mask editor gets smaller images: it re-uploads them often
 THUMB_SIDE = 160
+DISPLAY_SIDE = 2048  # the review canvas's copy (zoom shows it at this resolution)
 
 
 def scale_for(height: int, width: int, max_side: int = MAX_SIDE) -> float:
@@ -32,16 +32,8 @@ def downscale(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def downscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool -> float mask of ``shape`` (h, w) in [0, 1] (area averaging keeps thin parts visible)."""
-    if mask.shape == shape:
-        return mask.astype(np.float32)
-    small = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-    return np.clip(small * 1.5, 0.0, 1.0)
-
-
 def upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A mask painted on a downscaled image -> (H, W) bool mask of the original image."""
+    """A mask made on a downscaled image -> (H, W) bool mask of the original image."""
     if mask.shape == shape:
         return mask.astype(bool)
     return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
@@ -71,12 +63,19 @@ class ImageCache:
         return image
 
     def thumbnail(self, image_id: int, stored_path: str, data_dir: Path) -> str:
-        path = Path(data_dir) / "thumbs" / f"{image_id}.jpg"
+        return self._copy(Path(data_dir) / "thumbs" / f"{image_id}.jpg", stored_path, THUMB_SIDE, 85)
+
+    def display(self, image_id: int, stored_path: str, data_dir: Path) -> str:
+        """The upright copy the review canvas shows (EXIF applied: the browser draws it as it is)."""
+        return self._copy(Path(data_dir) / "display" / f"{image_id}.jpg", stored_path, DISPLAY_SIDE, 90)
+
+    def _copy(self, path: Path, stored_path: str, side: int, quality: int) -> str:
+        """A JPEG copy of the image with its long side at most ``side``, made once (temp file + rename)."""
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             image = self.rgb(stored_path) if stored_path in self._items else load_rgb(self.store.absolute(stored_path))
-            small = downscale(image, scale_for(*image.shape[:2], THUMB_SIDE))
+            small = downscale(image, scale_for(*image.shape[:2], side))
             tmp = path.with_suffix(".tmp.jpg")
-            cv2.imwrite(str(tmp), np.ascontiguousarray(small[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            cv2.imwrite(str(tmp), np.ascontiguousarray(small[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
             tmp.replace(path)
         return str(path)

@@ -29,7 +29,7 @@ from db.errors import WorkbenchError, shown
 from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
-from services import training
+from services import review, training
 from services.images import ImageCache
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
@@ -222,6 +222,12 @@ class Workbench:
     def thumbnail(self, row: dict) -> str:
         info = queries.image_info(self.db, row["id"])
         return self.images.thumbnail(row["id"], info["stored_path"], self.db.data_dir)
+
+    def display_image(self, image_id: int) -> str:
+        """The path of the image as the review canvas shows it (upright, long side at most
+        services.images.DISPLAY_SIDE; masks stay at the original's full resolution)."""
+        info = queries.image_info(self.db, image_id)
+        return self.images.display(image_id, info["stored_path"], self.db.data_dir)
 
     # ---- proposals ------------------------------------------------------------------
     def propose(self, image_id: int, *, score_threshold: float | None = None, seen_revision: int | None = None,
@@ -425,26 +431,51 @@ class Workbench:
 
         return masked
 
-    def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray,
-                  seen_revision: int | None, user: str | None = None) -> int:
-        """A mask painted by a person replaces an annotation's mask (or makes a new annotation)."""
-        if not mask.any():
+    def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
+                  seen_revision: int | None, user: str | None = None, *, counts: str | None = None) -> int:
+        """A mask painted by a person replaces an annotation's mask (or makes a new annotation of ``category``):
+        ``mask`` an (H, W) bool array, or ``counts`` the compressed COCO RLE of the image's size (the review
+        canvas encodes its masks in the browser; checked before it is stored)."""
+        if counts is None and (mask is None or not mask.any()):
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
+        drawn = dict(mask=mask) if counts is None else dict(mask_rle=counts)
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
         data = []
         found = False
         for row in rows:
             if ann_id is not None and row["id"] == ann_id:
                 found = True
-                data.append(InstanceData.from_row(row, mask=mask, box=None, source="drawn", review_state="accepted",
+                data.append(InstanceData.from_row(row, **drawn, box=None, source="drawn", review_state="accepted",
                                                   score=None, model_version_id=None))
             else:
                 data.append(InstanceData.from_row(row))
         if not found:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
-            data.append(InstanceData(category_id=self.category_id(category), mask=mask, source="drawn"))
+            data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn"))
         return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+
+    def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
+                     user: str | None = None) -> int:
+        """Give an instance another class (a proposal given a class by a person is accepted)."""
+        category_id = self.category_id(category)
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        if not any(r["id"] == ann_id for r in rows):
+            raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
+        data = [InstanceData.from_row(r, category_id=category_id, review_state="accepted") if r["id"] == ann_id
+                else InstanceData.from_row(r) for r in rows]
+        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+
+    def apply_edits(self, image_id: int, edits, seen_revision: int | None, user: str | None = None):
+        """The review canvas's batch of edits, in order (services.review.apply_edits) -> EditsResult."""
+        return review.apply_edits(self, int(image_id), edits, seen_revision, user)
+
+    def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
+        """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done)."""
+        _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
+        if not rows:
+            return get_annotations(self.db, image_id, decode_masks=False)[0]
+        return self.review(image_id, [r["id"] for r in rows], "rejected", seen_revision, user)
 
     def conflicts(self, image_id: int) -> list[int]:
         """Journal entry ids of the saves on this image that lost a conflict, newest first."""
@@ -546,9 +577,9 @@ class Workbench:
 
     # ---- export and files ------------------------------------------------------------
     def served_folders(self) -> list[str]:
-        """The only folders whose files the server hands out (exports and thumbnails): not the database,
+        """The only folders whose files the server hands out (exports, thumbnails, display copies): not the database,
         the stored images or the checkpoints."""
-        folders = [self.db.data_dir / "exports", self.db.data_dir / "thumbs"]
+        folders = [self.db.data_dir / "exports", self.db.data_dir / "thumbs", self.db.data_dir / "display"]
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
         return [str(folder) for folder in folders]

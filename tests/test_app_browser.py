@@ -1,5 +1,6 @@
-"""The workbench in a real browser (Debian chromium + playwright): upload a photo, see proposals,
-accept one by keyboard, draw a box, paint a mask, retrain (tiny), export and check the export.
+"""The workbench in a real browser (Debian chromium + playwright): upload a photo, see proposals on the review
+canvas, select by click and Tab, accept / reject / class by key, brush, polygon, box -> mask, zoom, done and
+next, retrain (tiny), export and check the export; every step asserted on the saved database.
 
 Skipped when /usr/bin/chromium is absent (`apt-get install -y chromium`). Screenshots of a
 failure are written to the test's temporary folder (its path is printed)."""
@@ -71,6 +72,55 @@ def drag(page, box, start, end, steps=8):
     page.mouse.up()
 
 
+def wait_saved(page, timeout: float = 60):
+    """The canvas's edits all answered by the server, and it said saved."""
+    page.wait_for_function("() => !__wbCanvas.inflight && !__wbCanvas.pending.length && "
+                           "__wbCanvas.value.status === 'saved'", timeout=timeout * 1000)
+
+
+def screen_of(page, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of image pixel (x, y) on the review canvas (its zoom and pan)."""
+    return tuple(page.evaluate("""([x, y]) => { const r = document.querySelector('#review-canvas canvas.wb-view')
+        .getBoundingClientRect(), v = __wbCanvas.view; return [r.left + v.tx + x * v.s, r.top + v.ty + y * v.s]; }""",
+                               [x, y]))
+
+
+def click_image(page, x: float, y: float):
+    page.mouse.click(*screen_of(page, x, y))
+
+
+def drag_image(page, start, end, steps: int = 10):
+    page.mouse.move(*screen_of(page, *start))
+    page.mouse.down()
+    page.mouse.move(*screen_of(page, *end), steps=steps)
+    page.mouse.up()
+
+
+def check_rle_in_the_browser(page):
+    """Masks decoded by the canvas equal pycocotools' decode; the canvas's encode equals pycocotools' encode."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((7, 5), bool), np.ones((7, 5), bool), rng.random((37, 53)) < 0.5]
+    corner = np.zeros((40, 30), bool)
+    corner[39, 29] = True
+    blob = np.zeros((120, 90), bool)
+    blob[10:80, 20:70] = True
+    blob[30:50, 30:50] = False
+    cases += [corner, blob]
+    for mask in cases:
+        height, width = mask.shape
+        counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+        decoded = page.evaluate("""([c, h, w]) => { const L = __wbRle.decodeLayer(c, h, w);
+            return {x0: L.x0, y0: L.y0, w: L.w, h: L.h, bits: Array.from(L.bits), again: __wbRle.encodeLayer(L, h, w)}; }""",
+                                [counts, height, width])
+        full = np.zeros_like(mask)
+        if decoded["w"]:
+            full[decoded["y0"]:decoded["y0"] + decoded["h"], decoded["x0"]:decoded["x0"] + decoded["w"]] = \
+                np.array(decoded["bits"], bool).reshape(decoded["h"], decoded["w"])
+        assert np.array_equal(full, mask) and decoded["again"] == counts
+
+
 def test_upload_review_draw_paint_train_export(workbench, tmp_path):
     from playwright.sync_api import sync_playwright
     from pycocotools.coco import COCO
@@ -92,74 +142,113 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             page.wait_for_selector("#gallery", timeout=60_000)
             wait_text(page, "#overview", "4 images")
 
-            step = "upload"  # a real photo: stored, opened, the model's proposals drawn
+            step = "upload"  # a real photo: stored, opened, the model's proposals drawn on the canvas
             start = time.monotonic()
             page.locator("#upload input[type=file]").set_input_files([str(photo(tmp_path))])
-            wait_text(page, "#message", "model proposed")
+            wait_text(page, "#review-canvas .wb-message", "model proposed")
             timings["upload->proposals"] = time.monotonic() - start
             wait_text(page, "#upload-message", "1 image(s) added")
             wait_text(page, "#image-title", "Image 5")
             image_id = 5
 
+            step = "rle"  # the canvas's RLE decode and encode are pycocotools' to the pixel
+            check_rle_in_the_browser(page)
+
             step = "proposals"
             threshold = page.locator("#threshold input[type=number]")
             threshold.fill("0")
             threshold.press("Enter")
-            # the view at threshold 0 draws every stored proposal; wait for it, not for the view at the
-            # default threshold (which draws the best guesses too), or its late arrival clears the selection
             _, proposed = get_annotations(db, image_id, states=["proposed"])
-            page.wait_for_function("n => document.querySelectorAll('#overlay .legend-item').length === n",
+            page.wait_for_function("n => __wbCanvas.threshold === 0 && __wbCanvas.instances.length === n",
                                    arg=min(len(proposed), MAX_SHOWN), timeout=60_000)
-            page.locator("#overlay .legend-item").first.click()  # select the best proposal
-            page.wait_for_function("document.querySelector('#instance input').value.includes('proposed')",
-                                   timeout=30_000)
-            page.locator("#image-title").click()  # focus out of any field, then the keyboard
+            masks = {r["id"]: r["mask"] for r in get_annotations(db, image_id)[1]}
+
+            step = "click to select"  # the topmost instance at the clicked pixel (the last one drawn)
+            order = page.evaluate("() => __wbCanvas.instances.map(i => i.id)")
+            ys, xs = np.nonzero(masks[order[0]])
+            x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+            expected = [i for i in order if masks[i][y, x]][-1]
+            click_image(page, x + 0.5, y + 0.5)
+            assert page.evaluate("() => __wbCanvas.sel") == expected
+
+            step = "keys"  # Tab walks by score; a / r save in the background and jump to the next proposal
+            page.keyboard.press("Escape")
+            page.keyboard.press("Tab")
+            best = max(proposed, key=lambda r: r["score"])["id"]
+            assert page.evaluate("() => __wbCanvas.sel") == best
             start = time.monotonic()
             page.keyboard.press("a")
-            wait_text(page, "#message", "accepted")
-            timings["accept (keyboard)"] = time.monotonic() - start
-            _, rows = get_annotations(db, image_id, states=["accepted"])
-            assert len(rows) == 1 and rows[0]["source"] == "model"
-            accepted_id = rows[0]["id"]
+            assert page.evaluate("() => __wbCanvas.instances.find(i => i.id === %d).state" % best) == "accepted"
+            wait_saved(page)
+            timings["accept (key -> saved)"] = time.monotonic() - start
+            rejected = page.evaluate("() => __wbCanvas.sel")
+            assert rejected not in (None, best)
+            page.keyboard.press("r")
+            wait_saved(page)
+            states = {r["id"]: r["review_state"] for r in get_annotations(db, image_id)[1]}
+            assert states[best] == "accepted" and states[rejected] == "rejected"
 
-            step = "draw"
-            page.get_by_role("tab", name="Draw").click()
-            page.locator("#annotator button[aria-label='Create box']").click()
-            canvas = page.locator("#annotator canvas.canvas-annotator")
-            drag(page, canvas.bounding_box(), (0.80, 0.55), (0.92, 0.85))
-            label = page.locator("#model-box-edit input[aria-label='Label']")
-            label.click()
-            label.fill("ball")
-            page.locator("#model-box-edit li", has_text="ball").first.click()
-            page.locator("#model-box-edit button", has_text="OK").click()
-            start = time.monotonic()
-            page.locator("#save-boxes").click()
-            wait_text(page, "#message", "ball added")
-            timings["add box (model/GrabCut mask)"] = time.monotonic() - start
-            _, rows = get_annotations(db, image_id, states=["accepted"])
-            drawn = [r for r in rows if r["id"] != accepted_id]  # the accepted proposal may be a ball too
-            assert len(drawn) == 1 and drawn[0]["category_id"] == 7
-            assert drawn[0]["mask"] is not None and drawn[0]["source"] in ("model", "grabcut")
+            step = "class key"  # 2 = the second class (ball) for the selected instance
+            page.evaluate("id => { __wbCanvas.sel = id; }", best)
+            page.keyboard.press("2")
+            wait_saved(page)
+            row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == best)
+            assert row["category_id"] == 7 and row["source"] == "model"
 
-            step = "paint"  # the accepted proposal is still selected: correct its mask
-            page.get_by_role("tab", name="Correct").click()
-            page.locator("#edit-mask").click()
-            wait_text(page, "#message", f"Editing the mask of instance #{accepted_id}")
-            page.wait_for_selector("#editor .pixi-target canvas", timeout=30_000)
-            time.sleep(1.0)
-            page.locator("#editor button[aria-label='Clear canvas']").first.click()  # repaint it from scratch
-            page.locator("#editor button[aria-label='Brush']").first.click()
-            target = page.locator("#editor .pixi-target canvas").first.bounding_box()
-            drag(page, target, (0.40, 0.30), (0.55, 0.33))  # the middle of the canvas is on the image
-            drag(page, target, (0.40, 0.36), (0.55, 0.39))
-            time.sleep(1.0)
-            before = next(r for r in get_annotations(db, image_id)[1] if r["id"] == accepted_id)["mask"].sum()
-            start = time.monotonic()
-            page.locator("#save-mask").click()
-            wait_text(page, "#message", "Mask saved", timeout=90)
-            timings["save painted mask"] = time.monotonic() - start
-            corrected = next(r for r in get_annotations(db, image_id)[1] if r["id"] == accepted_id)
-            assert corrected["source"] == "drawn" and 0 < corrected["mask"].sum() != before
+            step = "brush"  # a stroke on the selected mask, in the same canvas
+            page.keyboard.press("b")
+            before = row["mask"].sum()
+            height, width = row["mask"].shape
+            drag_image(page, (0.05 * width, 0.9 * height), (0.3 * width, 0.9 * height))
+            wait_saved(page)
+            row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == best)
+            assert row["source"] == "drawn" and row["mask"].sum() > before
+            assert row["mask"][int(0.9 * height), int(0.15 * width)]  # painted where the stroke went
+
+            step = "polygon"  # a new instance of class 3 (sign)
+            before_ids = {r["id"] for r in get_annotations(db, image_id)[1]}
+            page.keyboard.press("Escape")
+            page.keyboard.press("3")
+            page.keyboard.press("g")
+            corners = [(0.6 * width, 0.1 * height), (0.8 * width, 0.1 * height), (0.8 * width, 0.3 * height),
+                       (0.6 * width, 0.3 * height)]
+            for x, y in corners:
+                click_image(page, x, y)
+            click_image(page, *corners[0])  # the first point again closes it
+            wait_saved(page)
+            signs = [r for r in get_annotations(db, image_id)[1] if r["id"] not in before_ids]
+            assert len(signs) == 1 and signs[0]["source"] == "drawn" and signs[0]["category_id"] == 12
+            area = 0.2 * width * 0.2 * height
+            assert abs(signs[0]["mask"].sum() - area) < 0.1 * area
+
+            step = "box -> mask"
+            page.keyboard.press("Escape")
+            page.keyboard.press("2")
+            page.keyboard.press("x")
+            before_ids = {r["id"] for r in get_annotations(db, image_id)[1]}
+            drag_image(page, (0.05 * width, 0.05 * height), (0.3 * width, 0.4 * height))
+            wait_saved(page)
+            new = [r for r in get_annotations(db, image_id)[1] if r["id"] not in before_ids]
+            assert len(new) == 1 and new[0]["category_id"] == 7 and new[0]["source"] in ("model", "grabcut")
+            assert new[0]["mask"] is not None and new[0]["mask"].any()
+            page.wait_for_function("id => __wbCanvas.instances.some(i => i.id === id && i.layer)", arg=new[0]["id"])
+
+            step = "zoom"
+            scale = page.evaluate("() => __wbCanvas.view.s")
+            box = page.locator("#review-canvas canvas.wb-view").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, -400)
+            assert page.evaluate("() => __wbCanvas.view.s") > 1.5 * scale
+            page.keyboard.press("0")
+            assert abs(page.evaluate("() => __wbCanvas.view.s") - scale) < 1e-6
+
+            step = "done"  # n: the proposals left are rejected, the next image opens
+            page.keyboard.press("n")
+            wait_text(page, "#image-title", "Image 1 ")
+            _, rows = get_annotations(db, image_id)
+            assert not any(r["review_state"] == "proposed" for r in rows)
+            accepted = [r for r in rows if r["review_state"] == "accepted"]
+            assert len(accepted) == 3
 
             step = "train"
             page.get_by_role("tab", name="Train").click()
@@ -188,14 +277,15 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             coco = COCO(str(out))
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
             sources = sorted(a["mask_source"] for a in anns)
-            assert len(anns) == 2 and "drawn" in sources, sources
+            assert len(anns) == len(accepted) and "drawn" in sources, sources
             assert all(coco.annToMask(a).sum() > 0 for a in anns)
             assert json.loads(out.read_text())["info"]["mask_format"] == "polygon"
 
             step = "keyboard navigation"
+            page.get_by_role("tab", name="Review").click()
             page.locator("#image-title").click()
             page.keyboard.press("ArrowRight")
-            wait_text(page, "#image-title", "Image 1 ")
+            wait_text(page, "#image-title", "Image 2 ")
         except Exception:
             shot = shots / f"failed-at-{step.replace(' ', '-')}.png"
             page.screenshot(path=str(shot), full_page=True)

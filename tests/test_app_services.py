@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -163,27 +164,36 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
     pixels[10:30, 10:40] = (220, 40, 40)
     Image.fromarray(pixels).save(path)
     new_id = ui.wb.upload([path]).image_ids[0]
-    # open it: the active model's proposals are stored and drawn
+    # open it: the active model's proposals are stored and drawn on the canvas
     opened = ui.open(new_id, 0.0)
-    table, shown, revision_a = opened.table, opened.shown, opened.revision
-    assert opened.image_id == new_id and f"Image {new_id}" in opened.title and "model proposed" in opened.message
-    assert table and all(row[3] == "proposed" and row[4] == "model" for row in table) and len(shown) == len(table)
-    assert len(opened.overlay.value["annotations"]) == len(shown) and opened.editor is None
+    drawn, revision_a = opened.canvas["instances"], opened.revision
+    assert opened.image_id == new_id and f"Image {new_id}" in opened.title and "model proposed" in opened.draw_message
+    assert "model proposed" in opened.canvas["message"] and opened.canvas["revision"] == revision_a
+    assert drawn and all(i["state"] == "proposed" and i["source"] == "model" for i in drawn)
     assert ("proposed (1)", "proposed") in opened.statuses.choices
-    first, second = table[0][0], table[1][0]
-    # person B (same revision) accepts one proposal
-    out_b = ui.act(new_id, 0.0, first, lambda: ui.wb.review(new_id, [first], "accepted", revision_a), "ok")
-    assert out_b.message == "ok" and out_b.revision == revision_a + 1 and "in review" in out_b.title
+    first, second = drawn[0]["id"], drawn[1]["id"]
+
+    def save(revision, *ops, seq=1):
+        return ui.on_canvas_save(0.0, "all", gr.EventData(None, {"image_id": new_id, "revision": revision,
+                                                                 "seq": seq, "ops": list(ops)}), None)
+    # person B (same revision) accepts one proposal on the canvas
+    out_b = save(revision_a, {"kind": "review", "ids": [first], "state": "accepted"})
+    assert out_b.canvas["status"] == "saved" and out_b.canvas["ack"] == 1
+    assert out_b.canvas["revision"] == revision_a + 1 and "in review" in out_b.title
+    assert out_b.gallery is not gr.skip() and out_b.statuses.choices  # the status changed: the list follows
     # person A, still on revision_a, deletes another one: conflict, both versions kept
-    out_a = ui.act(new_id, 0.0, None, lambda: ui.wb.delete_instance(new_id, second, revision_a), "deleted")
-    assert "Conflict" in out_a.message and "someone else" in out_a.message
-    assert "lost in conflicts kept" in out_a.title
+    out_a = save(revision_a, {"kind": "delete", "ids": [second]}, seq=7)
+    assert out_a.canvas["status"] == "conflict" and out_a.canvas["ack"] == 7
+    assert "Conflict" in out_a.canvas["message"] and "someone else" in out_a.canvas["message"]
+    assert out_a.canvas["lost"] == 1 and out_a.canvas["revision"] == revision_a + 1
     _, rows = get_annotations(db, new_id)
     assert any(r["id"] == second for r in rows)  # B's version is what the image shows
-    # A recovers the lost version: the deleted proposal is gone, B's accept is undone with it
-    revision = ui.wb.recover_conflict(new_id, out_a.revision)
+    # A recovers the lost version (the canvas's "recover my lost version"): the deleted proposal is gone, B's
+    # accept is undone with it
+    out = save(out_a.canvas["revision"], {"kind": "recover"}, seq=8)
+    revision = out.canvas["revision"]
     _, rows = get_annotations(db, new_id)
-    assert not any(r["id"] == second for r in rows) and len(rows) == len(table) - 1
+    assert not any(r["id"] == second for r in rows) and len(rows) == len(drawn) - 1
     # accept all above a threshold
     scores = sorted(r["score"] for r in rows)
     cut = scores[len(scores) // 2]
@@ -365,18 +375,21 @@ def test_the_model_device_is_auto_by_default_and_said(database):
     assert Handlers(wb).overview()[0].endswith(f"· model on {wb.device_text()}")
 
 
-def test_a_class_added_reaches_the_draw_tab_without_a_reload(database):
+def test_a_class_added_reaches_the_draw_tab_and_the_canvas_without_a_reload(database):
     """Boxes drawn before any class exists can be labelled once a class is added: the class actions update
-    the annotator's class list (only it: the boxes on it stay)."""
+    the annotator's class list (only it: the boxes on it stay) and the canvas's classes (app.ui wires
+    Handlers.canvas after each class action)."""
     from app.handlers import Handlers
     from services.workbench import Workbench
 
     ui = Handlers(Workbench(database))
+    assert ui.canvas(None, 0.5)["classes"] == []
     out = ui.add_class("ball")
     assert "added" in out.message and out.annotator.constructor_args == {"label_list": ["ball"],
                                                                            "label_colors": [out.annotator.label_colors[0]]}
     out = ui.add_class("car")
     assert out.annotator.constructor_args["label_list"] == ["ball", "car"] and "value" not in out.annotator.constructor_args
+    assert [c["name"] for c in ui.canvas(None, 0.5)["classes"]] == ["ball", "car"]
 
 
 def test_the_draw_tab_moves_reclasses_and_deletes_boxes_without_duplicates(db):

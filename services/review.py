@@ -1,0 +1,120 @@
+"""The review canvas's edits: a batch of edits a person made in the browser, applied in order through the
+workbench's revision-checked saves (each edit is one revision; a conflict stops the batch, and the losing
+save is kept in the journal as with any other save).
+
+An edit is a dict with a ``kind``:
+``review`` {ids, state}; ``delete`` {ids}; ``class`` {id, category_id}; ``accept_all`` {threshold};
+``mask`` {id or temp_id, category_id, counts, tool} (compressed COCO RLE of the whole image; brush, eraser
+or polygon); ``box`` {temp_id, category_id, box: [x1, y1, x2, y2]} (its mask: the model's, else GrabCut);
+``undo``; ``propose``; ``recover``.
+New instances carry a negative ``temp_id`` chosen by the browser; the result maps them to the annotation ids
+they got, and later edits of the same batch may name them by that temp id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from db.annotations import ConflictError, get_annotations
+from db.errors import WorkbenchError, shown
+
+EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "undo", "propose", "recover")
+TOOLS = ("brush", "eraser", "polygon")
+MAX_EDITS = 500  # in one batch
+
+
+@dataclass
+class EditsResult:
+    revision: int | None                # the image's revision after the edits that were applied
+    applied: int = 0                    # edits applied, in order
+    created: dict[int, int] = field(default_factory=dict)  # temp id -> annotation id
+    proposals: list = field(default_factory=list)          # services.proposals.ProposalResult of propose edits
+    error: Exception | None = None      # why the batch stopped early (a ConflictError or WorkbenchError)
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
+    return int(value)
+
+
+def _ids(image_id: int, db) -> set[int]:
+    return {row["id"] for row in get_annotations(db, image_id, decode_masks=False)[1]}
+
+
+def apply_edits(workbench, image_id: int, edits, seen_revision: int | None, user: str | None = None) -> EditsResult:
+    """Apply ``edits`` (see the module's doc) to the image in order, starting from ``seen_revision``."""
+    if not isinstance(edits, list) or len(edits) > MAX_EDITS:
+        raise WorkbenchError(f"edits must be a list of at most {MAX_EDITS} objects")
+    result = EditsResult(revision=seen_revision)
+    for index, edit in enumerate(edits):
+        try:
+            _apply_one(workbench, image_id, edit, index, result, user)
+        except (WorkbenchError, ValueError, OSError) as exc:
+            result.error = exc
+            if isinstance(exc, ConflictError):
+                result.revision = exc.current
+            break
+        result.applied += 1
+    return result
+
+
+def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: str | None) -> None:
+    if not isinstance(edit, dict) or edit.get("kind") not in EDIT_KINDS:
+        raise WorkbenchError(f"edit {index} must be an object whose kind is one of {', '.join(EDIT_KINDS)}")
+    kind, rev = edit["kind"], result.revision
+
+    def annotation_id(value) -> int:  # an annotation id, or a temp id of an instance made earlier in the batch
+        number = _whole(value, f"edit {index}: an instance id")
+        if number < 0:
+            if number not in result.created:
+                raise WorkbenchError(f"edit {index}: instance {number} was never saved; draw it again")
+            return result.created[number]
+        return number
+
+    def made(before: set[int]) -> None:  # the annotation a new-instance edit made gets its temp id's mapping
+        temp = edit.get("temp_id")
+        new = sorted(_ids(image_id, wb.db) - before)
+        if temp is not None and len(new) == 1:
+            result.created[_whole(temp, f"edit {index}: temp_id")] = new[0]
+
+    if kind == "review":
+        if edit.get("state") not in ("accepted", "rejected", "proposed"):
+            raise WorkbenchError(f"edit {index}: state must be accepted, rejected or proposed")
+        result.revision = wb.review(image_id, [annotation_id(i) for i in edit.get("ids") or []], edit["state"], rev,
+                                    user)
+    elif kind == "delete":
+        for value in edit.get("ids") or []:
+            result.revision = rev = wb.delete_instance(image_id, annotation_id(value), rev, user)
+    elif kind == "class":
+        result.revision = wb.set_category(image_id, annotation_id(edit.get("id")), edit.get("category_id"), rev, user)
+    elif kind == "accept_all":
+        result.revision, _ = wb.accept_all(image_id, float(edit.get("threshold", 0.0)), rev, user)
+    elif kind == "mask":
+        if edit.get("tool") not in TOOLS:
+            raise WorkbenchError(f"edit {index}: tool must be one of {', '.join(TOOLS)}")
+        counts = edit.get("counts")
+        if not isinstance(counts, str) or not counts:
+            raise WorkbenchError(f"edit {index}: counts must be a compressed COCO RLE string")
+        target = None if edit.get("id") is None else annotation_id(edit["id"])
+        before = _ids(image_id, wb.db)
+        result.revision = wb.save_mask(image_id, target, edit.get("category_id"), None, rev, user, counts=counts)
+        if target is None:
+            made(before)
+    elif kind == "box":
+        box = edit.get("box")
+        if not (isinstance(box, list) and len(box) == 4):
+            raise WorkbenchError(f"edit {index}: box must be [x1, y1, x2, y2]")
+        before = _ids(image_id, wb.db)
+        category_id = wb.category_id(edit.get("category_id"))
+        result.revision, sources = wb.add_boxes(image_id, [(category_id, tuple(float(v) for v in box))],
+                                                box_only=False, seen_revision=rev, user=user)
+        made(before)
+    elif kind == "undo":
+        result.revision = wb.undo(image_id, user)
+    elif kind == "propose":
+        proposed = wb.propose(image_id, seen_revision=rev, user=user)
+        result.revision = proposed.revision
+        result.proposals.append(proposed)
+    elif kind == "recover":
+        result.revision = wb.recover_conflict(image_id, rev, user)
