@@ -19,6 +19,7 @@ const S = {
   view: {s: 1, tx: 0, ty: 0}, fittedFor: null,
   pending: [], inflight: null, seq: 0, nextTemp: -1, doneAsked: false, saveTimer: null,
   polygon: [], drag: null, space: false, pointer: null, localMessage: '', times: [],
+  perf: {syncs: [], roundTrips: [], imageDrawnAt: null},  // timings the speed benchmark reads
 };
 window.__wbCanvas = S;  // for the browser tests and benchmarks
 
@@ -258,7 +259,7 @@ function edit(op) {
 }
 function flush() {
   if (S.inflight || !S.pending.length || S.imageId == null) return;
-  S.inflight = {seq: ++S.seq, ops: S.pending};
+  S.inflight = {seq: ++S.seq, ops: S.pending, sentAt: performance.now()};
   S.pending = [];
   const ops = S.inflight.ops.map(({_layer, _box, ...sent}) => sent);
   trigger('save', {image_id: S.imageId, revision: S.rev, seq: S.inflight.seq, ops});
@@ -362,14 +363,16 @@ function strokeTo(x, y) {  // disks along the segment from the last point, so fa
 
 // ---- the server's state -----------------------------------------------------------------------------
 function sync() {
-  const value = props.value;
+  const value = props.value, started = performance.now();
   if (!value || typeof value !== 'object') return;
   S.value = value;
   if (value.image_id !== S.imageId) {  // another image: the edits of the last one were all answered
     S.imageId = value.image_id; S.sel = null; S.polygon = []; S.drag = null; S.layers = new Map();
     S.pending = []; S.inflight = null; S.fittedFor = null; S.localMessage = '';
   }
-  if (S.inflight && value.ack === S.inflight.seq) { S.inflight = null; clearTimeout(S.saveTimer); }
+  if (S.inflight && value.ack === S.inflight.seq) {
+    S.perf.roundTrips.push(performance.now() - S.inflight.sentAt); S.inflight = null; clearTimeout(S.saveTimer);
+  }
   const created = value.created || {};
   for (const op of S.pending) {
     if (op.temp_id != null && created[op.temp_id] != null) { op.id = created[op.temp_id]; delete op.temp_id; }
@@ -380,7 +383,8 @@ function sync() {
   S.classes = value.classes || [];
   if (S.drawClass != null && !S.classes.some((c) => c.id === S.drawClass)) S.drawClass = null;
   if (value.image_url && value.image_url !== S.imgUrl) {
-    S.imgUrl = value.image_url; S.img = new Image(); S.img.onload = () => draw(); S.img.src = value.image_url;
+    S.imgUrl = value.image_url; S.img = new Image(); S.perf.imageDrawnAt = null;
+    S.img.onload = () => { draw(); S.perf.imageDrawnAt = performance.now(); }; S.img.src = value.image_url;
   } else if (!value.image_url) { S.img = null; S.imgUrl = null; }
   const layers = new Map();
   S.instances = (value.instances || []).map((raw) => {
@@ -395,7 +399,9 @@ function sync() {
   S.layers = layers;
   for (const op of S.inflight ? [...S.inflight.ops, ...S.pending] : S.pending) apply(op);
   if (S.sel != null && !selected()) S.sel = null;
-  draw(); panel(); flush();
+  draw(); panel();
+  S.perf.syncs.push({at: started, ms: performance.now() - started, instances: S.instances.length});
+  flush();
   if (S.doneAsked && !S.inflight && !S.pending.length) { S.doneAsked = false; trigger('done', {image_id: S.imageId, revision: S.rev}); }
 }
 watch('value', sync);

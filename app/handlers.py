@@ -52,9 +52,11 @@ class Opened(NamedTuple):
 
 
 class Saved(NamedTuple):
-    """The canvas's edits saved: its new state, the title, and the image list when the image's status changed."""
+    """The canvas's edits saved: its new state, the title, the summary line, and the image list when the
+    image's status changed."""
     canvas: dict
     title: str
+    overview: Any
     gallery: Any
     ids: Any
     statuses: Any
@@ -109,22 +111,39 @@ class Handlers:
         counts = self.wb.status_counts()
         return [(f"all ({sum(counts.values())})", "all")] + [(f"{k} ({v})", k) for k, v in counts.items()]
 
-    def gallery(self, status: str, keep: int | None = None):
-        """Gallery items, their image ids, the status filter with counts; ``keep``: an image listed even when
-        it no longer has the status (the open one, just edited: the list does not drop it under the person)."""
+    def statuses(self, value: str | None = None):
+        """The status filter with each status's count (its value kept unless given)."""
+        if value is None:
+            return gr.Dropdown(choices=self.status_choices(), interactive=True)
+        return gr.Dropdown(choices=self.status_choices(), value=value, interactive=True)
+
+    def gallery(self, status: str, keep: int | None = None, selected: int | None = None):
+        """Gallery (``selected``: the image highlighted, the open one), its image ids, the status filter with
+        counts; ``keep``: an image listed even when it no longer has the status (the open one, just edited:
+        the list does not drop it under the person)."""
+        items, ids = self.gallery_items(status, keep)
+        return self.highlighted(items, ids, selected), ids, self.statuses(status or "all")
+
+    def gallery_items(self, status: str, keep: int | None = None) -> tuple[list, list[int]]:
         status = status or "all"
         rows = self.wb.list_images(status, limit=None)
         if keep is not None and status != "all" and all(row["id"] != keep for row in rows):
             rows = sorted([*rows, *(r for r in self.wb.list_images("all", limit=None) if r["id"] == keep)],
                           key=lambda row: row["id"])
-        items = []
+        items, ids = [], []
         for row in rows[:GALLERY_LIMIT]:
             try:
-                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['file_name']} · {row['status']}"))
+                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['status']} · {row['file_name']}"))
+                ids.append(row["id"])
             except (OSError, WorkbenchError) as exc:  # a lost file must not hide the other images
                 log.warning("no thumbnail for image %s: %s", row["id"], exc)
-        ids = [row["id"] for row in rows[:GALLERY_LIMIT]]
-        return gr.Gallery(value=items), ids, gr.Dropdown(choices=self.status_choices(), value=status)
+        return items, ids
+
+    @staticmethod
+    def highlighted(items, ids: list[int], selected: int | None):
+        """The gallery with the open image highlighted (setting it does not fire the gallery's select)."""
+        index = ids.index(selected) if selected in ids else None
+        return gr.Gallery(value=items, selected_index=index) if items is not None else gr.Gallery(selected_index=index)
 
     def overview(self):
         """Summary line, class table, image table (also the `overview` API)."""
@@ -144,7 +163,7 @@ class Handlers:
     def view(self, image_id, review_threshold, message: str = "") -> View:
         if image_id is None:
             return View("Upload images or pick one in the gallery.", self.canvas(None, review_threshold, message),
-                        image_annotator(value=None), None, gr.Dropdown(choices=self.status_choices()), {}, message)
+                        image_annotator(value=None), None, self.statuses(), {}, message)
         review_threshold = float(review_threshold or 0.0)
         info, rgb = self.wb.rgb(image_id)
         scale = scale_for(info["height"], info["width"])
@@ -162,7 +181,7 @@ class Handlers:
         annotator = image_annotator(value={"image": small, "boxes": boxes}, label_list=list(names.values()),
                                     label_colors=[hex_color(i) for i in names])
         return View(self.title(image_id, info, rows, revision), canvas, annotator, revision,
-                    gr.Dropdown(choices=self.status_choices()), box_ids, message)
+                    self.statuses(), box_ids, message)
 
     def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
         active = self.wb.active_version_id()
@@ -244,18 +263,25 @@ class Handlers:
             return self.open(None, review_threshold)
         return self.open(id_list[evt.index], review_threshold, user=user_of(request))
 
+    def neighbour(self, current, id_list, status, delta: int) -> int | None:
+        """The image after (+1) or before (-1) ``current`` in the listed images (wrapping), None: none listed."""
+        if not id_list:
+            id_list = [r["id"] for r in self.wb.list_images(status, limit=GALLERY_LIMIT)]
+        if not id_list:
+            return None
+        if current in id_list:
+            return id_list[(id_list.index(current) + delta) % len(id_list)]
+        return id_list[0 if delta > 0 else -1]
+
     def step(self, delta: int):
-        """The handler of Next (+1) / Previous (-1) through the listed images."""
-        def go(current, id_list, status, review_threshold, request: gr.Request) -> Opened:
-            if not id_list:
-                id_list = [r["id"] for r in self.wb.list_images(status, limit=GALLERY_LIMIT)]
-            if not id_list:
-                return self.open(None, review_threshold, "No images in this list.")
-            if current in id_list:
-                index = (id_list.index(current) + delta) % len(id_list)
-            else:
-                index = 0 if delta > 0 else len(id_list) - 1
-            return self.open(id_list[index], review_threshold, user=user_of(request))
+        """The handler of Next (+1) / Previous (-1) through the listed images: the image opened, and the
+        gallery's highlight moved to it."""
+        def go(current, id_list, status, review_threshold, request: gr.Request):
+            target = self.neighbour(current, id_list, status, delta)
+            if target is None:
+                return (*self.open(None, review_threshold, "No images in this list."), gr.skip())
+            return (*self.open(target, review_threshold, user=user_of(request)),
+                    self.highlighted(None, id_list, target))
         return go
 
     # ---- review (the canvas) -------------------------------------------------------------------
@@ -269,14 +295,14 @@ class Handlers:
         image_id, seq = data.get("image_id"), data.get("seq")
         if image_id is None:
             return Saved(self.canvas(None, review_threshold, "⚠️ Open an image first.", status="not saved", ack=seq),
-                         gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                         *[gr.skip()] * 5)
         try:
             image_id = int(image_id)
             before = self.wb.image_status(self.wb.annotations(image_id)[1])
             result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
             return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
-                         gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                         *[gr.skip()] * 5)
         messages = [proposal_message(r, self.wb.score_threshold) for r in result.proposals]
         status = "saved"
         if result.error is not None:
@@ -285,10 +311,10 @@ class Handlers:
         canvas = self.canvas(image_id, review_threshold, "\n".join(messages), status=status, ack=seq,
                              created=result.created)
         info, (revision, rows) = self.wb.image_info(image_id), self.wb.annotations(image_id)
-        title = self.title(image_id, info, rows, revision)
+        title, overview = self.title(image_id, info, rows, revision), self.summary_line()
         if self.wb.image_status(rows) == before:
-            return Saved(canvas, title, gr.skip(), gr.skip(), gr.skip())
-        return Saved(canvas, title, *self.gallery(status_filter, keep=image_id))
+            return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip())
+        return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id))
 
     def on_done(self, id_list, status_filter, review_threshold, evt: gr.EventData, request: gr.Request):
         """"Done, next image": the proposals left are rejected, then the next image of the list opens (the
@@ -301,10 +327,11 @@ class Handlers:
             self.wb.finish_image(int(image_id), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
             return (*Opened.of(int(image_id), self.safe_view(int(image_id), review_threshold, error_text(exc))),
-                    *self.gallery(status_filter, keep=int(image_id)))
-        gallery, ids, statuses = self.gallery(status_filter, keep=int(image_id))
-        opened = self.step(+1)(int(image_id), ids, status_filter, review_threshold, request)
-        return (*opened, gallery, ids, statuses)
+                    *self.gallery(status_filter, keep=int(image_id), selected=int(image_id)))
+        items, ids = self.gallery_items(status_filter, keep=int(image_id))
+        opened = self.open(self.neighbour(int(image_id), ids, status_filter, +1), review_threshold,
+                           user=user_of(request))
+        return (*opened, self.highlighted(items, ids, opened.image_id), ids, self.statuses(status_filter or "all"))
 
     # ---- draw ------------------------------------------------------------------------------
     def save_boxes(self, image_id, review_threshold, revision, value, box_only, box_ids,

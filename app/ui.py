@@ -115,7 +115,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                                  elem_id="upload", height=90)
                 with gr.Row():
                     split = gr.Dropdown(["train", "val"], value="train", label="Add to split", min_width=80)
-                    status_filter = gr.Dropdown(choices=STATUS_FILTERS, value="all", label="Show",
+                    status_filter = gr.Dropdown(choices=STATUS_FILTERS, value="all", label="Show", interactive=True,
                                                 elem_id="status-filter", min_width=120)
                 upload_msg = gr.Markdown(elem_id="upload-message")
                 gallery = gr.Gallery(label="Images", columns=2, height="calc(100vh - 390px)", allow_preview=False,
@@ -234,7 +234,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
 
         def edits(event):
             """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
-            return event.then(lambda status, current: ui.gallery(status, keep=current), [status_filter, image_id],
+            return event.then(lambda status, current: ui.gallery(status, keep=current, selected=current),
+                              [status_filter, image_id],
                               gallery_outputs, show_progress="hidden", **private)
 
         # ---- overview (also the `overview` API) --------------------------------------------
@@ -252,13 +253,13 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                       [upload_msg, overview, *gallery_outputs, *open_outputs], **private)
         status_filter.input(ui.gallery, [status_filter], gallery_outputs, **private)
         gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private)
-        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
-        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold], open_outputs, **private)
+        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold], [*open_outputs, gallery], **private)
+        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold], [*open_outputs, gallery], **private)
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
         review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
                                 trigger_mode="always_last", show_progress="hidden", **private)
-        canvas.save(ui.on_canvas_save, [review_threshold, status_filter], [canvas, title, *gallery_outputs],
+        canvas.save(ui.on_canvas_save, [review_threshold, status_filter], [canvas, title, overview, *gallery_outputs],
                     trigger_mode="multiple", show_progress="hidden", queue=False, **private)
         canvas.done(ui.on_done, [ids, status_filter, review_threshold], [*open_outputs, *gallery_outputs],
                     trigger_mode="once", show_progress="hidden", **private)
