@@ -170,9 +170,6 @@ def main() -> None:
             photo.append(max(sync["ms"], drawn - sync["at"]))
         result["open_decode_and_draw_ms"] = stats(opens)
         result["open_until_photo_drawn_ms"] = stats(photo)
-        if args.screenshot:
-            page.screenshot(path=str(args.screenshot))
-
         # ---- keys: Tab (select) and accept / reject, each saved in the background --------------------
         canvas = page.locator("#review-canvas canvas.wb-view")
         canvas.focus()
@@ -210,6 +207,11 @@ def main() -> None:
         handled = [h for h in page.evaluate("() => window.__handled") if h["kind"] == "pointermove"]
         result["brush move: handler ms"] = stats([h["ms"] for h in handled])
         result["brush move: next frame ms"] = stats([r["frame"] for r in probe])
+        if args.screenshot:
+            page.keyboard.press("v")
+            page.keyboard.press("Tab")
+            time.sleep(1.0)
+            page.screenshot(path=str(args.screenshot))
         browser.close()
 
     result["server save (one accept) ms"] = stats(server_save_times(demo.ui, image_ids[1], args.repeats))
