@@ -18,8 +18,10 @@ const S = {
   sel: null, tool: 'select', drawClass: null, radius: 12,
   view: {s: 1, tx: 0, ty: 0}, fittedFor: null,
   pending: [], inflight: null, seq: 0, nextTemp: -1, doneAsked: false, saveTimer: null,
-  polygon: [], drag: null, space: false, pointer: null, localMessage: '', times: [],
+  polygon: [], drag: null, space: false, pointer: null, localMessage: '',
   perf: {syncs: [], roundTrips: [], imageDrawnAt: null},  // timings the speed benchmark reads
+  visit: {imageId: null, times: []},  // the times (s) of a person's inputs on this image: its active time
+  refine: {id: null, positive: [], negative: []},  // the clicks of the refine tool on the selected instance
 };
 window.__wbCanvas = S;  // for the browser tests and benchmarks
 
@@ -188,6 +190,12 @@ function draw() {
     ctx.fillStyle = '#ffeb3b';
     for (const [x, y] of S.polygon) ctx.fillRect(x - 3 / v.s, y - 3 / v.s, 6 / v.s, 6 / v.s);
   }
+  if (S.refine.id === S.sel && S.sel != null) {  // the refine clicks on the selected instance
+    for (const [points, color] of [[S.refine.positive, '#22c55e'], [S.refine.negative, '#ef4444']]) {
+      ctx.fillStyle = color;
+      for (const [x, y] of points) { ctx.beginPath(); ctx.arc(x + 0.5, y + 0.5, 4 / v.s, 0, 2 * Math.PI); ctx.fill(); }
+    }
+  }
   if ((S.tool === 'brush' || S.tool === 'eraser') && S.pointer) {
     ctx.lineWidth = lw; ctx.strokeStyle = S.tool === 'brush' ? '#fff' : '#f44';
     ctx.beginPath(); ctx.arc(S.pointer[0], S.pointer[1], S.radius, 0, 2 * Math.PI); ctx.stroke();
@@ -254,7 +262,6 @@ function apply(op) {  // an edit on the local state (also re-applied on top of a
 }
 function classColor(id) { const c = S.classes.find((k) => k.id === id); return c ? c.color : '#ffffff'; }
 function edit(op) {
-  S.times.push({op: op.kind, t: performance.now()});
   apply(op); S.pending.push(op); S.localMessage = ''; draw(); panel(); flush();
 }
 function flush() {
@@ -355,11 +362,35 @@ function paint(x, y, on) {  // a disk of the brush (on) or the eraser (off) on t
   }
   paintLayer(S.drag.inst, [x0, y0, x1, y1]);
 }
+function refineClick(x, y, positive) {  // this is the object (left) / this is not (right): GrabCut on the server
+  const inst = selected();
+  if (!inst || inst.id < 0) return say('Select a saved instance first, then click on it: left = object, right = not.');
+  if (S.refine.id !== inst.id) S.refine = {id: inst.id, positive: [], negative: []};
+  (positive ? S.refine.positive : S.refine.negative).push([Math.round(x), Math.round(y)]);
+  edit({kind: 'refine', id: inst.id, positive: S.refine.positive.slice(), negative: S.refine.negative.slice()});
+  draw();
+}
 function strokeTo(x, y) {  // disks along the segment from the last point, so fast strokes have no gaps
   const [lx, ly] = S.drag.last, steps = Math.max(1, Math.ceil(Math.hypot(x - lx, y - ly) / Math.max(1, S.radius / 2)));
   for (let k = 1; k <= steps; k++) paint(lx + (x - lx) * k / steps, ly + (y - ly) * k / steps, S.tool === 'brush');
   S.drag.last = [x, y];
 }
+
+// ---- active time: the times of a person's inputs, sent when the image is left (services' record_visit) ----
+function note() {
+  const t = performance.now() / 1000, times = S.visit.times;
+  if (S.visit.imageId != null && (!times.length || t - times[times.length - 1] >= 1)) times.push(t);
+}
+function endVisit(done) {
+  const v = S.visit;
+  if (v.imageId != null && v.times.length >= 2) trigger('visit', {image_id: v.imageId, times: v.times, done});
+  S.visit = {imageId: null, times: []};
+}
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState !== 'hidden' || S.visit.imageId == null) return;
+  const id = S.visit.imageId;
+  endVisit(false); S.visit = {imageId: id, times: []};
+});
 
 // ---- the server's state -----------------------------------------------------------------------------
 function sync() {
@@ -367,6 +398,9 @@ function sync() {
   if (!value || typeof value !== 'object') return;
   S.value = value;
   if (value.image_id !== S.imageId) {  // another image: the edits of the last one were all answered
+    endVisit(false);
+    S.visit = {imageId: value.image_id ?? null, times: [performance.now() / 1000]};
+    S.refine = {id: null, positive: [], negative: []};
     S.imageId = value.image_id; S.sel = null; S.polygon = []; S.drag = null; S.layers = new Map();
     S.pending = []; S.inflight = null; S.fittedFor = null; S.localMessage = '';
   }
@@ -420,7 +454,7 @@ function act(name) {
   else if (name === 'recover') edit({kind: 'recover'});
   else if (name === 'done') {
     if (S.imageId == null) return;
-    S.times.push({op: 'done', t: performance.now()});
+    note(); endVisit(true);
     say('Done: the proposals left are rejected; the next image opens…');
     if (S.inflight || S.pending.length) S.doneAsked = true; else trigger('done', {image_id: S.imageId, revision: S.rev});
   } else if (name === 'fit') { fit(); draw(); }
@@ -432,9 +466,10 @@ function setTool(tool) {
 }
 const KEYS = {a: 'accept', r: 'reject', d: 'delete', Delete: 'delete', A: 'accept_all', z: 'undo', p: 'propose',
   n: 'done', Enter: 'done', 0: 'fit', f: 'fit', ArrowRight: 'next', ArrowLeft: 'prev'};
-const TOOLS = {v: 'select', x: 'box', g: 'polygon', b: 'brush', e: 'eraser'};
+const TOOLS = {v: 'select', x: 'box', g: 'polygon', b: 'brush', e: 'eraser', c: 'refine'};
 root.addEventListener('keydown', (event) => {
   if (event.target.closest('input, textarea, select')) return;
+  note();
   const key = event.key;
   if (event.altKey || event.metaKey) return;
   if (event.ctrlKey) { if (key === 'z') { act('undo'); event.preventDefault(); } return; }
@@ -478,12 +513,14 @@ cv.addEventListener('wheel', (event) => {
 }, {passive: false});
 cv.addEventListener('pointerdown', (event) => {
   cv.focus({preventScroll: true});
+  note();
   if (!S.W) return;
   const [x, y, sx, sy] = toImage(event);
   cv.setPointerCapture(event.pointerId);
   if (event.button === 1 || S.space) {
     S.drag = {kind: 'pan', sx, sy, tx: S.view.tx, ty: S.view.ty}; event.preventDefault(); return;
   }
+  if (S.tool === 'refine' && (event.button === 0 || event.button === 2)) { refineClick(x, y, event.button === 0); return; }
   if (event.button !== 0) return;
   if (S.tool === 'select') {
     S.drag = {kind: 'click', sx, sy, tx: S.view.tx, ty: S.view.ty, x, y};
@@ -534,7 +571,6 @@ cv.addEventListener('pointerup', (event) => {
       if (!shown[i].layer && b && d.x >= b[0] && d.x <= b[2] && d.y >= b[1] && d.y <= b[3]) hit = shown[i];
     }
     S.sel = hit ? hit.id : null;
-    S.times.push({op: 'select', t: performance.now()});
   } else if (d.kind === 'box') {
     const [x1, y1, x2, y2] = d.box.map((v, i) => Math.max(0, Math.min(i % 2 ? S.H : S.W, v)));
     if (x2 - x1 >= 3 && y2 - y1 >= 3) {

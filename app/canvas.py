@@ -19,7 +19,7 @@ from app.display import hex_color, instance_colors, shown_instances
 JS = (Path(__file__).with_name("canvas.js")).read_text(encoding="utf-8")
 
 TOOLS = [("select", "Select · pan (v)"), ("box", "Box → mask (x)"), ("polygon", "Polygon (g)"),
-         ("brush", "Brush (b)"), ("eraser", "Eraser (e)")]
+         ("brush", "Brush (b)"), ("eraser", "Eraser (e)"), ("refine", "Refine clicks (c)")]
 ACTIONS = [("accept", "Accept (a)"), ("reject", "Reject (r)"), ("delete", "Delete (d)"),
            ("accept_all", "Accept all ≥ threshold (A)"), ("undo", "Undo (z)"), ("propose", "Propose (p)"),
            ("fit", "Fit (0)"), ("done", "Done, next (n)")]
@@ -27,7 +27,8 @@ KEYS = [("click", "select the topmost instance"), ("Tab / Shift+Tab", "next / pr
         ("a / r / d", "accept / reject / delete it, then the next proposal"),
         ("Shift+A", "accept all above the review threshold"), ("1-9", "class of the selected one (or of new ones)"),
         ("n / Enter", "done (proposals left are rejected), next image"), ("→ / ←", "next / previous image"),
-        ("v x g b e", "select, box, polygon, brush, eraser"), ("[ / ]", "brush radius"),
+        ("v x g b e c", "select, box, polygon, brush, eraser, refine clicks"),
+        ("refine: left / right click", "this is the object / this is not (GrabCut)"), ("[ / ]", "brush radius"),
         ("wheel, + / -", "zoom; space+drag or middle drag: pan"), ("z", "undo"), ("Esc", "cancel / deselect")]
 
 

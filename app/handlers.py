@@ -316,6 +316,15 @@ class Handlers:
             return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip())
         return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id))
 
+    def on_visit(self, evt: gr.EventData, request: gr.Request) -> None:
+        """The canvas's input times of a visit of an image (sent when it is left): its active time is recorded
+        (never in the way of the person: a bad record is logged, not shown)."""
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        try:
+            self.wb.record_visit(int(data.get("image_id")), data.get("times"), user_of(request))
+        except (WorkbenchError, TypeError, ValueError) as exc:
+            log.warning("a visit was not recorded: %s", exc)
+
     def on_done(self, id_list, status_filter, review_threshold, evt: gr.EventData, request: gr.Request):
         """"Done, next image": the proposals left are rejected, then the next image of the list opens (the
         image list follows)."""

@@ -261,6 +261,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                                 trigger_mode="always_last", show_progress="hidden", **private)
         canvas.save(ui.on_canvas_save, [review_threshold, status_filter], [canvas, title, overview, *gallery_outputs],
                     trigger_mode="multiple", show_progress="hidden", queue=False, **private)
+        canvas.visit(ui.on_visit, None, None, trigger_mode="multiple", show_progress="hidden", queue=False, **private)
         canvas.done(ui.on_done, [ids, status_filter, review_threshold], [*open_outputs, *gallery_outputs],
                     trigger_mode="once", show_progress="hidden", **private)
 

@@ -6,7 +6,8 @@ An edit is a dict with a ``kind``:
 ``review`` {ids, state}; ``delete`` {ids}; ``class`` {id, category_id}; ``accept_all`` {threshold};
 ``mask`` {id or temp_id, category_id, counts, tool} (compressed COCO RLE of the whole image; brush, eraser
 or polygon); ``box`` {temp_id, category_id, box: [x1, y1, x2, y2]} (its mask: the model's, else GrabCut);
-``undo``; ``propose``; ``recover``.
+``refine`` {id, positive, negative} (clicks, (x, y) image pixels: this is the object / this is not; GrabCut
+from the current mask, see Workbench.refine_with_clicks); ``undo``; ``propose``; ``recover``.
 New instances carry a negative ``temp_id`` chosen by the browser; the result maps them to the annotation ids
 they got, and later edits of the same batch may name them by that temp id.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from db.annotations import ConflictError, get_annotations
 from db.errors import WorkbenchError, shown
 
-EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "undo", "propose", "recover")
+EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover")
 TOOLS = ("brush", "eraser", "polygon")
 MAX_EDITS = 500  # in one batch
 
@@ -110,6 +111,12 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
         result.revision, sources = wb.add_boxes(image_id, [(category_id, tuple(float(v) for v in box))],
                                                 box_only=False, seen_revision=rev, user=user)
         made(before)
+    elif kind == "refine":
+        points = [edit.get("positive") or [], edit.get("negative") or []]
+        if not all(isinstance(p, list) for p in points):
+            raise WorkbenchError(f"edit {index}: positive and negative must be lists of [x, y] points")
+        result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), points[0], points[1], rev,
+                                                user)
     elif kind == "undo":
         result.revision = wb.undo(image_id, user)
     elif kind == "propose":
