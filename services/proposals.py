@@ -70,7 +70,7 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
                                 mask=mask, source="model", review_state="proposed",
                                 score=float(inst.score), model_version_id=version_id))
     revision = save_annotations(db, image_id, [InstanceData.from_row(r) for r in keep] + new,
-                                seen_revision=seen_revision, user=user)
+                                seen_revision=seen_revision, user=user, proposing=True)
     return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped,
                           low_confidence=0 if confident else len(new))
 

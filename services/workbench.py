@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db import categories, masks, queries, registry
+from db import categories, fates, masks, queries, registry
 from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, lost_instances,
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
@@ -31,6 +31,7 @@ from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
 from services import training
 from services.images import ImageCache
+from services.model_help import model_help
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
 from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask_for_box, propose
@@ -154,6 +155,11 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
                              f"not {shown(state)}")
     return InstanceData(category_id=category_of(category), box=box, mask=mask, mask_rle=counts, source=source,
                         review_state=state, score=score, model_version_id=version, iscrowd=bool(iscrowd), id=ann_id)
+
+
+def _box_tool(changes: dict) -> str:
+    """The tool of a box a person drew: "grabcut" when GrabCut made its mask, else "box"."""
+    return "grabcut" if changes.get("source") == "grabcut" else "box"
 
 
 class Workbench:
@@ -288,9 +294,13 @@ class Workbench:
         raise WorkbenchError(f"there is no class {shown(value, 60)}; add it in the Classes tab "
                              f"(classes: {known or 'none yet'})")
 
-    def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
+    def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None,
+                  tool: str | None = None) -> int:
         """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).
-        Every field is checked strictly (no silent casts): see :func:`instance_from_json`."""
+        Every field is checked strictly (no silent casts): see :func:`instance_from_json`. ``tool`` (box,
+        polygon, brush, grabcut, other): how a person made the new instances, recorded for "Model help"; an
+        instance's own "tool" field says it for that one."""
+        fates.check_tool(tool)
         if not isinstance(instances, list):
             raise WorkbenchError("instances must be a list of objects")
         info = queries.image_info(self.db, image_id)
@@ -299,6 +309,8 @@ class Workbench:
         data = [instance_from_json(item, index, info["height"], info["width"],
                                    lambda value: self.category_id(value, names), versions)
                 for index, item in enumerate(instances)]
+        for item, inst in zip(instances, data):
+            inst.tool = fates.check_tool(item.get("tool", tool))
         ids = [d.id for d in data if d.id is not None]
         if len(ids) != len(set(ids)):
             raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
@@ -330,6 +342,13 @@ class Workbench:
 
     def undo(self, image_id: int, user: str | None = None) -> int:
         return undo(self.db, image_id, user=user)
+
+    def record_visit(self, image_id: int, event_times: list[float], user: str | None = None) -> dict:
+        """A person's visit of an image, from the client's event times in seconds (open, every edit or key,
+        ..., done; any origin, e.g. performance.now() / 1000): active time is the sum of the gaps between
+        consecutive events, gaps over 60 s left out as idle. -> {"image_id", "active_seconds", "idle_seconds",
+        "events"}."""
+        return fates.record_visit(self.db, int(image_id), event_times, user=user)
 
     def save_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
                          seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
@@ -386,7 +405,7 @@ class Workbench:
                 said.append(f"#{row['id']} moved ({how})")
         for category_id, box in new:
             changes, how = masked(category_id, box)
-            data.append(InstanceData(category_id=category_id, box=box, **changes))
+            data.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             said.append(f"{names[category_id]} added ({how})")
         revision = save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
         return revision, said
@@ -403,7 +422,7 @@ class Workbench:
         new, sources = [], []
         for category_id, box in boxes:
             changes, how = masked(category_id, box)
-            new.append(InstanceData(category_id=category_id, box=box, **changes))
+            new.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             sources.append(how)
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
                                     seen_revision=seen_revision, user=user)
@@ -426,8 +445,10 @@ class Workbench:
         return masked
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray,
-                  seen_revision: int | None, user: str | None = None) -> int:
-        """A mask painted by a person replaces an annotation's mask (or makes a new annotation)."""
+                  seen_revision: int | None, user: str | None = None, tool: str = "brush") -> int:
+        """A mask painted by a person replaces an annotation's mask (or makes a new annotation, recorded as made
+        with ``tool``: brush, polygon, grabcut, box or other)."""
+        fates.check_tool(tool)
         if not mask.any():
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
@@ -443,7 +464,7 @@ class Workbench:
         if not found:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
-            data.append(InstanceData(category_id=self.category_id(category), mask=mask, source="drawn"))
+            data.append(InstanceData(category_id=self.category_id(category), mask=mask, source="drawn", tool=tool))
         return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
 
     def conflicts(self, image_id: int) -> list[int]:
@@ -520,6 +541,12 @@ class Workbench:
     def active_version_id(self) -> int | None:
         version = registry.active_version(self.db)
         return None if version is None else version.id
+
+    def model_help(self) -> dict[str, list[dict]]:
+        """How much each model version helped (services.model_help): {"versions": [...], "classes": [...]},
+        each row a dict of services.model_help.COLUMNS plus "version_id"."""
+        names = {v.id: f"v{v.id} {v.name}".strip() for v in registry.list_versions(self.db)}
+        return model_help(self.db, queries.category_names(self.db), names)
 
     def activate_version(self, version_id: int) -> None:
         registry.activate_version(self.db, int(version_id))

@@ -1,0 +1,142 @@
+"""Proposal fates, hand-made instances and active time (db.fates) through the services, and "Model help"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from db import registry
+from db.fates import fate_rows
+from db.coco_import import import_coco
+from db.models import Image
+from services.proposals import propose
+from services.workbench import Workbench, WorkbenchError
+
+
+@dataclass
+class FakeInstance:
+    category_id: int
+    score: float
+    box: tuple
+    mask: np.ndarray
+
+
+def box_mask(h, w, x0, y0, x1, y1):
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@pytest.fixture
+def bench(database, synthetic_coco):
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    with database.session() as session:
+        image = session.scalars(select(Image).where(Image.file_name == "img_0.jpg")).one()
+        image_id, h, w = image.id, image.height, image.width
+    checkpoint = database.data_dir / "models" / "fake.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"")
+    version = registry.register_version(database, checkpoint, name="fake", config={}, metrics={})
+    wb = Workbench(database, device="cpu")
+    wb.save_json(image_id, [], None)  # start from no annotations
+    return wb, image_id, h, w, version
+
+
+def proposals(db, image_id, version, h, w, n=4):
+    made = [FakeInstance(3, 0.9 - 0.1 * i, (4 * i, 0, 4 * i + 8, 8), box_mask(h, w, 4 * i, 0, 4 * i + 8, 8))
+            for i in range(n)]
+    propose(db, image_id, None, version, instances=made)
+
+
+def fates(wb):
+    return {r["annotation_id"]: r for r in fate_rows(wb.db)}
+
+
+def test_accept_edit_reject_delete_and_hand_made_are_recorded(bench):
+    wb, image_id, h, w, version = bench
+    proposals(wb.db, image_id, version, h, w)
+    revision, rows = wb.annotations(image_id)
+    a, b, c, d = (r["id"] for r in rows)
+    assert {r["fate"] for r in fates(wb).values()} == {"proposed"}
+    revision = wb.review(image_id, [a, b, d], "accepted", revision, user="ana")
+    revision = wb.review(image_id, [c], "rejected", revision, user="ana")
+    # b: its mask painted over (a quarter of it kept) and its class changed
+    revision = wb.save_mask(image_id, b, None, box_mask(h, w, 4, 0, 6, 8), revision, user="ana")
+    row_b = wb.annotation(image_id, b)
+    json_rows = [{"id": r["id"], "category_id": 7 if r["id"] == b else r["category_id"],
+                  "mask": r["mask"].astype(int).tolist(), "source": r["source"], "review_state": r["review_state"],
+                  "model_version_id": r["model_version_id"], "score": r["score"]}
+                 for r in wb.annotations(image_id)[1] if r["id"] != d]  # d deleted after it was accepted
+    assert row_b["source"] == "drawn"
+    json_rows.append({"category_id": 7, "mask": box_mask(h, w, 30, 20, 40, 30).astype(int).tolist(),
+                      "tool": "polygon"})
+    revision = wb.save_json(image_id, json_rows, revision, user="ana")
+    revision, _ = wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=revision)
+    got = fates(wb)
+    assert got[a]["fate"] == "accepted" and got[a]["iou"] is None
+    assert got[b]["fate"] == "edited" and got[b]["iou"] == pytest.approx(0.25) and \
+        (got[b]["category_id"], got[b]["final_category_id"]) == (3, 7)
+    assert got[c]["fate"] == "rejected" and got[d]["fate"] == "deleted"
+    hand = sorted((r["tool"], r["fate"]) for r in got.values() if r["kind"] == "hand")
+    assert hand == [("box", "kept"), ("polygon", "kept")]
+    assert all(r["model_version_id"] == version for r in got.values())
+    # undo the box: its record goes; undo the save: d is back accepted and the hand-made polygon gone
+    wb.undo(image_id)
+    wb.undo(image_id)
+    got = fates(wb)
+    assert got[d]["fate"] == "accepted" and got[b]["category_id"] == 3 and got[b]["fate"] == "edited"
+    assert [r["tool"] for r in got.values() if r["kind"] == "hand"] == []
+    help_ = wb.model_help()["versions"]
+    assert [(v["version_id"], v["final"], v["unchanged"], v["edited"], v["rejected"], v["images"]) for v in help_] \
+        == [(version, 3, 2, 1, 1, 1)]
+
+
+def test_new_proposals_replace_unreviewed_ones_without_rejecting_them(bench):
+    wb, image_id, h, w, version = bench
+    proposals(wb.db, image_id, version, h, w, n=2)
+    proposals(wb.db, image_id, version, h, w, n=3)
+    fates_now = sorted(r["fate"] for r in fates(wb).values())
+    assert fates_now == ["proposed"] * 3 + ["replaced"] * 2
+    revision, rows = wb.annotations(image_id)
+    wb.save_json(image_id, [{"id": r["id"], "category_id": r["category_id"], "box": list(r["box"]),
+                             "mask": r["mask"].astype(int).tolist(), "source": "model", "review_state": "proposed",
+                             "model_version_id": version, "score": r["score"]} for r in rows[1:]], revision)
+    assert sorted(r["fate"] for r in fates(wb).values()) == ["proposed"] * 2 + ["rejected"] + ["replaced"] * 2
+
+
+def test_active_time_leaves_idle_gaps_out_and_counts_per_version(bench):
+    wb, image_id, h, w, version = bench
+    visit = wb.record_visit(image_id, [100.0, 101.5, 104.0, 200.0, 230.0], user="ana")
+    assert visit == {"image_id": image_id, "active_seconds": 34.0, "idle_seconds": 96.0, "events": 5}
+    wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
+    row = wb.model_help()["versions"][0]
+    assert (row["version_id"], row["final"], row["hand"], row["active_seconds"], row["seconds_per_instance"]) == \
+        (version, 1, 1, 34.0, 34.0)
+    for bad in ([1.0], [1.0, float("nan")], "1,2", [1, True]):
+        with pytest.raises(WorkbenchError, match="event times|at least 2"):
+            wb.record_visit(image_id, bad)
+    with pytest.raises(WorkbenchError, match="there is no image"):
+        wb.record_visit(99999, [1.0, 2.0])
+
+
+def test_a_failing_record_does_not_fail_the_save(bench, monkeypatch, caplog):
+    from db import fates as fates_module
+
+    wb, image_id, h, w, version = bench
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fates_module, "_update", broken)
+    revision, _ = wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
+    assert len(wb.annotations(image_id)[1]) == 1 and "recording the fates" in caplog.text
+    assert fates(wb) == {}  # the savepoint took the half-written record back
+
+
+def test_a_tool_must_be_known(bench):
+    wb, image_id, h, w, version = bench
+    with pytest.raises(WorkbenchError, match="tool must be one of box, polygon, brush, grabcut, other"):
+        wb.save_json(image_id, [{"category_id": 3, "box": [1, 1, 9, 9], "tool": "lasso"}], None)
