@@ -90,12 +90,12 @@ def record_changes(session, image: Image, added: Iterable[tuple[Annotation, str 
         with session.begin_nested(), session.no_autoflush:  # a savepoint: a failure here leaves the change whole
             version = None
             for ann, tool in added:
-                if ann.source == Source.model:
+                if ann.source == Source.model and tool is None:  # (a box's model mask comes with its tool)
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="proposal",
                                              model_version_id=ann.model_version_id, category_id=ann.category_id,
                                              score=ann.score, proposed_mask=ann.mask_rle, fate=Fate.proposed,
                                              created_by=user))
-                elif ann.source in (Source.drawn, Source.grabcut):
+                elif tool is not None or ann.source in (Source.drawn, Source.grabcut):
                     version = _active_version_id(session) if version is None else version
                     how = tool or ("grabcut" if ann.source == Source.grabcut else "other")
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="hand", tool=how,

@@ -140,3 +140,89 @@ def test_a_tool_must_be_known(bench):
     wb, image_id, h, w, version = bench
     with pytest.raises(WorkbenchError, match="tool must be one of box, polygon, brush, grabcut, other"):
         wb.save_json(image_id, [{"category_id": 3, "box": [1, 1, 9, 9], "tool": "lasso"}], None)
+
+
+# ---- "most useful next" ------------------------------------------------------------------------------------
+def test_uncertainty_prefers_mid_scores_and_many_of_them():
+    from services.proposals import uncertainty
+
+    assert uncertainty([0.5]) == pytest.approx(1.0)
+    assert uncertainty([0.99]) < uncertainty([0.2]) < uncertainty([0.5]) < uncertainty([0.5, 0.3])
+    assert uncertainty([]) == 0.0
+
+
+def test_most_useful_order_is_deterministic_for_a_fixed_model(database, synthetic_coco, tmp_path_factory):
+    from db.uploads import add_images
+    from test_app_helpers import register_tiny_model
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path_factory.mktemp("photos")
+    files = []
+    for index in range(6):
+        pixels = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        pixels[10 + index:30, 10:40 + index] = (220, 40, 40)
+        path = folder / f"p{index}.png"
+        from PIL import Image as PILImage
+
+        PILImage.fromarray(pixels).save(path)
+        files.append(path)
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")  # the classes; labelled photos
+    ids = add_images(database, files).image_ids
+    register_tiny_model(database, tmp_path_factory.getbasetemp())
+    wb = Workbench(database, device="cpu", score_threshold=0.0)
+    with pytest.raises(WorkbenchError, match="order must be one of upload, most_useful"):
+        wb.list_images(order="random")
+    first = wb.list_images(order="most_useful", limit=None, propose_missing=3)  # the model runs on 3 photos
+    scored = [r["id"] for r in first if r["uncertainty"] is not None]
+    assert len(scored) == 3 and set(scored) <= set(ids)
+    values = [r["uncertainty"] for r in first if r["uncertainty"] is not None]
+    assert values == sorted(values, reverse=True)
+    first = wb.list_images(order="most_useful", limit=None, propose_missing=10)
+    again = Workbench(database, device="cpu", score_threshold=0.0).list_images(order="most_useful", limit=None)
+    assert [r["id"] for r in again] == [r["id"] for r in first]
+    assert [r["id"] for r in first][:6] == sorted(ids, key=lambda i: (-next(
+        r["uncertainty"] for r in first if r["id"] == i), i))
+    # the same scores from the model itself, run again on a fresh copy of the photos' proposals
+    for image_id in ids:
+        wb.propose(image_id)
+    assert [r["id"] for r in wb.list_images(order="most_useful", limit=None)] == [r["id"] for r in first]
+
+
+# ---- refine with clicks ------------------------------------------------------------------------------------
+def test_click_refinement_improves_iou_on_a_synthetic_shape(database, tmp_path):
+    import cv2
+    from PIL import Image as PILImage
+
+    from db.uploads import add_images
+
+    rng = np.random.default_rng(0)
+    h, w = 120, 160
+    pixels = rng.normal(90, 20, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    truth = np.zeros((h, w), np.uint8)
+    cv2.ellipse(truth, (80, 60), (45, 30), 20, 0, 360, 1, -1)
+    truth = truth.astype(bool)
+    pixels[truth] = rng.normal(170, 20, (int(truth.sum()), 3)).clip(0, 255).astype(np.uint8)
+    PILImage.fromarray(pixels).save(tmp_path / "ellipse.png")
+    image_id = add_images(database, [tmp_path / "ellipse.png"]).image_ids[0]
+    wb = Workbench(database, device="cpu")
+    wb.add_category("blob")
+    rough = np.zeros((h, w), bool)
+    rough[40:80, 50:95] = True
+    revision = wb.save_mask(image_id, None, "blob", rough, None)
+    ann_id = wb.annotations(image_id)[1][0]["id"]
+
+    def iou(mask):
+        return (mask & truth).sum() / (mask | truth).sum()
+
+    before = iou(wb.annotation(image_id, ann_id)["mask"])
+    revision = wb.refine_with_clicks(image_id, ann_id, [(80, 60), (115, 75)], [(20, 20)], revision)
+    after = iou(wb.annotation(image_id, ann_id)["mask"])
+    assert before < 0.5 and after > 0.75 and after > before + 0.25
+    row = wb.annotation(image_id, ann_id)
+    assert (row["source"], row["review_state"]) == ("grabcut", "accepted")
+    with pytest.raises(WorkbenchError, match="outside the 160x120 image"):
+        wb.refine_with_clicks(image_id, ann_id, [(500, 5)], [], revision)
+    with pytest.raises(WorkbenchError, match="click the instance first"):
+        wb.refine_with_clicks(image_id, ann_id, [], None, revision)
+    with pytest.raises(WorkbenchError, match=r"each point must be \[x, y\]"):
+        wb.refine_with_clicks(image_id, ann_id, [5], [], revision)
