@@ -1,5 +1,5 @@
 """The headless API (gradio_client, or HTTP under /gradio_api/): upload_images, propose, save_annotations,
-retrain, export_coco, add_boxes, refine, record_visit, list_images, model_help (and overview, bound in app.ui). Each endpoint is one call of the services facade;
+retrain, export_coco, add_boxes, refine, record_visit, list_images, instances, model_help (and overview, bound in app.ui). Each endpoint is one call of the services facade;
 errors reach the client as gr.Error with the facade's message."""
 
 from __future__ import annotations
@@ -134,6 +134,11 @@ class Api:
         missing = 0 if propose_missing in (None, "") else whole_number(propose_missing, "propose_missing")
         rows = self.wb.list_images(status or "all", limit=None, order=order or "upload", propose_missing=missing)
         return {"images": rows}
+
+    @client_errors
+    def instances(self, image_id):
+        """An image's instances as they are now, with their revision (the same shape as propose returns)."""
+        return self.wb.instances(whole_number(image_id, "image_id"))
 
     @client_errors
     def model_help(self):

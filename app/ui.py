@@ -266,7 +266,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_status = gr.Textbox(value="all", label="status")
             api_order = gr.Textbox(value="upload", label="order")
             api_missing = gr.Number(value=0, label="propose_missing", precision=0)
-            help_api_buttons = [gr.Button(f"help_api{i}") for i in range(5)]
+            help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
 
         view_outputs = [title, overlay, instances_table, instance, annotator, revision, shown, message, status_filter,
                         box_ids]  # the fields of handlers.View
@@ -365,6 +365,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         help_api_buttons[3].click(api.list_images, [api_status, api_order, api_missing], api_out,
                                   api_name="list_images")
         help_api_buttons[4].click(api.model_help, None, api_out, api_name="model_help")
+        help_api_buttons[5].click(api.instances, [api_image], api_out, api_name="instances")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
 

@@ -48,6 +48,7 @@ def test_the_loop_through_the_api(served):
     listed = client.predict("all", "most_useful", 5, api_name="/list_images")["images"]
     assert listed[0]["id"] == image_id and listed[0]["uncertainty"] is not None  # the only unlabelled photo
     assert listed[0]["status"] == "proposed"  # the model looked at it and its proposals are stored
+    assert client.predict(image_id, api_name="/instances")["image_id"] == image_id
     added = client.predict(image_id, [{"category": "car", "box": [8, 8, 42, 32]}], -1, api_name="/add_boxes")
     new = [i for i in added["instances"] if i["review_state"] == "accepted"]
     assert len(new) == 1 and added["masks"][0] in ("model mask", "grabcut mask")
