@@ -137,7 +137,11 @@ class Labeller:
                 break
             (positive if click[1] else negative).append(list(click[0]))
             actions["click"] += 1
-            out = self.call(image_id, ann_id, positive, negative, revision, api_name="/refine")
+            try:
+                out = self.call(image_id, ann_id, positive, negative, revision, api_name="/refine")
+            except Exception as exc:  # noqa: BLE001 (a refusal, e.g. nothing left: the labeller stops clicking)
+                print(f"refine refused on image {image_id}: {exc}", flush=True)
+                break
             revision = out["revision"]
             row = next(i for i in out["instances"] if i["id"] == ann_id)
             mask = decode(row["mask"], h, w)
