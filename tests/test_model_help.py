@@ -226,3 +226,21 @@ def test_click_refinement_improves_iou_on_a_synthetic_shape(database, tmp_path):
         wb.refine_with_clicks(image_id, ann_id, [], None, revision)
     with pytest.raises(WorkbenchError, match=r"each point must be \[x, y\]"):
         wb.refine_with_clicks(image_id, ann_id, [5], [], revision)
+
+
+# ---- the page -------------------------------------------------------------------------------------------------
+@pytest.mark.backends("sqlite")
+def test_the_model_help_tab_and_the_gallery_order(bench):
+    from app.handlers import Handlers
+
+    wb, image_id, h, w, version = bench
+    proposals(wb.db, image_id, version, h, w)
+    revision, rows = wb.annotations(image_id)
+    wb.review(image_id, [rows[0]["id"]], "accepted", revision)
+    note, shares, seconds, table, per_class = Handlers(wb).show_model_help()
+    assert "1 version(s)" in note
+    assert set(shares["figure"]) == {"accepted unchanged", "added by hand"} and len(seconds) == 0
+    assert table[0][:4] == ["v%d fake" % version, "all", 1, 1] and per_class[0][1] == "car"
+    ui = Handlers(wb)
+    _, ids, _ = ui.gallery("all", "most_useful")
+    assert sorted(ids) == sorted(r["id"] for r in wb.list_images(limit=None))
