@@ -1,5 +1,5 @@
 """The headless API (gradio_client, or HTTP under /gradio_api/): upload_images, propose, save_annotations,
-retrain, export_coco (and overview, bound in app.ui). Each endpoint is one call of the services facade;
+retrain, export_coco, add_boxes, refine, record_visit, list_images, instances, model_help (and overview, bound in app.ui). Each endpoint is one call of the services facade;
 errors reach the client as gr.Error with the facade's message."""
 
 from __future__ import annotations
@@ -87,3 +87,60 @@ class Api:
         """Export COCO (mask_format polygon|rle, images all|reviewed); returns the file."""
         path, _ = self.wb.export(mask_format, images, progress=progress_adapter(progress))
         return str(path)
+
+    @client_errors
+    def add_boxes(self, image_id, boxes, seen_revision, request: gr.Request):
+        """Boxes a person drew ([{"category": id or name, "box": [x1, y1, x2, y2]}, ...]) become accepted
+        instances with the active model's mask for the box, else GrabCut's; returns the image's instances, how
+        each mask was made (masks) and the revision this save made."""
+        image_id = whole_number(image_id, "image_id")
+        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
+        if not isinstance(boxes, list) or not all(isinstance(b, dict) and "box" in b for b in boxes):
+            raise WorkbenchError('boxes must be a list of {"category": id or name, "box": [x1, y1, x2, y2]}')
+        parsed = []
+        for index, item in enumerate(boxes):
+            box = item["box"]
+            if not (isinstance(box, list) and len(box) == 4):
+                raise WorkbenchError(f"box {index}: 'box' must be [x1, y1, x2, y2]")
+            parsed.append((self.wb.category_id(item.get("category", item.get("category_id"))),
+                           tuple(float(v) for v in box)))
+        saved, how = self.wb.add_boxes(image_id, parsed, box_only=False, seen_revision=None if seen is None or seen < 0
+                                       else seen, user=user_of(request))
+        return {**self.wb.instances(image_id), "saved_revision": saved, "masks": how}
+
+    @client_errors
+    def refine(self, image_id, ann_id, positive_points, negative_points, seen_revision, request: gr.Request):
+        """Correct an instance's mask with clicks ([[x, y], ...] in full-resolution pixels: positive "this is
+        object", negative "this is not"; GrabCut with the clicks as hard labels); returns the image's instances
+        and the revision this save made."""
+        image_id = whole_number(image_id, "image_id")
+        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
+        saved = self.wb.refine_with_clicks(image_id, whole_number(ann_id, "ann_id"), positive_points,
+                                           negative_points, None if seen is None or seen < 0 else seen,
+                                           user=user_of(request))
+        return {**self.wb.instances(image_id), "saved_revision": saved}
+
+    @client_errors
+    def record_visit(self, image_id, event_times, request: gr.Request):
+        """A visit of an image: the client's event times in seconds (open ... done); active time leaves gaps
+        over 60 s out. Returns the active and idle seconds."""
+        return self.wb.record_visit(whole_number(image_id, "image_id"), event_times, user=user_of(request))
+
+    @client_errors
+    def list_images(self, status, order, propose_missing):
+        """Images with their status; order "upload" or "most_useful" (the active model's least certain
+        unlabelled train photos first; propose_missing: run the model on at most this many that it has not
+        seen yet)."""
+        missing = 0 if propose_missing in (None, "") else whole_number(propose_missing, "propose_missing")
+        rows = self.wb.list_images(status or "all", limit=None, order=order or "upload", propose_missing=missing)
+        return {"images": rows}
+
+    @client_errors
+    def instances(self, image_id):
+        """An image's instances as they are now, with their revision (the same shape as propose returns)."""
+        return self.wb.instances(whole_number(image_id, "image_id"))
+
+    @client_errors
+    def model_help(self):
+        """How much each model version helped: per version and per version and class (services.model_help)."""
+        return self.wb.model_help()

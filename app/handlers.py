@@ -23,6 +23,13 @@ from services.workbench import ConflictError, Workbench, WorkbenchError
 
 log = logging.getLogger(__name__)
 
+ORDER_CHOICES = [("upload order", "upload"), ("most useful next", "most_useful")]
+ORDER_PROPOSE_BUDGET = 12  # photos the model looks at when "most useful next" is chosen (a few s each on a CPU)
+HELP_FIGURES = (("accepted unchanged", "unchanged_share"), ("added by hand", "hand_share"),
+                ("IoU of edited", "edited_iou"))
+HELP_COLUMNS = ("version", "class", "final", "unchanged", "edited", "hand", "rejected", "images", "unchanged_share",
+                "hand_share", "edited_iou", "rejected_per_image", "seconds_per_instance")
+
 
 class View(NamedTuple):
     """The current image as the page shows it (the components of ``app.ui``'s view outputs)."""
@@ -117,23 +124,28 @@ class Handlers:
             return gr.Dropdown(choices=self.status_choices(), interactive=True)
         return gr.Dropdown(choices=self.status_choices(), value=value, interactive=True)
 
-    def gallery(self, status: str, keep: int | None = None, selected: int | None = None):
+    def gallery(self, status: str, keep: int | None = None, selected: int | None = None, order: str = "upload",
+                propose_missing: int = 0):
         """Gallery (``selected``: the image highlighted, the open one), its image ids, the status filter with
         counts; ``keep``: an image listed even when it no longer has the status (the open one, just edited:
-        the list does not drop it under the person)."""
-        items, ids = self.gallery_items(status, keep)
+        the list does not drop it under the person); ``order``: "upload" or "most_useful"
+        (Workbench.list_images)."""
+        items, ids = self.gallery_items(status, keep, order, propose_missing)
         return self.highlighted(items, ids, selected), ids, self.statuses(status or "all")
 
-    def gallery_items(self, status: str, keep: int | None = None) -> tuple[list, list[int]]:
+    def gallery_items(self, status: str, keep: int | None = None, order: str = "upload",
+                      propose_missing: int = 0) -> tuple[list, list[int]]:
         status = status or "all"
-        rows = self.wb.list_images(status, limit=None)
+        rows = self.wb.list_images(status, limit=None, order=order or "upload", propose_missing=propose_missing)
         if keep is not None and status != "all" and all(row["id"] != keep for row in rows):
-            rows = sorted([*rows, *(r for r in self.wb.list_images("all", limit=None) if r["id"] == keep)],
-                          key=lambda row: row["id"])
+            rows = [*rows, *(r for r in self.wb.list_images("all", limit=None) if r["id"] == keep)]
+            if (order or "upload") == "upload":
+                rows.sort(key=lambda row: row["id"])
         items, ids = [], []
         for row in rows[:GALLERY_LIMIT]:
+            useful = "" if row.get("uncertainty") is None else f" · uncertainty {row['uncertainty']:.2f}"
             try:
-                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['status']} · {row['file_name']}"))
+                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['status']}{useful} · {row['file_name']}"))
                 ids.append(row["id"])
             except (OSError, WorkbenchError) as exc:  # a lost file must not hide the other images
                 log.warning("no thumbnail for image %s: %s", row["id"], exc)
@@ -156,8 +168,8 @@ class Handlers:
         summary = self.wb.summary() if summary is None else summary
         return f"{overview_text(summary, self.wb.status_counts())} · model on {self.wb.device_text()}"
 
-    def refresh_all(self, status):
-        return (*self.overview(), *self.gallery(status))
+    def refresh_all(self, status, order="upload"):
+        return (*self.overview(), *self.gallery(status, order=order))
 
     # ---- the current image ----------------------------------------------------------------
     def view(self, image_id, review_threshold, message: str = "") -> View:
@@ -283,6 +295,53 @@ class Handlers:
             return (*self.open(target, review_threshold, user=user_of(request)),
                     self.highlighted(None, id_list, target))
         return go
+
+    # ---- the gallery's order -----------------------------------------------------------------------
+    def order_gallery(self, status, order):
+        """The gallery in the chosen order; "most useful next" first runs the active model on up to
+        ORDER_PROPOSE_BUDGET unlabelled photos it has not seen (their proposals are stored, ready to review)."""
+        try:
+            return self.gallery(status, order=order,
+                                propose_missing=ORDER_PROPOSE_BUDGET if order == "most_useful" else 0)
+        except WorkbenchError as exc:
+            gr.Warning(str(exc))
+            return self.gallery(status)
+
+    def step_in_order(self, delta: int):
+        """Next / Previous in the gallery's order: with "most useful next", Next opens the most useful
+        unlabelled train photo (new or proposed) other than the one open now."""
+        plain = self.step(delta)
+
+        def go(current, id_list, status, review_threshold, order, request: gr.Request):
+            if order != "most_useful" or delta < 0:
+                return plain(current, id_list, status, review_threshold, request)
+            rows = self.wb.list_images(status, limit=None, order="most_useful")
+            useful = [r["id"] for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")
+                      and r["id"] != current]
+            if not useful:
+                return plain(current, id_list, status, review_threshold, request)
+            return (*self.open(useful[0], review_threshold, user=user_of(request)),
+                    self.highlighted(None, id_list, useful[0]))
+        return go
+
+    # ---- model help -----------------------------------------------------------------------------------
+    def show_model_help(self):
+        """The "Model help" tab (not named model_help: that is the API endpoint's name): shares across versions (plot), seconds per instance (plot), per version and
+        per class tables."""
+        help_ = self.wb.model_help()
+        versions, classes = help_["versions"], help_["classes"]
+        shares = pd.DataFrame([{"version": v["version"], "figure": figure, "value": v[key]}
+                               for v in versions for figure, key in HELP_FIGURES if v[key] is not None],
+                              columns=["version", "figure", "value"])
+        seconds = pd.DataFrame([{"version": v["version"], "seconds per instance": v["seconds_per_instance"]}
+                                for v in versions if v["seconds_per_instance"] is not None],
+                               columns=["version", "seconds per instance"])
+        table = [[v[c] if v[c] is not None else "-" for c in HELP_COLUMNS] for v in versions]
+        per_class = [[v[c] if v[c] is not None else "-" for c in HELP_COLUMNS] for v in classes]
+        note = ("No proposals reviewed and nothing drawn yet: label a few photos, train, and come back."
+                if not versions else f"{len(versions)} version(s) · the plot shows whether retraining paid: more "
+                "proposals accepted unchanged, fewer added by hand, fewer seconds per instance.")
+        return note, shares, seconds, table, per_class
 
     # ---- review (the canvas) -------------------------------------------------------------------
     def on_review_threshold(self, image_id, review_threshold) -> dict:

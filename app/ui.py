@@ -29,7 +29,7 @@ from app.api import Api  # noqa: E402
 from app.canvas import CSS as CANVAS_CSS, JS as CANVAS_JS, KEYS as CANVAS_KEYS, TEMPLATE as CANVAS_TEMPLATE  # noqa: E402
 from app.guard import HostCheck, LoginThrottle, RequestSizeLimit, allowed_names  # noqa: E402
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
-from app.handlers import Handlers  # noqa: E402
+from app.handlers import HELP_COLUMNS, ORDER_CHOICES, Handlers  # noqa: E402
 from services.users import server_auth  # noqa: E402
 from services.workbench import MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights  # noqa: E402
 
@@ -118,7 +118,9 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                     status_filter = gr.Dropdown(choices=STATUS_FILTERS, value="all", label="Show", interactive=True,
                                                 elem_id="status-filter", min_width=120)
                 upload_msg = gr.Markdown(elem_id="upload-message")
-                gallery = gr.Gallery(label="Images", columns=2, height="calc(100vh - 390px)", allow_preview=False,
+                order = gr.Dropdown(choices=ORDER_CHOICES, value="upload", label="Order", elem_id="gallery-order",
+                                    interactive=True)
+                gallery = gr.Gallery(label="Images", columns=2, height="calc(100vh - 470px)", allow_preview=False,
                                      elem_id="gallery", object_fit="contain")
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", elem_id="prev-image", size="sm", min_width=60)
@@ -195,6 +197,20 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                             version_pick = gr.Dropdown(label="Version", choices=[], elem_id="version-pick")
                             activate_btn = gr.Button("Activate (roll back / forward)", elem_id="activate")
                         timer = gr.Timer(2.0, active=False)
+                    with gr.Tab("Model help", id="help") as help_tab:
+                        help_note = gr.Markdown(elem_id="help-note")
+                        with gr.Row():
+                            help_plot = gr.LinePlot(x="version", y="value", color="figure", title="Share of final "
+                                                    "instances, IoU of edited proposals", height=260,
+                                                    elem_id="help-plot")
+                            help_seconds = gr.LinePlot(x="version", y="seconds per instance", height=260,
+                                                       title="Active seconds per final instance",
+                                                       elem_id="help-seconds")
+                        help_versions = gr.Dataframe(headers=list(HELP_COLUMNS), interactive=False,
+                                                     label="Per model version", elem_id="help-versions")
+                        help_classes = gr.Dataframe(headers=list(HELP_COLUMNS), interactive=False,
+                                                    label="Per version and class", elem_id="help-classes")
+                        help_refresh = gr.Button("Refresh", size="sm", elem_id="help-refresh")
                     with gr.Tab("Export", id="export"):
                         with gr.Row():
                             mask_format = gr.Radio(["polygon", "rle"], value="polygon", label="Mask format",
@@ -222,6 +238,14 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_out = gr.JSON(label="result")
             api_file = gr.File(label="coco_file")
             api_buttons = [gr.Button(f"api{i}") for i in range(5)]
+            api_ann = gr.JSON(label="ann_id")
+            api_positive = gr.JSON(label="positive_points")
+            api_negative = gr.JSON(label="negative_points")
+            api_times = gr.JSON(label="event_times")
+            api_status = gr.Textbox(value="all", label="status")
+            api_order = gr.Textbox(value="upload", label="order")
+            api_missing = gr.Number(value=0, label="propose_missing", precision=0)
+            help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
 
         view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View
         open_outputs = [image_id, *view_outputs]  # the fields of handlers.Opened
@@ -234,9 +258,9 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
 
         def edits(event):
             """After an edit, the gallery's captions (each image's status) follow without a Refresh."""
-            return event.then(lambda status, current: ui.gallery(status, keep=current, selected=current),
-                              [status_filter, image_id],
-                              gallery_outputs, show_progress="hidden", **private)
+            return event.then(lambda status, order_by, current: ui.gallery(status, keep=current, selected=current,
+                                                                           order=order_by),
+                              [status_filter, order, image_id], gallery_outputs, show_progress="hidden", **private)
 
         # ---- overview (also the `overview` API) --------------------------------------------
         images_table = gr.Dataframe(headers=IMAGE_HEADERS, interactive=False, visible=False, elem_id="images")
@@ -245,16 +269,20 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         demo.load(lambda: ui.class_outputs()[3:], outputs=class_outputs[3:], **private)
         demo.load(ui.active_run_outputs, outputs=run_outputs, **private)
         demo.load(lambda threshold: ui.canvas(None, threshold), [review_threshold], [canvas], **private)
-        refresh.click(ui.refresh_all, [status_filter], [overview, categories, images_table, *gallery_outputs],
+        refresh.click(ui.refresh_all, [status_filter, order], [overview, categories, images_table, *gallery_outputs],
                       **private)
 
         # ---- images ----------------------------------------------------------------------
         upload.upload(ui.on_upload, [upload, split, review_threshold],
                       [upload_msg, overview, *gallery_outputs, *open_outputs], **private)
-        status_filter.input(ui.gallery, [status_filter], gallery_outputs, **private)
+        status_filter.input(lambda status, order_by, current: ui.gallery(status, selected=current, order=order_by),
+                            [status_filter, order, image_id], gallery_outputs, **private)
+        order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private)
         gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private)
-        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold], [*open_outputs, gallery], **private)
-        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold], [*open_outputs, gallery], **private)
+        next_btn.click(ui.step_in_order(+1), [image_id, ids, status_filter, review_threshold, order],
+                       [*open_outputs, gallery], **private)
+        prev_btn.click(ui.step_in_order(-1), [image_id, ids, status_filter, review_threshold, order],
+                       [*open_outputs, gallery], **private)
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
         review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
@@ -292,6 +320,11 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private).then(
             ui.summary_line, None, [overview], show_progress="hidden", **private)
 
+        # ---- model help ------------------------------------------------------------------------
+        help_outputs = [help_note, help_plot, help_seconds, help_versions, help_classes]
+        help_tab.select(ui.show_model_help, None, help_outputs, **private)
+        help_refresh.click(ui.show_model_help, None, help_outputs, **private)
+
         # ---- export ----------------------------------------------------------------------------
         export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private)
 
@@ -303,6 +336,14 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         api_buttons[3].click(api.retrain, [api_mode, api_iterations, api_size, api_weights], api_out,
                              api_name="retrain")
         api_buttons[4].click(api.export_coco, [api_format, api_which], api_file, api_name="export_coco")
+        help_api_buttons[0].click(api.add_boxes, [api_image, api_instances, api_seen], api_out, api_name="add_boxes")
+        help_api_buttons[1].click(api.refine, [api_image, api_ann, api_positive, api_negative, api_seen], api_out,
+                                  api_name="refine")
+        help_api_buttons[2].click(api.record_visit, [api_image, api_times], api_out, api_name="record_visit")
+        help_api_buttons[3].click(api.list_images, [api_status, api_order, api_missing], api_out,
+                                  api_name="list_images")
+        help_api_buttons[4].click(api.model_help, None, api_out, api_name="model_help")
+        help_api_buttons[5].click(api.instances, [api_image], api_out, api_name="instances")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 from sqlalchemy import delete, select, update
 
-from db import masks
+from db import fates, masks
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import Annotation, Category, Image, JournalEntry, ReviewState, Source
@@ -45,6 +45,7 @@ class InstanceData:
     model_version_id: int | None = None
     iscrowd: bool = False
     id: int | None = None  # an existing annotation's id: it is updated, keeping its id
+    tool: str | None = None  # a new instance made by hand: how (db.fates.TOOLS); recorded, not stored here
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -157,9 +158,10 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
 
 
 def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int | None,
-                     user: str | None = None, action: str = "save") -> int:
+                     user: str | None = None, action: str = "save", proposing: bool = False) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
-    the others added, the rest deleted). Returns the new revision."""
+    the others added, the rest deleted). Returns the new revision. ``proposing``: a model's new proposals
+    replace its unreviewed ones (recorded as replaced, not rejected; see db.fates)."""
     conflict = None
     with db.session() as session:
         image = session.get(Image, image_id)
@@ -179,23 +181,26 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
             conflict = ConflictError(image_id, seen_revision, image.revision, entry.id)
         else:
             current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
-            revision = _apply(session, image, instances, columns, current, _snapshot(current), action, user)
+            revision, added = _apply(session, image, instances, columns, current, _snapshot(current), action, user)
+            fates.record_changes(session, image, added, action="propose" if proposing else "save", user=user)
     if conflict is not None:  # the losing version is committed to the journal; now tell the client
         raise conflict
     return revision
 
 
 def _apply(session, image: Image, instances: list[InstanceData], columns: list[dict], current: list[Annotation],
-           before: list[dict], action: str, user: str | None) -> int:
+           before: list[dict], action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None]]]:
+    """-> (the new revision, the added annotations with the tool each was made with)."""
     image_id = image.id
     session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action=action, snapshot=before,
                              user=user))
     by_id = {ann.id: ann for ann in current}
-    keep = set()
+    keep, added = set(), []
     for inst, values in zip(instances, columns):
         ann = by_id.get(inst.id) if inst.id is not None else None
         if ann is None:
-            session.add(Annotation(image_id=image_id, **values))
+            added.append((Annotation(image_id=image_id, **values), inst.tool))
+            session.add(added[-1][0])
         else:
             keep.add(ann.id)
             if ann.mask_rle == values["mask_rle"]:
@@ -209,7 +214,8 @@ def _apply(session, image: Image, instances: list[InstanceData], columns: list[d
     gone = [ann_id for ann_id in by_id if ann_id not in keep]
     if gone:
         session.execute(delete(Annotation).where(Annotation.id.in_(gone)))
-    return image.revision
+    session.flush()  # the added annotations' ids
+    return image.revision, added
 
 
 def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int], state: str, *,
@@ -225,6 +231,7 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
                                  user=user))
         session.execute(update(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
                         .values(review_state=ReviewState(state), updated_by=user))
+        fates.record_changes(session, image, [], action="review", user=user)
         return image.revision
 
 
@@ -250,6 +257,8 @@ def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
             values["updated_by"] = user  # undoing is a change too
             session.add(Annotation(image_id=image_id, **values))
         entry.undone = True
+        session.flush()
+        fates.record_changes(session, image, [], action="undo", user=user)
         return image.revision
 
 

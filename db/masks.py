@@ -100,6 +100,13 @@ def area(counts: str, height: int, width: int) -> int:
     return int(mask_utils.area({"size": [height, width], "counts": counts.encode("ascii")}))
 
 
+def iou(counts_a: str, counts_b: str, height: int, width: int) -> float:
+    """Intersection over union of two masks given as compressed RLE counts (no decode)."""
+    a = {"size": [height, width], "counts": counts_a.encode("ascii")}
+    b = {"size": [height, width], "counts": counts_b.encode("ascii")}
+    return float(mask_utils.iou([a], [b], [0])[0][0])
+
+
 def tight_box(counts: str, height: int, width: int) -> list[float]:
     """[x, y, w, h] of the mask's pixels (zeros for an empty mask)."""
     return [float(v) for v in mask_utils.toBbox({"size": [height, width], "counts": counts.encode("ascii")})]

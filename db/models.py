@@ -73,6 +73,18 @@ class ReviewState(str, enum.Enum):
     rejected = "rejected"
 
 
+class Fate(str, enum.Enum):
+    """What became of a model proposal or of an instance a person added by hand (``InstanceFate``)."""
+
+    proposed = "proposed"  # a proposal not reviewed yet
+    accepted = "accepted"  # a proposal accepted unchanged
+    edited = "edited"  # a proposal accepted with another mask or class
+    rejected = "rejected"  # a proposal rejected (or deleted before it was accepted)
+    deleted = "deleted"  # accepted (or added by hand), deleted later
+    replaced = "replaced"  # a proposal never reviewed, replaced by a newer model's proposals
+    kept = "kept"  # an instance added by hand that is still there
+
+
 class RunStatus(str, enum.Enum):
     queued = "queued"
     running = "running"
@@ -205,4 +217,49 @@ class JournalEntry(Base):
     snapshot: Mapped[list[Any]] = mapped_column(JSON)  # the annotations (plain dicts)
     undone: Mapped[bool] = mapped_column(Boolean, default=False)
     user: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceFate(Base):
+    """One model proposal, or one instance a person added by hand, and what became of it (the "Model help"
+    figures). Kept up to date in the transaction of every change of the image's annotations."""
+
+    __tablename__ = "instance_fates"
+    __table_args__ = (Index("ix_fates_image", "image_id", "annotation_id"), Index("ix_fates_version", "model_version_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    annotation_id: Mapped[int] = mapped_column(Integer)  # no foreign key: the annotation may be deleted
+    kind: Mapped[str] = mapped_column(String(16))  # "proposal" or "hand"
+    tool: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # hand: box, polygon, brush, grabcut, other
+    # the proposal's model version; for a hand-made instance the version that was active then (None: no model)
+    model_version_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
+    category_id: Mapped[int] = mapped_column(Integer)  # the class it was made with
+    final_category_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # the class it has now
+    score: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    proposed_mask: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # the proposal's mask (RLE counts)
+    fate: Mapped[Fate] = mapped_column(_enum(Fate, "fate"))
+    iou: Mapped[Optional[float]] = mapped_column(Float, nullable=True)  # edited: proposed vs final mask
+    created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    decided_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[Optional[datetime]] = mapped_column(nullable=True)
+
+
+class ImageVisit(Base):
+    """A person's visit of an image (open ... done) with its active time: the gaps between the client's
+    events, those over the idle limit left out."""
+
+    __tablename__ = "image_visits"
+    __table_args__ = (Index("ix_visits_version", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version_id: Mapped[Optional[int]] = mapped_column(  # the version active during the visit
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True)
+    user: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    events: Mapped[int] = mapped_column(Integer)
+    active_seconds: Mapped[float] = mapped_column(Float)
+    idle_seconds: Mapped[float] = mapped_column(Float)  # gaps over the limit, left out
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, or_, select
 
 from db.engine import Database
-from db.models import Annotation, Category, Image, ModelVersion, ReviewState, RunStatus, Split, TrainingRun
+from db.models import Annotation, Category, Image, ModelVersion, ReviewState, RunStatus, Source, Split, TrainingRun
 
 
 @dataclass
@@ -108,6 +108,18 @@ def list_images(db: Database, limit: int | None = 1000, status: str | None = Non
                     "annotations": r[5], "proposed": r[6], "rejected": r[7], "status": row_status})
         if limit is not None and len(out) >= limit:
             break
+    return out
+
+
+def proposal_scores(db: Database, version_id: int) -> dict[int, list[float]]:
+    """image id -> the scores of the model version's proposals stored on it (reviewed ones included)."""
+    with db.session() as session:
+        rows = session.execute(select(Annotation.image_id, Annotation.score).where(
+            Annotation.model_version_id == version_id, Annotation.source == Source.model,
+            Annotation.score.is_not(None)).order_by(Annotation.image_id, Annotation.id)).all()
+    out: dict[int, list[float]] = {}
+    for image_id, score in rows:
+        out.setdefault(image_id, []).append(float(score))
     return out
 
 

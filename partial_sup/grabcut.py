@@ -39,3 +39,54 @@ def grabcut_mask(image: np.ndarray, box: tuple[float, float, float, float], iter
         object_pixels[rect[1]:rect[1] + rect[3], rect[0]:rect[0] + rect[2]] = True
     full[cy1:cy2, cx1:cx2] = object_pixels
     return full
+
+
+CLICK_RADIUS = 5  # pixels of a click's disk that become a hard label
+REFINE_GROW = 0.15  # the instance's box is enlarged by this share of its size on each side
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, positive, negative, *, radius: int = CLICK_RADIUS,
+                iterations: int = 4) -> np.ndarray:
+    """A mask corrected with clicks: GrabCut initialised from ``mask`` (probably object inside it, probably
+    background around it) inside the mask's box enlarged by REFINE_GROW (and grown to take in every click),
+    a band of MARGIN pixels around that as sure background, with a disk of ``radius`` around each ``positive`` point (x, y) as sure object and around each
+    ``negative`` point as sure background. Returns the new (H, W) bool mask (outside the box: unchanged)."""
+    height, width = image.shape[:2]
+    points = [(float(x), float(y)) for x, y in list(positive) + list(negative)]
+    ys, xs = np.nonzero(mask)
+    xs_all = list(xs) + [p[0] for p in points]
+    ys_all = list(ys) + [p[1] for p in points]
+    if not xs_all:
+        return np.zeros((height, width), bool)
+    x1, x2, y1, y2 = min(xs_all), max(xs_all) + 1, min(ys_all), max(ys_all) + 1
+    grow_x, grow_y = max(MARGIN, (x2 - x1) * REFINE_GROW), max(MARGIN, (y2 - y1) * REFINE_GROW)
+    rx1, ry1 = int(max(0, x1 - grow_x)), int(max(0, y1 - grow_y))  # where the mask may change
+    rx2, ry2 = int(min(width, x2 + grow_x)), int(min(height, y2 + grow_y))
+    cx1, cy1 = max(0, rx1 - MARGIN), max(0, ry1 - MARGIN)  # and a band of sure background around it
+    cx2, cy2 = min(width, rx2 + MARGIN), min(height, ry2 + MARGIN)
+    crop = np.ascontiguousarray(image[cy1:cy2, cx1:cx2, ::-1])
+    inside = np.ascontiguousarray(mask[cy1:cy2, cx1:cx2], dtype=bool)  # decoded RLE masks are column-major
+    labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
+    region = (slice(ry1 - cy1, ry2 - cy1), slice(rx1 - cx1, rx2 - cx1))
+    labels[region] = np.where(inside[region], cv2.GC_PR_FGD, cv2.GC_PR_BGD)
+    hard = np.zeros(labels.shape, np.uint8)  # 1: sure object, 2: sure background (clicks win over GrabCut)
+    for value, group in ((1, positive), (2, negative)):
+        for x, y in group:
+            cv2.circle(hard, (int(round(x)) - cx1, int(round(y)) - cy1), radius, value, -1)
+    labels[hard == 1], labels[hard == 2] = cv2.GC_FGD, cv2.GC_BGD
+    out = np.array(mask, dtype=bool, order="C")
+    result = None
+    if (labels == cv2.GC_PR_FGD).any() or (labels == cv2.GC_FGD).any():
+        background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(crop, labels, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
+            result = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        except cv2.error:  # e.g. no background pixels to learn from
+            result = None
+    if result is None or not result.any():  # failed, or took everything away: the old mask, minus the clicks
+        result = inside.copy()
+    result[hard == 1], result[hard == 2] = True, False
+    keep = np.zeros(result.shape, bool)
+    keep[region] = True
+    out[cy1:cy2, cx1:cx2] = np.where(keep | (hard > 0), result, inside)
+    return out

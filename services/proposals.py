@@ -70,9 +70,20 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
                                 mask=mask, source="model", review_state="proposed",
                                 score=float(inst.score), model_version_id=version_id))
     revision = save_annotations(db, image_id, [InstanceData.from_row(r) for r in keep] + new,
-                                seen_revision=seen_revision, user=user)
+                                seen_revision=seen_revision, user=user, proposing=True)
     return ProposalResult(revision=revision, added=len(new), replaced=len(rows) - len(keep), skipped=skipped,
                           low_confidence=0 if confident else len(new))
+
+
+def uncertainty(scores: list[float]) -> float:
+    """How unsure a model is about a photo: the sum over its proposals of the binary entropy (bits) of their
+    scores. A proposal near 0.5 counts most (a decision a person has to make, and what the model learns most
+    from); sure ones (near 1) add little; a photo with many unsure instances outranks one with a single one."""
+    total = 0.0
+    for score in scores:
+        p = min(max(float(score), 1e-6), 1 - 1e-6)
+        total -= p * np.log2(p) + (1 - p) * np.log2(1 - p)
+    return round(total, 6)
 
 
 def mask_for_box(image: np.ndarray, box, category_id: int, masks_for_boxes=None) -> tuple[np.ndarray, str]:

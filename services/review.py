@@ -99,7 +99,8 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
             raise WorkbenchError(f"edit {index}: counts must be a compressed COCO RLE string")
         target = None if edit.get("id") is None else annotation_id(edit["id"])
         before = _ids(image_id, wb.db)
-        result.revision = wb.save_mask(image_id, target, edit.get("category_id"), None, rev, user, counts=counts)
+        result.revision = wb.save_mask(image_id, target, edit.get("category_id"), None, rev, user,
+                                       tool="polygon" if edit["tool"] == "polygon" else "brush", counts=counts)
         if target is None:
             made(before)
     elif kind == "box":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db import categories, masks, queries, registry
+from db import categories, fates, masks, queries, registry
 from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, lost_instances,
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
@@ -31,12 +31,15 @@ from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
 from services import review, training
 from services.images import ImageCache
+from services.model_help import model_help
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
-from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask_for_box, propose
+from partial_sup.grabcut import refine_mask
+from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask_for_box, propose, uncertainty
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
 
 SCORE_THRESHOLD_VARIABLE = "WORKBENCH_SCORE_THRESHOLD"
+ORDERS = ("upload", "most_useful")  # the gallery's orders (Workbench.list_images)
 SOURCES = tuple(source.value for source in Source)
 REVIEW_STATES = tuple(state.value for state in ReviewState)
 RunState = training.RunState
@@ -156,6 +159,29 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
                         review_state=state, score=score, model_version_id=version, iscrowd=bool(iscrowd), id=ann_id)
 
 
+def _points(value, what: str, width: int, height: int) -> list[tuple[float, float]]:
+    """Clicked points from a client: a list of [x, y] pairs inside the image (None: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > 1000:
+        raise WorkbenchError(f"{what} must be a list of at most 1000 [x, y] points, not {shown(value)}")
+    points = []
+    for point in value:
+        if not (isinstance(point, (list, tuple)) and len(point) == 2):
+            raise WorkbenchError(f"{what}: each point must be [x, y], not {shown(point)}")
+        x, y = (_finite(v, f"{what}: a coordinate") for v in point)
+        if not (0 <= x < width and 0 <= y < height):
+            raise WorkbenchError(f"{what}: the point {[x, y]} is outside the {width}x{height} image; send "
+                                 "full-resolution pixels")
+        points.append((x, y))
+    return points
+
+
+def _box_tool(changes: dict) -> str:
+    """The tool of a box a person drew: "grabcut" when GrabCut made its mask, else "box"."""
+    return "grabcut" if changes.get("source") == "grabcut" else "box"
+
+
 class Workbench:
     def __init__(self, db: Database, *, score_threshold: float | None = None, device: str | None = None):
         """score_threshold: the lowest score of a stored proposal (None: $WORKBENCH_SCORE_THRESHOLD, else 0.05);
@@ -179,9 +205,37 @@ class Workbench:
     def status_counts(self) -> dict[str, int]:
         return queries.status_counts(self.db)
 
-    def list_images(self, status: str | None = None, limit: int | None = 1000) -> list[dict]:
-        """Images with their counts and review status; ``status`` None or "all": every image."""
-        return queries.list_images(self.db, limit=limit, status=None if status in (None, "all") else status)
+    def list_images(self, status: str | None = None, limit: int | None = 1000, order: str = "upload",
+                    propose_missing: int = 0) -> list[dict]:
+        """Images with their counts and review status; ``status`` None or "all": every image. ``order``:
+        "upload" (by id) or "most_useful": the unlabelled train photos (new or proposed) whose active-model
+        proposals are least certain first (services.proposals.uncertainty of the stored proposals, each row's
+        "uncertainty"), then those without proposals of the active model, then the rest by id.
+        ``propose_missing``: with "most_useful", run the model (and store its proposals) on at most this many
+        unlabelled train photos that have none of the active model's yet, first by id."""
+        if order not in ORDERS:
+            raise WorkbenchError(f"order must be one of {', '.join(ORDERS)}, not {shown(order)}")
+        status = None if status in (None, "all") else status
+        if order == "upload":
+            return queries.list_images(self.db, limit=limit, status=status)
+        rows = queries.list_images(self.db, limit=None)
+        version = self.active_version_id()
+        scores = queries.proposal_scores(self.db, version) if version is not None else {}
+        unlabelled = [r for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")]
+        missing = [r["id"] for r in unlabelled if r["id"] not in scores][:max(0, int(propose_missing or 0))]
+        if version is not None and missing:
+            for image_id in missing:
+                self.propose(image_id)
+            rows = queries.list_images(self.db, limit=None)
+            scores = queries.proposal_scores(self.db, version)
+            unlabelled = [r for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")]
+        ranked = {r["id"]: uncertainty(scores[r["id"]]) for r in unlabelled if r["id"] in scores}
+        first = sorted(ranked, key=lambda image_id: (-ranked[image_id], image_id))
+        position = {image_id: index for index, image_id in enumerate(first)}
+        unscored = {r["id"] for r in unlabelled} - set(ranked)
+        out = sorted(rows, key=lambda r: (position.get(r["id"], len(position) + (r["id"] not in unscored)), r["id"]))
+        out = [dict(r, uncertainty=ranked.get(r["id"])) for r in out if status is None or r["status"] == status]
+        return out if limit is None else out[:limit]
 
     def image_info(self, image_id: int) -> dict:
         return queries.image_info(self.db, image_id)
@@ -294,9 +348,13 @@ class Workbench:
         raise WorkbenchError(f"there is no class {shown(value, 60)}; add it in the Classes tab "
                              f"(classes: {known or 'none yet'})")
 
-    def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None) -> int:
+    def save_json(self, image_id: int, instances: list[dict], seen_revision: int | None, user: str | None = None,
+                  tool: str | None = None) -> int:
         """The API's save: ``instances`` become the image's annotations (those with an ``id`` keep it).
-        Every field is checked strictly (no silent casts): see :func:`instance_from_json`."""
+        Every field is checked strictly (no silent casts): see :func:`instance_from_json`. ``tool`` (box,
+        polygon, brush, grabcut, other): how a person made the new instances, recorded for "Model help"; an
+        instance's own "tool" field says it for that one."""
+        fates.check_tool(tool)
         if not isinstance(instances, list):
             raise WorkbenchError("instances must be a list of objects")
         info = queries.image_info(self.db, image_id)
@@ -305,6 +363,8 @@ class Workbench:
         data = [instance_from_json(item, index, info["height"], info["width"],
                                    lambda value: self.category_id(value, names), versions)
                 for index, item in enumerate(instances)]
+        for item, inst in zip(instances, data):
+            inst.tool = fates.check_tool(item.get("tool", tool))
         ids = [d.id for d in data if d.id is not None]
         if len(ids) != len(set(ids)):
             raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
@@ -336,6 +396,13 @@ class Workbench:
 
     def undo(self, image_id: int, user: str | None = None) -> int:
         return undo(self.db, image_id, user=user)
+
+    def record_visit(self, image_id: int, event_times: list[float], user: str | None = None) -> dict:
+        """A person's visit of an image, from the client's event times in seconds (open, every edit or key,
+        ..., done; any origin, e.g. performance.now() / 1000): active time is the sum of the gaps between
+        consecutive events, gaps over 60 s left out as idle. -> {"image_id", "active_seconds", "idle_seconds",
+        "events"}."""
+        return fates.record_visit(self.db, int(image_id), event_times, user=user)
 
     def save_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
                          seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
@@ -392,7 +459,7 @@ class Workbench:
                 said.append(f"#{row['id']} moved ({how})")
         for category_id, box in new:
             changes, how = masked(category_id, box)
-            data.append(InstanceData(category_id=category_id, box=box, **changes))
+            data.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             said.append(f"{names[category_id]} added ({how})")
         revision = save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
         return revision, said
@@ -409,7 +476,7 @@ class Workbench:
         new, sources = [], []
         for category_id, box in boxes:
             changes, how = masked(category_id, box)
-            new.append(InstanceData(category_id=category_id, box=box, **changes))
+            new.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             sources.append(how)
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
                                     seen_revision=seen_revision, user=user)
@@ -432,10 +499,13 @@ class Workbench:
         return masked
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
-                  seen_revision: int | None, user: str | None = None, *, counts: str | None = None) -> int:
-        """A mask painted by a person replaces an annotation's mask (or makes a new annotation of ``category``):
-        ``mask`` an (H, W) bool array, or ``counts`` the compressed COCO RLE of the image's size (the review
-        canvas encodes its masks in the browser; checked before it is stored)."""
+                  seen_revision: int | None, user: str | None = None, tool: str = "brush", *,
+                  counts: str | None = None) -> int:
+        """A mask painted by a person replaces an annotation's mask (or makes a new annotation of ``category``,
+        recorded as made with ``tool``: brush, polygon, grabcut, box or other): ``mask`` an (H, W) bool array,
+        or ``counts`` the compressed COCO RLE of the image's size (the review canvas encodes its masks in the
+        browser; checked before it is stored)."""
+        fates.check_tool(tool)
         if counts is None and (mask is None or not mask.any()):
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
         drawn = dict(mask=mask) if counts is None else dict(mask_rle=counts)
@@ -452,7 +522,37 @@ class Workbench:
         if not found:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
-            data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn"))
+            data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
+        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+
+    def refine_with_clicks(self, image_id: int, ann_id: int, positive_points, negative_points,
+                           seen_revision: int | None, user: str | None = None) -> int:
+        """Correct an instance's mask with clicks: ``positive_points`` "this is object", ``negative_points``
+        "this is not", each a list of (x, y) in the image's full-resolution pixels. GrabCut starts from the
+        current mask (a box-only instance: its box) inside its box enlarged a little, the clicked pixels (small
+        disks) as hard labels (partial_sup.grabcut.refine_mask); no model needed. The instance becomes an
+        accepted GrabCut mask (a proposal refined this way counts as edited). -> the new revision."""
+        info = queries.image_info(self.db, image_id)
+        height, width = info["height"], info["width"]
+        positive = _points(positive_points, "positive_points", width, height)
+        negative = _points(negative_points, "negative_points", width, height)
+        if not positive and not negative:
+            raise WorkbenchError("click the instance first: a left click on what is object, a right click on what "
+                                 "is not")
+        row = self.annotation(image_id, _strict_int(ann_id, "ann_id"))
+        mask = row["mask"]
+        if mask is None:
+            x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
+            mask = np.zeros((height, width), bool)
+            mask[max(0, y1):y2, max(0, x1):x2] = True
+        refined = refine_mask(self.rgb(image_id)[1], mask, positive, negative)
+        if not refined.any():
+            raise WorkbenchError("the clicks leave nothing of the instance; click on the object (left click) "
+                                 "or delete the instance")
+        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        data = [InstanceData.from_row(r, mask=refined, box=None, source="grabcut", review_state="accepted",
+                                      score=None, model_version_id=None) if r["id"] == row["id"]
+                else InstanceData.from_row(r) for r in rows]
         return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
 
     def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
@@ -551,6 +651,12 @@ class Workbench:
     def active_version_id(self) -> int | None:
         version = registry.active_version(self.db)
         return None if version is None else version.id
+
+    def model_help(self) -> dict[str, list[dict]]:
+        """How much each model version helped (services.model_help): {"versions": [...], "classes": [...]},
+        each row a dict of services.model_help.COLUMNS plus "version_id"."""
+        names = {v.id: f"v{v.id} {v.name}".strip() for v in registry.list_versions(self.db)}
+        return model_help(self.db, queries.category_names(self.db), names)
 
     def activate_version(self, version_id: int) -> None:
         registry.activate_version(self.db, int(version_id))

@@ -1,0 +1,72 @@
+"""The headless API's endpoints for the labelling loop: add_boxes, refine, record_visit, list_images (order),
+model_help (through gradio_client, as a client or the benchmark's simulated labeller calls them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_synthetic_coco, new_database_url
+from test_app_helpers import free_port, register_tiny_model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, db_backend):
+    from gradio_client import Client
+
+    from app.ui import launch_app
+    from db.coco_import import import_coco
+    from db.engine import open_database
+
+    root = tmp_path_factory.mktemp("api_help")
+    coco = make_synthetic_coco(root / "coco")
+    with new_database_url(db_backend, root / "data") as url:
+        db = open_database(root / "data", url)
+        import_coco(db, coco, coco.parent / "images")
+        version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+        port = free_port()
+        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0)
+        try:
+            yield Client(f"http://127.0.0.1:{port}/", verbose=False), root, version
+        finally:
+            demo.close()
+            db.close()
+
+
+def test_the_loop_through_the_api(served):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client, root, version = served
+    pixels = np.full((60, 80, 3), 40, np.uint8)
+    pixels[10:30, 10:40] = (220, 40, 40)
+    pixels[35:55, 45:75] = (40, 220, 40)
+    Image.fromarray(pixels).save(root / "shapes.png")
+    image_id = client.predict([handle_file(str(root / "shapes.png"))], "train", api_name="/upload_images")[
+        "image_ids"][0]
+    listed = client.predict("all", "most_useful", 5, api_name="/list_images")["images"]
+    assert listed[0]["id"] == image_id and listed[0]["uncertainty"] is not None  # the only unlabelled photo
+    assert listed[0]["status"] == "proposed"  # the model looked at it and its proposals are stored
+    assert client.predict(image_id, api_name="/instances")["image_id"] == image_id
+    added = client.predict(image_id, [{"category": "car", "box": [8, 8, 42, 32]}], -1, api_name="/add_boxes")
+    new = [i for i in added["instances"] if i["review_state"] == "accepted"]
+    assert len(new) == 1 and added["masks"][0] in ("model mask", "grabcut mask")
+    refined = client.predict(image_id, new[0]["id"], [[20, 20]], [[41, 31]], added["saved_revision"],
+                             api_name="/refine")
+    row = next(i for i in refined["instances"] if i["id"] == new[0]["id"])
+    assert row["source"] == "grabcut" and refined["saved_revision"] == added["saved_revision"] + 1
+    visit = client.predict(image_id, [0, 2.5, 5, 100, 101], api_name="/record_visit")
+    assert (visit["active_seconds"], visit["idle_seconds"]) == (6.0, 95.0)
+    for proposal in [i for i in refined["instances"] if i["review_state"] == "proposed"]:
+        proposal["review_state"] = "rejected"
+    client.predict(image_id, refined["instances"], refined["revision"], api_name="/save_annotations")
+    help_ = client.predict(api_name="/model_help")
+    row = next(v for v in help_["versions"] if v["version_id"] == version)
+    assert row["final"] == 1 and row["hand"] == 1 and row["rejected"] >= 1 and row["active_seconds"] == 6.0
+    with pytest.raises(AppError, match="outside the 80x60 image"):
+        client.predict(image_id, new[0]["id"], [[500, 5]], [], -1, api_name="/refine")
+    with pytest.raises(AppError, match="order must be one of upload, most_useful"):
+        client.predict("all", "best", 0, api_name="/list_images")
+    with pytest.raises(AppError, match="event times must be finite numbers"):
+        client.predict(image_id, [0, "soon"], api_name="/record_visit")
