@@ -205,6 +205,19 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             assert row["source"] == "drawn" and row["mask"].sum() > before
             assert row["mask"][int(0.9 * height), int(0.15 * width)]  # painted where the stroke went
 
+            step = "refine clicks"  # c: a left click adds "this is object" (GrabCut from the current mask)
+            page.keyboard.press("c")
+            before = row["mask"].copy()
+            ys, xs = np.nonzero(~before)
+            outside = next((x, y) for x, y in zip(xs[::97], ys[::97])
+                           if abs(x - xs.mean()) < width / 2 and not before[max(0, y - 3):y + 4, max(0, x - 3):x + 4].any()
+                           and before[max(0, y - 40):y + 41, max(0, x - 40):x + 41].any())
+            click_image(page, outside[0] + 0.5, outside[1] + 0.5)
+            wait_saved(page, timeout=90)
+            row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == best)
+            assert row["source"] == "grabcut" and row["mask"][outside[1], outside[0]]  # the clicked pixel is in it
+            page.keyboard.press("v")
+
             step = "polygon"  # a new instance of class 3 (sign)
             before_ids = {r["id"] for r in get_annotations(db, image_id)[1]}
             page.keyboard.press("Escape")
@@ -249,6 +262,17 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             assert not any(r["review_state"] == "proposed" for r in rows)
             accepted = [r for r in rows if r["review_state"] == "accepted"]
             assert len(accepted) == 3
+            from db.fates import fate_rows, visit_rows  # the proposals' fates and the visit's active time
+
+            fates = {r["annotation_id"]: r for r in fate_rows(db) if r["image_id"] == image_id}
+            assert fates[best]["fate"] == "edited" and fates[rejected]["fate"] == "rejected"
+            tools = sorted(r["tool"] for r in fates.values() if r["kind"] == "hand")
+            assert len(tools) == 2 and "polygon" in tools and tools[0] in ("box", "grabcut"), tools
+            deadline = time.monotonic() + 30  # the visit is sent when the image is left
+            while not [v for v in visit_rows(db) if v["image_id"] == image_id] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            visits = [v for v in visit_rows(db) if v["image_id"] == image_id]
+            assert visits and visits[-1]["active_seconds"] > 0 and visits[-1]["events"] >= 5
 
             step = "train"
             page.get_by_role("tab", name="Train").click()
