@@ -275,8 +275,16 @@ class Handlers:
             return self.open(None, review_threshold)
         return self.open(id_list[evt.index], review_threshold, user=user_of(request))
 
-    def neighbour(self, current, id_list, status, delta: int) -> int | None:
-        """The image after (+1) or before (-1) ``current`` in the listed images (wrapping), None: none listed."""
+    def neighbour(self, current, id_list, status, delta: int, order: str = "upload") -> int | None:
+        """The image after (+1) or before (-1) ``current`` in the listed images (wrapping), None: none listed.
+        With ``order`` "most_useful", the next one is the most useful unlabelled train photo (new or proposed)
+        other than ``current`` (Workbench.list_images), while there is one."""
+        if order == "most_useful" and delta > 0:
+            rows = self.wb.list_images(status, limit=None, order="most_useful")
+            useful = [r["id"] for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")
+                      and r["id"] != current]
+            if useful:
+                return useful[0]
         if not id_list:
             id_list = [r["id"] for r in self.wb.list_images(status, limit=GALLERY_LIMIT)]
         if not id_list:
@@ -286,10 +294,10 @@ class Handlers:
         return id_list[0 if delta > 0 else -1]
 
     def step(self, delta: int):
-        """The handler of Next (+1) / Previous (-1) through the listed images: the image opened, and the
-        gallery's highlight moved to it."""
-        def go(current, id_list, status, review_threshold, request: gr.Request):
-            target = self.neighbour(current, id_list, status, delta)
+        """The handler of Next (+1) / Previous (-1) through the listed images in the gallery's order (see
+        :meth:`neighbour`): the image opened, and the gallery's highlight moved to it."""
+        def go(current, id_list, status, review_threshold, order, request: gr.Request):
+            target = self.neighbour(current, id_list, status, delta, order)
             if target is None:
                 return (*self.open(None, review_threshold, "No images in this list."), gr.skip())
             return (*self.open(target, review_threshold, user=user_of(request)),
@@ -306,23 +314,6 @@ class Handlers:
         except WorkbenchError as exc:
             gr.Warning(str(exc))
             return self.gallery(status)
-
-    def step_in_order(self, delta: int):
-        """Next / Previous in the gallery's order: with "most useful next", Next opens the most useful
-        unlabelled train photo (new or proposed) other than the one open now."""
-        plain = self.step(delta)
-
-        def go(current, id_list, status, review_threshold, order, request: gr.Request):
-            if order != "most_useful" or delta < 0:
-                return plain(current, id_list, status, review_threshold, request)
-            rows = self.wb.list_images(status, limit=None, order="most_useful")
-            useful = [r["id"] for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")
-                      and r["id"] != current]
-            if not useful:
-                return plain(current, id_list, status, review_threshold, request)
-            return (*self.open(useful[0], review_threshold, user=user_of(request)),
-                    self.highlighted(None, id_list, useful[0]))
-        return go
 
     # ---- model help -----------------------------------------------------------------------------------
     def show_model_help(self):
@@ -347,7 +338,7 @@ class Handlers:
     def on_review_threshold(self, image_id, review_threshold) -> dict:
         return self.canvas(image_id, review_threshold)
 
-    def on_canvas_save(self, review_threshold, status_filter, evt: gr.EventData, request: gr.Request) -> Saved:
+    def on_canvas_save(self, review_threshold, status_filter, order, evt: gr.EventData, request: gr.Request) -> Saved:
         """A batch of the canvas's edits (services.review) saved in order; the canvas gets the image's new
         state with the batch's number (``ack``) and the ids its new instances got."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
@@ -362,6 +353,11 @@ class Handlers:
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
             return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
                          *[gr.skip()] * 5)
+        except Exception as exc:  # noqa: BLE001 (the canvas must get an answer, or it waits for this batch forever)
+            log.exception("the canvas's edits of image %s failed", image_id)
+            return Saved(self.canvas(image_id, review_threshold, f"⚠️ Not saved: an internal error ({exc}); your "
+                                     "last edits are not in the database. Reload the image.", status="not saved",
+                                     ack=seq), *[gr.skip()] * 5)
         messages = [proposal_message(r, self.wb.score_threshold) for r in result.proposals]
         status = "saved"
         if result.error is not None:
@@ -373,7 +369,8 @@ class Handlers:
         title, overview = self.title(image_id, info, rows, revision), self.summary_line()
         if self.wb.image_status(rows) == before:
             return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip())
-        return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id))
+        return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id,
+                                                            order=order))
 
     def on_visit(self, evt: gr.EventData, request: gr.Request) -> None:
         """The canvas's input times of a visit of an image (sent when it is left): its active time is recorded
@@ -384,7 +381,7 @@ class Handlers:
         except (WorkbenchError, TypeError, ValueError) as exc:
             log.warning("a visit was not recorded: %s", exc)
 
-    def on_done(self, id_list, status_filter, review_threshold, evt: gr.EventData, request: gr.Request):
+    def on_done(self, id_list, status_filter, review_threshold, order, evt: gr.EventData, request: gr.Request):
         """"Done, next image": the proposals left are rejected, then the next image of the list opens (the
         image list follows)."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
@@ -395,9 +392,9 @@ class Handlers:
             self.wb.finish_image(int(image_id), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
             return (*Opened.of(int(image_id), self.safe_view(int(image_id), review_threshold, error_text(exc))),
-                    *self.gallery(status_filter, keep=int(image_id), selected=int(image_id)))
-        items, ids = self.gallery_items(status_filter, keep=int(image_id))
-        opened = self.open(self.neighbour(int(image_id), ids, status_filter, +1), review_threshold,
+                    *self.gallery(status_filter, keep=int(image_id), selected=int(image_id), order=order))
+        items, ids = self.gallery_items(status_filter, keep=int(image_id), order=order)
+        opened = self.open(self.neighbour(int(image_id), ids, status_filter, +1, order), review_threshold,
                            user=user_of(request))
         return (*opened, self.highlighted(items, ids, opened.image_id), ids, self.statuses(status_filter or "all"))
 

@@ -279,18 +279,19 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                             [status_filter, order, image_id], gallery_outputs, **private)
         order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private)
         gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private)
-        next_btn.click(ui.step_in_order(+1), [image_id, ids, status_filter, review_threshold, order],
+        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold, order],
                        [*open_outputs, gallery], **private)
-        prev_btn.click(ui.step_in_order(-1), [image_id, ids, status_filter, review_threshold, order],
+        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold, order],
                        [*open_outputs, gallery], **private)
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
         review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
                                 trigger_mode="always_last", show_progress="hidden", **private)
-        canvas.save(ui.on_canvas_save, [review_threshold, status_filter], [canvas, title, overview, *gallery_outputs],
+        canvas.save(ui.on_canvas_save, [review_threshold, status_filter, order],
+                    [canvas, title, overview, *gallery_outputs],
                     trigger_mode="multiple", show_progress="hidden", queue=False, **private)
         canvas.visit(ui.on_visit, None, None, trigger_mode="multiple", show_progress="hidden", queue=False, **private)
-        canvas.done(ui.on_done, [ids, status_filter, review_threshold], [*open_outputs, *gallery_outputs],
+        canvas.done(ui.on_done, [ids, status_filter, review_threshold, order], [*open_outputs, *gallery_outputs],
                     trigger_mode="once", show_progress="hidden", **private)
 
         # ---- draw boxes ------------------------------------------------------------------------

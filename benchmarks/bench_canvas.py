@@ -122,7 +122,7 @@ def server_save_times(ui, image_id: int, repeats: int) -> list[float]:
         event = gr.EventData(None, {"image_id": image_id, "revision": value["revision"], "seq": k,
                                     "ops": [{"kind": "review", "ids": [target["id"]], "state": "accepted"}]})
         start = time.perf_counter()
-        out = ui.on_canvas_save(0.5, "all", event, None)
+        out = ui.on_canvas_save(0.5, "all", "upload", event, None)
         times.append(1000 * (time.perf_counter() - start))
         assert out.canvas["status"] == "saved", out.canvas["message"]
         ui.wb.review(image_id, [target["id"]], "proposed", out.canvas["revision"])

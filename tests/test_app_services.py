@@ -174,7 +174,7 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
     first, second = drawn[0]["id"], drawn[1]["id"]
 
     def save(revision, *ops, seq=1):
-        return ui.on_canvas_save(0.0, "all", gr.EventData(None, {"image_id": new_id, "revision": revision,
+        return ui.on_canvas_save(0.0, "all", "upload", gr.EventData(None, {"image_id": new_id, "revision": revision,
                                                                  "seq": seq, "ops": list(ops)}), None)
     # person B (same revision) accepts one proposal on the canvas
     out_b = save(revision_a, {"kind": "review", "ids": [first], "state": "accepted"})

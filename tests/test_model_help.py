@@ -242,5 +242,11 @@ def test_the_model_help_tab_and_the_gallery_order(bench):
     assert set(shares["figure"]) == {"accepted unchanged", "added by hand"} and len(seconds) == 0
     assert table[0][:4] == ["v%d fake" % version, "all", 1, 1] and per_class[0][1] == "car"
     ui = Handlers(wb)
-    _, ids, _ = ui.gallery("all", "most_useful")
-    assert sorted(ids) == sorted(r["id"] for r in wb.list_images(limit=None))
+    _, ids, _ = ui.gallery("all", order="most_useful")
+    ranked = wb.list_images(order="most_useful", limit=None)
+    assert ids == [r["id"] for r in ranked] and sorted(ids) == sorted(r["id"] for r in wb.list_images(limit=None))
+    useful = [r["id"] for r in ranked if r["split"] == "train" and r["status"] in ("new", "proposed")]
+    assert useful  # Next (and "done, next") in this order: the most useful unlabelled photo other than the open one
+    assert ui.neighbour(-1, ids, "all", +1, "most_useful") == useful[0]
+    if len(useful) > 1:
+        assert ui.neighbour(useful[0], ids, "all", +1, "most_useful") == useful[1]

@@ -136,15 +136,15 @@ def test_done_rejects_the_proposals_left_and_opens_the_next_image(db):
     ui = Handlers(Workbench(db))
     revision = proposals(db, 2)
     gallery, ids, _ = ui.gallery("all")
-    out = ui.on_done(ids, "all", 0.5, gr.EventData(None, {"image_id": 2, "revision": revision}), None)
+    out = ui.on_done(ids, "all", 0.5, "upload", gr.EventData(None, {"image_id": 2, "revision": revision}), None)
     assert out[0] == ids[ids.index(2) + 1]  # the next image of the list is open, and highlighted in the list
     assert out[len(Opened._fields)].selected_index == ids.index(out[0])
-    assert ui.step(-1)(out[0], ids, "all", 0.5, None)[-1].selected_index == ids.index(2)  # Previous moves it too
+    assert ui.step(-1)(out[0], ids, "all", 0.5, "upload", None)[-1].selected_index == ids.index(2)  # Previous moves it too
     _, rows = get_annotations(db, 2, decode_masks=False)
     assert not any(r["review_state"] == "proposed" for r in rows) and ui.wb.image_status(rows) == "done"
     # a stale revision: nothing is rejected, the image stays open with the conflict said
     revision = proposals(db, 3)
-    out = ui.on_done(ids, "all", 0.5, gr.EventData(None, {"image_id": 3, "revision": revision - 1}), None)
+    out = ui.on_done(ids, "all", 0.5, "upload", gr.EventData(None, {"image_id": 3, "revision": revision - 1}), None)
     assert out[0] == 3 and "Conflict" in out[2]["message"]
 
 
