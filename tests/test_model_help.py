@@ -230,7 +230,9 @@ def test_click_refinement_improves_iou_on_a_synthetic_shape(database, tmp_path):
 
 # ---- the page -------------------------------------------------------------------------------------------------
 @pytest.mark.backends("sqlite")
-def test_the_model_help_tab_and_the_gallery_order(bench):
+def test_the_model_help_tab_and_the_gallery_order(bench, tmp_path):
+    from PIL import Image as PILImage
+
     from app.handlers import Handlers
 
     wb, image_id, h, w, version = bench
@@ -242,11 +244,15 @@ def test_the_model_help_tab_and_the_gallery_order(bench):
     assert set(shares["figure"]) == {"accepted unchanged", "added by hand"} and len(seconds) == 0
     assert table[0][:4] == ["v%d fake" % version, "all", 1, 1] and per_class[0][1] == "car"
     ui = Handlers(wb)
+    for k in range(2):  # two new train photos: unlabelled, so first in "most useful next"
+        path = tmp_path / f"new{k}.png"
+        PILImage.fromarray(np.full((40, 50, 3), 30 + 100 * k, np.uint8)).save(path)
+        wb.upload([path])
     _, ids, _ = ui.gallery("all", order="most_useful")
     ranked = wb.list_images(order="most_useful", limit=None)
     assert ids == [r["id"] for r in ranked] and sorted(ids) == sorted(r["id"] for r in wb.list_images(limit=None))
     useful = [r["id"] for r in ranked if r["split"] == "train" and r["status"] in ("new", "proposed")]
-    assert useful  # Next (and "done, next") in this order: the most useful unlabelled photo other than the open one
+    assert len(useful) >= 2  # Next (and "done, next") in this order: the most useful unlabelled photo but the open one
     assert ui.neighbour(-1, ids, "all", +1, "most_useful") == useful[0]
-    if len(useful) > 1:
-        assert ui.neighbour(useful[0], ids, "all", +1, "most_useful") == useful[1]
+    assert ui.neighbour(useful[0], ids, "all", +1, "most_useful") == useful[1]
+    assert ui.neighbour(useful[1], ids, "all", -1, "most_useful") == ids[ids.index(useful[1]) - 1]  # Previous: the list
