@@ -63,13 +63,14 @@ KEYBOARD_JS = r"""
     else if (key === 'ArrowLeft' || key === 'k') done = click('prev-image');
     else if (key === 's') done = click('save-boxes');
     else {
+      // the review keys go to the canvas; Tab, Enter, Space and Delete on a button or tab keep their usual meaning
       const canvas = document.querySelector('#review-canvas canvas.wb-view');
-      if (visible(canvas) && key.length === 1 || ['Tab', 'Enter', 'Delete', 'Escape'].includes(key)) {
-        if (visible(canvas)) {
-          canvas.focus({preventScroll: true});
-          canvas.dispatchEvent(new KeyboardEvent('keydown', {key, shiftKey: event.shiftKey, ctrlKey: event.ctrlKey, bubbles: true}));
-          done = true;
-        }
+      const onControl = t && t.closest && t.closest('button, a, [role="tab"], [role="button"]');
+      const wanted = onControl ? key.length === 1 && key !== ' ' : key.length === 1 || ['Tab', 'Enter', 'Delete', 'Escape'].includes(key);
+      if (wanted && visible(canvas)) {
+        canvas.focus({preventScroll: true});
+        canvas.dispatchEvent(new KeyboardEvent('keydown', {key, shiftKey: event.shiftKey, ctrlKey: event.ctrlKey, bubbles: true}));
+        done = true;
       }
     }
     if (done) event.preventDefault();
