@@ -30,17 +30,13 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list[Tensor], targets
     its #sampled; then the mean over the N images."""
     N, M = objectness.shape[:2]
     pos_masks, neg_masks = sampler(labels)
-    pos = torch.where(torch.cat(pos_masks))[0]
-    neg = torch.where(torch.cat(neg_masks))[0]
-    sampled = torch.cat([pos, neg])
-    lab = torch.cat(labels)
-    tgt = torch.cat(targets)
-    image = torch.div(sampled, M, rounding_mode="floor")  # anchors are image-major: index // M is the image
-    per_image = torch.bincount(image, minlength=N).clamp(min=1).to(deltas.dtype)  # #sampled per image
-    box_each = F.smooth_l1_loss(deltas.reshape(-1, 4)[pos], tgt[pos], beta=1.0 / 9, reduction="none").sum(1)
-    box = (box_each / per_image[torch.div(pos, M, rounding_mode="floor")]).sum() / N
-    cls_each = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], lab[sampled], reduction="none")
-    return {"rpn_cls": image_mean(cls_each, image, N), "rpn_box": box}
+    pos = torch.stack(pos_masks).bool()  # (N, M); masks instead of indices: no host sync
+    sampled = pos | torch.stack(neg_masks).bool()
+    per_image = sampled.sum(dim=1, keepdim=True).clamp(min=1).to(deltas.dtype)  # #sampled per image
+    box_each = F.smooth_l1_loss(deltas, torch.stack(targets), beta=1.0 / 9, reduction="none").sum(2)
+    box = (torch.where(pos, box_each, 0.0) / per_image).sum() / N
+    cls_each = F.binary_cross_entropy_with_logits(objectness, torch.stack(labels).clamp(min=0), reduction="none")
+    return {"rpn_cls": (torch.where(sampled, cls_each, 0.0) / per_image).sum() / N, "rpn_box": box}
 
 
 def mask_loss(mask_logits: Tensor, mask_targets: Tensor, image_index: Tensor | None = None,

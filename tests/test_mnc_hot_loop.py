@@ -257,6 +257,23 @@ def test_same_numbers_as_before_the_sync_work(case):
     assert not bad, bad
 
 
+def test_match_anchors_gives_the_labels_of_torchvisions_matcher():
+    from torchvision.models.detection._utils import Matcher
+
+    from mnc_core.targets import match_anchors
+    g = torch.Generator().manual_seed(0)
+    for gts, anchors in ((1, 50), (4, 3000), (7, 20)):
+        iou = (torch.rand(gts, anchors, generator=g) * 1.1).clamp(max=1.0)  # ties at 1.0
+        iou[0, : anchors // 2] = 0.0  # a gt whose best anchor is poor and tied
+        iou[0, anchors // 2:] = torch.rand(anchors - anchors // 2, generator=g) * 0.2
+        matched = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou)
+        want = torch.where(matched >= 0, 1.0, torch.where(matched == Matcher.BETWEEN_THRESHOLDS, -1.0, 0.0))
+        labels, gt_index = match_anchors(iou, 0.7, 0.3)
+        assert torch.equal(labels, want)
+        assert {-1.0, 0.0, 1.0} <= set(labels.tolist()) or anchors <= 50  # every kind where there are many
+        assert torch.equal(gt_index[matched >= 0], matched[matched >= 0])
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     print("EXPECTED = {")
