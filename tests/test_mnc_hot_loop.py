@@ -257,6 +257,34 @@ def test_same_numbers_as_before_the_sync_work(case):
     assert not bad, bad
 
 
+def test_a_step_with_a_non_finite_loss_is_skipped_and_too_many_stop_the_run():
+    torch.set_num_threads(1)
+    cfg = small_config(min_size=64, max_size=64, anchor_sizes=(16, 32), warmup_iters=0)
+    ds = ShapesDataset(2, size=(64, 64))
+    for bad_calls, iterations in (({2}, 3), (set(range(1, 13)), 12)):
+        torch.manual_seed(0)
+        model = build_model(cfg, 2, backbone_weights="none")
+        calls = []
+
+        def total_loss(losses, model=model, calls=calls, bad_calls=bad_calls):
+            calls.append(1)
+            total = type(model).total_loss(model, losses)
+            return total * float("nan") if len(calls) in bad_calls else total
+
+        model.total_loss = total_loss
+        progress = []
+        if iterations == 12:
+            with pytest.raises(FloatingPointError, match="loss is not finite"):
+                train_model(ds, cfg, iterations=iterations, model=model, device="cpu", num_workers=0)
+            assert len(calls) == 11  # max(10, 12 // 10) skips are allowed, the 11th stops the run
+            continue
+        _, summary = train_model(ds, cfg, iterations=iterations, model=model, device="cpu", num_workers=0,
+                                 on_progress=progress.append)
+        assert summary["skipped_steps"] == 1 and [p.iteration for p in progress] == [1, 3]
+        assert all(math.isfinite(v) for p in progress for v in p.losses.values())
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def test_match_anchors_gives_the_labels_of_torchvisions_matcher():
     from torchvision.models.detection._utils import Matcher
 
