@@ -185,7 +185,12 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
         model = build_model(config, len(categories), backbone_weights)
     model.backbone.set_frozen_blocks(resolve_frozen_blocks(config))
     model.to(dev).train()
-    net = distributed.wrap(model, job, dev)  # copies rank 0's weights to every process
+    # every parameter of a plain MNC gets a gradient in every step (an image without instances or masks
+    # gives zero losses that are still in the graph), so DDP need not search for unused ones; a final-mask
+    # head (Mask^X) has nothing to learn in a step where no image of a process has a mask and is then
+    # left out of the graph (no gradient, as with one process: AdamW leaves it alone), which needs the search.
+    # wrap copies rank 0's weights to every process.
+    net = distributed.wrap(model, job, dev, find_unused_parameters=model.final_mask_head is not None)
     if job.rank:
         torch.manual_seed(seed + 1_000_003 * job.rank)  # RoI / anchor sampling differs between processes
     cache: ByteBoundedLRU = ByteBoundedLRU(
