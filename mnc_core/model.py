@@ -99,8 +99,8 @@ class MNC(nn.Module):
             ref = ref.detach()
         boxes = self.box_coder.decode_single(deltas, ref)
         counts = [r.shape[0] for r in rois]
-        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
-        limits = limits.repeat_interleave(torch.tensor(counts, device=boxes.device), dim=0, output_size=R)
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
+        limits = torch.cat([limit.expand(count, 4) for limit, count in zip(limits, counts)])  # (R, 4)
         b = boxes.clamp(min=torch.zeros_like(limits), max=limits)  # every image at once
         # keep boxes at least 1 px wide/high (a box regressed onto the border would otherwise
         # collapse and give infinite box targets)

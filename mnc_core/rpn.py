@@ -128,7 +128,7 @@ class RegionProposalNetwork(nn.Module):
         # grad_clip, as if it were alone (one process per image under DDP gives the same)
         d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip / N)
         boxes = self.box_coder.decode_single(d.reshape(-1, 4), torch.stack(anchors)[rows, top].reshape(-1, 4))
-        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
         boxes = boxes.view(N, pre_n, 4).clamp(min=torch.zeros_like(limits)[:, None], max=limits[:, None])
         bd = boxes.detach()
         large = (bd[..., 2] - bd[..., 0] >= self.min_size) & (bd[..., 3] - bd[..., 1] >= self.min_size)
