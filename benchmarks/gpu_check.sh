@@ -9,6 +9,8 @@
 #                                                                 -> OUT/throughput.json (bench_throughput.py)
 #   4. a 1-process DDP run of `launch.py train` under torchrun (NCCL on a GPU, gloo on a CPU) on a small
 #      synthetic database                                         -> OUT/ddp.txt
+#   5. compile: torch.compile'd backbone and heads vs eager, alternately in one process
+#                                                                 -> OUT/compile.json (bench_compile.py)
 #   and OUT/summary.json: each step's exit status and seconds, the device, the versions.
 #
 # --device cpu --quick checks the script itself on a CPU (tiny sizes). --data / --weights: coco_subset and
@@ -62,10 +64,12 @@ step tests bash -c "'$python' -m pytest -q -p no:cacheprovider tests/test_mnc_cu
 if [ -n "$quick" ]; then
     latency=(--images 1 --warmup 0)
     throughput=(--quick)
+    compile=(--images 1 --warmup 1 --repeats 1)
     ddp_iterations=2
 else
     latency=(--images 20 --warmup 3)
     throughput=()
+    compile=(--images 5 --warmup 3 --repeats 3)
     ddp_iterations=20
 fi
 step latency "$python" benchmarks/bench_mnc_latency.py --device "$device" --data "$data" --weights "$weights" \
@@ -82,6 +86,10 @@ from pathlib import Path; print(make_synthetic_coco(Path(\"$ddp_dir/coco\"), n_i
     | tee '$out/ddp.txt' && grep -q 'distributed training under torchrun: 1 process' '$out/ddp.txt' \
     && grep -q 'is now active' '$out/ddp.txt'"
 rm -rf "$ddp_dir"
+
+# last: torch.compile's first compilation may take a minute or two
+step compile "$python" benchmarks/bench_compile.py --device "$device" --data "$data" --weights "$weights" \
+    "${compile[@]}" --json "$out/compile.json"
 
 "$python" - "$out" "$device" "${steps[@]}" <<'EOF'
 import json, platform, sys, time

@@ -90,10 +90,13 @@ def process_group(job: Distributed, device: torch.device) -> Iterator[Distribute
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, job: Distributed, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, job: Distributed, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel over the trainable parameters (frozen ones are skipped by DDP, so a
     frozen backbone works); rank 0's parameters and buffers are copied to every process here, so the
-    processes may build or load the model differently. The model itself for a single process."""
+    processes may build or load the model differently. The model itself for a single process.
+    find_unused_parameters: only for a model whose steps may leave a trainable parameter without a
+    gradient (DDP then walks the graph after every forward to find them; without it, such a step fails
+    at the next forward)."""
     if not job.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -102,10 +105,8 @@ def wrap(model: nn.Module, job: Distributed, device: torch.device) -> nn.Module:
     # MobileNetV2's depthwise (C, 1, 3, 3) weights get gradients whose size-1 dim has another (equivalent)
     # stride than the bucket view; DDP copies them and warns once per process: noise in the run's log
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    # find_unused_parameters: some steps leave parameters without a gradient (e.g. the Mask^X head when no
-    # image of a process has a mask); DDP then counts them as zero on that process, as one process would
     return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def mean(values: torch.Tensor, job: Distributed) -> torch.Tensor:

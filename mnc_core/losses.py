@@ -12,15 +12,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def image_mean(values: Tensor, image_index: Tensor | None, num_images: int = 1) -> Tensor:
+def image_mean(values: Tensor, image_index: Tensor | None, num_images: int = 1, keep: Tensor | None = None) -> Tensor:
     """values (E,) per element, image_index (E,) its image (None: all in one image) -> scalar
-    sum_i mean(values of image i) / num_images; an image without elements adds 0 (still in the graph)."""
+    sum_i mean(values of image i) / num_images; an image without elements adds 0 (still in the graph).
+    keep (E,) bool: only these elements count (the others add exactly 0 and get no gradient), so a
+    caller need not select them (a host sync on a GPU). The counts come from index_add_ (bincount
+    syncs on a GPU to size its output)."""
     if values.numel() == 0:
         return values.sum() * 0.0
     if image_index is None:
-        return values.mean()
-    counts = torch.bincount(image_index, minlength=num_images).to(values.dtype)
-    return (values / counts[image_index]).sum() / num_images
+        if keep is None:
+            return values.mean()
+        image_index = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
+    ones = torch.ones_like(values) if keep is None else keep.to(values.dtype)
+    counts = values.new_zeros(num_images).index_add_(0, image_index, ones)
+    if keep is None:
+        return (values / counts[image_index]).sum() / num_images
+    return torch.where(keep, values / counts[image_index].clamp(min=1), 0.0).sum() / num_images
 
 
 def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list[Tensor], targets: list[Tensor],
@@ -30,28 +38,24 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, labels: list[Tensor], targets
     its #sampled; then the mean over the N images."""
     N, M = objectness.shape[:2]
     pos_masks, neg_masks = sampler(labels)
-    pos = torch.where(torch.cat(pos_masks))[0]
-    neg = torch.where(torch.cat(neg_masks))[0]
-    sampled = torch.cat([pos, neg])
-    lab = torch.cat(labels)
-    tgt = torch.cat(targets)
-    image = torch.div(sampled, M, rounding_mode="floor")  # anchors are image-major: index // M is the image
-    per_image = torch.bincount(image, minlength=N).clamp(min=1).to(deltas.dtype)  # #sampled per image
-    box_each = F.smooth_l1_loss(deltas.reshape(-1, 4)[pos], tgt[pos], beta=1.0 / 9, reduction="none").sum(1)
-    box = (box_each / per_image[torch.div(pos, M, rounding_mode="floor")]).sum() / N
-    cls_each = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], lab[sampled], reduction="none")
-    return {"rpn_cls": image_mean(cls_each, image, N), "rpn_box": box}
+    pos = torch.stack(pos_masks).bool()  # (N, M); masks instead of indices: no host sync
+    sampled = pos | torch.stack(neg_masks).bool()
+    per_image = sampled.sum(dim=1, keepdim=True).clamp(min=1).to(deltas.dtype)  # #sampled per image
+    box_each = F.smooth_l1_loss(deltas, torch.stack(targets), beta=1.0 / 9, reduction="none").sum(2)
+    box = (torch.where(pos, box_each, 0.0) / per_image).sum() / N
+    cls_each = F.binary_cross_entropy_with_logits(objectness, torch.stack(labels).clamp(min=0), reduction="none")
+    return {"rpn_cls": (torch.where(sampled, cls_each, 0.0) / per_image).sum() / N, "rpn_box": box}
 
 
 def mask_loss(mask_logits: Tensor, mask_targets: Tensor, image_index: Tensor | None = None,
-              num_images: int = 1) -> Tensor:
+              num_images: int = 1, keep: Tensor | None = None) -> Tensor:
     """mask_logits (F, m, m) for foreground RoIs that have a GT mask; mask_targets (F, m, m) in {0, 1};
-    image_index (F,) their images (None: one image). Per-pixel sigmoid cross entropy, mean per image;
-    exactly 0 (but still in the graph) when F == 0."""
+    image_index (F,) their images (None: one image); keep (F,) bool: only these rows count (`image_mean`).
+    Per-pixel sigmoid cross entropy, mean per image; exactly 0 (but still in the graph) when no row counts."""
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0
     each = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float(), reduction="none")
-    return image_mean(each.flatten(1).mean(1), image_index, num_images)
+    return image_mean(each.flatten(1).mean(1), image_index, num_images, keep)
 
 
 def classification_loss(scores: Tensor, labels: Tensor, image_index: Tensor | None = None,

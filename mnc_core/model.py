@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.ops import boxes as box_ops
 
 from .backbone import Backbone, build_backbone
 from .config import MNCConfig
@@ -80,7 +79,7 @@ class MNC(nn.Module):
         """The final-mask head for K masks: RoI features x (U, C, S, S), agnostic logits (K, m, m), classes
         (K,), roi_index (K,) the row of x of each mask (None: U == K, row k); (K, m, m) logits. Only the
         detection weights of the classes present are gathered (thousands of classes cost nothing here)."""
-        present, rows = torch.unique(classes, return_inverse=True)
+        present, rows = torch.unique(classes, return_inverse=True)  # a host sync (data-dependent size), Mask^X only
         det_weights = self.classify_head.detection_weights(present)  # (P, 5J)
         return self.final_mask_head(x, mask_logits, rows, det_weights, roi_index).float()
 
@@ -99,64 +98,56 @@ class MNC(nn.Module):
         if self.config.detach_proposals:
             ref = ref.detach()
         boxes = self.box_coder.decode_single(deltas, ref)
-        out, start = [], 0
-        for r, size in zip(rois, image_sizes):
-            b = box_ops.clip_boxes_to_image(boxes[start:start + r.shape[0]], size)
-            # keep boxes at least 1 px wide/high (a box regressed onto the border would otherwise
-            # collapse and give infinite box targets)
-            b = torch.stack([b[:, 0], b[:, 1], torch.maximum(b[:, 2], b[:, 0] + 1), torch.maximum(b[:, 3], b[:, 1] + 1)], 1)
-            out.append(b)
-            start += r.shape[0]
-        return out
+        counts = [r.shape[0] for r in rois]
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
+        limits = torch.cat([limit.expand(count, 4) for limit, count in zip(limits, counts)])  # (R, 4)
+        b = boxes.clamp(min=torch.zeros_like(limits), max=limits)  # every image at once
+        # keep boxes at least 1 px wide/high (a box regressed onto the border would otherwise
+        # collapse and give infinite box targets)
+        b = torch.stack([b[:, 0], b[:, 1], torch.maximum(b[:, 2], b[:, 0] + 1), torch.maximum(b[:, 3], b[:, 1] + 1)], 1)
+        return list(b.split(counts))
 
     def _stage_losses(self, features: Tensor, rois: list[Tensor], targets: list[ImageTargets], suffix: str
                       ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         c = self.config
-        labels, seg_fg, box_tgts, mask_sel, mask_gt_idx = [], [], [], [], []
-        for r, t in zip(rois, targets):
-            iou, gi = match_rois(r.detach(), t.boxes)
+        labels, seg_fg, box_tgts, mask_sel, m_tgts, gt_areas = [], [], [], [], [], []
+        for r, t in zip(rois, targets):  # per image: each has its own ground truth (no host sync here)
+            rd = r.detach()
+            iou, gi = match_rois(rd, t.boxes)
             fg = iou >= c.roi_fg_iou
-            lab = torch.where(fg, t.labels[gi] if t.labels.numel() else torch.zeros_like(gi), torch.zeros_like(gi))
-            labels.append(lab)
+            has_gt = t.boxes.shape[0] > 0
+            labels.append(torch.where(fg, t.labels[gi], 0) if has_gt else torch.zeros_like(gi))
             seg_fg.append(fg)
-            gt_b = t.boxes[gi] if t.boxes.numel() else r.detach()
-            box_tgts.append(self.box_coder.encode_single(gt_b, r.detach()))
-            hm = t.has_mask[gi] if t.has_mask.numel() else torch.zeros_like(fg)
-            mask_sel.append(fg & hm)
-            mask_gt_idx.append(gi)
+            box_tgts.append(self.box_coder.encode_single(t.boxes[gi] if has_gt else rd, rd))
+            mask_sel.append(fg & t.has_mask[gi] if has_gt else torch.zeros_like(fg))
+            # targets of every RoI, read only where selected: no boolean indexing (a host sync per image)
+            if has_gt:
+                m_tgts.append(mask_targets(t.masks, gi, rd, c.mask_size, c.mask_target_thresh))
+                gt_areas.append(t.masks.flatten(1).sum(1).float()[gi])
+            else:
+                m_tgts.append(rd.new_zeros((r.shape[0], c.mask_size, c.mask_size)))
+                gt_areas.append(rd.new_zeros(r.shape[0]))
         x, mask_logits, cls, seg, bbox = self._stages(features, rois)
         labels_t = torch.cat(labels)
-        sel = torch.cat(mask_sel)
+        sel = torch.cat(mask_sel)  # foreground RoIs with a GT mask: they train the masks
         n = len(rois)  # each loss is the mean over the images of each image's own mean (see losses.py)
         image = torch.cat([torch.full((r.shape[0],), i, dtype=torch.long, device=r.device) for i, r in enumerate(rois)])
-
-        # mask targets per image (each image has its own GT mask tensor)
-        m_tgts, m_iou_full = [], []
-        for r, t, s, gi, start in zip(rois, targets, mask_sel, mask_gt_idx, _starts(rois)):
-            if s.any():
-                rr = r.detach()[s]
-                tg = mask_targets(t.masks, gi[s], rr, c.mask_size, c.mask_target_thresh)
-                m_tgts.append(tg)
-                probs = torch.sigmoid(mask_logits.detach()[start:start + r.shape[0]][s])
-                areas = t.masks.flatten(1).sum(1).float()[gi[s]]
-                iou = mask_iou_in_roi(probs, tg, rr, areas, c.mask_thresh)
-                full = torch.ones(r.shape[0], device=r.device)  # rois without a GT mask: box criterion only
-                full[s] = iou
-                m_iou_full.append(full)
-            else:
-                m_iou_full.append(torch.ones(r.shape[0], device=r.device))
-        tg_all = torch.cat(m_tgts) if m_tgts else mask_logits.new_zeros((0, c.mask_size, c.mask_size))
-        seg_labels = torch.where(torch.cat(seg_fg) & (torch.cat(m_iou_full) >= c.seg_mask_iou), labels_t,
-                                 torch.zeros_like(labels_t))
+        tg_all = torch.cat(m_tgts)
+        mask_iou = mask_iou_in_roi(torch.sigmoid(mask_logits.detach()), tg_all, torch.cat(rois).detach(),
+                                   torch.cat(gt_areas), c.mask_thresh)
+        mask_iou = torch.where(sel, mask_iou, 1.0)  # RoIs without a GT mask: the box criterion only
+        seg_labels = torch.where(torch.cat(seg_fg) & (mask_iou >= c.seg_mask_iou), labels_t, torch.zeros_like(labels_t))
         losses = {
-            "mask" + suffix: mask_loss(mask_logits[sel], tg_all, image[sel], n),
+            "mask" + suffix: mask_loss(mask_logits, tg_all, image, n, keep=sel),
             "cls" + suffix: classification_loss(cls, labels_t, image, n),
             "seg_cls" + suffix: classification_loss(seg, seg_labels, image, n),
             "bbox" + suffix: box_regression_loss(bbox, labels_t, torch.cat(box_tgts), image, n),
         }
         if self.final_mask_head is not None:  # Mask^X: only RoIs whose class has a mask (set A) get here
-            fused = self._final_masks(x[sel], mask_logits[sel], labels_t[sel])
-            losses["mask_final" + suffix] = mask_loss(fused, tg_all, image[sel], n)
+            # one host sync: the head runs on the selected RoIs only (their number depends on the data)
+            rows = torch.where(sel)[0]
+            fused = self._final_masks(x[rows], mask_logits[rows], labels_t[rows])
+            losses["mask_final" + suffix] = mask_loss(fused, tg_all[rows], image[rows], n)
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
@@ -176,7 +167,7 @@ class MNC(nn.Module):
             proposals, losses = self.rpn(images, features, image_sizes, [t.boxes for t in targets],
                                          [t.crowd_boxes for t in targets])
             rois = []
-            for p, t in zip(proposals, targets):
+            for p, t in zip(proposals, targets):  # sampling per image: host syncs in sample_rois (sample sizes depend on the IoUs)
                 cand = torch.cat([p, t.boxes.to(p.dtype)]) if t.boxes.numel() else p  # gt boxes appended
                 iou, _ = match_rois(cand.detach(), t.boxes)
                 keep = sample_rois(iou, c.roi_batch_size, c.roi_positive_fraction, c.roi_fg_iou,

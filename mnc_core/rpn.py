@@ -24,7 +24,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
 from .losses import rpn_losses
-from .targets import inside_crowd
+from .targets import inside_crowd, match_anchors
 
 
 class _ClipGradient(torch.autograd.Function):
@@ -45,12 +45,14 @@ def clip_gradient(x: Tensor, limit: float) -> Tensor:
     return _ClipGradient.apply(x, limit)
 
 
-def nms_top_n(boxes: Tensor, scores: Tensor, iou_thresh: float, top_n: int) -> Tensor:
+def nms_top_n(boxes: Tensor, scores: Tensor, iou_thresh: float, top_n: int, presorted: bool = False) -> Tensor:
     """`nms(boxes, scores, iou_thresh)[:top_n]`, computed exactly but faster: greedy NMS decides each box
     from higher-scored boxes only, so NMS over a score-sorted prefix gives the same first kept boxes;
-    grow the prefix until it yields top_n boxes (12000 boxes -> usually one pass over ~2000)."""
-    order = scores.argsort(descending=True)
-    n = order.numel()
+    grow the prefix until it yields top_n boxes (12000 boxes -> usually one pass over ~2000).
+    presorted: the scores are already in descending order (no sort). Each pass is one host sync on a GPU
+    (NMS's output size depends on the data); `keep.numel()` then costs nothing more."""
+    n = scores.shape[0]
+    order = torch.arange(n, device=scores.device) if presorted else scores.argsort(descending=True)
     m = min(n, max(1000, 6 * top_n))
     while True:
         idx = order[:m]
@@ -88,7 +90,10 @@ class RegionProposalNetwork(nn.Module):
         self.num_anchors = len(anchor_sizes) * len(anchor_ratios)
         self.head = RPNHead(in_channels, mid_channels, self.num_anchors)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
-        self.matcher = det_utils.Matcher(fg_iou, bg_iou, allow_low_quality_matches=True)
+        self.fg_iou = fg_iou
+        self.bg_iou = bg_iou
+        # torchvision's sampler: two host syncs per image (its sample sizes depend on the labels); kept, as
+        # its random draws decide the sample
         self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size, positive_fraction)
         self.pre_nms_top_n = dict(pre_nms_top_n)
         self.post_nms_top_n = dict(post_nms_top_n)
@@ -113,23 +118,29 @@ class RegionProposalNetwork(nn.Module):
         deltas = deltas.view(N, A, 4, h, w).permute(0, 3, 4, 1, 2).reshape(N, -1, 4).float()  # (N, hwA, 4)
         anchors = self.anchor_generator(ImageList(images, image_sizes), [features])  # N x (hwA, 4)
 
-        proposals: list[Tensor] = []
-        pre_n = self.pre_nms_top_n[self._mode()]
+        pre_n = min(self.pre_nms_top_n[self._mode()], objectness.shape[1])
         post_n = self.post_nms_top_n[self._mode()]
-        for i in range(N):
-            obj_i = objectness[i].detach()
-            k = min(pre_n, obj_i.numel())
-            top = obj_i.topk(k).indices  # (k,)
-            d = deltas[i, top]
-            # the losses are means over the N images, so limit / N clips each image's own gradient at
-            # grad_clip, as if it were alone (one process per image under DDP gives the same)
-            d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip / N)
-            boxes = self.box_coder.decode_single(d, anchors[i][top])  # (k, 4), differentiable
-            boxes = box_ops.clip_boxes_to_image(boxes, image_sizes[i])
-            bd = boxes.detach()
-            keep = box_ops.remove_small_boxes(bd, self.min_size)
-            keep = keep[nms_top_n(bd[keep], obj_i[top][keep], self.nms_thresh, post_n)]
-            proposals.append(boxes[keep])
+        # every image at once: top-k (sorted, highest first), decoding and clipping; no host sync
+        top_scores, top = objectness.detach().topk(pre_n, dim=1)  # (N, k)
+        rows = torch.arange(N, device=top.device)[:, None]
+        d = deltas[rows, top]  # (N, k, 4)
+        # the losses are means over the N images, so limit / N clips each image's own gradient at
+        # grad_clip, as if it were alone (one process per image under DDP gives the same)
+        d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip / N)
+        boxes = self.box_coder.decode_single(d.reshape(-1, 4), torch.stack(anchors)[rows, top].reshape(-1, 4))
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
+        boxes = boxes.view(N, pre_n, 4).clamp(min=torch.zeros_like(limits)[:, None], max=limits[:, None])
+        bd = boxes.detach()
+        large = (bd[..., 2] - bd[..., 0] >= self.min_size) & (bd[..., 3] - bd[..., 1] >= self.min_size)
+        # the large boxes of each image first, still highest score first (a stable sort); one host sync
+        # for all images reads how many each has
+        order = (~large).to(torch.uint8).argsort(dim=1, stable=True)
+        counts = large.sum(dim=1).tolist()
+        proposals: list[Tensor] = []
+        for i in range(N):  # NMS per image, as torchvision's RPN: its output size depends on the data
+            idx = order[i, :counts[i]]
+            keep = idx[nms_top_n(bd[i, idx], top_scores[i, idx], self.nms_thresh, post_n, presorted=True)]
+            proposals.append(boxes[i, keep])
 
         losses: dict[str, Tensor] = {}
         if self.training:
@@ -144,19 +155,16 @@ class RegionProposalNetwork(nn.Module):
     def _targets(self, anchors: list[Tensor], gt_boxes: list[Tensor], crowd_boxes: list[Tensor]
                  ) -> tuple[list[Tensor], list[Tensor]]:
         """Per image: labels (hwA,) 1 object, 0 background, -1 ignored (between the IoU thresholds, or a
-        background anchor inside a crowd region) and box targets (hwA, 4)."""
+        background anchor inside a crowd region) and box targets (hwA, 4) (read only where the label is 1)."""
         labels, targets = [], []
         for a, g, crowd in zip(anchors, gt_boxes, crowd_boxes):
-            if g.numel() == 0:
+            if g.shape[0] == 0:
                 lab = torch.zeros(a.shape[0], device=a.device)
                 target = torch.zeros_like(a)
             else:
-                idx = self.matcher(box_ops.box_iou(g, a))  # (hwA,) gt index, -1 bg, -2 ignore
-                lab = (idx >= 0).float()
-                lab[idx == self.matcher.BELOW_LOW_THRESHOLD] = 0.0
-                lab[idx == self.matcher.BETWEEN_THRESHOLDS] = -1.0
-                target = self.box_coder.encode_single(g[idx.clamp(min=0)], a)
-            lab[(lab == 0) & inside_crowd(a, crowd, self.crowd_ioa_thresh)] = -1.0
+                lab, gt_index = match_anchors(box_ops.box_iou(g, a), self.fg_iou, self.bg_iou)
+                target = self.box_coder.encode_single(g[gt_index], a)
+            lab = torch.where((lab == 0) & inside_crowd(a, crowd, self.crowd_ioa_thresh), -1.0, lab)
             labels.append(lab)
             targets.append(target)
         return labels, targets

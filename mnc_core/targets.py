@@ -42,6 +42,18 @@ def inside_crowd(boxes: Tensor, crowd_boxes: Tensor, thresh: float) -> Tensor:
 
 
 @torch.no_grad()
+def match_anchors(iou: Tensor, fg_iou: float, bg_iou: float) -> tuple[Tensor, Tensor]:
+    """iou (G, A) of G >= 1 gt boxes and A anchors -> labels (A,) float: 1 object (IoU >= fg_iou, or the
+    best anchor of some gt, ties included), 0 background (< bg_iou), -1 ignored; and each anchor's
+    best gt (A,). The labels of torchvision's Matcher(fg_iou, bg_iou, allow_low_quality_matches=True),
+    from masks instead of boolean indexing (no host sync)."""
+    best_iou, gt_index = iou.max(dim=0)
+    labels = torch.where(best_iou < bg_iou, 0.0, torch.where(best_iou < fg_iou, -1.0, 1.0))  # NaN: 1, as there
+    best_of_gt = (iou == iou.max(dim=1, keepdim=True).values).any(dim=0)
+    return torch.where(best_of_gt, 1.0, labels), gt_index
+
+
+@torch.no_grad()
 def match_rois(rois: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
     """rois (R, 4), gt_boxes (G, 4) -> (max IoU (R,), matched gt index (R,); 0 when G == 0)."""
     R = rois.shape[0]

@@ -23,6 +23,7 @@ training speed, accuracy) is in benchmarks/README.md, with the command and date 
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -184,7 +185,12 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
         model = build_model(config, len(categories), backbone_weights)
     model.backbone.set_frozen_blocks(resolve_frozen_blocks(config))
     model.to(dev).train()
-    net = distributed.wrap(model, job, dev)  # copies rank 0's weights to every process
+    # every parameter of a plain MNC gets a gradient in every step (an image without instances or masks
+    # gives zero losses that are still in the graph), so DDP need not search for unused ones; a final-mask
+    # head (Mask^X) has nothing to learn in a step where no image of a process has a mask and is then
+    # left out of the graph (no gradient, as with one process: AdamW leaves it alone), which needs the search.
+    # wrap copies rank 0's weights to every process.
+    net = distributed.wrap(model, job, dev, find_unused_parameters=model.final_mask_head is not None)
     if job.rank:
         torch.manual_seed(seed + 1_000_003 * job.rank)  # RoI / anchor sampling differs between processes
     cache: ByteBoundedLRU = ByteBoundedLRU(
@@ -232,17 +238,20 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
             # the losses averaged over the processes (the global batch's), for the finite check and the log
             logged = distributed.mean(torch.stack([v.detach().float() for v in losses.values()]
                                                   + [total.detach().float()]), job)
-            if not torch.isfinite(logged[-1]):  # every process skips the step together
+            total.backward()  # DDP averages the gradients over the processes here
+            # the step's one host sync, after the backward is queued (the device is not idle while the host launches it):
+            # skipping a step is a host decision, and the log and on_progress need the values every step
+            values = logged.tolist()
+            if not math.isfinite(values[-1]):  # every process skips the step together (same mean)
                 skipped += 1
                 if skipped > max(10, iterations // 10):
-                    raise FloatingPointError(f"loss is not finite ({logged[-1].item()}) at iteration {it}; lower the lr")
-                continue
-            total.backward()  # DDP averages the gradients over the processes here
+                    raise FloatingPointError(f"loss is not finite ({values[-1]}) at iteration {it}; lower the lr")
+                continue  # the next zero_grad drops this step's gradients
             if config.grad_clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
             opt.step()
             done = it + 1
-            vals = dict(zip([*losses, "total"], logged.tolist()))
+            vals = dict(zip([*losses, "total"], values))
             history.append(vals)
             if on_progress is not None and job.is_main:
                 on_progress(TrainProgress(iteration=done, iterations=iterations, losses=vals,

@@ -105,9 +105,11 @@ def test_a_box_only_class_gets_masks_of_its_shape(transfer_model):
     predictor = Predictor(model, cfg, dataset.categories, "cpu")
     triangle, triangle_box = best_ious(predictor, dataset, TRIANGLE)
     circle, _ = best_ious(predictor, dataset, CIRCLE)
-    # no triangle mask was ever seen; a mask filling the box would score about 0.5
+    # no triangle mask was ever seen; a mask filling the box would score about 0.5 (margin ~0). The margin of
+    # this 300-iteration fit depends on floating-point noise: over seeds 0-4 (1 thread) it was 0.073-0.120
+    # before issue 13's host-sync work and 0.064-0.124 after (same losses per step within 2e-5), so 0.05
     assert triangle_box < 0.55
-    assert triangle >= triangle_box + 0.08, (triangle, triangle_box)
+    assert triangle >= triangle_box + 0.05, (triangle, triangle_box)
     assert circle >= 0.85  # set A is learnt properly
 
 

@@ -135,3 +135,28 @@ def test_inference_path_equals_the_differentiable_path(dtype):
         one = warp(features[:1], boxes[boxes[:, 0] == 0], size, 1 / 8)  # a single image
         torch.testing.assert_close(one, differentiable[boxes[:, 0] == 0], atol=1e-5 if dtype == torch.float32 else 1e-10,
                                    rtol=0)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_inference_warp_spread_over_threads_equals_one_thread(threads):
+    """On a CPU the pooled inference warp shares its RoI chunks out over the intra-op threads: the same
+    values as one thread, under no_grad and under inference_mode, for RoI counts around the chunk size."""
+    torch.manual_seed(3)
+    features = torch.randn(2, 6, 15, 17)
+    before = torch.get_num_threads()
+    try:
+        for k in (1, 9, 17, 40):
+            xy = torch.rand(k, 2) * 100
+            boxes = torch.cat([torch.randint(0, 2, (k, 1)).float(), xy, xy + torch.rand(k, 2) * 60 + 2], 1)
+            torch.set_num_threads(1)
+            with torch.no_grad():
+                one = roi_warp_pooled(features, boxes, 8, 1 / 8)
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                spread = roi_warp_pooled(features, boxes, 8, 1 / 8)
+            with torch.inference_mode():
+                spread_inference = roi_warp_pooled(features, boxes, 8, 1 / 8)
+            assert one.shape == (k, 6, 4, 4)
+            assert torch.equal(spread, one) and torch.equal(spread_inference, one)
+    finally:
+        torch.set_num_threads(before)
