@@ -120,8 +120,7 @@ function paintLayer(inst, rect) {
     L.canvas = document.createElement('canvas'); L.canvas.width = L.w; L.canvas.height = L.h; rect = null;
   }
   const [r, g, b] = hexRgb(inst.color);
-  const selected = inst.id === S.sel, dashed = inst.state === 'proposed';
-  const fill = selected ? 150 : 100, t = Math.max(1, Math.round(1.2 / Math.max(S.view.s, 0.05)));
+  const dashed = inst.state === 'proposed', fill = 100, t = Math.max(1, Math.round(1.2 / Math.max(S.view.s, 0.05)));
   const rx0 = rect ? Math.max(0, rect[0] - L.x0 - t) : 0, ry0 = rect ? Math.max(0, rect[1] - L.y0 - t) : 0;
   const rx1 = rect ? Math.min(L.w, rect[2] - L.x0 + t) : L.w, ry1 = rect ? Math.min(L.h, rect[3] - L.y0 + t) : L.h;
   if (rx1 <= rx0 || ry1 <= ry0) return;
@@ -134,14 +133,15 @@ function paintLayer(inst, rect) {
         !bits[(y - t) * w + x] || !bits[(y + t) * w + x];
       const o = ((y - ry0) * (rx1 - rx0) + (x - rx0)) * 4;
       if (edge && (!dashed || (((L.x0 + x + L.y0 + y) / (4 * t)) | 0) % 2 === 0)) {
-        px[o] = selected ? 255 : r; px[o + 1] = selected ? 255 : g; px[o + 2] = selected ? 255 : b; px[o + 3] = 255;
+        px[o] = r; px[o + 1] = g; px[o + 2] = b; px[o + 3] = 255;
       } else { px[o] = r; px[o + 1] = g; px[o + 2] = b; px[o + 3] = fill; }
     }
   }
   lctx.putImageData(data, rx0, ry0);
   L.style = styleKey(inst);
 }
-function styleKey(inst) { return [inst.color, inst.state, inst.id === S.sel, Math.round(1.2 / Math.max(S.view.s, 0.05))].join('|'); }
+// a layer is painted again only when its look changes (not on selection: the selected one is drawn over)
+function styleKey(inst) { return [inst.color, inst.state, Math.round(1.2 / Math.max(S.view.s, 0.05))].join('|'); }
 function visible() { return S.instances.filter((inst) => inst.state !== 'rejected' && !inst.deleted); }
 function draw() {
   const dpr = window.devicePixelRatio || 1, cw = stage.clientWidth, ch = stage.clientHeight;
@@ -171,6 +171,11 @@ function draw() {
   }
   ctx.globalAlpha = 1;
   const sel = selected();
+  if (sel && sel.layer && sel.layer.w && sel.layer.canvas) {  // the selected one: its fill again, a white frame
+    ctx.globalAlpha = 0.7; ctx.drawImage(sel.layer.canvas, sel.layer.x0, sel.layer.y0); ctx.globalAlpha = 1;
+    ctx.lineWidth = lw; ctx.strokeStyle = '#fff'; ctx.setLineDash([]);
+    ctx.strokeRect(sel.layer.x0 - lw, sel.layer.y0 - lw, sel.layer.w + 2 * lw, sel.layer.h + 2 * lw);
+  }
   if (sel && sel.box) {  // its class and score above it
     const text = `#${sel.id > 0 ? sel.id : 'new'} ${className(sel.category_id)}${sel.score == null ? '' : ' ' + sel.score.toFixed(2)}`;
     ctx.font = `${13 / v.s}px sans-serif`;
@@ -220,22 +225,34 @@ function toImage(event) {
 function className(id) { const c = S.classes.find((k) => k.id === id); return c ? c.name : `class ${id}`; }
 function selected() { return S.instances.find((inst) => inst.id === S.sel && !inst.deleted) || null; }
 function escapeHtml(text) { return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
+const shownHtml = new Map();  // what each panel box shows: set again only when it changed (no relayout per key)
+function setHtml(box, html) { if (shownHtml.get(box) !== html) { shownHtml.set(box, html); box.innerHTML = html; } }
 function panel() {
-  classBox.innerHTML = S.classes.length
+  setHtml(classBox, S.classes.length
     ? S.classes.map((c, i) => `<button class="wb-class${c.id === S.drawClass ? ' on' : ''}" data-class="${c.id}" tabindex="-1">` +
       `<span class="swatch" style="background:${c.color}"></span>${i < 9 ? `<b>${i + 1}</b> ` : ''}${escapeHtml(c.name)}</button>`).join('')
-    : '<i>No classes yet: add one in the Classes tab (it appears here at once).</i>';
+    : '<i>No classes yet: add one in the Classes tab (it appears here at once).</i>');
   const rows = order();
-  listBox.innerHTML = rows.map((inst) => `<div class="wb-row${inst.id === S.sel ? ' on' : ''}${inst.low ? ' low' : ''}" data-id="${inst.id}">` +
+  setHtml(listBox, rows.map((inst) => `<div class="wb-row${inst.low ? ' low' : ''}" data-id="${inst.id}">` +
     `<span class="swatch" style="background:${inst.color}"></span>#${inst.id > 0 ? inst.id : 'new'} ${escapeHtml(className(inst.category_id))}` +
     `${inst.score == null ? '' : ' · ' + inst.score.toFixed(2)} · ${inst.state === 'accepted' ? '✓' : inst.low ? '? low' : '?'}</div>`).join('') ||
-    '<i>No instances: propose (p) or draw (x box, g polygon, b brush).</i>';
+    '<i>No instances: propose (p) or draw (x box, g polygon, b brush).</i>');
+  const on = listBox.querySelector('.wb-row.on'), row = listBox.querySelector(`.wb-row[data-id="${S.sel}"]`);
+  if (on !== row) {
+    if (on) on.classList.remove('on');
+    if (row) {  // scroll the list (only it, never the page) to the selected row
+      row.classList.add('on');
+      if (row.offsetTop < listBox.scrollTop) listBox.scrollTop = row.offsetTop;
+      else if (row.offsetTop + row.offsetHeight > listBox.scrollTop + listBox.clientHeight) {
+        listBox.scrollTop = row.offsetTop + row.offsetHeight - listBox.clientHeight;
+      }
+    }
+  }
   for (const b of toolBox.querySelectorAll('[data-tool]')) b.classList.toggle('on', b.dataset.tool === S.tool);
   const lost = S.value && S.value.lost ? ` · <a href="#" data-act="recover">recover my lost version</a>` : '';
   const state = S.inflight || S.pending.length ? 'saving…' : (S.value && S.value.status) || 'saved';
-  statusBox.innerHTML = `<span class="wb-state ${state.replace(/[^a-z]/g, '')}">${state}</span> · revision ${S.rev ?? '-'}${lost}`;
-  const message = [S.localMessage, S.value && S.value.message].filter(Boolean).join('<br>');
-  messageBox.innerHTML = message;
+  setHtml(statusBox, `<span class="wb-state ${state.replace(/[^a-z]/g, '')}">${state}</span> · revision ${S.rev ?? '-'}${lost}`);
+  setHtml(messageBox, [S.localMessage, S.value && S.value.message].filter(Boolean).join('<br>'));
 }
 function order() {  // the walk order: score order (accepted ones without a score after the proposals)
   return visible().slice().sort((a, b) => (b.score ?? -1) - (a.score ?? -1) || a.id - b.id);
@@ -261,8 +278,9 @@ function apply(op) {  // an edit on the local state (also re-applied on top of a
   }
 }
 function classColor(id) { const c = S.classes.find((k) => k.id === id); return c ? c.color : '#ffffff'; }
-function edit(op) {
-  apply(op); S.pending.push(op); S.localMessage = ''; draw(); panel(); flush();
+function edit(op) {  // shown at once; sent after the next frame is painted (the send must not delay the paint)
+  apply(op); S.pending.push(op); S.localMessage = ''; draw(); panel();
+  requestAnimationFrame(() => setTimeout(flush, 0));
 }
 function flush() {
   if (S.inflight || !S.pending.length || S.imageId == null) return;

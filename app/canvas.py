@@ -67,7 +67,7 @@ CSS = """
 .wb-message { color: #92400e; max-height: 120px; overflow-y: auto; }
 .wb-head { font-weight: 600; margin-top: 4px; }
 .wb-classes { display: flex; flex-wrap: wrap; gap: 3px; max-height: 110px; overflow-y: auto; }
-.wb-list { flex: 1; overflow-y: auto; border: 1px solid #ddd; border-radius: 4px; }
+.wb-list { flex: 1; overflow-y: auto; position: relative; border: 1px solid #ddd; border-radius: 4px; }
 .wb-row { padding: 2px 4px; cursor: pointer; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .wb-row.on { background: #dbeafe; } .wb-row.low { opacity: 0.6; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 4px; }
