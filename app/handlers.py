@@ -297,8 +297,8 @@ class Handlers:
 
     # ---- model help -----------------------------------------------------------------------------------
     def show_model_help(self):
-        """The "Model help" tab (not named model_help: that is the API endpoint's name): shares across versions (plot), seconds per instance (plot), per version and
-        per class tables."""
+        """The "Model help" tab (not named model_help: that is the API endpoint's name): shares across versions
+        (plot), seconds per instance (plot), per version and per class tables."""
         help_ = self.wb.model_help()
         versions, classes = help_["versions"], help_["classes"]
         shares = pd.DataFrame([{"version": v["version"], "figure": figure, "value": v[key]}
