@@ -1,5 +1,6 @@
 """The headless API (gradio_client, or HTTP under /gradio_api/): upload_images, propose, save_annotations,
-retrain, export_coco, add_boxes, refine, record_visit, list_images, instances, model_help (and overview, bound in app.ui). Each endpoint is one call of the services facade;
+retrain, export_coco, add_boxes, refine, record_visit, list_images, instances, model_help (and overview, bound
+in app.ui). Each endpoint is one call of the services facade;
 errors reach the client as gr.Error with the facade's message."""
 
 from __future__ import annotations

@@ -317,14 +317,15 @@ class Handlers:
 
     # ---- model help -----------------------------------------------------------------------------------
     def show_model_help(self):
-        """The "Model help" tab (not named model_help: that is the API endpoint's name): shares across versions (plot), seconds per instance (plot), per version and
-        per class tables."""
+        """The "Model help" tab (not named model_help: that is the API endpoint's name): shares across versions
+        (plot), seconds per instance (plot), per version and per class tables."""
         help_ = self.wb.model_help()
         versions, classes = help_["versions"], help_["classes"]
-        shares = pd.DataFrame([{"version": v["version"], "figure": figure, "value": v[key]}
+        number = {v["version"]: v["version_id"] or 0 for v in versions}  # the plots' x: version id, 0 = no model
+        shares = pd.DataFrame([{"version": number[v["version"]], "figure": figure, "value": v[key]}
                                for v in versions for figure, key in HELP_FIGURES if v[key] is not None],
                               columns=["version", "figure", "value"])
-        seconds = pd.DataFrame([{"version": v["version"], "seconds per instance": v["seconds_per_instance"]}
+        seconds = pd.DataFrame([{"version": number[v["version"]], "seconds per instance": v["seconds_per_instance"]}
                                 for v in versions if v["seconds_per_instance"] is not None],
                                columns=["version", "seconds per instance"])
         table = [[v[c] if v[c] is not None else "-" for c in HELP_COLUMNS] for v in versions]

@@ -203,10 +203,10 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                         with gr.Row():
                             help_plot = gr.LinePlot(x="version", y="value", color="figure", title="Share of final "
                                                     "instances, IoU of edited proposals", height=260,
-                                                    elem_id="help-plot")
+                                                    x_title="model version (0: none yet)", elem_id="help-plot")
                             help_seconds = gr.LinePlot(x="version", y="seconds per instance", height=260,
                                                        title="Active seconds per final instance",
-                                                       elem_id="help-seconds")
+                                                       x_title="model version (0: none yet)", elem_id="help-seconds")
                         help_versions = gr.Dataframe(headers=list(HELP_COLUMNS), interactive=False,
                                                      label="Per model version", elem_id="help-versions")
                         help_classes = gr.Dataframe(headers=list(HELP_COLUMNS), interactive=False,

@@ -12,7 +12,8 @@ behind the server's back; the ground truth stays in this script.
 The labeller, on each photo:
 1. with a model: the photo's proposals (`propose`, or `instances` when `list_images` already stored them);
    those under --review-threshold (0.5, the Review tab's default) are not drawn: rejected together, one
-   action; each other proposal is matched to the best unmatched true instance of its class (mask IoU). IoU >= 0.75: accept;
+   action; each other proposal is matched to the best unmatched true instance of its class (mask IoU).
+   IoU >= 0.75: accept;
    0.5 <= IoU < 0.75: up to --max-clicks refine clicks (`refine`), then accept if it reaches 0.75; anything
    else is rejected (a refined one that did not reach 0.75 is deleted: one reject).
 2. every true instance left: a box (its ground-truth box: a careful labeller draws tight boxes) through
@@ -227,7 +228,8 @@ class Labeller:
             self.call(image_id, times, api_name="/record_visit")
         ious = [iou(mask, t[1]) if mask is not None else 0.0 for mask, t in zip(final, truth)]
         return {"image_id": image_id, "instances": len(truth), "actions": actions, "seconds": seconds,
-                "proposals": len(proposals), "hidden_proposals": bulk, "accepted_unchanged": accepted_unchanged, "ious": ious}
+                "proposals": len(proposals), "hidden_proposals": bulk, "accepted_unchanged": accepted_unchanged,
+                "ious": ious}
 
 
 # ---- a setting -------------------------------------------------------------------------------------------------
@@ -291,7 +293,8 @@ def run_setting(setting: str, args, photos: dict, base: Path, log) -> dict:
         for r in rounds:
             r.pop("_ious")
         help_ = client.predict(api_name="/model_help")
-        return {"setting": setting, "rounds": rounds, "final_mean_iou": round(sum(ious) / len(ious), 3) if ious else None,
+        return {"setting": setting, "rounds": rounds,
+                "final_mean_iou": round(sum(ious) / len(ious), 3) if ious else None,
                 "final_instances": len(ious), "model_help": help_}
     finally:
         server.stop()

@@ -6,7 +6,8 @@ For each true instance (COCO val photos of --classes, area >= --min-area; or syn
 --synthetic N) the start is the mask a person gets for its tight box: GrabCut's (no model) or, with
 --checkpoint, the model's mask for the box. Then up to --clicks clicks, each where the mask is most wrong
 (bench_labelling.next_click: positive on a missed region, negative on background taken), and after each:
-  grabcut: partial_sup.grabcut.refine_mask(image, mask, positives, negatives) (the product's method);
+  grabcut: partial_sup.grabcut.refine_mask(image, current mask, positives, negatives) (the product's method:
+           Workbench.refine_with_clicks refines the stored mask with the clicks sent);
   model-box: the box grown to take in every positive click (plus 3 px) and, for each negative click inside it,
              the box edge nearest the click moved onto it; the model's mask for that box and class.
 Reported: mean IoU with the truth after 0..N clicks, and the mean time of one refinement.
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic shapes instead of COCO val")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a model: its box masks start, and model-box")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--radius", type=int, default=None, help="click disk radius in px (default: the product's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/refine.json"))
     args = parser.parse_args(argv)
     predictor = None
@@ -138,13 +140,14 @@ def main(argv=None) -> int:
                         (positive if click[1] else negative).append(click[0])
                         t = time.perf_counter()
                         if method == "grabcut":
-                            mask = refine_mask(image, begin, positive, negative)
+                            mask = refine_mask(image, mask, positive, negative, radius=args.radius)
                         else:
                             box = model_box(item["box"], positive, negative, truth.shape)
                             mask = predictor.masks_for_boxes(image, [box], [item["category_id"]])[0]
                         seconds[method].append(time.perf_counter() - t)
                     curves[(start, method)][k].append(iou(mask, truth))
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "when": stamp(), "load": loadavg_text(),
+              "radius": args.radius,
               "instances": len(items), "source": f"synthetic {args.synthetic}" if args.synthetic else "coco val",
               "curves": {f"{s} -> {m}": [round(float(np.mean(v)), 3) for v in c] for (s, m), c in curves.items()},
               "seconds_per_refinement": {m: round(float(np.mean(v)), 3) if v else None for m, v in seconds.items()}}

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from db import masks
 from db.engine import Database
-from db.errors import WorkbenchError
+from db.errors import WorkbenchError, shown
 from db.models import Annotation, Fate, Image, ImageVisit, InstanceFate, ModelVersion, ReviewState, Source, utcnow
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ _LIVE = {Fate.proposed, Fate.accepted, Fate.edited, Fate.kept}  # the annotation
 
 def check_tool(tool: str | None) -> str | None:
     if tool is not None and tool not in TOOLS:
-        raise WorkbenchError(f"tool must be one of {', '.join(TOOLS)}, not {tool!r}")
+        raise WorkbenchError(f"tool must be one of {', '.join(TOOLS)}, not {shown(tool)}")
     return tool
 
 
@@ -125,7 +125,7 @@ def record_visit(db: Database, image_id: int, event_times: list, *, user: str | 
     times = []
     for value in event_times:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise WorkbenchError(f"event times must be finite numbers (seconds), not {value!r}"[:120])
+            raise WorkbenchError(f"event times must be finite numbers (seconds), not {shown(value)}")
         times.append(float(value))
     active, idle = active_time(times)
     with db.session() as session:

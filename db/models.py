@@ -225,7 +225,8 @@ class InstanceFate(Base):
     figures). Kept up to date in the transaction of every change of the image's annotations."""
 
     __tablename__ = "instance_fates"
-    __table_args__ = (Index("ix_fates_image", "image_id", "annotation_id"), Index("ix_fates_version", "model_version_id"))
+    __table_args__ = (Index("ix_fates_image", "image_id", "annotation_id"),
+                      Index("ix_fates_version", "model_version_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))

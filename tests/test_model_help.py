@@ -256,3 +256,33 @@ def test_the_model_help_tab_and_the_gallery_order(bench, tmp_path):
     assert ui.neighbour(-1, ids, "all", +1, "most_useful") == useful[0]
     assert ui.neighbour(useful[0], ids, "all", +1, "most_useful") == useful[1]
     assert ui.neighbour(useful[1], ids, "all", -1, "most_useful") == ids[ids.index(useful[1]) - 1]  # Previous: the list
+
+
+# ---- the migration -------------------------------------------------------------------------------------------
+def test_a_database_of_schema_0004_is_upgraded_and_records_fates(tmp_path, database_url):
+    from datetime import datetime, timezone
+
+    from PIL import Image as PILImage
+    from sqlalchemy import MetaData, inspect
+
+    from db.engine import make_engine, open_database
+    from db.uploads import add_images
+    from test_db_schema import _migrate
+
+    engine = make_engine(database_url)
+    _migrate(engine, "0004")  # a database of the release before the fates
+    old = MetaData()
+    old.reflect(engine)
+    with engine.begin() as connection:
+        connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="",
+                                                                       created_at=datetime.now(timezone.utc)))
+    engine.dispose()
+    db = open_database(tmp_path / "data", database_url)  # upgrades
+    assert {"instance_fates", "image_visits"} <= set(inspect(db.engine).get_table_names())
+    image = tmp_path / "a.png"
+    PILImage.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    image_id = add_images(db, [image]).image_ids[0]
+    wb = Workbench(db, device="cpu")
+    wb.save_json(image_id, [{"category": "dog", "box": [1, 1, 10, 10], "tool": "box"}], None)
+    assert [(r["kind"], r["tool"], r["fate"]) for r in fate_rows(db)] == [("hand", "box", "kept")]
+    db.close()
