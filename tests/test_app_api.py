@@ -10,29 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_synthetic_coco, new_database_url
-from test_app_helpers import free_port, register_tiny_model
+from test_app_helpers import served_workbench
 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory, db_backend):
-    from app.ui import launch_app
-    from db.coco_import import import_coco
-    from db.engine import open_database
-
-    root = tmp_path_factory.mktemp("api")
-    coco = make_synthetic_coco(root / "coco")
-    with new_database_url(db_backend, root / "data") as url:
-        db = open_database(root / "data", url)
-        import_coco(db, coco, coco.parent / "images")
-        version = register_tiny_model(db, tmp_path_factory.getbasetemp())
-        port = free_port()
-        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0, max_request_bytes=2**20)
-        try:
-            yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
-        finally:
-            demo.close()
-            db.close()
+    with served_workbench(tmp_path_factory, db_backend, "api", max_request_bytes=2**20) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

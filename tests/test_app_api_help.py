@@ -7,31 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_synthetic_coco, new_database_url
-from test_app_helpers import free_port, register_tiny_model
+from test_app_helpers import served_workbench
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, db_backend):
     from gradio_client import Client
 
-    from app.ui import launch_app
-    from db.coco_import import import_coco
-    from db.engine import open_database
-
-    root = tmp_path_factory.mktemp("api_help")
-    coco = make_synthetic_coco(root / "coco")
-    with new_database_url(db_backend, root / "data") as url:
-        db = open_database(root / "data", url)
-        import_coco(db, coco, coco.parent / "images")
-        version = register_tiny_model(db, tmp_path_factory.getbasetemp())
-        port = free_port()
-        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0)
-        try:
-            yield Client(f"http://127.0.0.1:{port}/", verbose=False), root, version
-        finally:
-            demo.close()
-            db.close()
+    with served_workbench(tmp_path_factory, db_backend, "api_help") as workbench:
+        yield Client(workbench["url"], verbose=False), workbench["root"], workbench["version"]
 
 
 def test_the_loop_through_the_api(served):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import shutil
 import socket
 from pathlib import Path
@@ -60,3 +62,27 @@ def register_tiny_model(db, cache_dir: Path) -> int:
     target = registry.models_dir(db) / "tiny.pt"
     shutil.copyfile(tiny_checkpoint(cache_dir), target)
     return registry.register_version(db, target, name="tiny test model", config={}, metrics={"final_loss": 1.0})
+
+
+@contextlib.contextmanager
+def served_workbench(tmp_path_factory, db_backend: str, name: str, **launch_kwargs):
+    """A workbench served on a free loopback port over the synthetic COCO set and a tiny registered model
+    (database of ``db_backend``) -> {"url", "db", "root", "version"}; closed afterwards."""
+    from app.ui import launch_app
+    from conftest import make_synthetic_coco, new_database_url
+    from db.coco_import import import_coco
+    from db.engine import open_database
+
+    root = tmp_path_factory.mktemp(name)
+    coco = make_synthetic_coco(root / "coco")
+    with new_database_url(db_backend, root / "data") as url:
+        db = open_database(root / "data", url)
+        import_coco(db, coco, coco.parent / "images")
+        version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+        port = free_port()
+        demo = launch_app(db, "127.0.0.1", port, block=False, score_threshold=0.0, **launch_kwargs)
+        try:
+            yield {"url": f"http://127.0.0.1:{port}/", "db": db, "root": root, "version": version}
+        finally:
+            demo.close()
+            db.close()
