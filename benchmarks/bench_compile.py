@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_mnc_latency import build_mnc, compile_modules, load_images  # noqa: E402
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, require, stamp, write_json  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, stamp, write_json  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:
@@ -52,14 +52,9 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs of each model per timed image (default 3)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine: skipping.")
+    device = benchmark_device(args.device, args.threads, args.data, args.weights, "the compile comparison")
+    if device is None:
         return 0
-    require(args.data / "val.json", "coco_subset val.json")
-    require(args.weights, "MobileNetV2 ImageNet weights")
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
     settings = argparse.Namespace(min_size=600, max_size=1000, score_threshold=0.0, no_voting=False,
                                   cascade_top_n=None, weights=args.weights)
     eager, config = build_mnc(settings, device)

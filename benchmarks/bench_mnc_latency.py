@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, read_rgb, require, stamp, write_json  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, read_rgb, stamp, write_json  # noqa: E402
 from maskrcnn_peer import build_peer, image_tensor  # noqa: E402
 
 MNC_STAGES = ["input", "backbone", "stage1_rpn", "stage2_mask", "stage3_cls", "stage4_mask", "stage5_cls", "other"]
@@ -155,14 +155,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the medians here")
     args = p.parse_args()
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available on this machine: skipping the GPU latency benchmark.")
+    device = benchmark_device(args.device, args.threads, args.data, args.weights, "the GPU latency benchmark")
+    if device is None:
         return 0
-    require(args.data / "val.json", "coco_subset val.json")
-    require(args.weights, "MobileNetV2 ImageNet weights")
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
     images = load_images(args.data, args.warmup + args.images)
     if len(images) < args.warmup + args.images:
         raise SystemExit(f"only {len(images)} val images")

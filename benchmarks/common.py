@@ -33,6 +33,22 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
+def benchmark_device(name: str, threads: int, data: Path, weights: Path, what: str):
+    """The torch device a model benchmark runs on, its inputs checked (``data``/val.json, ``weights``) and the
+    CPU's thread count set; None (with a line saying so) for CUDA on a machine without it."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"CUDA is not available on this machine: skipping {what}.")
+        return None
+    require(Path(data) / "val.json", "coco_subset val.json")
+    require(weights, "MobileNetV2 ImageNet weights")
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return device
+
+
 def read_rgb(path: Path, exif_transpose: bool = True):
     """An image file as a writable (H, W, 3) uint8 RGB array, turned upright by its EXIF orientation unless
     exif_transpose=False (the pixels as stored)."""
