@@ -424,6 +424,10 @@ function sync() {
   }
   if (S.inflight && value.ack === S.inflight.seq) {
     S.perf.roundTrips.push(performance.now() - S.inflight.sentAt); S.inflight = null; clearTimeout(S.saveTimer);
+    if (value.status === 'conflict' && S.pending.length) {  // later edits were made on the version that lost
+      S.pending = [];
+      S.localMessage = 'Your edits after the conflict were not sent: they were made on the version that lost.';
+    }
   }
   const created = value.created || {};
   for (const op of S.pending) {

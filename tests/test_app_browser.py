@@ -195,6 +195,23 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == best)
             assert row["category_id"] == 7 and row["source"] == "model"
 
+            step = "conflict"  # someone else saves the image first: the canvas says so and shows their version
+            from db.annotations import conflict_versions, set_review_state
+
+            revision, rows = get_annotations(db, image_id, states=["proposed"])
+            theirs, mine = rows[0]["id"], rows[1]["id"]
+            set_review_state(db, image_id, [theirs], "accepted", seen_revision=revision, user="someone else")
+            page.evaluate("id => { __wbCanvas.sel = id; }", mine)
+            page.keyboard.press("d")  # a delete is a save: the losing version is kept in the journal
+            page.wait_for_function("() => __wbCanvas.value.status === 'conflict' && !__wbCanvas.inflight")
+            assert "Conflict" in page.inner_text("#review-canvas .wb-message")
+            assert page.evaluate("id => __wbCanvas.instances.find(i => i.id === id).state", theirs) == "accepted"
+            states = {r["id"]: r["review_state"] for r in get_annotations(db, image_id)[1]}
+            assert states[theirs] == "accepted" and states[mine] == "proposed" and conflict_versions(db, image_id)
+            assert page.evaluate("id => __wbCanvas.instances.some(i => i.id === id && !i.deleted)", mine)
+            assert "recover my lost version" in page.inner_text("#review-canvas .wb-status")
+            page.evaluate("id => { __wbCanvas.sel = id; }", best)
+
             step = "brush"  # a stroke on the selected mask, in the same canvas
             page.keyboard.press("b")
             before = row["mask"].sum()
@@ -261,7 +278,7 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             _, rows = get_annotations(db, image_id)
             assert not any(r["review_state"] == "proposed" for r in rows)
             accepted = [r for r in rows if r["review_state"] == "accepted"]
-            assert len(accepted) == 3
+            assert len(accepted) == 4  # the brushed one, the other person's accept, the polygon, the box
             from db.fates import fate_rows, visit_rows  # the proposals' fates and the visit's active time
 
             fates = {r["annotation_id"]: r for r in fate_rows(db) if r["image_id"] == image_id}
