@@ -11,6 +11,14 @@ class WorkbenchError(Exception):
     """A problem with the user's input or data (not a bug): shown as is, exit status 2."""
 
 
+def strict_int(value, what: str) -> int:
+    """A whole number given by a client: an int or an integral float (not a bool, not a text), else a clear
+    WorkbenchError naming ``what``."""
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
+    return int(value)
+
+
 class CocoImportError(WorkbenchError):
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems

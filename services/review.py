@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from db.annotations import ConflictError, get_annotations
-from db.errors import WorkbenchError, shown
+from db.errors import WorkbenchError, strict_int
 
 EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover")
 TOOLS = ("brush", "eraser", "polygon")
@@ -31,12 +31,6 @@ class EditsResult:
     created: dict[int, int] = field(default_factory=dict)  # temp id -> annotation id
     proposals: list = field(default_factory=list)          # services.proposals.ProposalResult of propose edits
     error: Exception | None = None      # why the batch stopped early (a ConflictError or WorkbenchError)
-
-
-def _whole(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
-    return int(value)
 
 
 def _ids(image_id: int, db) -> set[int]:
@@ -66,7 +60,7 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
     kind, rev = edit["kind"], result.revision
 
     def annotation_id(value) -> int:  # an annotation id, or a temp id of an instance made earlier in the batch
-        number = _whole(value, f"edit {index}: an instance id")
+        number = strict_int(value, f"edit {index}: an instance id")
         if number < 0:
             if number not in result.created:
                 raise WorkbenchError(f"edit {index}: instance {number} was never saved; draw it again")
@@ -77,7 +71,7 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
         temp = edit.get("temp_id")
         new = sorted(_ids(image_id, wb.db) - before)
         if temp is not None and len(new) == 1:
-            result.created[_whole(temp, f"edit {index}: temp_id")] = new[0]
+            result.created[strict_int(temp, f"edit {index}: temp_id")] = new[0]
 
     if kind == "review":
         if edit.get("state") not in ("accepted", "rejected", "proposed"):

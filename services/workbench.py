@@ -25,7 +25,7 @@ from db.annotations import (ConflictError, InstanceData, conflict_versions, get_
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
-from db.errors import WorkbenchError, shown
+from db.errors import WorkbenchError, shown, strict_int
 from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
@@ -92,12 +92,6 @@ def mask_of(value, height: int, width: int) -> tuple[np.ndarray | None, str | No
     return (None, counts) if compressed else (masks.decode(counts, height, width), None)
 
 
-def _strict_int(value, what: str) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
-        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
-    return int(value)
-
-
 def _finite(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise WorkbenchError(f"{what} must be a finite number, not {shown(value)}")
@@ -144,9 +138,9 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
     if iscrowd not in (True, False, 0, 1) or isinstance(iscrowd, float):
         raise WorkbenchError(f"{where}: 'iscrowd' must be true/false or 0/1, not {shown(iscrowd)}")
     ann_id = item.get("id")
-    ann_id = None if ann_id is None else _strict_int(ann_id, f"{where}: 'id'")
+    ann_id = None if ann_id is None else strict_int(ann_id, f"{where}: 'id'")
     version = item.get("model_version_id")
-    version = None if version is None else _strict_int(version, f"{where}: 'model_version_id'")
+    version = None if version is None else strict_int(version, f"{where}: 'model_version_id'")
     if version is not None and version not in versions:
         raise WorkbenchError(f"{where}: there is no model version {version}")
     source, state = item.get("source", "drawn"), item.get("review_state", "accepted")
@@ -369,7 +363,7 @@ class Workbench:
         if len(ids) != len(set(ids)):
             raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
                                  "instance once")
-        seen = None if seen_revision is None or seen_revision == "" else _strict_int(seen_revision, "seen_revision")
+        seen = None if seen_revision is None or seen_revision == "" else strict_int(seen_revision, "seen_revision")
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
     def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,
@@ -539,7 +533,7 @@ class Workbench:
         if not positive and not negative:
             raise WorkbenchError("click the instance first: a left click on what is object, a right click on what "
                                  "is not")
-        row = self.annotation(image_id, _strict_int(ann_id, "ann_id"))
+        row = self.annotation(image_id, strict_int(ann_id, "ann_id"))
         mask = row["mask"]
         if mask is None:
             x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
