@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
-from app.display import hex_color, instance_colors, shown_instances
+from app.display import hex_color, hex_of, instance_colors, shown_instances
 
 JS = (Path(__file__).with_name("canvas.js")).read_text(encoding="utf-8")
 
@@ -81,8 +81,14 @@ def canvas_value(*, image: dict | None, image_url: str | None, revision: int | N
                  lost: int = 0) -> dict:
     """The canvas's value. ``image``: services' image_info (None: nothing open); ``instances``: the
     workbench's instances() list (masks as compressed RLE); only what the review shows is sent (accepted
-    ones, proposals above ``review_threshold`` or the low-confidence best guesses)."""
+    ones, proposals above ``review_threshold`` or the low-confidence best guesses, which the message names)."""
     shown, low = shown_instances(instances, review_threshold, score_threshold)
+    if low:
+        guesses = ", ".join(f"{r['score']:.3f}" for r in shown if r["id"] in low)
+        message = ((message + "\n") if message else "") + (
+            f"⚠️ No proposal reaches the review threshold {review_threshold:.2f}: the model's {len(low)} best "
+            f"guesses are shown, faded (scores {guesses}). Accept, correct or reject them; retraining with more "
+            "labelled photos makes the model surer.")
     colors = instance_colors([r["id"] for r in shown])
     return {
         "image_id": None if image is None else int(image["id"]), "revision": revision,
@@ -92,7 +98,7 @@ def canvas_value(*, image: dict | None, image_url: str | None, revision: int | N
         "instances": [{"id": r["id"], "category_id": r["category_id"], "state": r["review_state"], "score": r["score"],
                        "low": r["id"] in low, "box": r["box"], "source": r["source"],
                        "counts": None if r["mask"] is None else r["mask"]["counts"],
-                       "color": "#%02x%02x%02x" % colors[r["id"]]} for r in shown],
+                       "color": hex_of(colors[r["id"]])} for r in shown],
         "ack": ack, "created": {str(k): v for k, v in (created or {}).items()}, "status": status,
         "message": html.escape(message.replace("**", "")).replace("\n", "<br>"), "lost": lost}
 

@@ -41,7 +41,12 @@ def instance_colors(annotation_ids: list[int]) -> dict[int, tuple[int, int, int]
 
 
 def hex_color(category_id: int) -> str:
-    return "#%02x%02x%02x" % category_color(category_id)
+    return hex_of(category_color(category_id))
+
+
+def hex_of(color: tuple[int, int, int]) -> str:
+    """An (r, g, b) colour as CSS "#rrggbb"."""
+    return "#%02x%02x%02x" % color
 
 
 def shown_instances(rows: list[dict], review_threshold: float, score_threshold: float) -> tuple[list[dict], set[int]]:

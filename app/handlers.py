@@ -17,7 +17,7 @@ from gradio_image_annotation import image_annotator
 
 from app.canvas import canvas_value, file_url
 from app.display import (GALLERY_LIMIT, IMAGE_HEADERS, category_rows, error_text, hex_color, instance_colors,
-                         overview_text, progress_bar_html, proposal_message, shown_instances)
+                         overview_text, progress_bar_html, proposal_message)
 from services.images import downscale, scale_for
 from services.workbench import ConflictError, Workbench, WorkbenchError
 
@@ -176,13 +176,13 @@ class Handlers:
         if image_id is None:
             return View("Upload images or pick one in the gallery.", self.canvas(None, review_threshold, message),
                         image_annotator(value=None), None, self.statuses(), {}, message)
-        review_threshold = float(review_threshold or 0.0)
         info, rgb = self.wb.rgb(image_id)
         scale = scale_for(info["height"], info["width"])
         small = downscale(rgb, scale)
-        revision, rows = self.wb.annotations(image_id)
+        current = self.wb.instances(image_id)  # read once: the canvas, the Draw tab's boxes and the title
+        rows = current["instances"]
         names = self.wb.category_names()
-        canvas = self.canvas(image_id, review_threshold, message)
+        canvas = self.canvas(image_id, review_threshold, message, current=current)
         accepted = [r for r in rows if r["review_state"] == "accepted"]
         colors_of = instance_colors([r["id"] for r in accepted])
         boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
@@ -192,7 +192,7 @@ class Handlers:
         box_ids = {",".join(map(str, color)): annotation_id for annotation_id, color in colors_of.items()}
         annotator = image_annotator(value={"image": small, "boxes": boxes}, label_list=list(names.values()),
                                     label_colors=[hex_color(i) for i in names])
-        return View(self.title(image_id, info, rows, revision), canvas, annotator, revision,
+        return View(self.title(image_id, info, rows, current["revision"]), canvas, annotator, current["revision"],
                     self.statuses(), box_ids, message)
 
     def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
@@ -202,24 +202,19 @@ class Handlers:
                 f"model: {'v%d' % active if active else 'none yet'}")
 
     def canvas(self, image_id, review_threshold, message: str = "", *, status: str = "saved", ack=None,
-               created=None) -> dict:
-        """The review canvas's value for the image as it is now (app.canvas.canvas_value)."""
+               created=None, current: dict | None = None) -> dict:
+        """The review canvas's value for the image as it is now (app.canvas.canvas_value); ``current``: the
+        image's Workbench.instances() when the caller has read them already."""
+        threshold = float(review_threshold or 0.0)
         if image_id is None:
             return canvas_value(image=None, image_url=None, revision=None, instances=[],
-                                classes=self.wb.category_names(), review_threshold=float(review_threshold or 0.0),
+                                classes=self.wb.category_names(), review_threshold=threshold,
                                 score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack)
         image_id = int(image_id)
-        current = self.wb.instances(image_id)
-        shown, low = shown_instances(current["instances"], float(review_threshold or 0.0), self.wb.score_threshold)
-        if low:
-            guesses = ", ".join(f"{r['score']:.3f}" for r in shown if r["id"] in low)
-            message = ((message + "\n") if message else "") + (
-                f"⚠️ No proposal reaches the review threshold {float(review_threshold or 0.0):.2f}: the model's "
-                f"{len(low)} best guesses are shown, faded (scores {guesses}). Accept, correct or reject them; "
-                "retraining with more labelled photos makes the model surer.")
+        current = self.wb.instances(image_id) if current is None else current
         return canvas_value(image=self.wb.image_info(image_id), image_url=file_url(self.wb.display_image(image_id)),
                             revision=current["revision"], instances=current["instances"],
-                            classes=self.wb.category_names(), review_threshold=float(review_threshold or 0.0),
+                            classes=self.wb.category_names(), review_threshold=threshold,
                             score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack,
                             created=created, lost=len(self.wb.conflicts(image_id)))
 
@@ -349,7 +344,7 @@ class Handlers:
                          *[gr.skip()] * 5)
         try:
             image_id = int(image_id)
-            before = self.wb.image_status(self.wb.annotations(image_id)[1])
+            before = self.wb.image_status(self.wb.instances(image_id)["instances"])
             result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
             return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
@@ -364,10 +359,12 @@ class Handlers:
         if result.error is not None:
             messages.append(error_text(result.error))
             status = "conflict" if isinstance(result.error, ConflictError) else "not saved"
+        current = self.wb.instances(image_id)  # read once: the canvas and the title
         canvas = self.canvas(image_id, review_threshold, "\n".join(messages), status=status, ack=seq,
-                             created=result.created)
-        info, (revision, rows) = self.wb.image_info(image_id), self.wb.annotations(image_id)
-        title, overview = self.title(image_id, info, rows, revision), self.summary_line()
+                             created=result.created, current=current)
+        rows = current["instances"]
+        title = self.title(image_id, self.wb.image_info(image_id), rows, current["revision"])
+        overview = self.summary_line()
         if self.wb.image_status(rows) == before:
             return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip())
         return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id,
