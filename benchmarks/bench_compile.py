@@ -94,7 +94,6 @@ def main() -> int:
           f"{result['eager_ms_median']:.1f} ms, compiled {result['compiled_ms_median']:.1f} ms, "
           f"compiled / eager {result['ratio_median']:.3f}; same detections: {result['all_same_detections']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
     return 0
 

@@ -168,8 +168,10 @@ def percentile(values: list[float], q: float) -> float:
 
 # ---- outputs ---------------------------------------------------------------------------------------------
 def write_json(path: Path, value, indent: int | None = 1) -> None:
-    """Write value as JSON, atomically (a reader never sees half a file): PATH.tmp first, then renamed."""
+    """Write value as JSON, atomically (a reader never sees half a file): PATH.tmp first, then renamed; its
+    folder is made when missing (benchmarks/out/ is not in a fresh clone)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=indent))
     os.replace(tmp, path)
