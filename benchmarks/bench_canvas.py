@@ -135,7 +135,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/canvas_speed.json"))
-    parser.add_argument("--screenshot", type=Path, default=None, help="save a 1440x900 screenshot here")
+    parser.add_argument("--screenshot", type=Path, default=None,
+                        help="save a 1440x900 screenshot of the canvas here (the README's picture)")
     args = parser.parse_args()
     require(args.data / "val.json", "the COCO subset")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
