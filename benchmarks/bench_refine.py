@@ -31,7 +31,7 @@ from common import DEFAULT_DATA, REPO, loadavg_text, read_rgb, stamp, write_json
 sys.path.insert(0, str(REPO))
 
 
-def coco_instances(data: Path, classes: list[str], min_area: float, limit: int):
+def coco_instances(data: Path, classes: list[str], min_area: float, limit: int, skip: int = 0):
     import contextlib
     import io
 
@@ -40,9 +40,12 @@ def coco_instances(data: Path, classes: list[str], min_area: float, limit: int):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(data / "val.json"))
     cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds()) if c["name"] in classes}
-    out = []
+    out, skipped = [], 0
     for ann in sorted(coco.dataset["annotations"], key=lambda a: a["id"]):
         if ann["category_id"] in cats and not ann.get("iscrowd") and ann["area"] >= min_area:
+            if skipped < skip:  # instances held out: those the settings were chosen on come first
+                skipped += 1
+                continue
             info = coco.imgs[ann["image_id"]]
             x, y, w, h = ann["bbox"]
             out.append({"file": data / "images" / info["file_name"], "category_id": ann["category_id"],
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", default="person,car")
     parser.add_argument("--min-area", type=float, default=32 * 32)
     parser.add_argument("--instances", type=int, default=60)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N qualifying val instances (e.g. the 60 the click radius was chosen on)")
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic shapes instead of COCO val")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a model: its box masks start, and model-box")
     parser.add_argument("--clicks", type=int, default=5)
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
 
         predictor = predictor_from_file(args.checkpoint, device="cpu")
     items = (synthetic_instances(args.synthetic) if args.synthetic
-             else coco_instances(args.data, args.classes.split(","), args.min_area, args.instances))
+             else coco_instances(args.data, args.classes.split(","), args.min_area, args.instances, args.skip))
     methods = ["grabcut"] + (["model-box"] if predictor is not None else [])
     starts = ["grabcut box"] + (["model box"] if predictor is not None else [])
     curves = {(s, m): [[] for _ in range(args.clicks + 1)] for s in starts for m in methods}
@@ -147,7 +152,7 @@ def main(argv=None) -> int:
                         seconds[method].append(time.perf_counter() - t)
                     curves[(start, method)][k].append(iou(mask, truth))
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "when": stamp(), "load": loadavg_text(),
-              "radius": args.radius,
+              "radius": args.radius, "skipped": args.skip,
               "instances": len(items), "source": f"synthetic {args.synthetic}" if args.synthetic else "coco val",
               "curves": {f"{s} -> {m}": [round(float(np.mean(v)), 3) for v in c] for (s, m), c in curves.items()},
               "seconds_per_refinement": {m: round(float(np.mean(v)), 3) if v else None for m, v in seconds.items()}}
