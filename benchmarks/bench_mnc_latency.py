@@ -10,7 +10,9 @@ side by side in the same run with torchvision's Mask R-CNN on the same backbone.
 Both models are in eval mode with ImageNet backbone weights (heads random: latency does not depend
 on training) and 81 classes, at 600 px short side / 1000 px long side cap, 300 RPN proposals.
 MNC's backbone folds its frozen BatchNorm into the convolutions; the peer's is folded the same way
-(mnc_core.backbone.fold_frozen_bn, exact) unless --stock-peer-bn. Score thresholds are 0.0 for both (MNC `score_threshold`, Mask R-CNN `box_score_thresh`) with 100
+(mnc_core.backbone.fold_frozen_bn, exact) unless --stock-peer-bn. On a CPU, MNC's fully connected layers
+run through oneDNN (mnc_core/linear.py); the peer's stock nn.Linear layers (MKL) do so too with
+--peer-onednn-linear. Score thresholds are 0.0 for both (MNC `score_threshold`, Mask R-CNN `box_score_thresh`) with 100
 detections per image, so that both post-process all of their candidates and paste 100 masks,
 independent of how confident the (untrained) heads are. MNC's stage boundaries are timestamps taken
 by forward hooks on its sub-modules while `MNC.detect` runs (nothing of the model is re-implemented):
@@ -147,6 +149,9 @@ def main() -> int:
     p.add_argument("--skip-peer", action="store_true", help="MNC only")
     p.add_argument("--stock-peer-bn", action="store_true",
                    help="keep the peer's FrozenBatchNorm2d layers (default: folded into the convs, as MNC does)")
+    p.add_argument("--peer-onednn-linear", action="store_true",
+                   help="the peer's fully connected layers (box head) through oneDNN on a CPU too, as MNC's heads "
+                        "(mnc_core/linear.py); default: torchvision's stock nn.Linear (MKL)")
     p.add_argument("--cascade-top-n", default=None, metavar="N|all",
                    help="MNC stages 4-5 on the top N stage-3 RoIs, or 'all' 300 (default: MNCConfig's)")
     p.add_argument("--compile", action="store_true",
@@ -190,6 +195,12 @@ def main() -> int:
             from mnc_core.backbone import fold_frozen_bn
 
             fold_frozen_bn(peer.backbone.body)
+        if args.peer_onednn_linear:
+            from mnc_core.linear import linear
+
+            for module in peer.modules():
+                if type(module) is torch.nn.Linear:
+                    module.forward = lambda x, layer=module: linear(x, layer.weight, layer.bias)
         peer = peer.to(device).eval()
         pclock = Clock(device)
         for mod, name in ((peer.transform, "transform"), (peer.backbone, "backbone"), (peer.rpn, "rpn"),
@@ -237,7 +248,8 @@ def main() -> int:
     print(f"score threshold {args.score_threshold} for both, 100 detections/image; MNC mask voting "
           f"{'off' if args.no_voting else 'on'}; MNC stages 4-5 on "
           f"{getattr(config, 'cascade_top_n_test', None) or 'all'} of the 300 RoIs; Mask R-CNN backbone BN "
-          f"{'FrozenBatchNorm2d (stock)' if args.stock_peer_bn else 'folded into the convs (like MNC)'}"
+          f"{'FrozenBatchNorm2d (stock)' if args.stock_peer_bn else 'folded into the convs (like MNC)'}; "
+          f"Mask R-CNN fcs {'through oneDNN (like MNC)' if args.peer_onednn_linear else 'stock nn.Linear'}"
           + (f"; MNC backbone and heads torch.compile'd (warm-up images {warmup_seconds:.0f} s)" if args.compile else ""))
     print()
     print("| MNC stage | ms (median) |")
@@ -246,6 +258,7 @@ def main() -> int:
         print(f"| {k} | {m[k]:.1f} |")
     print(f"| **total** | **{m['total']:.1f}** |")
     result = {"when": when, "load": load, "device": str(device), "threads": args.threads, "compile": args.compile,
+              "peer_onednn_linear": args.peer_onednn_linear, "stock_peer_bn": args.stock_peer_bn,
               "warmup_seconds": warmup_seconds, "mnc": m,
               "cascade_top_n_test": getattr(config, "cascade_top_n_test", None),
               "mnc_totals": [r["total"] for r in mnc_rows], "detections": n_dets}
@@ -267,9 +280,9 @@ def main() -> int:
         print("|---|---:|---:|---:|")
         print(f"| total ms per image (median) | {m['total']:.1f} | {pm['total']:.1f} | "
               f"{m['total'] / pm['total']:.2f} (median of per-image ratios {result['ratio_median']:.2f}) |")
-        goal = 1.0 if device.type == "cpu" else None
-        if goal is not None:
-            print(f"goal MNC / Mask R-CNN <= {goal:.1f}: {'met' if result['ratio_median'] <= goal else 'NOT met'}")
+        goal = 0.5 if device.type == "cpu" else 1.0  # issue 13
+        print(f"goal MNC / Mask R-CNN <= {goal:.1f} on this device: "
+              f"{'met' if result['ratio_median'] <= goal else 'NOT met'}")
     if device.type == "cuda":
         print(f"goal <= 30 ms per image on a GPU: {'met' if m['total'] <= 30 else 'NOT met'} ({m['total']:.1f} ms)")
     if args.json:

@@ -24,12 +24,12 @@ up to ~0.5 pixel, and the box gradient would use the rounded grid). The output i
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from .cpu_threads import for_row_chunks
 
 
 def max_pool_2x2(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -89,27 +89,12 @@ def _warp_without_gradient(features: Tensor, boxes: Tensor, output_size: int, sp
         if features.device.type != "cpu":
             return max_pool_2x2(warp(shifted))
         # on a CPU, a few RoIs at a time: their (k, C, P, P) warp stays in cache until it is pooled, straight
-        # into the result (300 RoIs at once write and read ~240 MB: ~1.8x the time)
+        # into the result (300 RoIs at once write and read ~240 MB: ~1.8x the time); torchvision's CPU
+        # roi_align runs on one core, so the chunks are shared out over the intra-op threads
         Q = output_size // 2
-        K = shifted.shape[0]
-        result = padded.new_empty((K, padded.shape[1], Q, Q))
-        inference = torch.is_inference_mode_enabled()
-
-        def pool_range(start: int, stop: int) -> None:
-            with torch.inference_mode(inference), torch.no_grad():  # grad modes are per thread
-                for first in range(start, stop, CPU_POOL_CHUNK):
-                    part = slice(first, min(first + CPU_POOL_CHUNK, stop))
-                    max_pool_2x2(warp(shifted[part]), out=result[part])
-
-        # torchvision's CPU roi_align runs on one core: the chunks are shared out over the intra-op threads
-        # (torch ops release the GIL); each thread writes its own rows
-        workers = min(torch.get_num_threads(), -(-K // CPU_POOL_CHUNK))
-        if workers <= 1:
-            pool_range(0, K)
-            return result
-        bounds = [min(K, -(-K * i // (workers * CPU_POOL_CHUNK)) * CPU_POOL_CHUNK) for i in range(workers + 1)]
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda i: pool_range(bounds[i], bounds[i + 1]), range(workers)))
+        result = padded.new_empty((shifted.shape[0], padded.shape[1], Q, Q))
+        for_row_chunks(shifted.shape[0], CPU_POOL_CHUNK,
+                       lambda rows: max_pool_2x2(warp(shifted[rows]), out=result[rows]))
         return result
 
 

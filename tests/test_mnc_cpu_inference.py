@@ -1,0 +1,102 @@
+"""The heads' CPU inference paths: fully connected layers through oneDNN (mnc_core/linear.py) and the
+stage-3 masking + pooling a few RoIs at a time over the threads (mnc_core/heads.py): the same results as
+the plain PyTorch ops, and the fast paths really taken where they should be."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnc_core.heads import ClassifyHead, MaskHead
+from mnc_core.linear import ONEDNN_LINEAR, Linear, linear, uses_onednn
+from mnc_core.roi_warp import max_pool_2x2
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_onednn_is_available_in_the_pinned_torch():
+    """The speed of CPU inference rests on it (benchmarks/README.md); a torch without it falls back silently,
+    so this says so loudly instead."""
+    assert ONEDNN_LINEAR
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_onednn_linear_equals_f_linear(relu, with_bias):
+    torch.manual_seed(0)
+    layer = Linear(300, 70, bias=with_bias, relu=relu)
+    x = torch.randn(37, 300)
+    expected = F.linear(x, layer.weight, layer.bias)
+    expected = F.relu(expected) if relu else expected
+    with torch.no_grad():
+        assert uses_onednn(x, layer.weight)
+        out = layer(x)
+        strided = layer(torch.randn(300, 37).t())  # a non-contiguous input is accepted
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert strided.shape == (37, 70)
+    if relu:
+        assert (out >= 0).all() and (out == 0).any()
+
+
+def test_training_autocast_and_empty_inputs_take_f_linear():
+    torch.manual_seed(0)
+    layer = Linear(16, 8, relu=True)
+    x = torch.randn(5, 16)
+    assert not uses_onednn(x, layer.weight)  # autograd: the weight requires grad
+    out = layer(x)
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not uses_onednn(torch.zeros(0, 16), layer.weight)
+        assert layer(torch.zeros(0, 16)).shape == (0, 8)
+        assert not uses_onednn(x.double(), layer.weight.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not uses_onednn(x, layer.weight)
+            assert layer(x).dtype == torch.bfloat16  # autocast still runs the layer in bfloat16
+    assert linear(x, layer.weight, None).shape == (5, 8)
+
+
+def test_linear_state_dict_is_nn_linears():
+    plain = torch.nn.Linear(6, 4)
+    fast = Linear(6, 4, relu=True)
+    fast.load_state_dict(plain.state_dict())
+    assert set(fast.state_dict()) == {"weight", "bias"}
+    with torch.no_grad():
+        torch.testing.assert_close(fast(torch.ones(2, 6)), F.relu(plain(torch.ones(2, 6))))
+
+
+@pytest.mark.parametrize("rois", [1, 15, 16, 17, 41])
+def test_heads_inference_equals_the_autograd_path(rois, two_threads):
+    """Eval-mode heads without autograd (oneDNN fcs; masking + pooling in chunks over 2 threads) give the
+    values of the same heads with autograd on (F.linear, one-shot masking and pooling)."""
+    torch.manual_seed(1)
+    mask_head = MaskHead(8, 14, 32, 28).eval()
+    classify_head = ClassifyHead(8, 14, 24, 20, num_classes=5).eval()
+    x = torch.randn(rois, 8, 14, 14)
+    x_grad = x.clone().requires_grad_(True)
+    mask_logits = mask_head(x_grad)
+    reference = classify_head(x_grad, torch.sigmoid(mask_logits))
+    with torch.inference_mode():
+        fast_logits = mask_head(x)
+        fast = classify_head(x, torch.sigmoid(fast_logits))
+    torch.testing.assert_close(fast_logits, mask_logits.detach(), atol=1e-5, rtol=1e-5)
+    for got, want in zip(fast, reference):
+        torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_masking_and_pooling_are_exact(two_threads):
+    from mnc_core.heads import _pooled_pathway_inputs
+
+    torch.manual_seed(2)
+    x, m = torch.randn(35, 4, 14, 14), torch.rand(35, 1, 14, 14)
+    with torch.no_grad():
+        masked, plain = _pooled_pathway_inputs(x, m)
+    assert torch.equal(masked, F.max_pool2d(x * m, 2).flatten(1))
+    assert torch.equal(plain, F.max_pool2d(x, 2).flatten(1))
+    assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
