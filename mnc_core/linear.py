@@ -1,14 +1,15 @@
-"""A fully connected layer whose CPU inference runs through oneDNN.
+"""A fully connected layer whose float32 CPU work runs through oneDNN.
 
-On a CPU, PyTorch's float32 `F.linear` is MKL's sgemm, and MKL runs its AVX2 code on AMD processors (it
-picks its AVX-512 kernels by the vendor): on this project's 2-core AMD EPYC machines the heads' large
-fcs (300 RoIs x 50,176 -> 256, 300 x 12,544 -> 512) reach ~200 GFLOP/s there and ~460 through oneDNN
-(`benchmarks/README.md`, "fully connected layers"). oneDNN's float32 matmul is the same product in
-another summation order (differences ~1e-6).
+On a CPU, PyTorch's float32 `F.linear` and its backward are MKL's sgemm, and MKL runs its AVX2 code on
+AMD processors (it picks its AVX-512 kernels by the vendor): on this project's 2-core AMD EPYC machines
+the heads' large fcs (300 RoIs x 50,176 -> 256, 300 x 12,544 -> 512) reach ~200 GFLOP/s there and ~460
+through oneDNN (`benchmarks/README.md`, "fully connected layers through oneDNN"). oneDNN's float32
+matmul is the same product in another summation order (differences ~1e-6).
 
-Only inference takes the oneDNN path (no autograd graph needed, float32, no CPU autocast, which would run
-the layer in bfloat16): training, other devices and other dtypes stay `F.linear`. Parameters and
-state-dict keys are nn.Linear's, so checkpoints load either way.
+The oneDNN path is taken for float32 2-D inputs on a CPU without CPU autocast (which runs the layer in
+bfloat16); with autograd, a small autograd.Function whose backward is two more oneDNN products. Other
+devices and dtypes stay `F.linear`. Parameters and state-dict keys are nn.Linear's, so checkpoints load
+either way.
 """
 from __future__ import annotations
 
@@ -26,21 +27,52 @@ ONEDNN_LINEAR = _onednn_linear_available()
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear` below takes the oneDNN path for this input."""
-    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.ndim == 2 and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    return (ONEDNN_LINEAR and x.device.type == "cpu" and weight.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.ndim == 2 and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu"))
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
+    """x (M, in) @ weight (out, in)^T [+ bias] [-> ReLU] by oneDNN; `weight` may be a strided view."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "relu" if relu else "none", [], "")
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """y = [ReLU](x W^T + b); backward: dx = dz W, dW = dz^T x, db = sum dz (dz: dy through the ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        out = _product(x, weight, bias, relu)
+        ctx.save_for_backward(x, weight, out if relu else None)
+        ctx.relu = relu
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, out = ctx.saved_tensors
+        if ctx.relu:
+            grad_out = grad_out * (out > 0)
+        grad_out = grad_out.contiguous()
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grad_x = _product(grad_out, weight.t(), None) if needs_x else None  # (M, out) @ (out, in)
+        grad_weight = _product(grad_out.t(), x.t(), None) if needs_weight else None  # (out, M) @ (M, in)
+        grad_bias = grad_out.sum(0) if needs_bias else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
-    """F.linear (then ReLU when `relu`), through oneDNN on a CPU without autograd; x (M, in) -> (M, out)."""
+    """F.linear (then ReLU when `relu`), through oneDNN for float32 on a CPU; x (M, in) -> (M, out)."""
     if uses_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "relu" if relu else "none", [], "")
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _OneDnnLinear.apply(x, weight, bias, relu)
+        return _product(x, weight, bias, relu)
     out = F.linear(x, weight, bias)
     return F.relu(out) if relu else out
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU inference forward goes through oneDNN (module doc); `relu=True` fuses a ReLU."""
+    """nn.Linear whose float32 CPU work goes through oneDNN (module doc); `relu=True` fuses a ReLU."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, relu: bool = False) -> None:
         super().__init__(in_features, out_features, bias)

@@ -1,5 +1,5 @@
-"""The heads' CPU inference paths: fully connected layers through oneDNN (mnc_core/linear.py) and the
-stage-3 masking + pooling a few RoIs at a time over the threads (mnc_core/heads.py): the same results as
+"""The heads' CPU paths: fully connected layers through oneDNN, forward and backward (mnc_core/linear.py), and
+the stage-3 masking + pooling a few RoIs at a time over the threads (mnc_core/heads.py): the same results as
 the plain PyTorch ops, and the fast paths really taken where they should be."""
 from __future__ import annotations
 
@@ -44,18 +44,42 @@ def test_onednn_linear_equals_f_linear(relu, with_bias):
         assert (out >= 0).all() and (out == 0).any()
 
 
-def test_training_autocast_and_empty_inputs_take_f_linear():
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("needs", ["all", "weights only", "input only"])
+def test_onednn_linear_gradients_equal_f_linears(relu, needs):
+    """Training takes the oneDNN path too (its own backward): the same outputs and gradients as F.linear."""
+    torch.manual_seed(0)
+    x = torch.randn(9, 40, requires_grad=needs != "weights only")
+    weight = torch.randn(6, 40, requires_grad=needs != "input only")
+    bias = torch.randn(6, requires_grad=needs != "input only")
+    upstream = torch.randn(9, 6)
+    assert uses_onednn(x, weight)
+    out = linear(x, weight, bias, relu)
+    (out * upstream).sum().backward()
+    got = [t.grad for t in (x, weight, bias)]
+    for t in (x, weight, bias):
+        t.grad = None
+    expected = F.linear(x, weight, bias)
+    expected = F.relu(expected) if relu else expected
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for grad, tensor in zip(got, (x, weight, bias)):
+        if tensor.requires_grad:
+            torch.testing.assert_close(grad, tensor.grad, atol=1e-5, rtol=1e-5)
+            assert grad.abs().sum() > 0
+        else:
+            assert grad is None
+
+
+def test_autocast_other_dtypes_and_empty_inputs_take_f_linear():
     torch.manual_seed(0)
     layer = Linear(16, 8, relu=True)
     x = torch.randn(5, 16)
-    assert not uses_onednn(x, layer.weight)  # autograd: the weight requires grad
-    out = layer(x)
-    out.sum().backward()
-    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     with torch.no_grad():
         assert not uses_onednn(torch.zeros(0, 16), layer.weight)
         assert layer(torch.zeros(0, 16)).shape == (0, 8)
         assert not uses_onednn(x.double(), layer.weight.double())
+        assert not uses_onednn(x[None], layer.weight)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not uses_onednn(x, layer.weight)
             assert layer(x).dtype == torch.bfloat16  # autocast still runs the layer in bfloat16
@@ -73,8 +97,8 @@ def test_linear_state_dict_is_nn_linears():
 
 @pytest.mark.parametrize("rois", [1, 15, 16, 17, 41])
 def test_heads_inference_equals_the_autograd_path(rois, two_threads):
-    """Eval-mode heads without autograd (oneDNN fcs; masking + pooling in chunks over 2 threads) give the
-    values of the same heads with autograd on (F.linear, one-shot masking and pooling)."""
+    """Eval-mode heads without autograd (masking + pooling in chunks over 2 threads) give the values of the
+    same heads with autograd on (one-shot masking and pooling; the fcs' two paths are compared above)."""
     torch.manual_seed(1)
     mask_head = MaskHead(8, 14, 32, 28).eval()
     classify_head = ClassifyHead(8, 14, 24, 20, num_classes=5).eval()
