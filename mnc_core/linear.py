@@ -7,7 +7,7 @@ through oneDNN (`benchmarks/README.md`, "fully connected layers through oneDNN")
 matmul is the same product in another summation order (differences ~1e-6).
 
 The oneDNN path is taken for float32 2-D inputs on a CPU without CPU autocast (which runs the layer in
-bfloat16); with autograd, a small autograd.Function whose backward is two more oneDNN products. Other
+bfloat16), outside torch.compile (which makes its own choice for F.linear); with autograd, a small autograd.Function whose backward is two more oneDNN products. Other
 devices and dtypes stay `F.linear`. Parameters and state-dict keys are nn.Linear's, so checkpoints load
 either way.
 """
@@ -29,7 +29,8 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear` below takes the oneDNN path for this input."""
     return (ONEDNN_LINEAR and x.device.type == "cpu" and weight.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.ndim == 2 and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu"))
+            and x.ndim == 2 and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())  # inductor lowers this op only for constant weights
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:

@@ -124,3 +124,14 @@ def test_chunked_masking_and_pooling_are_exact(two_threads):
     assert torch.equal(masked, F.max_pool2d(x * m, 2).flatten(1))
     assert torch.equal(plain, F.max_pool2d(x, 2).flatten(1))
     assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
+
+
+def test_linear_compiles_with_torch_compile():
+    """Inside torch.compile the layer is F.linear (inductor lowers oneDNN's linear only for constant weights:
+    `weight must be a graph constant`); the compiled layer gives the eager layer's values."""
+    torch.manual_seed(0)
+    layer = Linear(24, 10, relu=True)
+    x = torch.randn(6, 24)
+    compiled = torch.compile(layer, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), atol=1e-5, rtol=1e-5)
