@@ -33,7 +33,7 @@ class MaskHead(nn.Module):
         return self.pred(t).view(-1, self.mask_size, self.mask_size)
 
 
-CPU_POOL_CHUNK = 16  # RoIs masked and pooled together on a CPU (8-32 measured alike for 300 RoIs x 256 ch)
+CPU_MASKING_CHUNK = 16  # RoIs masked and pooled together on a CPU (8-32 measured alike for 300 RoIs x 256 ch)
 
 
 def _pooled_pathway_inputs(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,7 +50,7 @@ def _pooled_pathway_inputs(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         max_pool_2x2(x[rows] * m[rows], out=masked[rows])
         max_pool_2x2(x[rows], out=plain[rows])
 
-    for_row_chunks(K, CPU_POOL_CHUNK, pool)
+    for_row_chunks(K, CPU_MASKING_CHUNK, pool)
     return masked.flatten(1), plain.flatten(1)
 
 

@@ -3,19 +3,20 @@
 On a CPU, PyTorch's float32 `F.linear` and its backward are MKL's sgemm, and MKL runs its AVX2 code on
 AMD processors (it picks its AVX-512 kernels by the vendor): on this project's 2-core AMD EPYC machines
 the heads' large fcs (300 RoIs x 50,176 -> 256, 300 x 12,544 -> 512) reach ~200 GFLOP/s there and ~460
-through oneDNN (`benchmarks/README.md`, "fully connected layers through oneDNN"). oneDNN's float32
-matmul is the same product in another summation order (differences ~1e-6).
+through oneDNN (`benchmarks/README.md`, "Fully connected layers through oneDNN"). oneDNN's float32
+matmul is the same product in another summation order (the results differ by float32 rounding).
 
 The oneDNN path is taken for float32 2-D inputs on a CPU without CPU autocast (which runs the layer in
-bfloat16), outside torch.compile (which makes its own choice for F.linear); with autograd, a small autograd.Function whose backward is two more oneDNN products. Other
-devices and dtypes stay `F.linear`. Parameters and state-dict keys are nn.Linear's, so checkpoints load
-either way.
+bfloat16) and outside torch.compile (which makes its own choice for F.linear); with autograd, through a
+small autograd.Function whose backward is two more oneDNN products (first derivatives only). Other devices
+and dtypes stay `F.linear`. Parameters and state-dict keys are nn.Linear's, so checkpoints load either way.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def _onednn_linear_available() -> bool:
@@ -49,6 +50,7 @@ class _OneDnnLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, weight, out = ctx.saved_tensors
         if ctx.relu:
