@@ -8,11 +8,17 @@ Shapes: the mask head's fc (K RoIs x 50,176 -> 256; 50,176 = 256 channels x 14 x
 pathway fc (K x 12,544 -> 512), at K = 300 (inference, stages 2-3), 100 (stages 4-5) and 32 (a training
 image's RoIs). For each: the median of `--repeats` timings of the forward (no autograd) and of forward +
 backward (dx, dW, db), and the largest difference of the outputs and gradients between the two paths.
-Needs no data.
+Prints which path the product takes by default on this CPU (`mnc_core.linear.ONEDNN_PREFERRED`). Needs no data.
+
+An AVX2-only CPU, imitated on one with AVX-512 (each library held to AVX2 by its own switch, PyTorch's
+dispatch too):
+
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_linear.py
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common import cpu_name, loadavg, stamp, write_json  # noqa: E402
-from mnc_core.linear import ONEDNN_LINEAR, linear  # noqa: E402
+from mnc_core.linear import ONEDNN_LINEAR, ONEDNN_PREFERRED, linear  # noqa: E402
 
 SHAPES = [(300, 50176, 256), (300, 12544, 512), (100, 50176, 256), (100, 12544, 512), (32, 50176, 256),
           (32, 12544, 512)]
@@ -53,7 +59,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    print(f"{stamp()}; {cpu_name()}, {args.threads} threads; load {loadavg()}")
+    capability = torch.backends.cpu.get_cpu_capability()
+    default = "oneDNN" if ONEDNN_PREFERRED else "MKL (F.linear)"
+    print(f"{stamp()}; {cpu_name()}, {args.threads} threads; load {loadavg()}; PyTorch's CPU capability "
+          f"{capability}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}; the product's default: {default}")
     print("| RoIs x in -> out | forward MKL ms | forward oneDNN ms | GFLOP/s MKL / oneDNN | fwd+bwd MKL ms | fwd+bwd oneDNN ms | max diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for rois, n_in, n_out in SHAPES:
@@ -66,12 +75,13 @@ def main() -> int:
             F.relu(F.linear(x, weight, bias)).mul(upstream).sum().backward()
 
         def onednn_train():
-            linear(x, weight, bias, relu=True).mul(upstream).sum().backward()
+            linear(x, weight, bias, relu=True, onednn=True).mul(upstream).sum().backward()
 
         with torch.no_grad():
             forward_mkl = median_ms(lambda: F.relu(F.linear(x, weight, bias)), args.repeats)
-            forward_onednn = median_ms(lambda: linear(x, weight, bias, relu=True), args.repeats)
-            difference = (linear(x, weight, bias, relu=True) - F.relu(F.linear(x, weight, bias))).abs().max().item()
+            forward_onednn = median_ms(lambda: linear(x, weight, bias, relu=True, onednn=True), args.repeats)
+            difference = (linear(x, weight, bias, relu=True, onednn=True)
+                          - F.relu(F.linear(x, weight, bias))).abs().max().item()
         train_mkl = median_ms(plain_train, args.repeats)
         train_onednn = median_ms(onednn_train, args.repeats)
         grads = []
@@ -91,7 +101,8 @@ def main() -> int:
               f"{train_onednn:.2f} | {difference:.1e} |")
     if args.json:
         write_json(args.json, {"when": stamp(), "cpu": cpu_name(), "threads": args.threads, "load": loadavg(),
-                               "rows": rows})
+                               "cpu_capability": capability, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                               "default": default, "rows": rows})
     return 0
 
 

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, read_rgb, stamp, write_json  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, cpu_name, read_rgb, stamp, write_json  # noqa: E402
+from mnc_core.linear import ONEDNN_PREFERRED  # noqa: E402
 from maskrcnn_peer import build_peer, image_tensor  # noqa: E402
 
 MNC_STAGES = ["input", "backbone", "stage1_rpn", "stage2_mask", "stage3_cls", "stage4_mask", "stage5_cls", "other"]
@@ -152,6 +153,9 @@ def main() -> int:
     p.add_argument("--peer-onednn-linear", action="store_true",
                    help="the peer's fully connected layers (box head) through oneDNN on a CPU too, as MNC's heads "
                         "(mnc_core/linear.py); default: torchvision's stock nn.Linear (MKL)")
+    p.add_argument("--mnc-fc-path", choices=("default", "onednn", "mkl"), default="default",
+                   help="MNC's fully connected layers: this CPU's default (mnc_core.linear.ONEDNN_PREFERRED: oneDNN "
+                        "where it runs AVX-512, else F.linear), or oneDNN / F.linear (MKL) whatever the CPU")
     p.add_argument("--cascade-top-n", default=None, metavar="N|all",
                    help="MNC stages 4-5 on the top N stage-3 RoIs, or 'all' 300 (default: MNCConfig's)")
     p.add_argument("--compile", action="store_true",
@@ -169,6 +173,12 @@ def main() -> int:
 
     predictor, config = build_mnc(args, device)
     mnc = predictor.model
+    if args.mnc_fc_path != "default":
+        from mnc_core.linear import Linear
+
+        for module in mnc.modules():
+            if isinstance(module, Linear):
+                module.onednn = args.mnc_fc_path == "onednn"
     if args.compile:
         compile_modules(mnc)
     mclock = Clock(device)
@@ -200,7 +210,7 @@ def main() -> int:
 
             for module in peer.modules():
                 if type(module) is torch.nn.Linear:
-                    module.forward = lambda x, layer=module: linear(x, layer.weight, layer.bias)
+                    module.forward = lambda x, layer=module: linear(x, layer.weight, layer.bias, onednn=True)
         peer = peer.to(device).eval()
         pclock = Clock(device)
         for mod, name in ((peer.transform, "transform"), (peer.backbone, "backbone"), (peer.rpn, "rpn"),
@@ -243,7 +253,8 @@ def main() -> int:
     print()
     print(f"MNC 5-stage vs Mask R-CNN, {args.min_size}/{args.max_size} px, {args.images} coco_subset val images "
           f"(median of per-image times), device {device}"
-          + (f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"))
+          + (f", {args.threads} threads, {cpu_name()}" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"))
+    print(f"MNC fcs: {args.mnc_fc_path} (this CPU's default: {'oneDNN' if ONEDNN_PREFERRED else 'F.linear'})")
     print(f"{when}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: timings vary)")
     print(f"score threshold {args.score_threshold} for both, 100 detections/image; MNC mask voting "
           f"{'off' if args.no_voting else 'on'}; MNC stages 4-5 on "
@@ -258,7 +269,9 @@ def main() -> int:
         print(f"| {k} | {m[k]:.1f} |")
     print(f"| **total** | **{m['total']:.1f}** |")
     result = {"when": when, "load": load, "device": str(device), "threads": args.threads, "compile": args.compile,
+              "cpu": cpu_name(),
               "peer_onednn_linear": args.peer_onednn_linear, "stock_peer_bn": args.stock_peer_bn,
+              "mnc_fc_path": args.mnc_fc_path,
               "warmup_seconds": warmup_seconds, "mnc": m,
               "cascade_top_n_test": getattr(config, "cascade_top_n_test", None),
               "mnc_totals": [r["total"] for r in mnc_rows], "detections": n_dets}

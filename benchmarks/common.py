@@ -130,16 +130,32 @@ def loadavg_text() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
 def cpu_name() -> str:
-    """The CPU's model name and core count, e.g. "AMD EPYC 7B13 (2 cores)" (Linux; the count alone elsewhere)."""
+    """The CPU's model name, family, core count and whether it has AVX-512, plus any instruction-set cap in force,
+    e.g. "AMD EPYC, family 25 (2 cores, AVX-512; held to ONEDNN_MAX_CPU_ISA=AVX2)" (Linux; the count alone elsewhere).
+    CPU figures differ between kinds of CPU (benchmarks/README.md), so each says which it comes from."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "flags") and key not in fields:
+                    fields[key] = value.strip()
+                if len(fields) == 3:
+                    break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores"
+    if "model name" not in fields:
+        return f"{os.cpu_count()} cores"
+    family = f", family {fields['cpu family']}" if "cpu family" in fields else ""
+    avx512 = "AVX-512" if "avx512f" in fields.get("flags", "").split() else "no AVX-512"
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)]
+    held = f"; held to {' '.join(caps)}" if caps else ""
+    return f"{fields['model name']}{family} ({os.cpu_count()} cores, {avx512}{held})"
 
 
 def proc_status_mb(field: str, pid: int | str = "self") -> float:

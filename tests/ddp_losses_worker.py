@@ -1,6 +1,7 @@
 """Worker of tests/test_distributed_training.py, run under torchrun: trains the tiny synthetic model in
 each process with train_model and writes rank 0's per-iteration losses (averaged over the processes)
-as JSON. Not a test module (pytest collects test_*.py only).
+as JSON, and the first step's gradient (averaged over the processes by DDP) beside it as OUT.pt. Not a
+test module (pytest collects test_*.py only).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_losses_worker.py OUT.json
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -30,19 +32,35 @@ def tiny_dataset() -> ShapesDataset:
 
 def exact_config(**kw):
     """Sampling that takes every labelled anchor and every RoI candidate, so the losses do not depend
-    on how the random sampling streams are split between processes (only on the images)."""
+    on how the random sampling streams are split between processes (only on the images). No gradient
+    clipping: a clipped gradient would hide a sum over the processes where the mean belongs."""
     return small_config(min_size=SIZE, max_size=SIZE, anchor_sizes=(16, 32), rpn_batch_size=10 ** 6,
                         roi_batch_size=10 ** 6, rpn_post_nms_top_n_train=32, optimizer="sgd", warmup_iters=0,
-                        **kw)
+                        grad_clip_norm=0.0, **kw)
 
 
-def run(images_per_batch: int, heads: bool) -> list[dict[str, float]]:
-    """heads: the whole backbone body frozen and its features cached (the heads mode)."""
+def run(images_per_batch: int, heads: bool) -> tuple[list[dict[str, float]], torch.Tensor]:
+    """heads: the whole backbone body frozen and its features cached (the heads mode). Returns the
+    per-iteration losses and the gradient the first optimizer step applies (all trained parameters,
+    flattened; after DDP's averaging), taken by a global optimizer step hook."""
     losses: list[dict[str, float]] = []
+    first_gradient: list[torch.Tensor] = []
+
+    def keep_first_gradient(optimizer, args, kwargs) -> None:
+        if not first_gradient:
+            first_gradient.append(torch.cat([p.grad.detach().flatten() if p.grad is not None
+                                             else torch.zeros(p.numel()) for group in optimizer.param_groups
+                                             for p in group["params"]]))
+
     config = exact_config(images_per_batch=images_per_batch, backbone_frozen_blocks=99 if heads else 0)
-    train_model(tiny_dataset(), config, iterations=ITERATIONS, lr=0.02, seed=11, backbone_weights="none",
-                device="cpu", cache_frozen_features=heads, num_workers=0, on_progress=lambda p: losses.append(p.losses))
-    return losses
+    hook = register_optimizer_step_pre_hook(keep_first_gradient)
+    try:
+        train_model(tiny_dataset(), config, iterations=ITERATIONS, lr=0.02, seed=11, backbone_weights="none",
+                    device="cpu", cache_frozen_features=heads, num_workers=0,
+                    on_progress=lambda p: losses.append(p.losses))
+    finally:
+        hook.remove()
+    return losses, first_gradient[0]
 
 
 def stop_after_two(job: distributed.Distributed) -> int:
@@ -87,8 +105,10 @@ def main() -> None:
     # the caller's process group (train_model uses it and leaves it open), with a short timeout
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     try:
-        out = {"world_size": job.world_size,
-               "full": run(1, heads=False), "heads": run(1, heads=True)}
+        out: dict = {"world_size": job.world_size}
+        gradients = {}
+        for mode, heads in (("full", False), ("heads", True)):
+            out[mode], gradients[mode] = run(1, heads=heads)
         stopped: list[int] = [0] * job.world_size
         dist.all_gather_object(stopped, stop_after_two(job))
         out["stopped_at"] = stopped
@@ -98,6 +118,7 @@ def main() -> None:
         dist.destroy_process_group()
     if job.is_main:
         Path(sys.argv[1]).write_text(json.dumps(out))
+        torch.save(gradients, Path(sys.argv[1]).with_suffix(".pt"))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mnc_core.heads import ClassifyHead, MaskHead
-from mnc_core.linear import ONEDNN_LINEAR, Linear, linear, uses_onednn
+from mnc_core.linear import ONEDNN_LINEAR, ONEDNN_PREFERRED, Linear, linear, onednn_preferred, uses_onednn
 from mnc_core.roi_warp import max_pool_2x2
 
 
@@ -26,6 +26,18 @@ def test_onednn_is_available_in_the_pinned_torch():
     assert ONEDNN_LINEAR
 
 
+def test_fcs_go_through_onednn_by_default_only_where_it_can_run_avx512():
+    """On an AVX2-only CPU oneDNN is not faster than F.linear (benchmarks/README.md), so the default is F.linear
+    there; its own instruction-set cap (ONEDNN_MAX_CPU_ISA) counts as the CPU's."""
+    assert onednn_preferred("AVX512", {}) and onednn_preferred("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+    assert not onednn_preferred("AVX2", {}) and not onednn_preferred("DEFAULT", {})
+    assert not onednn_preferred("AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not onednn_preferred("AVX512", {"DNNL_MAX_CPU_ISA": "avx2_vnni"})
+    x, weight = torch.randn(4, 8), torch.randn(3, 8)
+    assert uses_onednn(x, weight) == ONEDNN_PREFERRED == onednn_preferred()
+    assert uses_onednn(x, weight, onednn=True) and not uses_onednn(x, weight, onednn=False)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_onednn_linear_equals_f_linear(relu, with_bias):
@@ -35,10 +47,12 @@ def test_onednn_linear_equals_f_linear(relu, with_bias):
     expected = F.linear(x, layer.weight, layer.bias)
     expected = F.relu(expected) if relu else expected
     with torch.no_grad():
-        assert uses_onednn(x, layer.weight)
-        out = layer(x)
-        strided = layer(torch.randn(300, 37).t())  # a non-contiguous input is accepted
+        assert uses_onednn(x, layer.weight, onednn=True)  # on every CPU, whatever its default
+        out = linear(x, layer.weight, layer.bias, relu, onednn=True)
+        strided = linear(torch.randn(300, 37).t(), layer.weight, layer.bias, relu, onednn=True)  # non-contiguous
+        default = layer(x)  # this CPU's default path
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(default, expected, atol=1e-5, rtol=1e-5)
     assert strided.shape == (37, 70)
     if relu:
         assert (out >= 0).all() and (out == 0).any()
@@ -53,8 +67,8 @@ def test_onednn_linear_gradients_equal_f_linears(relu, needs):
     weight = torch.randn(6, 40, requires_grad=needs != "input only")
     bias = torch.randn(6, requires_grad=needs != "input only")
     upstream = torch.randn(9, 6)
-    assert uses_onednn(x, weight)
-    out = linear(x, weight, bias, relu)
+    assert uses_onednn(x, weight, onednn=True)
+    out = linear(x, weight, bias, relu, onednn=True)
     (out * upstream).sum().backward()
     got = [t.grad for t in (x, weight, bias)]
     for t in (x, weight, bias):
@@ -76,12 +90,12 @@ def test_autocast_other_dtypes_and_empty_inputs_take_f_linear():
     layer = Linear(16, 8, relu=True)
     x = torch.randn(5, 16)
     with torch.no_grad():
-        assert not uses_onednn(torch.zeros(0, 16), layer.weight)
+        assert not uses_onednn(torch.zeros(0, 16), layer.weight, onednn=True)
         assert layer(torch.zeros(0, 16)).shape == (0, 8)
-        assert not uses_onednn(x.double(), layer.weight.double())
-        assert not uses_onednn(x[None], layer.weight)
+        assert not uses_onednn(x.double(), layer.weight.double(), onednn=True)
+        assert not uses_onednn(x[None], layer.weight, onednn=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not uses_onednn(x, layer.weight)
+            assert not uses_onednn(x, layer.weight, onednn=True)
             assert layer(x).dtype == torch.bfloat16  # autocast still runs the layer in bfloat16
     assert linear(x, layer.weight, None).shape == (5, 8)
 
@@ -130,7 +144,7 @@ def test_linear_compiles_with_torch_compile():
     """Inside torch.compile the layer is F.linear (inductor lowers oneDNN's linear only for constant weights:
     `weight must be a graph constant`); the compiled layer gives the eager layer's values."""
     torch.manual_seed(0)
-    layer = Linear(24, 10, relu=True)
+    layer = Linear(24, 10, relu=True, onednn=True)  # the oneDNN path eagerly, on every CPU
     x = torch.randn(6, 24)
     compiled = torch.compile(layer, dynamic=False)
     with torch.no_grad():
