@@ -27,7 +27,8 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from app.api import Api  # noqa: E402
 from app.canvas import CSS as CANVAS_CSS, JS as CANVAS_JS, KEYS as CANVAS_KEYS, TEMPLATE as CANVAS_TEMPLATE  # noqa: E402
-from app.guard import HostCheck, LoginThrottle, RequestSizeLimit, allowed_names  # noqa: E402
+from app.guard import (HostCheck, LoginCheck, LoginRequired, LoginThrottle, OriginCheck,  # noqa: E402
+                       RequestSizeLimit, allowed_names)
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import HELP_COLUMNS, ORDER_CHOICES, Handlers  # noqa: E402
 from services.users import server_auth  # noqa: E402
@@ -363,9 +364,10 @@ MAX_REQUEST_BYTES = 64 * 2**20  # a request's body, uploads aside (--max-request
 def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, auth=None,
                max_file_size: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
                demo: gr.Blocks | None = None, **build_kwargs):
-    """``db``: an open database (db.engine.open_database); ``auth``: Gradio's login check, a callable
-    (username, password) -> bool (services.users.UsersFile); without it only requests addressed to a
-    loopback name or ``host`` are answered (app.guard.HostCheck); ``max_file_size``: bytes; larger uploads
+    """``db``: an open database (db.engine.open_database); ``auth``: the users file (services.users.UsersFile)
+    whose users must log in (app.guard.LoginRequired, LoginThrottle, LoginCheck); without it only requests
+    addressed to a loopback name or ``host`` are answered (app.guard.HostCheck); either way a browser's changes
+    must come from the server's own pages (app.guard.OriginCheck); ``max_file_size``: bytes; larger uploads
     are refused by the server before any handler sees them; ``max_request_bytes``: the same for any other
     request's body (app.guard.RequestSizeLimit)."""
     demo = demo if demo is not None else build_app(db, **build_kwargs)
@@ -374,10 +376,12 @@ def launch_app(db, host: str = "127.0.0.1", port: int = 7860, *, block: bool = T
     middleware = [Middleware(RequestSizeLimit, max_bytes=max_request_bytes)]
     if auth is None:
         middleware.append(Middleware(HostCheck, names=allowed_names(host)))
-    else:
-        middleware.append(Middleware(LoginThrottle))
+    middleware.append(Middleware(OriginCheck))
+    if auth is not None:
+        middleware += [Middleware(LoginRequired, users=auth), Middleware(LoginThrottle)]
     demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, js=KEYBOARD_JS, css=CSS,
-                allowed_paths=demo.workbench.served_folders(), auth=auth, max_file_size=max_file_size,
+                allowed_paths=demo.workbench.served_folders(), max_file_size=max_file_size,
+                auth=LoginCheck(auth).check if auth is not None else None,
                 prevent_thread_lock=not block, quiet=not block, app_kwargs={"middleware": middleware})
     return demo
 
