@@ -116,7 +116,8 @@ def routed_path(scope) -> str | None:
 
 
 def _looks_like_login(path: str) -> bool:
-    """The path, decoded, with repeated slashes and case folded, ends in /login (a net under routed_path)."""
+    """The path, decoded, with repeated slashes and case folded, ends in /login (a net under routed_path, for
+    paths it finds no route for)."""
     for _ in range(3):
         path = unquote(path)
     return re.sub(r"/+", "/", path).lower().rstrip("/").endswith("/login")
@@ -229,8 +230,8 @@ class RequestSizeLimit:
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except _BodyRefused:
-            pass
+        except* _BodyRefused:  # also from inside a task group (a streamed answer reading on)
+            pass  # answered already; an answer under way when the body went over ends with the connection
 
 
 class SessionTokens(dict):
@@ -331,8 +332,10 @@ class LoginThrottle:
 
     @staticmethod
     def is_login(scope) -> bool:
-        return (scope["type"] == "http" and scope.get("method") == "POST"
-                and (routed_path(scope) in LOGIN_ROUTES or _looks_like_login(scope.get("path", ""))))
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return False
+        route = routed_path(scope)
+        return route in LOGIN_ROUTES or (route is None and _looks_like_login(scope.get("path", "")))
 
     async def __call__(self, scope, receive, send):
         if not self.is_login(scope):

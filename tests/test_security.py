@@ -581,7 +581,8 @@ def test_the_guards_find_routes_as_the_router_does():
         return {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": [], "app": app}
 
     for path, root in [("/login", ""), ("/login/", ""), ("/wb/login", "/wb"), ("/wb/login/", "/wb")]:
-        assert routed_path(scope("POST", path, root)) in LOGIN_ROUTES and LoginThrottle.is_login(scope("POST", path, root))
+        assert routed_path(scope("POST", path, root)) in LOGIN_ROUTES, (path, root)
+        assert LoginThrottle.is_login(scope("POST", path, root)), (path, root)
     assert routed_path(scope("POST", "/gradio_api/upload")) == UPLOAD_ROUTE
     assert routed_path(scope("POST", "/gradio_api/queue/join")) == "/gradio_api/queue/join"
     assert not LoginThrottle.is_login(scope("POST", "/gradio_api/queue/join"))
