@@ -159,7 +159,9 @@ def cmd_models(args) -> int:
         print("no model versions yet: `python launch.py train` makes one")
     for v in versions:
         metrics = ", ".join(f"{header} {text}" for header, text in version_metrics(v.metrics).items())
-        print(f"{'*' if v.is_active else ' '} v{v.id:<4} {v.created_at:%Y-%m-%d %H:%M}  {v.name}  [{metrics}]  {v.checkpoint_path}")
+        checkpoint = v.checkpoint_path or "(checkpoint removed by retention)"
+        print(f"{'*' if v.is_active else ' '} v{v.id:<4} {v.created_at:%Y-%m-%d %H:%M}  {v.name}  [{metrics}]  "
+              f"{checkpoint}")
     return 0
 
 

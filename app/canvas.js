@@ -282,10 +282,20 @@ function edit(op) {  // shown at once; sent after the next frame is painted (the
   apply(op); S.pending.push(op); S.localMessage = ''; draw(); panel();
   requestAnimationFrame(() => setTimeout(flush, 0));
 }
+// a batch stays within the server's limits (services.review: MAX_EDITS edits, MAX_BOXES box, refine and
+// propose edits); the edits beyond them go in the next batch (app/canvas.py fills these numbers in)
+const BATCH_LIMITS = {edits: 500, costly: 20};
+const COSTLY_KINDS = ['box', 'refine', 'propose'];
 function flush() {
   if (S.inflight || !S.pending.length || S.imageId == null) return;
-  S.inflight = {seq: ++S.seq, ops: S.pending, sentAt: performance.now()};
-  S.pending = [];
+  let count = 0, costly = 0;
+  while (count < S.pending.length && count < BATCH_LIMITS.edits) {
+    const isCostly = COSTLY_KINDS.includes(S.pending[count].kind);
+    if (isCostly && costly >= BATCH_LIMITS.costly) break;
+    costly += isCostly ? 1 : 0; count += 1;
+  }
+  S.inflight = {seq: ++S.seq, ops: S.pending.slice(0, count), sentAt: performance.now()};
+  S.pending = S.pending.slice(count);
   const ops = S.inflight.ops.map(({_layer, _box, ...sent}) => sent);
   trigger('save', {image_id: S.imageId, revision: S.rev, seq: S.inflight.seq, ops});
   panel();

@@ -15,8 +15,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 from app.display import hex_color, hex_of, instance_colors, shown_instances
+from services.workbench import MAX_BOXES, MAX_EDITS
 
-JS = (Path(__file__).with_name("canvas.js")).read_text(encoding="utf-8")
+
+def _script() -> str:
+    """canvas.js with the server's limits of a batch of edits (services.review) in its BATCH_LIMITS line."""
+    text = Path(__file__).with_name("canvas.js").read_text(encoding="utf-8")
+    line = "const BATCH_LIMITS = {edits: 500, costly: 20};"
+    if line not in text:
+        raise RuntimeError(f"app/canvas.js lost its line {line!r}, which app/canvas.py fills in")
+    return text.replace(line, f"const BATCH_LIMITS = {{edits: {MAX_EDITS}, costly: {MAX_BOXES}}};")
+
+
+JS = _script()
 
 TOOLS = [("select", "Select · pan (v)"), ("box", "Box → mask (x)"), ("polygon", "Polygon (g)"),
          ("brush", "Brush (b)"), ("eraser", "Eraser (e)"), ("refine", "Refine clicks (c)")]

@@ -447,9 +447,11 @@ class Handlers:
 
     # ---- training ----------------------------------------------------------------------------
     def versions(self):
+        versions = self.wb.versions()
         rows = [[v.id, "●" if v.is_active else "", v.name, f"{v.created_at:%Y-%m-%d %H:%M}",
-                 *v.metric_texts.values(), v.training_run_id or ""] for v in self.wb.versions()]
-        choices = [(f"v{v[0]} {v[2]}" + (" (active)" if v[1] else ""), v[0]) for v in rows]
+                 *v.metric_texts.values(), v.training_run_id or ""] for v in versions]
+        choices = [(f"v{v.id} {v.name}" + (" (active)" if v.is_active else "")
+                    + ("" if v.checkpoint else " (checkpoint removed by retention)"), v.id) for v in versions]
         return rows, gr.Dropdown(choices=choices, value=None)
 
     def run_outputs(self, run_id) -> RunView:

@@ -32,9 +32,15 @@ from app.guard import (HostCheck, LoginCheck, LoginRequired, LoginThrottle, Orig
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import HELP_COLUMNS, ORDER_CHOICES, Handlers  # noqa: E402
 from services.users import server_auth  # noqa: E402
-from services.workbench import MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights  # noqa: E402
+from services.workbench import (MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights,  # noqa: E402
+                                limits_text, write_concurrency)
 
 log = logging.getLogger(__name__)
+
+# One queue for every event that writes (annotations, images, classes, model versions, training runs) or runs
+# GrabCut or the model, in the page and in the API alike: at most $WORKBENCH_WRITE_CONCURRENCY of them run at
+# once (services.limits), the others wait their turn in Gradio's queue. Reading events keep the default limit.
+WRITES = "writes"
 
 SHORTCUTS = [("→ or j", "next image", "next-image"), ("← or k", "previous image", "prev-image"),
              ("s or Ctrl+S", "save the drawn boxes (Draw tab)", "save-boxes")]
@@ -96,10 +102,17 @@ def _shortcuts_markdown() -> str:
             "|---|---|\n" + rows)
 
 
-def build_app(db, *, score_threshold: float | None = None, device: str | None = None) -> gr.Blocks:
+def build_app(db, *, score_threshold: float | None = None, device: str | None = None,
+              write_limit: int | None = None) -> gr.Blocks:
     """The page for an open database (db.engine.open_database); ``score_threshold``: the lowest score of a
-    stored proposal (None: $WORKBENCH_SCORE_THRESHOLD or 0.05)."""
+    stored proposal (None: $WORKBENCH_SCORE_THRESHOLD or 0.05); ``write_limit``: how many writing events run at
+    once (None: $WORKBENCH_WRITE_CONCURRENCY or 4; see WRITES)."""
     wb = Workbench(db, score_threshold=score_threshold, device=device)
+    # exports are handed out from their folder as they are: not copied into Gradio's cache (one copy per export;
+    # services.limits' retention then bounds them)
+    gr.set_static_paths([wb.exports_folder()])
+    writes = dict(queue=True, concurrency_id=WRITES,
+                  concurrency_limit=write_concurrency() if write_limit is None else int(write_limit))
     ui, api = Handlers(wb), Api(wb)
     with gr.Blocks(title="Instance segmentation workbench") as demo:
         image_id = gr.State(None)
@@ -275,43 +288,45 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                       **private)
 
         # ---- images ----------------------------------------------------------------------
+        # opening an image proposes when the active model has not seen it: selecting, Next and Previous write
         upload.upload(ui.on_upload, [upload, split, review_threshold],
-                      [upload_msg, overview, *gallery_outputs, *open_outputs], **private)
+                      [upload_msg, overview, *gallery_outputs, *open_outputs], **private, **writes)
         status_filter.input(lambda status, order_by, current: ui.gallery(status, selected=current, order=order_by),
                             [status_filter, order, image_id], gallery_outputs, **private)
-        order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private)
-        gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private)
+        order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private, **writes)
+        gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private, **writes)
         next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold, order],
-                       [*open_outputs, gallery], **private)
+                       [*open_outputs, gallery], **private, **writes)
         prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold, order],
-                       [*open_outputs, gallery], **private)
+                       [*open_outputs, gallery], **private, **writes)
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
         review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
                                 trigger_mode="always_last", show_progress="hidden", **private)
         canvas.save(ui.on_canvas_save, [review_threshold, status_filter, order],
                     [canvas, title, overview, *gallery_outputs],
-                    trigger_mode="multiple", show_progress="hidden", queue=False, **private)
-        canvas.visit(ui.on_visit, None, None, trigger_mode="multiple", show_progress="hidden", queue=False, **private)
+                    trigger_mode="multiple", show_progress="hidden", **private, **writes)
+        canvas.visit(ui.on_visit, None, None, trigger_mode="multiple", show_progress="hidden", **private, **writes)
         canvas.done(ui.on_done, [ids, status_filter, review_threshold, order], [*open_outputs, *gallery_outputs],
-                    trigger_mode="once", show_progress="hidden", **private)
+                    trigger_mode="once", show_progress="hidden", **private, **writes)
 
         # ---- draw boxes ------------------------------------------------------------------------
         edits(save_boxes_btn.click(ui.save_boxes, [image_id, review_threshold, revision, annotator, box_only,
-                                                   box_ids], view_outputs, **private))
+                                                   box_ids], view_outputs, **private, **writes))
 
         # ---- classes ---------------------------------------------------------------------
         # a class added, renamed or deleted reaches the canvas's class list at once
-        for event in (add_class_btn.click(ui.add_class, [class_name], class_outputs, **private),
-                      rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private),
-                      merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private),
+        for event in (add_class_btn.click(ui.add_class, [class_name], class_outputs, **private, **writes),
+                      rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private, **writes),
+                      merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private, **writes),
                       delete_class_btn.click(ui.delete_class, [class_pick, confirm_delete], class_outputs,
-                                             **private)):
+                                             **private, **writes)):
             event.then(ui.canvas, [image_id, review_threshold], [canvas], show_progress="hidden", **private)
 
         # ---- train -------------------------------------------------------------------------
         estimate_inputs = [mode, iterations, image_size]
-        train_btn.click(ui.start_training, [mode, iterations, image_size, weights], run_outputs, **private).then(
+        train_btn.click(ui.start_training, [mode, iterations, image_size, weights], run_outputs, **private,
+                        **writes).then(
             wb.training_estimate, estimate_inputs, [train_estimate], **private)
         for setting in (mode, iterations, image_size):
             setting.change(wb.training_estimate, estimate_inputs, [train_estimate], **private)
@@ -319,8 +334,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private).then(
             wb.training_estimate, estimate_inputs, [train_estimate], show_progress="hidden", **private).then(
             ui.summary_line, None, [overview], show_progress="hidden", **private)  # a new active model shows
-        cancel_btn.click(ui.cancel_training, [run_id], run_outputs, **private)
-        activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private).then(
+        cancel_btn.click(ui.cancel_training, [run_id], run_outputs, **private, **writes)
+        activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private, **writes).then(
             ui.summary_line, None, [overview], show_progress="hidden", **private)
 
         # ---- model help ------------------------------------------------------------------------
@@ -329,22 +344,26 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         help_refresh.click(ui.show_model_help, None, help_outputs, **private)
 
         # ---- export ----------------------------------------------------------------------------
-        export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private)
+        export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private, **writes)
 
-        # ---- the headless API -------------------------------------------------------------------
-        api_buttons[0].click(api.upload_images, [api_files, api_split], api_out, api_name="upload_images")
-        api_buttons[1].click(api.propose, [api_image, api_score_threshold], api_out, api_name="propose")
+        # ---- the headless API (the writing endpoints share the page's queue: WRITES) -------------------------
+        api_buttons[0].click(api.upload_images, [api_files, api_split], api_out, api_name="upload_images", **writes)
+        api_buttons[1].click(api.propose, [api_image, api_score_threshold], api_out, api_name="propose", **writes)
         api_buttons[2].click(api.save_annotations, [api_image, api_instances, api_seen], api_out,
-                             api_name="save_annotations")
+                             api_name="save_annotations", **writes)
+        # retrain waits (minutes) for the training process it starts: in WRITES it would hold a place all that time
+        # (a second run is refused while one runs)
         api_buttons[3].click(api.retrain, [api_mode, api_iterations, api_size, api_weights], api_out,
                              api_name="retrain")
-        api_buttons[4].click(api.export_coco, [api_format, api_which], api_file, api_name="export_coco")
-        help_api_buttons[0].click(api.add_boxes, [api_image, api_instances, api_seen], api_out, api_name="add_boxes")
+        api_buttons[4].click(api.export_coco, [api_format, api_which], api_file, api_name="export_coco", **writes)
+        help_api_buttons[0].click(api.add_boxes, [api_image, api_instances, api_seen], api_out, api_name="add_boxes",
+                                  **writes)
         help_api_buttons[1].click(api.refine, [api_image, api_ann, api_positive, api_negative, api_seen], api_out,
-                                  api_name="refine")
-        help_api_buttons[2].click(api.record_visit, [api_image, api_times], api_out, api_name="record_visit")
+                                  api_name="refine", **writes)
+        help_api_buttons[2].click(api.record_visit, [api_image, api_times], api_out, api_name="record_visit",
+                                  **writes)
         help_api_buttons[3].click(api.list_images, [api_status, api_order, api_missing], api_out,
-                                  api_name="list_images")
+                                  api_name="list_images", **writes)  # propose_missing runs the model
         help_api_buttons[4].click(api.model_help, None, api_out, api_name="model_help")
         help_api_buttons[5].click(api.instances, [api_image], api_out, api_name="instances")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
@@ -393,8 +412,12 @@ def serve(db, host: str = "127.0.0.1", port: int = 7860, *, auth_file=None,
     where the model runs (None or "auto": the GPU when there is one)."""
     auth = server_auth(host, auth_file)
     logins = f", logins from {auth_file} ({len(auth.users)} users)" if auth else ""
+    limits = limits_text()  # a bad limit variable stops the start here
     demo = build_app(db, device=device)
+    # before serving: what killed processes left (db.housekeeping: only the workbench's own files, old enough that
+    # no other process on this data folder can still be writing them, no image file while one is storing images)
+    cleanup = demo.workbench.clean_up_leftovers()
     print(f"workbench on http://{host}:{port} (data in {db.data_dir}{logins}; model on "
-          f"{demo.workbench.device_text()})")
+          f"{demo.workbench.device_text()})\nlimits: {limits}\nstart-up cleanup: {cleanup.summary()}", flush=True)
     launch_app(db, host, port, block=True, auth=auth, max_file_size=max_file_size,
                max_request_bytes=max_request_bytes, demo=demo)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from db import masks
 from db.engine import Database
 from db.errors import BadImageError, CocoImportError, shown
+from db.housekeeping import referenced_paths
 from db.imagestore import ImageStore, probe
 from db.models import Annotation, Category, Image, ReviewState, Source, Split
 from db.progress import Progress, no_progress
@@ -312,64 +313,66 @@ def import_coco(db: Database, annotations_path: str | Path, images_dir: str | Pa
     problems: list[str] = []
     written: list[Path] = []
     report = ImportReport()
-    try:
-        with db.session() as session:
-            existing = {c.id: c for c in session.scalars(select(Category))}
-            categories = _check_categories(data, existing, problems)
-            images = _check_images(data, images_dir, store, problems, written, progress)
-            rows = _check_annotations(data, images, categories, problems, report.warnings, progress)
-            if problems:
-                raise CocoImportError(source, problems)
+    with store.storing():  # files stored before their rows commit: the start-up cleanup must not take them
+        try:
+            with db.session() as session:
+                existing = {c.id: c for c in session.scalars(select(Category))}
+                categories = _check_categories(data, existing, problems)
+                images = _check_images(data, images_dir, store, problems, written, progress)
+                rows = _check_annotations(data, images, categories, problems, report.warnings, progress)
+                if problems:
+                    raise CocoImportError(source, problems)
 
-            for cat in categories.values():
-                if cat["new"]:
-                    session.add(Category(id=cat["db_id"], name=cat["name"],
-                                         supercategory=str(cat.get("supercategory") or "")))
-                    report.categories_added += 1
-                if "note" in cat:
-                    report.category_mapping.append(cat["note"])
-            session.flush()
+                for cat in categories.values():
+                    if cat["new"]:
+                        session.add(Category(id=cat["db_id"], name=cat["name"],
+                                             supercategory=str(cat.get("supercategory") or "")))
+                        report.categories_added += 1
+                    if "note" in cat:
+                        report.category_mapping.append(cat["note"])
+                session.flush()
 
-            shas = {entry.sha256 for entry in images.values()}
-            image_ids: dict[str, int] = {}
-            for chunk in _chunks(sorted(shas), 500):
-                image_ids.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).all())
-            report.images_existing = len(image_ids)
-            new_images = {}
-            for entry in images.values():
-                if entry.sha256 not in image_ids and entry.sha256 not in new_images:
-                    new_images[entry.sha256] = Image(sha256=entry.sha256, stored_path=entry.stored_path,
-                                                     file_name=entry.file_name, width=entry.width,
-                                                     height=entry.height, split=Split(split))
-            session.add_all(new_images.values())
-            session.flush()
-            image_ids.update({sha: image.id for sha, image in new_images.items()})
-            report.images_added = len(new_images)
+                shas = {entry.sha256 for entry in images.values()}
+                image_ids: dict[str, int] = {}
+                for chunk in _chunks(sorted(shas), 500):
+                    image_ids.update(session.execute(
+                        select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).all())
+                report.images_existing = len(image_ids)
+                new_images = {}
+                for entry in images.values():
+                    if entry.sha256 not in image_ids and entry.sha256 not in new_images:
+                        new_images[entry.sha256] = Image(sha256=entry.sha256, stored_path=entry.stored_path,
+                                                         file_name=entry.file_name, width=entry.width,
+                                                         height=entry.height, split=Split(split))
+                session.add_all(new_images.values())
+                session.flush()
+                image_ids.update({sha: image.id for sha, image in new_images.items()})
+                report.images_added = len(new_images)
 
-            existing_prints: set[tuple[int, str]] = set()
-            for chunk in _chunks(sorted(image_ids.values()), 500):
-                existing_prints.update(session.execute(
-                    select(Annotation.image_id, Annotation.fingerprint).where(Annotation.image_id.in_(chunk))).all())
-            to_insert = []
-            for row in rows:
-                key = (image_ids[row["image_sha"]], row["fingerprint"])
-                if key in existing_prints:
-                    report.annotations_existing += 1
-                    continue
-                existing_prints.add(key)
-                row = dict(row, image_id=key[0], source=Source.imported, review_state=ReviewState.accepted)
-                del row["image_sha"]
-                to_insert.append(row)
-            for chunk in _chunks(to_insert, 5000):
-                session.execute(insert(Annotation), chunk)
-            report.annotations_added = len(to_insert)
-    except IntegrityError:  # a concurrent import or upload committed some of the same images or classes first
-        _remove_unreferenced(db, written)
-        raise CocoImportError(source, ["someone else added some of these images or classes at the same time; "
-                                       "run the import again (what is already there is skipped)"]) from None
-    except BaseException:
-        _remove_unreferenced(db, written)
-        raise
+                existing_prints: set[tuple[int, str]] = set()
+                for chunk in _chunks(sorted(image_ids.values()), 500):
+                    existing_prints.update(session.execute(select(Annotation.image_id, Annotation.fingerprint)
+                                                           .where(Annotation.image_id.in_(chunk))).all())
+                to_insert = []
+                for row in rows:
+                    key = (image_ids[row["image_sha"]], row["fingerprint"])
+                    if key in existing_prints:
+                        report.annotations_existing += 1
+                        continue
+                    existing_prints.add(key)
+                    row = dict(row, image_id=key[0], source=Source.imported, review_state=ReviewState.accepted)
+                    del row["image_sha"]
+                    to_insert.append(row)
+                for chunk in _chunks(to_insert, 5000):
+                    session.execute(insert(Annotation), chunk)
+                report.annotations_added = len(to_insert)
+        except IntegrityError:  # a concurrent import or upload committed some of the same images or classes first
+            _remove_unreferenced(db, written)
+            raise CocoImportError(source, ["someone else added some of these images or classes at the same time; "
+                                           "run the import again (what is already there is skipped)"]) from None
+        except BaseException:
+            _remove_unreferenced(db, written)
+            raise
     return report
 
 
@@ -381,10 +384,7 @@ def _remove_unreferenced(db: Database, written: list[Path]) -> None:
         return
     relative = {str(path.relative_to(db.data_dir)): path for path in written}
     try:
-        referenced = set()
-        with db.session() as session:
-            for chunk in _chunks(sorted(relative), 500):
-                referenced.update(session.scalars(select(Image.stored_path).where(Image.stored_path.in_(chunk))))
+        referenced = referenced_paths(db, relative)
     except Exception:
         return
     for stored_path, path in relative.items():

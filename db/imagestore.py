@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock; the start-up cleanup then relies on the files' age alone
+    fcntl = None
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +29,10 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and raises above 
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "GIF": ".gif"}
+# a stored file's path relative to the data folder: images/<first 2 of the sha256>/<sha256><extension>
+STORED_NAME = re.compile(r"images/([0-9a-f]{2})/(\1[0-9a-f]{62})(" +
+                         "|".join(re.escape(e) for e in FORMAT_EXTENSIONS.values()) + ")")
+LOCK_NAME = ".image-store.lock"  # in the data folder (flock: ImageStore.storing / ImageStore.sweeping)
 
 
 @dataclass(frozen=True)
@@ -118,10 +130,42 @@ class ImageStore:
         return path
 
     def put(self, data: bytes, info: ImageInfo) -> tuple[str, bool]:
-        """Store the bytes; returns (stored path, whether a new file was written)."""
+        """Store the bytes; returns (stored path, whether a new file was written). A file already there is
+        touched: it is new again for the start-up cleanup's age check (db.housekeeping)."""
         relative = self.relative_path(info)
         path = self.data_dir / relative
         if path.exists() and path.stat().st_size == len(data):
+            with contextlib.suppress(OSError):
+                os.utime(path)
             return relative, False
         atomic_write(path, data)
         return relative, True
+
+    @contextlib.contextmanager
+    def storing(self) -> Iterator[None]:
+        """Held while files are stored whose image rows are not committed yet (an import, an upload): a shared
+        lock (flock on the data folder's LOCK_NAME) that any number of processes hold at once; the start-up
+        cleanup leaves unreferenced files alone while anyone holds it."""
+        with self._locked(exclusive=False):
+            yield
+
+    @contextlib.contextmanager
+    def sweeping(self) -> Iterator[bool]:
+        """The start-up cleanup's lock: yields True when no process is storing files (see :meth:`storing`),
+        False when one is, or when the lock cannot be taken here (then nothing may be swept)."""
+        with self._locked(exclusive=True) as held:
+            yield held
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[bool]:
+        if fcntl is None:
+            yield True
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / LOCK_NAME, "a") as handle:  # closing it releases the lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+                held = True
+            except OSError:  # held by others (exclusive: not waited for), or no locks on this file system
+                held = False
+            yield held

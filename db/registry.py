@@ -17,6 +17,8 @@ from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import ModelVersion, RunStatus, TrainingRun
 
+NO_CHECKPOINT = ""  # a version's checkpoint_path once the retention rule removed its file (remove_old_checkpoints)
+
 
 def models_dir(db: Database) -> Path:
     path = db.data_dir / "models"
@@ -122,9 +124,46 @@ def register_version(db: Database, checkpoint: Path, *, name: str, config: dict,
 
 def activate_version(db: Database, version_id: int) -> None:
     with db.session() as session:
-        if session.get(ModelVersion, version_id) is None:
+        version = session.get(ModelVersion, version_id, with_for_update=True)  # not pruned while we activate it
+        if version is None:
             raise WorkbenchError(f"there is no model version {version_id}; `launch.py models` lists them")
+        if version.checkpoint_path == NO_CHECKPOINT:
+            raise WorkbenchError(f"model version {version_id} has no checkpoint any more: its file was removed by "
+                                 "the retention rule (the active version and the newest inactive ones keep theirs; "
+                                 "WORKBENCH_KEEP_CHECKPOINTS says how many); activate a version that has one, or "
+                                 "train again")
         session.execute(update(ModelVersion).values(is_active=ModelVersion.id == version_id))
+
+
+def remove_old_checkpoints(db: Database, keep_inactive: int) -> list[Path]:
+    """The retention rule of checkpoints: the active version and the ``keep_inactive`` newest inactive ones keep
+    their files in models/; the older inactive versions' files are deleted and their rows stay, marked as having
+    none (checkpoint_path NO_CHECKPOINT: activating one says so). A row is marked (committed) before its file
+    goes, only while it is still inactive, and a file another version still names stays. -> the deleted files."""
+    with db.session() as session:
+        inactive = session.execute(select(ModelVersion.id, ModelVersion.checkpoint_path).where(
+            ModelVersion.is_active.is_(False), ModelVersion.checkpoint_path != NO_CHECKPOINT)
+            .order_by(ModelVersion.id.desc())).all()
+        marked = []
+        for version_id, relative in inactive[max(0, int(keep_inactive)):]:
+            if Path(relative).parts[:1] != ("models",):  # a file the workbench did not write: left alone
+                continue
+            done = session.execute(update(ModelVersion).where(
+                ModelVersion.id == version_id, ModelVersion.is_active.is_(False),
+                ModelVersion.checkpoint_path == relative).values(checkpoint_path=NO_CHECKPOINT))
+            if done.rowcount == 1:
+                marked.append(relative)
+    with db.session() as session:
+        named = set(session.scalars(select(ModelVersion.checkpoint_path).where(
+            ModelVersion.checkpoint_path.in_(marked)))) if marked else set()
+    removed = []
+    folder = models_dir(db).resolve()
+    for relative in sorted(set(marked) - named):
+        path = db.data_dir / relative
+        if path.resolve().parent == folder and not path.is_symlink() and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def list_versions(db: Database) -> list[ModelVersion]:

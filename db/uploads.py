@@ -41,45 +41,47 @@ def add_images(db: Database, files: list[str | Path], *, split: str = "train", n
     names = names or [Path(f).name for f in files]
     store = ImageStore(db.data_dir)
     result = UploadResult()
-    for path, name in progress(list(zip(files, names)), len(files), "images"):
-        path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_UPLOAD_BYTES:
-                raise BadImageError(f"{name}: {size / 2**20:.0f} MB is more than the {MAX_UPLOAD_BYTES // 2**20} MB limit")
-            data = path.read_bytes()
-            info = probe(data, name)
-        except FileNotFoundError:
-            result.refused.append(f"{name}: the file is gone (upload interrupted?); upload it again")
-            continue
-        except BadImageError as exc:
-            result.refused.append(str(exc))
-            continue
-        stored: Path | None = None
-        try:
-            with db.session() as session:  # the file and its row: both or neither
-                image_id = session.scalar(select(Image.id).where(Image.sha256 == info.sha256))
-                if image_id is not None:
-                    result.existing += 1
-                    result.image_ids.append(image_id)
-                    continue
-                stored_path, created = store.put(data, info)
-                stored = db.data_dir / stored_path if created else None
-                image = Image(sha256=info.sha256, stored_path=stored_path, file_name=Path(name).name,
-                              width=info.width, height=info.height, split=Split(split))
-                session.add(image)
-                session.flush()
-                result.image_ids.append(image.id)
-            result.added += 1
-        except IntegrityError:  # someone else added the same image meanwhile: theirs stands (and its file)
-            with db.session() as session:
-                image_id = session.scalar(select(Image.id).where(Image.sha256 == info.sha256))
-            if image_id is None:
+    with store.storing():  # a file stored before its row commits: the start-up cleanup must not take it
+        for path, name in progress(list(zip(files, names)), len(files), "images"):
+            path = Path(path)
+            try:
+                size = path.stat().st_size
+                if size > MAX_UPLOAD_BYTES:
+                    raise BadImageError(f"{name}: {size / 2**20:.0f} MB is more than the "
+                                        f"{MAX_UPLOAD_BYTES // 2**20} MB limit")
+                data = path.read_bytes()
+                info = probe(data, name)
+            except FileNotFoundError:
+                result.refused.append(f"{name}: the file is gone (upload interrupted?); upload it again")
+                continue
+            except BadImageError as exc:
+                result.refused.append(str(exc))
+                continue
+            stored: Path | None = None
+            try:
+                with db.session() as session:  # the file and its row: both or neither
+                    image_id = session.scalar(select(Image.id).where(Image.sha256 == info.sha256))
+                    if image_id is not None:
+                        result.existing += 1
+                        result.image_ids.append(image_id)
+                        continue
+                    stored_path, created = store.put(data, info)
+                    stored = db.data_dir / stored_path if created else None
+                    image = Image(sha256=info.sha256, stored_path=stored_path, file_name=Path(name).name,
+                                  width=info.width, height=info.height, split=Split(split))
+                    session.add(image)
+                    session.flush()
+                    result.image_ids.append(image.id)
+                result.added += 1
+            except IntegrityError:  # someone else added the same image meanwhile: theirs stands (and its file)
+                with db.session() as session:
+                    image_id = session.scalar(select(Image.id).where(Image.sha256 == info.sha256))
+                if image_id is None:
+                    raise
+                result.existing += 1
+                result.image_ids.append(image_id)
+            except BaseException:
+                if stored is not None:
+                    stored.unlink(missing_ok=True)
                 raise
-            result.existing += 1
-            result.image_ids.append(image_id)
-        except BaseException:
-            if stored is not None:
-                stored.unlink(missing_ok=True)
-            raise
     return result

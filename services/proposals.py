@@ -21,6 +21,9 @@ from partial_sup.grabcut import grabcut_mask
 DEFAULT_SCORE_THRESHOLD = 0.05  # proposals below this score are not stored ...
 LOW_CONFIDENCE_TOP = 3  # ... except, when none reaches it, the model's best few guesses (marked low confidence)
 LOW_CONFIDENCE_FLOOR = 0.005  # the lowest score such a guess may have
+MAX_BOXES = 20  # boxes that get a mask (the model's or GrabCut's) in one call, and GrabCut or model edits (box,
+# refine, propose) in one batch of the review canvas: with GrabCut on at most partial_sup.grabcut.MAX_PIXELS each,
+# one request costs at most about 20 x 0.6 s of CPU
 
 
 @dataclass

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 from db.annotations import ConflictError, get_annotations
 from db.errors import WorkbenchError, strict_int
+from services.proposals import MAX_BOXES
 
 EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover")
 TOOLS = ("brush", "eraser", "polygon")
 MAX_EDITS = 500  # in one batch
+COSTLY_KINDS = ("box", "refine", "propose")  # edits that run GrabCut or the model: at most MAX_BOXES in one batch
 
 
 @dataclass
@@ -41,6 +43,10 @@ def apply_edits(workbench, image_id: int, edits, seen_revision: int | None, user
     """Apply ``edits`` (see the module's doc) to the image in order, starting from ``seen_revision``."""
     if not isinstance(edits, list) or len(edits) > MAX_EDITS:
         raise WorkbenchError(f"edits must be a list of at most {MAX_EDITS} objects")
+    costly = sum(isinstance(edit, dict) and edit.get("kind") in COSTLY_KINDS for edit in edits)
+    if costly > MAX_BOXES:  # refused before any is applied: each runs GrabCut or the model
+        raise WorkbenchError(f"{costly} box, refine and propose edits in one batch: at most {MAX_BOXES} (each runs "
+                             f"GrabCut or the model); send the others in the next batch")
     result = EditsResult(revision=seen_revision)
     for index, edit in enumerate(edits):
         try:

@@ -27,6 +27,7 @@ from mnc_core import (BackboneWeightsError, MNCConfig, Predictor, TrainProgress,
 from mnc_core.backbone import body_blocks
 from partial_sup.maskx import MaskXConfig, build_maskx_model, load_model
 from services.dataset import DatabaseDataset
+from services import limits
 from services.evaluation import evaluate_on_val
 from services.presets import PRESETS, TrainingSpec
 
@@ -219,6 +220,7 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
     finally:
         if bar is not None:
             bar.close()
+    limits.remove_old_checkpoints(db)  # the retention rule, once the new version is registered and active
     return TrainResult(run_id, version_id, str(checkpoint), summary["iterations"], False, train_loss,
                        time.perf_counter() - start, metrics)
 

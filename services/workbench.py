@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db import categories, fates, masks, queries, registry
+from db import categories, fates, housekeeping, masks, queries, registry
 from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, lost_instances,
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
@@ -31,11 +31,14 @@ from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
 from services import review, training
 from services.images import ImageCache
+from services.limits import describe as limits_text, keep_exports, write_concurrency
 from services.model_help import model_help
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
+from services.review import MAX_EDITS
 from partial_sup.grabcut import refine_mask
-from services.proposals import DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, mask_for_box, propose, uncertainty
+from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, mask_for_box, propose,
+                                uncertainty)
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
 
 SCORE_THRESHOLD_VARIABLE = "WORKBENCH_SCORE_THRESHOLD"
@@ -169,6 +172,13 @@ def _points(value, what: str, width: int, height: int) -> list[tuple[float, floa
                                  "full-resolution pixels")
         points.append((x, y))
     return points
+
+
+def _check_box_count(count: int, where: str) -> None:
+    """At most MAX_BOXES boxes get a mask in one call (each costs a GrabCut or a model run)."""
+    if count > MAX_BOXES:
+        raise WorkbenchError(f"{count} boxes {where}: at most {MAX_BOXES} boxes get a mask in one call; send the "
+                             f"others in further calls of at most {MAX_BOXES}")
 
 
 def _box_tool(changes: dict) -> str:
@@ -429,6 +439,10 @@ class Workbench:
         if not new and not changed and not removed:
             raise WorkbenchError("nothing to save: draw a box with 'Create box' (and choose its class), move or "
                                  "delete one first")
+        remasked = sum(box is not None and by_id[ann_id]["mask_rle"] is not None
+                       for ann_id, (_, box) in changed.items())  # moved boxes with a mask get a new one
+        if not box_only:
+            _check_box_count(len(new) + remasked, "new or moved in one save")
         needs_masks = bool(new) or any(box is not None for _, box in changed.values())
         masked = self._box_masks(image_id, box_only) if needs_masks else None  # no image or model for deletions
 
@@ -465,6 +479,7 @@ class Workbench:
         weight transfer) or, without a model that knows the class, GrabCut."""
         if not boxes:
             raise WorkbenchError("draw a box first (the 'Create box' tool), give it a class, then add it")
+        _check_box_count(len(boxes), "in one call")
         masked = self._box_masks(image_id, box_only)
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
         new, sources = [], []
@@ -676,6 +691,17 @@ class Workbench:
         return categories.delete_category(self.db, int(category_id), delete_annotations=delete_annotations)
 
     # ---- export and files ------------------------------------------------------------
+    def clean_up_leftovers(self) -> housekeeping.Cleanup:
+        """What a killed process left in the data folder (unfinished temporary files of exports, checkpoints and
+        images; image files without an image row), removed: for a server about to serve (db.housekeeping)."""
+        return housekeeping.clean_start(self.db)
+
+    def exports_folder(self) -> Path:
+        """Where exports are written (served to the page as they are, never copied: app.ui)."""
+        folder = self.db.data_dir / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def served_folders(self) -> list[str]:
         """The only folders whose files the server hands out (exports, thumbnails, display copies): not the database,
         the stored images or the checkpoints."""
@@ -685,18 +711,23 @@ class Workbench:
         return [str(folder) for folder in folders]
 
     def export(self, mask_format: str = "polygon", images: str = "all", progress: Progress = no_progress):
+        """A COCO file of all or the reviewed images in exports/ -> (its path, db.coco_export.ExportReport);
+        then only the newest $WORKBENCH_KEEP_EXPORTS exports (default 5) stay there (services.limits)."""
         mask_format = (mask_format or "polygon").strip().lower()
         which = (images or "all").strip().lower()
         if which not in ("all", "reviewed"):
             raise WorkbenchError(f"images must be 'all' or 'reviewed', not {images!r}")
         if mask_format not in MASK_FORMATS:  # before it becomes part of a file name
             raise WorkbenchError(f"mask format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
+        keep = keep_exports()  # a bad $WORKBENCH_KEEP_EXPORTS stops before the work
         ids = queries.reviewed_image_ids(self.db) if which == "reviewed" else None
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-        out = self.db.data_dir / "exports" / f"coco-{which}-{mask_format}-{stamp}.json"
+        out = self.exports_folder() / f"coco-{which}-{mask_format}-{stamp}.json"  # db.housekeeping.EXPORT_NAME
         report = export_coco(self.db, out, mask_format=mask_format, progress=progress, image_ids=ids)
+        housekeeping.prune_exports(out.parent, keep)  # the retention rule: the newest exports stay
         return Path(out), report
 
 
-__all__ = ["Workbench", "WorkbenchError", "shown", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "VERSION_METRIC_COLUMNS",
-           "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo", "default_backbone_weights"]
+__all__ = ["Workbench", "WorkbenchError", "shown", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "MAX_BOXES",
+           "MAX_EDITS", "VERSION_METRIC_COLUMNS", "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo",
+           "default_backbone_weights", "limits_text", "write_concurrency"]
