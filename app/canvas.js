@@ -225,10 +225,12 @@ function toImage(event) {
 function className(id) { const c = S.classes.find((k) => k.id === id); return c ? c.name : `class ${id}`; }
 function selected() { return S.instances.find((inst) => inst.id === S.sel && !inst.deleted) || null; }
 function escapeHtml(text) { return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
-// A class name (user text) inside other text: its own direction, isolated, so that a right-to-left override in it
-// (U+202E) cannot flip the rest of the row. HTML: <bdi>; canvas text: without its bidi controls, inside U+2068 .. U+2069.
-function nameHtml(text) { return `<bdi>${escapeHtml(text)}</bdi>`; }
-function isolatedText(text) { return `\u2068${String(text).replace(/[\u202a-\u202e\u2066-\u2069]/g, '')}\u2069`; }
+// A class name (user text) inside other text: without its bidi controls (embeddings, overrides, isolates: a stray
+// U+2069 would close the isolation early), isolated, so that a right-to-left override in it (U+202E) cannot flip the
+// rest of the row; a right-to-left name still reads right to left. HTML: <bdi>; canvas text: U+2068 .. U+2069.
+function withoutBidiControls(text) { return String(text).replace(/[\u202a-\u202e\u2066-\u2069]/g, ''); }
+function nameHtml(text) { return `<bdi>${escapeHtml(withoutBidiControls(text))}</bdi>`; }
+function isolatedText(text) { return `\u2068${withoutBidiControls(text)}\u2069`; }
 const shownHtml = new Map();  // what each panel box shows: set again only when it changed (no relayout per key)
 function setHtml(box, html) { if (shownHtml.get(box) !== html) { shownHtml.set(box, html); box.innerHTML = html; } }
 function panel() {

@@ -45,14 +45,14 @@ def check_boxes(boxes: Tensor, what: str = "boxes", *, degenerate: bool = False)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{what} must be (K, 4) [x1, y1, x2, y2], got {tuple(boxes.shape)}")
     sizes = boxes[:, 2:] - boxes[:, :2]
-    bad = ~(torch.isfinite(boxes).all(dim=1) & torch.isfinite(sizes).all(dim=1))
-    if degenerate:
-        bad |= (sizes <= 0).any(dim=1)
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(sizes).all(dim=1)
+    bad = ~finite | (sizes <= 0).any(dim=1) if degenerate else ~finite
     if bool(bad.any()):
         k = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{what}: box {k} {boxes[k].tolist()} is not a box the model can use: its coordinates "
-                         f"and sizes must be finite{' and x1 < x2, y1 < y2' if degenerate else ''} "
-                         f"({boxes.dtype})")
+        why = ("has a coordinate or a size that is not finite" if not bool(finite[k])
+               else "has no area (x2 <= x1 or y2 <= y1)")
+        raise ValueError(f"{what}: box {k} {boxes[k].tolist()} {why} in {str(boxes.dtype).replace('torch.', '')}; "
+                         "a box is finite [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
 
 
 def max_pool_2x2(x: Tensor, out: Tensor | None = None) -> Tensor:

@@ -180,6 +180,7 @@ class Workbench:
             raise WorkbenchError(f"order must be one of {', '.join(ORDERS)}, not {shown(order)}")
         if status not in (None, "all", *queries.IMAGE_STATUSES):
             raise WorkbenchError(f"status must be one of all, {', '.join(queries.IMAGE_STATUSES)}, not {shown(status)}")
+        budget = wire.count(propose_missing, "propose_missing", wire.MAX_LISTED)
         status = None if status in (None, "all") else status
         if order == "upload":
             return queries.list_images(self.db, limit=limit, status=status)
@@ -187,7 +188,6 @@ class Workbench:
         version = self.active_version_id()
         scores = queries.proposal_scores(self.db, version) if version is not None else {}
         unlabelled = [r for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")]
-        budget = wire.count(propose_missing, "propose_missing", wire.MAX_LISTED)
         missing = [r["id"] for r in unlabelled if r["id"] not in scores][:budget]
         if version is not None and missing:
             for image_id in missing:
