@@ -199,7 +199,8 @@ class Handlers:
 
     def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
         active = self.wb.active_version_id()
-        return (f"**Image {image_id}** · {isolated(info['file_name'])} · {info['width']}×{info['height']} · {info['split']} · "
+        return (f"**Image {image_id}** · {isolated(info['file_name'])} · {info['width']}×{info['height']} · "
+                f"{info['split']} · "
                 f"**{self.wb.image_status(rows)}** · revision {revision} · "
                 f"model: {'v%d' % active if active else 'none yet'}")
 

@@ -114,7 +114,7 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise WorkbenchError(f"{where}: 'bbox' must be [x, y, width, height], not {shown(bbox)}")
         x, y, w, h = (wire.finite_number(v, f"{where}: a bbox value") for v in bbox)
-        box = wire.box_in_image([x, y, x + w, y + h], width, height, f"{where}: the bbox as a box")
+        box = wire.box_in_image([x, y, x + w, y + h], width, height, f"{where}: 'bbox' as [x1, y1, x2, y2]")
     elif box is not None:
         box = wire.box_in_image(box, width, height, f"{where}: 'box'")
     mask, counts = mask_of(item.get("mask"), height, width)
@@ -399,15 +399,18 @@ class Workbench:
                                      "(add classes in the Classes tab)")
             category_id = self.category_id(box["label"], names)
             on_screen = [wire.finite_number(box.get(key), f"{what}: {key}") for key in ("xmin", "ymin", "xmax", "ymax")]
-            full = wire.clipped_box([v / scale for v in on_screen], info["width"], info["height"], what)
+
+            def full():  # a new or moved box in image pixels, checked and clipped (an untouched one stays as it is)
+                return wire.clipped_box([v / scale for v in on_screen], info["width"], info["height"], what)
+
             row = by_id.get(box.get("id"))
             if row is None or row["review_state"] != "accepted":
-                new.append((category_id, full))
+                new.append((category_id, full()))
                 continue
             kept.add(row["id"])
             moved = any(abs(a * scale - b) > 1.0 for a, b in zip(row["box"], on_screen))  # beyond a shown pixel
             if moved or category_id != row["category_id"]:
-                changed[row["id"]] = (category_id, full if moved else None)
+                changed[row["id"]] = (category_id, full() if moved else None)
         removed = {r["id"] for r in rows if r["review_state"] == "accepted"} - kept
         if not new and not changed and not removed:
             raise WorkbenchError("nothing to save: draw a box with 'Create box' (and choose its class), move or "
@@ -682,6 +685,9 @@ class Workbench:
         return [str(folder) for folder in folders]
 
     def export(self, mask_format: str = "polygon", images: str = "all", progress: Progress = no_progress):
+        if not isinstance(mask_format or "", str) or not isinstance(images or "", str):
+            raise WorkbenchError(f"mask_format must be one of {', '.join(MASK_FORMATS)} and images 'all' or "
+                                 f"'reviewed', not {shown(mask_format)} and {shown(images)}")
         mask_format = (mask_format or "polygon").strip().lower()
         which = (images or "all").strip().lower()
         if which not in ("all", "reviewed"):
@@ -695,5 +701,6 @@ class Workbench:
         return Path(out), report
 
 
-__all__ = ["Workbench", "WorkbenchError", "shown", "isolated", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "VERSION_METRIC_COLUMNS",
+__all__ = ["Workbench", "WorkbenchError", "shown", "isolated", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES",
+           "VERSION_METRIC_COLUMNS",
            "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo", "default_backbone_weights"]
