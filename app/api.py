@@ -1,39 +1,118 @@
 """The headless API (gradio_client, or HTTP under /gradio_api/): upload_images, propose, save_annotations,
 retrain, export_coco, add_boxes, refine, record_visit, list_images, instances, model_help (and overview, bound
-in app.ui). Each endpoint is one call of the services facade;
-errors reach the client as gr.Error with the facade's message."""
+in app.ui). Each endpoint is one call of the services facade; its fields are checked by services.wire.
+
+Every refusal reaches the client as gr.Error with a message that says what was wrong and what to send:
+:func:`client_errors` for what an endpoint raises, :class:`WorkbenchBlocks` for what Gradio checks before an
+endpoint runs (too few values, a value its input component cannot take, a file the client did not upload)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 
 import gradio as gr
 
 from app.handlers import progress_adapter, user_of
+from services import wire
 from services.workbench import Workbench, WorkbenchError, shown
+
+log = logging.getLogger(__name__)
+
+# What each endpoint takes, as a refusal says it (README.md, "Headless API")
+FIELDS = {
+    "upload_images": 'files (a list of uploaded image files: handle_file(path)), split ("train" or "val")',
+    "propose": "image_id (a whole number), score_threshold (a number from 0 to 1; null: the server's)",
+    "save_annotations": "image_id (a whole number), instances (a list of instance objects, see README.md "
+                        "\"Headless API\"), seen_revision (a whole number; -1: no check)",
+    "retrain": 'mode ("heads" or "full"), iterations and image_size (whole numbers; 0: the mode\'s preset), '
+               'backbone_weights ("", "none" or a file in the data folder\'s weights/ folder)',
+    "export_coco": 'mask_format ("polygon" or "rle"), images ("all" or "reviewed")',
+    "add_boxes": 'image_id (a whole number), boxes ([{"category": id or name, "box": [x1, y1, x2, y2]}, ...] in '
+                 "image pixels), seen_revision (a whole number; -1: no check)",
+    "refine": "image_id and ann_id (whole numbers), positive_points and negative_points ([[x, y], ...] in image "
+              "pixels), seen_revision (a whole number; -1: no check)",
+    "record_visit": "image_id (a whole number), event_times (a list of at least 2 numbers, seconds)",
+    "list_images": 'status ("all", "new", "proposed", "in review" or "done"), order ("upload" or "most_useful"), '
+                   "propose_missing (a whole number)",
+    "instances": "image_id (a whole number)",
+    "model_help": "no values",
+    "overview": "no values",
+}
+
+
+def _message(exc: BaseException) -> str:
+    """The text of an exception's refusal ('' when it has none): gr.Error's message (its str() is a repr)."""
+    text = exc.message if isinstance(exc, gr.Error) else str(exc)
+    return str(text or "").strip()
+
+
+def refusal(endpoint: str, exc: BaseException) -> str:
+    """What a refused call of ``endpoint`` tells the client: never empty; a WorkbenchError's message as it is,
+    anything else with what the endpoint takes."""
+    text = _message(exc)
+    if isinstance(exc, (WorkbenchError, gr.Error)) and text:
+        return text
+    if isinstance(exc, KeyError):
+        text = f"the field {shown(exc.args[0] if exc.args else None)} is missing"
+    elif not isinstance(exc, (ValueError, TypeError, OverflowError)) or not text:
+        text = f"the values could not be used ({type(exc).__name__})"
+    return f"/{endpoint}: {text}; it takes {FIELDS.get(endpoint, 'the values its documentation lists')}"
 
 
 def client_errors(endpoint):
-    """Bad input and refused actions reach the client as gr.Error with the message (not a server error)."""
+    """Every refusal of ``endpoint`` reaches the client as gr.Error with a message (:func:`refusal`), never as
+    a server error without one: too many or too few values, a WorkbenchError, and anything unforeseen (logged
+    with its traceback)."""
+    name = endpoint.__name__
+    signature = inspect.signature(endpoint)
+
     @functools.wraps(endpoint)  # keeps the signature: Gradio reads gr.Request / gr.Progress parameters from it
     def call(*args, **kwargs):
         try:
+            signature.bind(*args, **kwargs)
+        except TypeError:
+            raise gr.Error(f"/{name} takes {FIELDS.get(name, 'other values')}; it got {len(args) - 1} "
+                           "value(s)") from None
+        try:
             return endpoint(*args, **kwargs)
-        except (WorkbenchError, TypeError, ValueError, KeyError) as exc:
-            raise gr.Error(str(exc)) from None
+        except (WorkbenchError, gr.Error, ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise gr.Error(refusal(name, exc)) from None
+        except Exception as exc:  # noqa: BLE001 (a bug: the client still learns that, and what the call takes)
+            log.exception("/%s failed", name)
+            raise gr.Error(refusal(name, exc)) from None
 
     return call
 
 
-def whole_number(value, what: str) -> int:
-    """An id or revision from a client: a whole number (also as a float 3.0 or a text "3"), else a clear error."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}") from None
-    if not number.is_integer():
-        raise WorkbenchError(f"{what} must be a whole number, not {shown(value)}")
-    return int(number)
+class WorkbenchBlocks(gr.Blocks):
+    """gr.Blocks whose events refuse what Gradio checks before a function runs with a message too (Gradio
+    answers those with {"error": null} unless show_error is on, which would show any internal error's text):
+    too few values, a value its input component cannot take (e.g. a text for a number), a file path the client
+    did not upload. The message names the endpoint and the fields it takes."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 (ValueError, ComponentProcessingError, InvalidPathError, ...)
+            name = getattr(block_fn, "api_name", None) or getattr(block_fn, "name", None) or "this event"
+            labels = [getattr(block, "label", None) or type(block).__name__.lower() for block in block_fn.inputs]
+            sent = len(inputs) if isinstance(inputs, (list, tuple)) else 0
+            if sent < len(labels):
+                text = f"it got {sent} value(s), not {len(labels)}"
+            else:
+                text = f"a value cannot be read ({type(exc).__name__}: {_first_line(exc)})"
+            raise gr.Error(f"/{name}: {text}; it takes {FIELDS.get(name, ', '.join(labels) or 'no values')}") \
+                from None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text, cut to ``limit`` characters (Gradio's own texts echo the input)."""
+    text = (_message(exc) or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Api:
@@ -50,7 +129,7 @@ class Api:
     @client_errors
     def propose(self, image_id, score_threshold, request: gr.Request):
         """Run the active model on an image, store its instances as proposals; returns the image's instances."""
-        image_id = whole_number(image_id, "image_id")
+        image_id = wire.strict_id(image_id, "image_id")
         result = self.wb.propose(image_id, score_threshold=score_threshold, user=user_of(request))
         out = self.wb.instances(image_id)
         out.update(added=result.added, replaced=result.replaced, saved_revision=result.revision,
@@ -61,9 +140,8 @@ class Api:
     def save_annotations(self, image_id, instances, seen_revision, request: gr.Request):
         """Make the instances the image's annotations; returns the annotations as they are now, their
         revision, and the revision this save made (saved_revision: another save may follow at once)."""
-        image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
-        seen = None if seen is not None and seen < 0 else seen  # -1: no revision check
+        image_id = wire.strict_id(image_id, "image_id")
+        seen = wire.revision(seen_revision)  # -1: no revision check
         saved = self.wb.save_json(image_id, instances if instances is not None else [], seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
@@ -93,20 +171,15 @@ class Api:
     def add_boxes(self, image_id, boxes, seen_revision, request: gr.Request):
         """Boxes a person drew ([{"category": id or name, "box": [x1, y1, x2, y2]}, ...]) become accepted
         instances with the active model's mask for the box, else GrabCut's; returns the image's instances, how
-        each mask was made (masks) and the revision this save made."""
-        image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
-        if not isinstance(boxes, list) or not all(isinstance(b, dict) and "box" in b for b in boxes):
+        each mask was made (masks) and the revision this save made. Each box is checked (services.wire.clipped_box)
+        before any reaches the model."""
+        image_id = wire.strict_id(image_id, "image_id")
+        seen = wire.revision(seen_revision)
+        items = wire.listed(boxes, "boxes", item='{"category": id or name, "box": [x1, y1, x2, y2]} objects')
+        if not all(isinstance(item, dict) and "box" in item for item in items):
             raise WorkbenchError('boxes must be a list of {"category": id or name, "box": [x1, y1, x2, y2]}')
-        parsed = []
-        for index, item in enumerate(boxes):
-            box = item["box"]
-            if not (isinstance(box, list) and len(box) == 4):
-                raise WorkbenchError(f"box {index}: 'box' must be [x1, y1, x2, y2]")
-            parsed.append((self.wb.category_id(item.get("category", item.get("category_id"))),
-                           tuple(float(v) for v in box)))
-        saved, how = self.wb.add_boxes(image_id, parsed, box_only=False, seen_revision=None if seen is None or seen < 0
-                                       else seen, user=user_of(request))
+        parsed = [(self.wb.category_id(item.get("category", item.get("category_id"))), item["box"]) for item in items]
+        saved, how = self.wb.add_boxes(image_id, parsed, box_only=False, seen_revision=seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved, "masks": how}
 
     @client_errors
@@ -114,32 +187,31 @@ class Api:
         """Correct an instance's mask with clicks ([[x, y], ...] in full-resolution pixels: positive "this is
         object", negative "this is not"; GrabCut with the clicks as hard labels); returns the image's instances
         and the revision this save made."""
-        image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
-        saved = self.wb.refine_with_clicks(image_id, whole_number(ann_id, "ann_id"), positive_points,
-                                           negative_points, None if seen is None or seen < 0 else seen,
-                                           user=user_of(request))
+        image_id = wire.strict_id(image_id, "image_id")
+        seen = wire.revision(seen_revision)
+        saved = self.wb.refine_with_clicks(image_id, wire.strict_id(ann_id, "ann_id"), positive_points,
+                                           negative_points, seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
     @client_errors
     def record_visit(self, image_id, event_times, request: gr.Request):
         """A visit of an image: the client's event times in seconds (open ... done); active time leaves gaps
         over 60 s out. Returns the active and idle seconds."""
-        return self.wb.record_visit(whole_number(image_id, "image_id"), event_times, user=user_of(request))
+        return self.wb.record_visit(wire.strict_id(image_id, "image_id"), event_times, user=user_of(request))
 
     @client_errors
     def list_images(self, status, order, propose_missing):
         """Images with their status; order "upload" or "most_useful" (the active model's least certain
         unlabelled train photos first; propose_missing: run the model on at most this many that it has not
         seen yet)."""
-        missing = 0 if propose_missing in (None, "") else whole_number(propose_missing, "propose_missing")
-        rows = self.wb.list_images(status or "all", limit=None, order=order or "upload", propose_missing=missing)
+        rows = self.wb.list_images(status or "all", limit=None, order=order or "upload",
+                                   propose_missing=propose_missing)
         return {"images": rows}
 
     @client_errors
     def instances(self, image_id):
         """An image's instances as they are now, with their revision (the same shape as propose returns)."""
-        return self.wb.instances(whole_number(image_id, "image_id"))
+        return self.wb.instances(wire.strict_id(image_id, "image_id"))
 
     @client_errors
     def model_help(self):

@@ -177,7 +177,7 @@ function draw() {
     ctx.strokeRect(sel.layer.x0 - lw, sel.layer.y0 - lw, sel.layer.w + 2 * lw, sel.layer.h + 2 * lw);
   }
   if (sel && sel.box) {  // its class and score above it
-    const text = `#${sel.id > 0 ? sel.id : 'new'} ${className(sel.category_id)}${sel.score == null ? '' : ' ' + sel.score.toFixed(2)}`;
+    const text = `#${sel.id > 0 ? sel.id : 'new'} ${isolatedText(className(sel.category_id))}${sel.score == null ? '' : ' ' + sel.score.toFixed(2)}`;
     ctx.font = `${13 / v.s}px sans-serif`;
     const tw = ctx.measureText(text).width, x = sel.box[0], y = Math.max(sel.box[1], 16 / v.s);
     ctx.fillStyle = 'rgba(0,0,0,0.7)'; ctx.fillRect(x, y - 15 / v.s, tw + 6 / v.s, 15 / v.s);
@@ -225,16 +225,22 @@ function toImage(event) {
 function className(id) { const c = S.classes.find((k) => k.id === id); return c ? c.name : `class ${id}`; }
 function selected() { return S.instances.find((inst) => inst.id === S.sel && !inst.deleted) || null; }
 function escapeHtml(text) { return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
+// A class name (user text) inside other text: without its bidi controls (embeddings, overrides, isolates: a stray
+// U+2069 would close the isolation early), isolated, so that a right-to-left override in it (U+202E) cannot flip the
+// rest of the row; a right-to-left name still reads right to left. HTML: <bdi>; canvas text: U+2068 .. U+2069.
+function withoutBidiControls(text) { return String(text).replace(/[\u202a-\u202e\u2066-\u2069]/g, ''); }
+function nameHtml(text) { return `<bdi>${escapeHtml(withoutBidiControls(text))}</bdi>`; }
+function isolatedText(text) { return `\u2068${withoutBidiControls(text)}\u2069`; }
 const shownHtml = new Map();  // what each panel box shows: set again only when it changed (no relayout per key)
 function setHtml(box, html) { if (shownHtml.get(box) !== html) { shownHtml.set(box, html); box.innerHTML = html; } }
 function panel() {
   setHtml(classBox, S.classes.length
     ? S.classes.map((c, i) => `<button class="wb-class${c.id === S.drawClass ? ' on' : ''}" data-class="${c.id}" tabindex="-1">` +
-      `<span class="swatch" style="background:${c.color}"></span>${i < 9 ? `<b>${i + 1}</b> ` : ''}${escapeHtml(c.name)}</button>`).join('')
+      `<span class="swatch" style="background:${c.color}"></span>${i < 9 ? `<b>${i + 1}</b> ` : ''}${nameHtml(c.name)}</button>`).join('')
     : '<i>No classes yet: add one in the Classes tab (it appears here at once).</i>');
   const rows = order();
   setHtml(listBox, rows.map((inst) => `<div class="wb-row${inst.low ? ' low' : ''}" data-id="${inst.id}">` +
-    `<span class="swatch" style="background:${inst.color}"></span>#${inst.id > 0 ? inst.id : 'new'} ${escapeHtml(className(inst.category_id))}` +
+    `<span class="swatch" style="background:${inst.color}"></span>#${inst.id > 0 ? inst.id : 'new'} ${nameHtml(className(inst.category_id))}` +
     `${inst.score == null ? '' : ' · ' + inst.score.toFixed(2)} · ${inst.state === 'accepted' ? '✓' : inst.low ? '? low' : '?'}</div>`).join('') ||
     '<i>No instances: propose (p) or draw (x box, g polygon, b brush).</i>');
   const on = listBox.querySelector('.wb-row.on'), row = listBox.querySelector(`.wb-row[data-id="${S.sel}"]`);
@@ -257,7 +263,9 @@ function panel() {
 function order() {  // the walk order: score order (accepted ones without a score after the proposals)
   return visible().slice().sort((a, b) => (b.score ?? -1) - (a.score ?? -1) || a.id - b.id);
 }
-function say(text) { S.localMessage = text ? escapeHtml(text) : ''; panel(); }
+function say(text, name) {  // a message; `name` (user text) is put in for {name}, isolated
+  S.localMessage = text ? escapeHtml(text).replace('{name}', name == null ? '' : nameHtml(name)) : ''; panel();
+}
 
 // ---- local edits (shown at once) and the background save --------------------------------------------
 function apply(op) {  // an edit on the local state (also re-applied on top of a newer server state)
@@ -329,7 +337,7 @@ function setClass(index) {
   if (!c) return say(`There is no class ${index + 1}.`);
   const inst = selected();
   if (inst && inst.id > 0) { edit({kind: 'class', id: inst.id, category_id: c.id}); return; }
-  S.drawClass = c.id; say(`New instances get the class ${c.name}.`);
+  S.drawClass = c.id; say('New instances get the class {name}.', c.name);
 }
 function needClass() {
   if (S.drawClass == null && S.classes.length) S.drawClass = S.classes[0].id;

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import colorsys
 
-from services.workbench import LOW_CONFIDENCE_TOP, VERSION_METRIC_COLUMNS, ConflictError
+from services.workbench import LOW_CONFIDENCE_TOP, VERSION_METRIC_COLUMNS, ConflictError, isolated
+
+# user text (class and file names) among the page's words goes through isolated(): a right-to-left override
+# in a name cannot flip the rest of the line (services' messages do the same; the review canvas uses <bdi>)
 
 CATEGORY_HEADERS = ["id", "name", "train box-only", "train masks", "set"]  # accepted, non-crowd, train split
 IMAGE_HEADERS = ["id", "file_name", "width", "height", "split", "annotations", "status"]

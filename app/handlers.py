@@ -17,7 +17,8 @@ from gradio_image_annotation import image_annotator
 
 from app.canvas import canvas_value, file_url
 from app.display import (GALLERY_LIMIT, IMAGE_HEADERS, category_rows, error_text, hex_color, instance_colors,
-                         overview_text, progress_bar_html, proposal_message)
+                         isolated, overview_text, progress_bar_html, proposal_message)
+from services import wire
 from services.images import downscale, scale_for
 from services.workbench import ConflictError, Workbench, WorkbenchError
 
@@ -104,7 +105,7 @@ def user_of(request: gr.Request | None) -> str | None:
 def _need(value, what: str) -> int:
     if value is None:
         raise WorkbenchError(f"choose {what} first")
-    return int(value)
+    return wire.strict_id(value, what)
 
 
 class Handlers:
@@ -145,7 +146,8 @@ class Handlers:
         for row in rows[:GALLERY_LIMIT]:
             useful = "" if row.get("uncertainty") is None else f" · uncertainty {row['uncertainty']:.2f}"
             try:
-                items.append((self.wb.thumbnail(row), f"{row['id']} · {row['status']}{useful} · {row['file_name']}"))
+                items.append((self.wb.thumbnail(row),
+                              f"{row['id']} · {row['status']}{useful} · {isolated(row['file_name'])}"))
                 ids.append(row["id"])
             except (OSError, WorkbenchError) as exc:  # a lost file must not hide the other images
                 log.warning("no thumbnail for image %s: %s", row["id"], exc)
@@ -197,7 +199,8 @@ class Handlers:
 
     def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
         active = self.wb.active_version_id()
-        return (f"**Image {image_id}** · {info['file_name']} · {info['width']}×{info['height']} · {info['split']} · "
+        return (f"**Image {image_id}** · {isolated(info['file_name'])} · {info['width']}×{info['height']} · "
+                f"{info['split']} · "
                 f"**{self.wb.image_status(rows)}** · revision {revision} · "
                 f"model: {'v%d' % active if active else 'none yet'}")
 
@@ -339,11 +342,16 @@ class Handlers:
         state with the batch's number (``ack``) and the ids its new instances got."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
         image_id, seq = data.get("image_id"), data.get("seq")
-        if image_id is None:
-            return Saved(self.canvas(None, review_threshold, "⚠️ Open an image first.", status="not saved", ack=seq),
-                         *[gr.skip()] * 5)
         try:
-            image_id = int(image_id)
+            image_id = None if image_id is None else wire.strict_id(image_id, "image_id")
+        except WorkbenchError as exc:
+            image_id, problem = None, exc
+        else:
+            problem = None
+        if image_id is None:
+            text = error_text(problem) if problem else "⚠️ Open an image first."
+            return Saved(self.canvas(None, review_threshold, text, status="not saved", ack=seq), *[gr.skip()] * 5)
+        try:
             before = self.wb.image_status(self.wb.instances(image_id)["instances"])
             result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
@@ -375,7 +383,7 @@ class Handlers:
         (never in the way of the person: a bad record is logged, not shown)."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
         try:
-            self.wb.record_visit(int(data.get("image_id")), data.get("times"), user_of(request))
+            self.wb.record_visit(data.get("image_id"), data.get("times"), user_of(request))
         except (WorkbenchError, TypeError, ValueError) as exc:
             log.warning("a visit was not recorded: %s", exc)
 
@@ -383,16 +391,20 @@ class Handlers:
         """"Done, next image": the proposals left are rejected, then the next image of the list opens (the
         image list follows)."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
-        image_id = data.get("image_id")
+        try:
+            image_id = None if data.get("image_id") is None else wire.strict_id(data["image_id"], "image_id")
+            revision = wire.revision(data.get("revision"), "the revision")
+        except WorkbenchError as exc:
+            return (*self.open(None, review_threshold, error_text(exc)), *self.gallery(status_filter))
         if image_id is None:
             return (*self.open(None, review_threshold), *self.gallery(status_filter))
         try:
-            self.wb.finish_image(int(image_id), data.get("revision"), user_of(request))
+            self.wb.finish_image(image_id, revision, user_of(request))
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
-            return (*Opened.of(int(image_id), self.safe_view(int(image_id), review_threshold, error_text(exc))),
-                    *self.gallery(status_filter, keep=int(image_id), selected=int(image_id), order=order))
-        items, ids = self.gallery_items(status_filter, keep=int(image_id), order=order)
-        opened = self.open(self.neighbour(int(image_id), ids, status_filter, +1, order), review_threshold,
+            return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc))),
+                    *self.gallery(status_filter, keep=image_id, selected=image_id, order=order))
+        items, ids = self.gallery_items(status_filter, keep=image_id, order=order)
+        opened = self.open(self.neighbour(image_id, ids, status_filter, +1, order), review_threshold,
                            user=user_of(request))
         return (*opened, self.highlighted(items, ids, opened.image_id), ids, self.statuses(status_filter or "all"))
 
@@ -412,7 +424,7 @@ class Handlers:
     # ---- classes ---------------------------------------------------------------------------
     def class_outputs(self, message: str = "", keep=None) -> ClassView:
         names = self.wb.category_names()
-        choices = [(f"{name} (id {cid})", cid) for cid, name in names.items()]
+        choices = [(f"{isolated(name)} (id {cid})", cid) for cid, name in names.items()]
         overview, categories, _ = self.overview()
         keep = keep if keep in names else None
         # a class added while boxes are drawn reaches the Draw tab at once (they can be labelled without a reload)
@@ -488,16 +500,17 @@ class Handlers:
 
     def cancel_training(self, run_id) -> RunView:
         if run_id is not None:
-            self.wb.cancel_training(int(run_id))
+            self.wb.cancel_training(wire.strict_id(run_id, "the training run"))
         return self.run_outputs(run_id)
 
     def activate(self, version, run_id) -> RunView:
         try:
-            self.wb.activate_version(_need(version, "a model version"))
+            version = _need(version, "a model version")
+            self.wb.activate_version(version)
         except WorkbenchError as exc:
             return self.run_outputs(run_id)._replace(status=error_text(exc))
         return self.run_outputs(run_id)._replace(
-            status=f"Model version {int(version)} is active: proposals now come from it.")
+            status=f"Model version {version} is active: proposals now come from it.")
 
     def set_score_threshold(self, value) -> float:
         try:

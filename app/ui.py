@@ -25,7 +25,7 @@ from gradio_image_annotation import image_annotator  # noqa: E402
 
 from starlette.middleware import Middleware  # noqa: E402
 
-from app.api import Api  # noqa: E402
+from app.api import Api, WorkbenchBlocks  # noqa: E402
 from app.canvas import CSS as CANVAS_CSS, JS as CANVAS_JS, KEYS as CANVAS_KEYS, TEMPLATE as CANVAS_TEMPLATE  # noqa: E402
 from app.guard import (HostCheck, LoginCheck, LoginRequired, LoginThrottle, OriginCheck,  # noqa: E402
                        RequestSizeLimit, allowed_names)
@@ -114,7 +114,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
     writes = dict(queue=True, concurrency_id=WRITES,
                   concurrency_limit=write_concurrency() if write_limit is None else int(write_limit))
     ui, api = Handlers(wb), Api(wb)
-    with gr.Blocks(title="Instance segmentation workbench") as demo:
+    with WorkbenchBlocks(title="Instance segmentation workbench") as demo:
         image_id = gr.State(None)
         revision = gr.State(None)
         ids = gr.State([])
@@ -241,12 +241,13 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_files = gr.File(file_count="multiple", label="files")
             api_split = gr.Textbox(value="train", label="split")
             api_image = gr.JSON(label="image_id")  # any JSON: app.api checks it and says what is wrong
-            api_score_threshold = gr.Number(value=wb.score_threshold, label="score_threshold")
+            # numbers come as JSON too: a text where a number belongs is refused by app.api with its field's name
+            api_score_threshold = gr.JSON(value=wb.score_threshold, label="score_threshold")
             api_instances = gr.JSON(label="instances")
             api_seen = gr.JSON(value=-1, label="seen_revision (-1: no check)")
             api_mode = gr.Textbox(value="heads", label="mode")
-            api_iterations = gr.Number(value=0, label="iterations", precision=0)
-            api_size = gr.Number(value=0, label="image_size", precision=0)
+            api_iterations = gr.JSON(value=0, label="iterations")
+            api_size = gr.JSON(value=0, label="image_size")
             api_weights = gr.Textbox(value="", label="backbone_weights")
             api_format = gr.Textbox(value="polygon", label="mask_format")
             api_which = gr.Textbox(value="all", label="images")
@@ -259,7 +260,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_times = gr.JSON(label="event_times")
             api_status = gr.Textbox(value="all", label="status")
             api_order = gr.Textbox(value="upload", label="order")
-            api_missing = gr.Number(value=0, label="propose_missing", precision=0)
+            api_missing = gr.JSON(value=0, label="propose_missing")
             help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
 
         view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable
@@ -17,8 +16,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from db import masks
+from db.checks import MAX_ID, clipped_box, is_number
 from db.engine import Database
-from db.errors import BadImageError, CocoImportError, shown
+from db.errors import BadImageError, CocoImportError, WorkbenchError, shown
 from db.housekeeping import referenced_paths
 from db.imagestore import ImageStore, probe
 from db.models import Annotation, Category, Image, ReviewState, Source, Split
@@ -54,7 +54,6 @@ class _ImageEntry:
 
 
 MAX_CATEGORIES = 20_000  # the largest tested: 3,000 (benchmarks/README.md, "Thousands of classes")
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database (PostgreSQL's INTEGER)
 _MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
                "supercategory": Category.__table__.c.supercategory.type.length,
                "file_name": Image.__table__.c.file_name.type.length}
@@ -62,11 +61,6 @@ _MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, NaN or infinity)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def safe_relative_path(file_name: Any) -> PurePosixPath | None:
@@ -252,6 +246,10 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
             problems.append(f"{where}: the id appears twice in the file")
             continue
         seen_ids.add(ann["id"])
+        if not _is_int(ann.get("image_id")) or not _is_int(ann.get("category_id")):  # 1.0 and true would match 1
+            problems.append(f"{where}: 'image_id' and 'category_id' must be integers, not "
+                            f"{shown(ann.get('image_id'))} and {shown(ann.get('category_id'))}")
+            continue
         image = images.get(ann.get("image_id"))
         if image is None:
             if not any(isinstance(i, dict) and i.get("id") == ann.get("image_id") for i in data["images"]):
@@ -273,14 +271,16 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
         polygons = json.dumps(segmentation, separators=(",", ":")) if counts and isinstance(segmentation, list) else None
         if counts is None:
             bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
                 problems.append(f"{where}: a box-only annotation (empty segmentation) needs 'bbox' [x, y, w, h]")
                 continue
-            x, y, w, h = (float(v) for v in bbox)
-            x2, y2 = min(x + w, image.width), min(y + h, image.height)
-            x, y = max(x, 0.0), max(y, 0.0)
-            if x2 <= x or y2 <= y:
-                problems.append(f"{where}: bbox {bbox} is empty or outside its {image.width}x{image.height} image")
+            x, y, w, h = bbox  # not float() first: an int beyond a float's range is refused below, not raised
+            try:  # the API's rule of boxes (db.checks): finite, positive size, overlapping the image; clipped to it
+                x, y, x2, y2 = clipped_box([x, y, x + w, y + h], image.width, image.height,
+                                             "the box [x, y, x + w, y + h]")
+            except WorkbenchError as exc:
+                problems.append(f"{where}: a box-only annotation (empty segmentation) needs 'bbox' [x, y, w, h] of "
+                                f"the image: {exc}")
                 continue
             bbox = [x, y, x2 - x, y2 - y]
             area = bbox[2] * bbox[3]

@@ -11,7 +11,7 @@ from .config import MNCConfig
 from .heads import ClassifyHead, MaskHead
 from .losses import box_regression_loss, classification_loss, mask_loss, total_loss
 from .postprocess import postprocess_image
-from .roi_warp import roi_warp_pooled
+from .roi_warp import check_boxes, roi_warp_pooled
 from .rpn import RegionProposalNetwork, clip_gradient
 from .targets import ImageTargets, inside_crowd, mask_iou_in_roi, mask_targets, match_rois, sample_rois
 
@@ -258,6 +258,8 @@ class MNC(nn.Module):
         """Masks for given boxes (e.g. drawn by a person): per image (K_i, m, m) probabilities inside
         boxes (K_i, 4) (network-input pixels) of classes labels (K_i,) 1..N: the stage-2 mask, fused with
         the final-mask head at that class when the model has one (so box-only classes get their shape)."""
+        for b in boxes:  # a person's boxes: refused here, not in torchvision's C code (mnc_core.roi_warp)
+            check_boxes(b.detach(), "masks_for_boxes", degenerate=True)
         was_training = self.training
         self.eval()
         try:

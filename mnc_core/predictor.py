@@ -11,6 +11,7 @@ from .checkpoint import load_checkpoint
 from .config import MNCConfig
 from .model import MNC
 from .preprocess import batch_images, image_to_tensor, resized_shape
+from .roi_warp import check_boxes
 
 
 @dataclass
@@ -56,16 +57,21 @@ class Predictor:
         unknown = [int(cid) for cid in category_ids if int(cid) not in label_of]
         if unknown:
             raise ValueError(f"the model does not know categories {sorted(set(unknown))}")
-        box_array = np.asarray(boxes, np.float32).reshape(-1, 4)
+        box_array = np.asarray(boxes, np.float64).reshape(-1, 4)
         if box_array.shape[0] == 0:
             return []
-        scale = np.array([w / W, h / H, w / W, h / H], np.float32)
-        rois = torch.from_numpy(box_array * scale).to(self.device)
+        # refused here, not in torchvision's C code (mnc_core.roi_warp): not finite, no area, or beyond float32
+        check_boxes(torch.from_numpy(box_array), "masks_for_boxes", degenerate=True)
+        scale = np.array([w / W, h / H, w / W, h / H], np.float64)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: refused just below
+            scaled = (box_array * scale).astype(np.float32)
+        check_boxes(torch.from_numpy(scaled), "masks_for_boxes at the model's scale (float32)", degenerate=True)
+        rois = torch.from_numpy(scaled).to(self.device)
         labels = torch.tensor([label_of[int(cid)] for cid in category_ids], device=self.device)
         batch = batch_images([tensor], c.size_divisibility)
         probs = self.model.masks_for_boxes(batch, [(h, w)], [rois], [labels])[0].float()  # (K, m, m)
         out = []
-        for prob, (x1, y1, x2, y2) in zip(probs, box_array):
+        for prob, (x1, y1, x2, y2) in zip(probs, box_array.astype(np.float32)):  # pasted as before (float32)
             full = np.zeros((H, W), bool)
             xa, ya = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
             xb, yb = min(W, max(xa + 1, int(np.ceil(x2)))), min(H, max(ya + 1, int(np.ceil(y2))))

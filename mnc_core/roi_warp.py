@@ -18,6 +18,12 @@ Without gradients (inference) the same values come from torchvision's `roi_align
 one-pixel ring of zeros (`_warp_without_gradient`: grid_sample's border rule, ~40 % less time on a CPU),
 on a CPU a few RoIs at a time, spread over the intra-op threads (torchvision's CPU kernel uses one core).
 
+Boxes that are not finite (a NaN, an infinity, or a size that overflows, e.g. -3e38 to 3e38 in float32) are
+refused with a ValueError before they reach `roi_align` on a CPU (`check_boxes`): its CPU kernel turns a NaN
+sample position into an index far outside the map and the process dies. On a GPU the check would cost a host
+sync per call; boxes from people are checked on the host before they reach the model
+(`Predictor.masks_for_boxes`, `MNC.masks_for_boxes`), the model's own proposals are clipped to the image.
+
 Precision: the sampling grid and the bilinear sampling are always float32, also under autocast
 (bf16 has 8 significant bits: a grid position near the right edge of a 60-pixel map would be off by
 up to ~0.5 pixel, and the box gradient would use the rounded grid). The output is float32.
@@ -30,6 +36,23 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from .cpu_threads import for_row_chunks
+
+
+def check_boxes(boxes: Tensor, what: str = "boxes", *, degenerate: bool = False) -> None:
+    """Raise ValueError naming the first bad box of ``boxes`` (K, 4) [x1, y1, x2, y2]: a coordinate or a size
+    (x2 - x1, y2 - y1, in the boxes' dtype) that is not finite; with ``degenerate`` also x2 <= x1 or y2 <= y1
+    (a box without area)."""
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{what} must be (K, 4) [x1, y1, x2, y2], got {tuple(boxes.shape)}")
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(sizes).all(dim=1)
+    bad = ~finite | (sizes <= 0).any(dim=1) if degenerate else ~finite
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        why = ("has a coordinate or a size that is not finite" if not bool(finite[k])
+               else "has no area (x2 <= x1 or y2 <= y1)")
+        raise ValueError(f"{what}: box {k} {boxes[k].tolist()} {why} in {str(boxes.dtype).replace('torch.', '')}; "
+                         "a box is finite [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
 
 
 def max_pool_2x2(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -79,6 +102,8 @@ def _warp_without_gradient(features: Tensor, boxes: Tensor, output_size: int, sp
     with torch.autocast(features.device.type, enabled=False):
         padded = F.pad(features.to(_at_least_float32(features.dtype)), (1, 1, 1, 1))
         shifted = boxes.to(padded.dtype).clone()
+        if shifted.device.type == "cpu":  # the boxes in the dtype roi_align reads them (module doc)
+            check_boxes(shifted[:, 1:], "roi_warp")
         shifted[:, 1:] += 1.0 / spatial_scale
 
         def warp(part: Tensor) -> Tensor:

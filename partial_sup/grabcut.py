@@ -51,6 +51,8 @@ def grabcut_mask(image: np.ndarray, box: tuple[float, float, float, float], iter
     finds nothing (a box that is all foreground, a flat image), the whole box is returned.
     """
     height, width = image.shape[:2]
+    if len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        raise ValueError(f"GrabCut needs a box of 4 finite numbers (x1, y1, x2, y2), not {list(box)}")
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     x1, y1 = max(0, min(x1, width - 1)), max(0, min(y1, height - 1))
     x2, y2 = max(x1 + 1, min(x2, width)), max(y1 + 1, min(y2, height))
@@ -106,6 +108,9 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, positive, negative, *, radi
     height, width = image.shape[:2]
     radius = max(3, round(CLICK_RADIUS * max(height, width))) if radius is None else int(radius)
     points = [(float(x), float(y)) for x, y in list(positive) + list(negative)]
+    bad = next((point for point in points if not all(math.isfinite(v) for v in point)), None)
+    if bad is not None:
+        raise ValueError(f"the clicks must be finite (x, y) pixels, not {bad}")
     ys, xs = np.nonzero(mask)
     xs_all = list(xs) + [p[0] for p in points]
     ys_all = list(ys) + [p[1] for p in points]

@@ -10,6 +10,9 @@ or polygon); ``box`` {temp_id, category_id, box: [x1, y1, x2, y2]} (its mask: th
 from the current mask, see Workbench.refine_with_clicks); ``undo``; ``propose``; ``recover``.
 New instances carry a negative ``temp_id`` chosen by the browser; the result maps them to the annotation ids
 they got, and later edits of the same batch may name them by that temp id.
+
+Every value of an edit is checked as the headless API checks it (services.wire: ids, boxes, points,
+thresholds) before it is used.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from db.annotations import ConflictError, get_annotations
-from db.errors import WorkbenchError, strict_int
+from db.errors import WorkbenchError
+from services import wire
 from services.proposals import MAX_BOXES
 
 EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover")
@@ -66,31 +70,35 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
     kind, rev = edit["kind"], result.revision
 
     def annotation_id(value) -> int:  # an annotation id, or a temp id of an instance made earlier in the batch
-        number = strict_int(value, f"edit {index}: an instance id")
+        number = wire.temporary_or_strict_id(value, f"edit {index}: an instance id")
         if number < 0:
             if number not in result.created:
                 raise WorkbenchError(f"edit {index}: instance {number} was never saved; draw it again")
             return result.created[number]
         return number
 
+    # a new instance's temp id, checked before anything is saved
+    temp = None if edit.get("temp_id") is None else wire.temporary_or_strict_id(edit["temp_id"],
+                                                                                f"edit {index}: temp_id")
+
     def made(before: set[int]) -> None:  # the annotation a new-instance edit made gets its temp id's mapping
-        temp = edit.get("temp_id")
         new = sorted(_ids(image_id, wb.db) - before)
         if temp is not None and len(new) == 1:
-            result.created[strict_int(temp, f"edit {index}: temp_id")] = new[0]
+            result.created[temp] = new[0]
 
     if kind == "review":
         if edit.get("state") not in ("accepted", "rejected", "proposed"):
             raise WorkbenchError(f"edit {index}: state must be accepted, rejected or proposed")
-        result.revision = wb.review(image_id, [annotation_id(i) for i in edit.get("ids") or []], edit["state"], rev,
-                                    user)
+        ids = wire.listed(edit.get("ids"), f"edit {index}: ids", item="instance ids")
+        result.revision = wb.review(image_id, [annotation_id(i) for i in ids], edit["state"], rev, user)
     elif kind == "delete":
-        for value in edit.get("ids") or []:
+        for value in wire.listed(edit.get("ids"), f"edit {index}: ids", item="instance ids"):
             result.revision = rev = wb.delete_instance(image_id, annotation_id(value), rev, user)
     elif kind == "class":
         result.revision = wb.set_category(image_id, annotation_id(edit.get("id")), edit.get("category_id"), rev, user)
     elif kind == "accept_all":
-        result.revision, _ = wb.accept_all(image_id, float(edit.get("threshold", 0.0)), rev, user)
+        threshold = wire.fraction(edit.get("threshold", 0.0), f"edit {index}: threshold")
+        result.revision, _ = wb.accept_all(image_id, threshold, rev, user)
     elif kind == "mask":
         if edit.get("tool") not in TOOLS:
             raise WorkbenchError(f"edit {index}: tool must be one of {', '.join(TOOLS)}")
@@ -103,20 +111,19 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
                                        tool="polygon" if edit["tool"] == "polygon" else "brush", counts=counts)
         if target is None:
             made(before)
-    elif kind == "box":
-        box = edit.get("box")
-        if not (isinstance(box, list) and len(box) == 4):
-            raise WorkbenchError(f"edit {index}: box must be [x1, y1, x2, y2]")
+    elif kind == "box":  # checked and clipped to the image before the model or GrabCut sees it
+        info = wb.image_info(image_id)
+        box = wire.clipped_box(edit.get("box"), info["width"], info["height"], f"edit {index}: box")
         before = _ids(image_id, wb.db)
         category_id = wb.category_id(edit.get("category_id"))
-        result.revision, sources = wb.add_boxes(image_id, [(category_id, tuple(float(v) for v in box))],
-                                                box_only=False, seen_revision=rev, user=user)
+        result.revision, sources = wb.add_boxes(image_id, [(category_id, box)], box_only=False, seen_revision=rev,
+                                                user=user)
         made(before)
     elif kind == "refine":
-        points = [edit.get("positive") or [], edit.get("negative") or []]
-        if not all(isinstance(p, list) for p in points):
-            raise WorkbenchError(f"edit {index}: positive and negative must be lists of [x, y] points")
-        result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), points[0], points[1], rev,
+        info = wb.image_info(image_id)
+        positive, negative = (wire.points_in_image(edit.get(key), info["width"], info["height"], f"edit {index}: {key}")
+                              for key in ("positive", "negative"))
+        result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), positive, negative, rev,
                                                 user)
     elif kind == "undo":
         result.revision = wb.undo(image_id, user)

@@ -25,11 +25,11 @@ from db.annotations import (ConflictError, InstanceData, conflict_versions, get_
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
-from db.errors import WorkbenchError, shown, strict_int
+from db.errors import WorkbenchError, isolated, shown
 from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
-from services import review, training
+from services import review, training, wire
 from services.images import ImageCache
 from services.limits import describe as limits_text, keep_exports, write_concurrency
 from services.model_help import model_help
@@ -46,6 +46,8 @@ ORDERS = ("upload", "most_useful")  # the gallery's orders (Workbench.list_image
 SOURCES = tuple(source.value for source in Source)
 REVIEW_STATES = tuple(state.value for state in ReviewState)
 RunState = training.RunState
+MAX_ITERATIONS = 10_000_000  # of a training run started from the page or the API
+MAX_IMAGE_SIZE = 8192  # a training run's short side in pixels
 
 
 @dataclass(frozen=True)
@@ -95,17 +97,12 @@ def mask_of(value, height: int, width: int) -> tuple[np.ndarray | None, str | No
     return (None, counts) if compressed else (masks.decode(counts, height, width), None)
 
 
-def _finite(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise WorkbenchError(f"{what} must be a finite number, not {shown(value)}")
-    return float(value)
-
-
 def instance_from_json(item, index: int, height: int, width: int, category_of, versions: set[int]) -> InstanceData:
-    """One instance of the API's save, checked field by field: category (a class id or name), box [x1, y1, x2,
-    y2] or bbox [x, y, w, h] (finite, positive size, at most one image size outside the image), mask
-    (db.masks.counts_from_segmentation), score (finite, 0..1), iscrowd (true/false or 0/1), id and
-    model_version_id (whole numbers; a version that exists), source and review_state (their names)."""
+    """One instance of the API's save, checked field by field (services.wire): category (a class id or name),
+    box [x1, y1, x2, y2] or bbox [x, y, w, h] (wire.box_in_image: finite, positive size, at most one image size
+    outside the image; kept as sent), mask (db.masks.counts_from_segmentation), score (finite, 0..1), iscrowd
+    (true/false or 0/1), id and model_version_id (wire.strict_id; a version that exists), source and
+    review_state (their names)."""
     where = f"instance {index}"
     if not isinstance(item, dict):
         raise WorkbenchError(f"{where} is not an object")
@@ -118,32 +115,22 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
     if box is None and item.get("bbox") is not None:
         bbox = item["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise WorkbenchError(f"{where}: 'bbox' must be [x, y, width, height]")
-        x, y, w, h = (_finite(v, f"{where}: a bbox value") for v in bbox)
-        box = [x, y, x + w, y + h]
-    if box is not None:
-        if not (isinstance(box, (list, tuple)) and len(box) == 4):
-            raise WorkbenchError(f"{where}: 'box' must be [x1, y1, x2, y2]")
-        box = tuple(_finite(v, f"{where}: a box value") for v in box)
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise WorkbenchError(f"{where}: the box {list(box)} has no area; send x1 < x2 and y1 < y2")
-        if (min(box[0], box[2]) < -width or max(box[0], box[2]) > 2 * width
-                or min(box[1], box[3]) < -height or max(box[1], box[3]) > 2 * height):
-            raise WorkbenchError(f"{where}: the box {list(box)} is more than one image size outside the "
-                                 f"{width}x{height} image")
+            raise WorkbenchError(f"{where}: 'bbox' must be [x, y, width, height], not {shown(bbox)}")
+        x, y, w, h = (wire.finite_number(v, f"{where}: a bbox value") for v in bbox)
+        box = wire.box_in_image([x, y, x + w, y + h], width, height, f"{where}: 'bbox' as [x1, y1, x2, y2]")
+    elif box is not None:
+        box = wire.box_in_image(box, width, height, f"{where}: 'box'")
     mask, counts = mask_of(item.get("mask"), height, width)
     score = item.get("score")
     if score is not None:
-        score = _finite(score, f"{where}: 'score'")
-        if not 0.0 <= score <= 1.0:
-            raise WorkbenchError(f"{where}: 'score' must be between 0 and 1, not {score}")
+        score = wire.fraction(score, f"{where}: 'score'")
     iscrowd = item.get("iscrowd", False)
     if iscrowd not in (True, False, 0, 1) or isinstance(iscrowd, float):
         raise WorkbenchError(f"{where}: 'iscrowd' must be true/false or 0/1, not {shown(iscrowd)}")
     ann_id = item.get("id")
-    ann_id = None if ann_id is None else strict_int(ann_id, f"{where}: 'id'")
+    ann_id = None if ann_id is None else wire.strict_id(ann_id, f"{where}: 'id'", text=False)
     version = item.get("model_version_id")
-    version = None if version is None else strict_int(version, f"{where}: 'model_version_id'")
+    version = None if version is None else wire.strict_id(version, f"{where}: 'model_version_id'", text=False)
     if version is not None and version not in versions:
         raise WorkbenchError(f"{where}: there is no model version {version}")
     source, state = item.get("source", "drawn"), item.get("review_state", "accepted")
@@ -154,24 +141,6 @@ def instance_from_json(item, index: int, height: int, width: int, category_of, v
                              f"not {shown(state)}")
     return InstanceData(category_id=category_of(category), box=box, mask=mask, mask_rle=counts, source=source,
                         review_state=state, score=score, model_version_id=version, iscrowd=bool(iscrowd), id=ann_id)
-
-
-def _points(value, what: str, width: int, height: int) -> list[tuple[float, float]]:
-    """Clicked points from a client: a list of [x, y] pairs inside the image (None: none)."""
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)) or len(value) > 1000:
-        raise WorkbenchError(f"{what} must be a list of at most 1000 [x, y] points, not {shown(value)}")
-    points = []
-    for point in value:
-        if not (isinstance(point, (list, tuple)) and len(point) == 2):
-            raise WorkbenchError(f"{what}: each point must be [x, y], not {shown(point)}")
-        x, y = (_finite(v, f"{what}: a coordinate") for v in point)
-        if not (0 <= x < width and 0 <= y < height):
-            raise WorkbenchError(f"{what}: the point {[x, y]} is outside the {width}x{height} image; send "
-                                 "full-resolution pixels")
-        points.append((x, y))
-    return points
 
 
 def _check_box_count(count: int, where: str) -> None:
@@ -219,6 +188,9 @@ class Workbench:
         unlabelled train photos that have none of the active model's yet, first by id."""
         if order not in ORDERS:
             raise WorkbenchError(f"order must be one of {', '.join(ORDERS)}, not {shown(order)}")
+        if status not in (None, "all", *queries.IMAGE_STATUSES):
+            raise WorkbenchError(f"status must be one of all, {', '.join(queries.IMAGE_STATUSES)}, not {shown(status)}")
+        budget = wire.count(propose_missing, "propose_missing", wire.MAX_LISTED)
         status = None if status in (None, "all") else status
         if order == "upload":
             return queries.list_images(self.db, limit=limit, status=status)
@@ -226,7 +198,7 @@ class Workbench:
         version = self.active_version_id()
         scores = queries.proposal_scores(self.db, version) if version is not None else {}
         unlabelled = [r for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")]
-        missing = [r["id"] for r in unlabelled if r["id"] not in scores][:max(0, int(propose_missing or 0))]
+        missing = [r["id"] for r in unlabelled if r["id"] not in scores][:budget]
         if version is not None and missing:
             for image_id in missing:
                 self.propose(image_id)
@@ -252,10 +224,11 @@ class Workbench:
         return get_annotations(self.db, image_id, states=states)
 
     def annotation(self, image_id: int, ann_id: int) -> dict:
+        ann_id = wire.strict_id(ann_id, "ann_id")
         rows = {r["id"]: r for r in self.annotations(image_id)[1]}
-        if int(ann_id) not in rows:
+        if ann_id not in rows:
             raise WorkbenchError(f"instance #{ann_id} is gone from image {image_id}; reload the image")
-        return rows[int(ann_id)]
+        return rows[ann_id]
 
     @staticmethod
     def image_status(rows: list[dict]) -> str:
@@ -296,7 +269,8 @@ class Workbench:
         if version_id is None:
             raise WorkbenchError("no model is trained yet: draw boxes (GrabCut makes their masks) and train one "
                                  "in the Train tab")
-        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        threshold = (self.score_threshold if score_threshold is None or score_threshold == ""
+                     else wire.fraction(score_threshold, "score_threshold"))
         return propose(self.db, image_id, None, version_id, score_threshold=threshold, seen_revision=seen_revision,
                        instances=predictions, user=user)
 
@@ -340,15 +314,19 @@ class Workbench:
     def category_id(self, value, names: dict[int, str] | None = None) -> int:
         """A class given by id, id text or name (any case); ``names`` (id -> name) saves a query per call."""
         names = queries.category_names(self.db) if names is None else names
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and int(value) in names:
-            return int(value)
-        text = str(value or "").strip()
-        if text.isdigit() and int(text) in names:
-            return int(text)
-        by_name = {n.lower(): i for i, n in names.items()}
-        if text.lower() in by_name:
-            return by_name[text.lower()]
-        known = ", ".join(list(names.values())[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                number = wire.strict_id(value, "a class id")  # 3 or "3"; not 3.0, True, "٣" or "1_0"
+            except WorkbenchError:
+                number = None  # perhaps a name; else said below with the classes there are
+            if number in names:
+                return number
+        if isinstance(value, str):
+            by_name = {n.lower(): i for i, n in names.items()}
+            if value.strip().lower() in by_name:
+                return by_name[value.strip().lower()]
+        known = ", ".join(isolated(name) for name in list(names.values())[:20]) + (
+            f" and {len(names) - 20} more" if len(names) > 20 else "")
         raise WorkbenchError(f"there is no class {shown(value, 60)}; add it in the Classes tab "
                              f"(classes: {known or 'none yet'})")
 
@@ -373,7 +351,7 @@ class Workbench:
         if len(ids) != len(set(ids)):
             raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
                                  "instance once")
-        seen = None if seen_revision is None or seen_revision == "" else strict_int(seen_revision, "seen_revision")
+        seen = wire.revision(seen_revision)
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
     def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,
@@ -406,7 +384,7 @@ class Workbench:
         ..., done; any origin, e.g. performance.now() / 1000): active time is the sum of the gaps between
         consecutive events, gaps over 60 s left out as idle. -> {"image_id", "active_seconds", "idle_seconds",
         "events"}."""
-        return fates.record_visit(self.db, int(image_id), event_times, user=user)
+        return fates.record_visit(self.db, wire.strict_id(image_id, "image_id"), event_times, user=user)
 
     def save_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
                          seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
@@ -415,26 +393,34 @@ class Workbench:
         accepted annotation the box was drawn from (None for a new box). A new box is added as
         :meth:`add_boxes` says; a box moved or resized gets a new mask for its new box (the model's, else
         GrabCut; none when ``box_only`` or when it had none); a box whose class changed keeps its mask; an
-        accepted annotation whose box is gone is deleted. -> (revision, what happened, one text per change)."""
+        accepted annotation whose box is gone is deleted. Boxes are checked and clipped to the image
+        (services.wire.clipped_box). -> (revision, what happened, one text per change)."""
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        info = queries.image_info(self.db, image_id)
         by_id = {r["id"]: r for r in rows}
         names = queries.category_names(self.db)
         kept, changed, new = set(), {}, []
-        for box in drawn or []:
+        for index, box in enumerate(wire.listed(drawn, "the drawn boxes", item="boxes")):
+            what = f"drawn box {index + 1}"
+            if not isinstance(box, dict):
+                raise WorkbenchError(f"{what} is not a box; draw it again")
             if not box.get("label"):
                 raise WorkbenchError("a drawn box has no class: click it and choose its class "
                                      "(add classes in the Classes tab)")
             category_id = self.category_id(box["label"], names)
-            shown = [float(box["xmin"]), float(box["ymin"]), float(box["xmax"]), float(box["ymax"])]
-            full = tuple(v / scale for v in shown)
+            on_screen = [wire.finite_number(box.get(key), f"{what}: {key}") for key in ("xmin", "ymin", "xmax", "ymax")]
+
+            def full():  # a new or moved box in image pixels, checked and clipped (an untouched one stays as it is)
+                return wire.clipped_box([v / scale for v in on_screen], info["width"], info["height"], what)
+
             row = by_id.get(box.get("id"))
             if row is None or row["review_state"] != "accepted":
-                new.append((category_id, full))
+                new.append((category_id, full()))
                 continue
             kept.add(row["id"])
-            moved = any(abs(a * scale - b) > 1.0 for a, b in zip(row["box"], shown))  # beyond a shown pixel
+            moved = any(abs(a * scale - b) > 1.0 for a, b in zip(row["box"], on_screen))  # beyond a shown pixel
             if moved or category_id != row["category_id"]:
-                changed[row["id"]] = (category_id, full if moved else None)
+                changed[row["id"]] = (category_id, full() if moved else None)
         removed = {r["id"] for r in rows if r["review_state"] == "accepted"} - kept
         if not new and not changed and not removed:
             raise WorkbenchError("nothing to save: draw a box with 'Create box' (and choose its class), move or "
@@ -457,7 +443,7 @@ class Workbench:
             category_id, box = changed[row["id"]]
             if box is None:  # the class alone changed: the mask stays
                 data.append(InstanceData.from_row(row, category_id=category_id))
-                said.append(f"#{row['id']} now {names[category_id]}")
+                said.append(f"#{row['id']} now {isolated(names[category_id])}")
             elif row["mask_rle"] is None:
                 data.append(InstanceData.from_row(row, category_id=category_id, box=box))
                 said.append(f"#{row['id']} moved (box only)")
@@ -468,7 +454,7 @@ class Workbench:
         for category_id, box in new:
             changes, how = masked(category_id, box)
             data.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
-            said.append(f"{names[category_id]} added ({how})")
+            said.append(f"{isolated(names[category_id])} added ({how})")
         revision = save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
         return revision, said
 
@@ -476,10 +462,15 @@ class Workbench:
                   box_only: bool, seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
         """Boxes a person drew (category id, x1 y1 x2 y2 in image pixels) become accepted annotations,
         with the active model's mask for that box and class (box-only classes included, through the
-        weight transfer) or, without a model that knows the class, GrabCut."""
+        weight transfer) or, without a model that knows the class, GrabCut. Each box is checked before any of
+        them reaches the model (services.wire.clipped_box: finite, x1 < x2 and y1 < y2, at most one image size
+        outside the image and overlapping it) and stored clipped to the image."""
         if not boxes:
             raise WorkbenchError("draw a box first (the 'Create box' tool), give it a class, then add it")
         _check_box_count(len(boxes), "in one call")
+        info = queries.image_info(self.db, image_id)
+        boxes = [(category_id, wire.clipped_box(box, info["width"], info["height"], f"box {index}"))
+                 for index, (category_id, box) in enumerate(wire.listed(boxes, "boxes", item="boxes"))]
         masked = self._box_masks(image_id, box_only)
         _, rows = get_annotations(self.db, image_id, decode_masks=False)
         new, sources = [], []
@@ -543,12 +534,12 @@ class Workbench:
         accepted GrabCut mask (a proposal refined this way counts as edited). -> the new revision."""
         info = queries.image_info(self.db, image_id)
         height, width = info["height"], info["width"]
-        positive = _points(positive_points, "positive_points", width, height)
-        negative = _points(negative_points, "negative_points", width, height)
+        positive = wire.points_in_image(positive_points, width, height, "positive_points")
+        negative = wire.points_in_image(negative_points, width, height, "negative_points")
         if not positive and not negative:
             raise WorkbenchError("click the instance first: a left click on what is object, a right click on what "
                                  "is not")
-        row = self.annotation(image_id, strict_int(ann_id, "ann_id"))
+        row = self.annotation(image_id, ann_id)
         mask = row["mask"]
         if mask is None:
             x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
@@ -577,7 +568,8 @@ class Workbench:
 
     def apply_edits(self, image_id: int, edits, seen_revision: int | None, user: str | None = None):
         """The review canvas's batch of edits, in order (services.review.apply_edits) -> EditsResult."""
-        return review.apply_edits(self, int(image_id), edits, seen_revision, user)
+        return review.apply_edits(self, wire.strict_id(image_id, "image_id"), edits,
+                                  wire.revision(seen_revision, "the revision"), user)
 
     def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
         """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done)."""
@@ -598,11 +590,13 @@ class Workbench:
     # ---- training -------------------------------------------------------------------
     def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:
         """Start a training run in its own process; iterations and image size empty or 0: the mode's preset
-        (the training process picks the preset's iterations for the device it finds)."""
-        mode = (mode or "heads").strip().lower()
-        iterations = int(iterations) if iterations not in (None, "", 0) else None
-        image_size = int(image_size) if image_size not in (None, "", 0) else None
-        weights = (str(backbone_weights).strip() or None) if backbone_weights else default_backbone_weights()
+        (the training process picks the preset's iterations for the device it finds). ``backbone_weights``
+        from a client: empty (the server's default), "none", or a file in ``<data dir>/weights/``
+        (services.wire.backbone_weights)."""
+        mode = "heads" if mode is None or mode == "" else mode.strip().lower() if isinstance(mode, str) else mode
+        iterations = wire.count(iterations, "iterations", MAX_ITERATIONS) or None
+        image_size = wire.count(image_size, "image_size", MAX_IMAGE_SIZE) or None
+        weights = wire.backbone_weights(backbone_weights, self.db.data_dir, default_backbone_weights())
         spec = TrainingSpec(mode=mode, iterations=iterations, image_size=image_size, backbone_weights=weights,
                             device=self.device, low_priority=True)
         running = queries.latest_run(self.db, active_only=True)
@@ -622,14 +616,18 @@ class Workbench:
     def training_estimate(self, mode: str = "heads", iterations=None, image_size=None) -> str:
         """How long a run will take, said before it starts: from the pace of this machine's last finished run
         of the mode when there is one, else from the preset's measured time on a 2-core CPU."""
-        mode = (mode or "heads").strip().lower()
+        mode = (mode or "heads").strip().lower() if isinstance(mode, (str, type(None))) else None
+        try:
+            iterations = wire.count(iterations, "iterations", MAX_ITERATIONS)
+            size = wire.count(image_size, "image_size", MAX_IMAGE_SIZE)
+        except WorkbenchError:
+            return ""  # start_training says what is wrong
         if mode not in PRESETS:
             return ""
         preset = PRESETS[mode]
         on_gpu = self.device.startswith("cuda")  # where this workbench's runs train
-        iterations = int(iterations) if iterations not in (None, "", 0) else preset.iterations_on(
-            "cuda" if on_gpu else "cpu")
-        size = int(image_size) if image_size not in (None, "", 0) else preset.image_size
+        iterations = iterations or preset.iterations_on("cuda" if on_gpu else "cpu")
+        size = size or preset.image_size
         pace = queries.last_training_pace(self.db, mode)
         if pace is not None:
             seconds, basis = pace * iterations, "at the pace of this machine's last run of this mode"
@@ -668,7 +666,7 @@ class Workbench:
         return model_help(self.db, queries.category_names(self.db), names)
 
     def activate_version(self, version_id: int) -> None:
-        registry.activate_version(self.db, int(version_id))
+        registry.activate_version(self.db, wire.strict_id(version_id, "the model version"))
 
     def version_info(self, version_id: int | None) -> dict | None:
         for v in self.versions():
@@ -682,13 +680,15 @@ class Workbench:
         return categories.add_category(self.db, name)
 
     def rename_category(self, category_id: int, name: str) -> None:
-        categories.rename_category(self.db, int(category_id), name)
+        categories.rename_category(self.db, wire.strict_id(category_id, "the class id"), name)
 
     def merge_categories(self, source_id: int, target_id: int, user: str | None = None) -> int:
-        return categories.merge_categories(self.db, int(source_id), int(target_id), user=user)
+        return categories.merge_categories(self.db, wire.strict_id(source_id, "the class id"),
+                                           wire.strict_id(target_id, "the class id to merge into"), user=user)
 
     def delete_category(self, category_id: int, delete_annotations: bool = False) -> int:
-        return categories.delete_category(self.db, int(category_id), delete_annotations=delete_annotations)
+        return categories.delete_category(self.db, wire.strict_id(category_id, "the class id"),
+                                          delete_annotations=delete_annotations)
 
     # ---- export and files ------------------------------------------------------------
     def clean_up_leftovers(self) -> housekeeping.Cleanup:
@@ -713,6 +713,9 @@ class Workbench:
     def export(self, mask_format: str = "polygon", images: str = "all", progress: Progress = no_progress):
         """A COCO file of all or the reviewed images in exports/ -> (its path, db.coco_export.ExportReport);
         then only the newest $WORKBENCH_KEEP_EXPORTS exports (default 5) stay there (services.limits)."""
+        if not isinstance(mask_format or "", str) or not isinstance(images or "", str):
+            raise WorkbenchError(f"mask_format must be one of {', '.join(MASK_FORMATS)} and images 'all' or "
+                                 f"'reviewed', not {shown(mask_format)} and {shown(images)}")
         mask_format = (mask_format or "polygon").strip().lower()
         which = (images or "all").strip().lower()
         if which not in ("all", "reviewed"):
@@ -728,6 +731,6 @@ class Workbench:
         return Path(out), report
 
 
-__all__ = ["Workbench", "WorkbenchError", "shown", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES", "MAX_BOXES",
-           "MAX_EDITS", "VERSION_METRIC_COLUMNS", "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo",
+__all__ = ["Workbench", "WorkbenchError", "shown", "isolated", "ConflictError", "PRESETS", "MAX_UPLOAD_BYTES",
+           "MAX_BOXES", "MAX_EDITS", "VERSION_METRIC_COLUMNS", "LOW_CONFIDENCE_TOP", "RunState", "VersionInfo",
            "default_backbone_weights", "limits_text", "write_concurrency"]

@@ -232,3 +232,32 @@ def test_wrong_values_and_huge_images_are_refused_through_the_server(client, app
         client.predict(image_id, [], "abc", api_name="/save_annotations")
     with pytest.raises(AppError, match="image_id must be a whole number"):
         client.predict(2.5, 0.5, api_name="/propose")
+
+
+def test_every_refusal_through_the_server_says_what_was_wrong(app_server):
+    """Issue 23: refusals Gradio makes before an endpoint runs (too few values, a value its input component cannot
+    take, a file the client did not upload) and errors no check foresaw (an id beyond the database's integers)
+    reached the client as {"error": null}; each now says what was wrong and what the endpoint takes."""
+    import httpx
+
+    from test_security import call
+
+    http = httpx.Client(base_url=app_server["url"], timeout=60)
+    cases = [
+        ("propose", [], "/propose: it got 0 value(s), not 2; it takes image_id (a whole number)"),
+        ("save_annotations", [1], "/save_annotations: it got 1 value(s), not 3"),
+        ("propose", [10**30, 0.5], "image_id must be a whole number from 0 to 2147483647"),
+        ("propose", [1, "x"], "score_threshold must be a finite number, not 'x'"),
+        ("instances", ["1_0"], "image_id must be a whole number, not '1_0'"),
+        ("save_annotations", [1, [], "\u0663"], "seen_revision must be a whole number"),
+        ("list_images", ["all", "upload", "x"], "propose_missing must be a whole number, not 'x'"),
+        ("retrain", ["heads", "x", 0, "none"], "iterations must be a whole number, not 'x'"),
+        ("retrain", ["heads", 2, 64, "/etc/passwd"], "backbone_weights must be empty (the server's default), 'none'"),
+        ("upload_images", ["x", "train"], "/upload_images: a value cannot be read"),
+        ("upload_images", [[{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "train"],
+         "/upload_images: a value cannot be read"),
+    ]
+    for api_name, data, message in cases:
+        event, payload = call(http, api_name, data)
+        assert event == "error" and message in ((payload or {}).get("error") or ""), (api_name, data, payload)
+    assert call(http, "instances", [1])[0] == "complete"
