@@ -36,6 +36,21 @@ def whole_number(value, what: str) -> int:
     return int(number)
 
 
+def seen_revision_of(value) -> int:
+    """The revision a client read the image at, which a write that replaces the image's annotations requires:
+    missing or negative (the old -1, "no check") is refused, since such a save would overwrite whatever someone
+    else saved meanwhile."""
+    if value is None or value == "":
+        raise WorkbenchError("seen_revision is missing: send the image's revision from /instances (or /propose), "
+                             "or the saved_revision of your last save of the image")
+    seen = whole_number(value, "seen_revision")
+    if seen < 0:
+        raise WorkbenchError(f"seen_revision {seen} (no check) is no longer accepted: it overwrote other people's "
+                             "saves. Send the image's revision from /instances (or /propose), or the saved_revision "
+                             "of your last save of the image")
+    return seen
+
+
 class Api:
     def __init__(self, workbench: Workbench):
         self.wb = workbench
@@ -62,8 +77,7 @@ class Api:
         """Make the instances the image's annotations; returns the annotations as they are now, their
         revision, and the revision this save made (saved_revision: another save may follow at once)."""
         image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
-        seen = None if seen is not None and seen < 0 else seen  # -1: no revision check
+        seen = seen_revision_of(seen_revision)
         saved = self.wb.save_json(image_id, instances if instances is not None else [], seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
@@ -95,7 +109,7 @@ class Api:
         instances with the active model's mask for the box, else GrabCut's; returns the image's instances, how
         each mask was made (masks) and the revision this save made."""
         image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
+        seen = seen_revision_of(seen_revision)
         if not isinstance(boxes, list) or not all(isinstance(b, dict) and "box" in b for b in boxes):
             raise WorkbenchError('boxes must be a list of {"category": id or name, "box": [x1, y1, x2, y2]}')
         parsed = []
@@ -105,8 +119,7 @@ class Api:
                 raise WorkbenchError(f"box {index}: 'box' must be [x1, y1, x2, y2]")
             parsed.append((self.wb.category_id(item.get("category", item.get("category_id"))),
                            tuple(float(v) for v in box)))
-        saved, how = self.wb.add_boxes(image_id, parsed, box_only=False, seen_revision=None if seen is None or seen < 0
-                                       else seen, user=user_of(request))
+        saved, how = self.wb.add_boxes(image_id, parsed, box_only=False, seen_revision=seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved, "masks": how}
 
     @client_errors
@@ -115,10 +128,9 @@ class Api:
         object", negative "this is not"; GrabCut with the clicks as hard labels); returns the image's instances
         and the revision this save made."""
         image_id = whole_number(image_id, "image_id")
-        seen = None if seen_revision is None else whole_number(seen_revision, "seen_revision")
+        seen = seen_revision_of(seen_revision)
         saved = self.wb.refine_with_clicks(image_id, whole_number(ann_id, "ann_id"), positive_points,
-                                           negative_points, None if seen is None or seen < 0 else seen,
-                                           user=user_of(request))
+                                           negative_points, seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
     @client_errors

@@ -229,7 +229,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_image = gr.JSON(label="image_id")  # any JSON: app.api checks it and says what is wrong
             api_score_threshold = gr.Number(value=wb.score_threshold, label="score_threshold")
             api_instances = gr.JSON(label="instances")
-            api_seen = gr.JSON(value=-1, label="seen_revision (-1: no check)")
+            api_seen = gr.JSON(label="seen_revision")  # required: the revision from /instances or the last save
             api_mode = gr.Textbox(value="heads", label="mode")
             api_iterations = gr.Number(value=0, label="iterations", precision=0)
             api_size = gr.Number(value=0, label="image_size", precision=0)
