@@ -27,11 +27,14 @@ from db.models import Annotation, Category, Image, JournalEntry, ReviewState, So
 
 
 class ConflictError(WorkbenchError):
-    def __init__(self, image_id: int, seen: int, current: int, journal_id: int):
+    def __init__(self, image_id: int, seen: int, current: int, journal_id: int | None):
+        """``journal_id``: the journal entry that keeps the refused version (None: a review or an undo, which
+        changed nothing and is one key to do again)."""
         self.image_id, self.seen, self.current, self.journal_id = image_id, seen, current, journal_id
+        kept = (f"your version was kept in the journal (entry {journal_id})" if journal_id
+                else "nothing was changed")
         super().__init__(f"image {image_id} was changed by someone else since you opened it (revision {seen}, now "
-                         f"{current}); your version was kept in the journal (entry {journal_id}). "
-                         "Reload the image, then re-apply your changes.")
+                         f"{current}); {kept}. Reload the image, then re-apply your changes.")
 
 
 @dataclass
@@ -280,7 +283,7 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)
         if image is None:  # nothing of this client's was lost: a review is one click to redo
-            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, 0)
+            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, None)
         named = session.scalars(select(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
                                 .order_by(Annotation.id)).all() if ids else []
         changed = [before for before in (_set(ann, {"review_state": target, "updated_by": user}) for ann in named)
@@ -303,7 +306,7 @@ def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = 
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)  # first: a concurrent change waits, then finds this one's
         if image is None:
-            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, 0)
+            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, None)
         entry = session.scalars(select(JournalEntry).where(
             JournalEntry.image_id == image_id, JournalEntry.undone.is_(False),
             JournalEntry.action.in_(("save", "review"))).order_by(JournalEntry.id.desc()).limit(1)).first()
