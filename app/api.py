@@ -25,14 +25,14 @@ FIELDS = {
     "upload_images": 'files (a list of uploaded image files: handle_file(path)), split ("train" or "val")',
     "propose": "image_id (a whole number), score_threshold (a number from 0 to 1; null: the server's)",
     "save_annotations": "image_id (a whole number), instances (a list of instance objects, see README.md "
-                        "\"Headless API\"), seen_revision (a whole number; -1: no check)",
+                        "\"Headless API\"), seen_revision (required: the revision from /instances or your last save)",
     "retrain": 'mode ("heads" or "full"), iterations and image_size (whole numbers; 0: the mode\'s preset), '
                'backbone_weights ("", "none" or a file in the data folder\'s weights/ folder)',
     "export_coco": 'mask_format ("polygon" or "rle"), images ("all" or "reviewed")',
     "add_boxes": 'image_id (a whole number), boxes ([{"category": id or name, "box": [x1, y1, x2, y2]}, ...] in '
-                 "image pixels), seen_revision (a whole number; -1: no check)",
+                 "image pixels), seen_revision (required: the revision from /instances or your last save)",
     "refine": "image_id and ann_id (whole numbers), positive_points and negative_points ([[x, y], ...] in image "
-              "pixels), seen_revision (a whole number; -1: no check)",
+              "pixels), seen_revision (required: the revision from /instances or your last save)",
     "record_visit": "image_id (a whole number), event_times (a list of at least 2 numbers, seconds)",
     "list_images": 'status ("all", "new", "proposed", "in review" or "done"), order ("upload" or "most_useful"), '
                    "propose_missing (a whole number)",
@@ -141,7 +141,7 @@ class Api:
         """Make the instances the image's annotations; returns the annotations as they are now, their
         revision, and the revision this save made (saved_revision: another save may follow at once)."""
         image_id = wire.strict_id(image_id, "image_id")
-        seen = wire.revision(seen_revision)  # -1: no revision check
+        seen = wire.required_revision(seen_revision)
         saved = self.wb.save_json(image_id, instances if instances is not None else [], seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
@@ -174,7 +174,7 @@ class Api:
         each mask was made (masks) and the revision this save made. Each box is checked (services.wire.clipped_box)
         before any reaches the model."""
         image_id = wire.strict_id(image_id, "image_id")
-        seen = wire.revision(seen_revision)
+        seen = wire.required_revision(seen_revision)
         items = wire.listed(boxes, "boxes", item='{"category": id or name, "box": [x1, y1, x2, y2]} objects')
         if not all(isinstance(item, dict) and "box" in item for item in items):
             raise WorkbenchError('boxes must be a list of {"category": id or name, "box": [x1, y1, x2, y2]}')
@@ -188,7 +188,7 @@ class Api:
         object", negative "this is not"; GrabCut with the clicks as hard labels); returns the image's instances
         and the revision this save made."""
         image_id = wire.strict_id(image_id, "image_id")
-        seen = wire.revision(seen_revision)
+        seen = wire.required_revision(seen_revision)
         saved = self.wb.refine_with_clicks(image_id, wire.strict_id(ann_id, "ann_id"), positive_points,
                                            negative_points, seen, user=user_of(request))
         return {**self.wb.instances(image_id), "saved_revision": saved}

@@ -244,7 +244,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             # numbers come as JSON too: a text where a number belongs is refused by app.api with its field's name
             api_score_threshold = gr.JSON(value=wb.score_threshold, label="score_threshold")
             api_instances = gr.JSON(label="instances")
-            api_seen = gr.JSON(value=-1, label="seen_revision (-1: no check)")
+            api_seen = gr.JSON(label="seen_revision")  # required: the revision from /instances or the last save
             api_mode = gr.Textbox(value="heads", label="mode")
             api_iterations = gr.JSON(value=0, label="iterations")
             api_size = gr.JSON(value=0, label="image_size")

@@ -1,16 +1,19 @@
 """Editing the annotations of one image: save, review, undo, with conflict detection.
 
-Every change of an image's annotations is one transaction that
+Every change of an image's annotations (save, review, undo) is one transaction that
 1. bumps the image's revision only if it is still the revision the client saw
-   (``UPDATE ... WHERE revision = :seen``): two people saving the same image cannot
+   (``UPDATE ... WHERE revision = :seen``): two people changing the same image cannot
    overwrite each other silently, the second gets :class:`ConflictError`;
-2. writes the annotations as they were before into the journal (undo restores them,
-   also after a restart); a save that lost a conflict is journalled as well, so both
-   versions stay recoverable.
+2. journals what it replaced, as a diff: the annotations it deleted or modified, as they were, and
+   the ids it added (an edit of one instance costs the journal that instance, not the whole image).
+   Undo applies the newest entry backwards (also after a restart) and journals what it replaces in
+   turn; a save that lost a conflict is journalled whole, so both versions stay recoverable. Nothing
+   that was saved ever leaves the journal.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -24,11 +27,14 @@ from db.models import Annotation, Category, Image, JournalEntry, ReviewState, So
 
 
 class ConflictError(WorkbenchError):
-    def __init__(self, image_id: int, seen: int, current: int, journal_id: int):
+    def __init__(self, image_id: int, seen: int, current: int, journal_id: int | None):
+        """``journal_id``: the journal entry that keeps the refused version (None: a review or an undo, which
+        changed nothing and is one key to do again)."""
         self.image_id, self.seen, self.current, self.journal_id = image_id, seen, current, journal_id
+        kept = (f"your version was kept in the journal (entry {journal_id})" if journal_id
+                else "nothing was changed")
         super().__init__(f"image {image_id} was changed by someone else since you opened it (revision {seen}, now "
-                         f"{current}); your version was kept in the journal (entry {journal_id}). "
-                         "Reload the image, then re-apply your changes.")
+                         f"{current}); {kept}. Reload the image, then re-apply your changes.")
 
 
 @dataclass
@@ -64,15 +70,39 @@ class InstanceData:
 _SNAPSHOT_FIELDS = ("id", "category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons",
                     "area", "iscrowd", "source", "model_version_id", "score", "review_state", "created_by",
                     "updated_by")
+_ENUMS = {"source": Source, "review_state": ReviewState}
 
 
-def _snapshot(annotations: Iterable[Annotation]) -> list[dict]:
-    out = []
-    for ann in annotations:
-        row = {name: getattr(ann, name) for name in _SNAPSHOT_FIELDS}
-        row["source"], row["review_state"] = ann.source.value, ann.review_state.value
-        out.append(row)
-    return out
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _row(ann: Annotation) -> dict:
+    """An annotation as a journal row: every field, as plain values."""
+    return {name: _plain(getattr(ann, name)) for name in _SNAPSHOT_FIELDS}
+
+
+def _stored(values: dict) -> dict:
+    """Journal row values -> column values (the enums' names back to enums)."""
+    return {name: (_ENUMS[name](value) if name in _ENUMS and value is not None else value)
+            for name, value in values.items()}
+
+
+def _set(ann: Annotation, values: dict) -> dict:
+    """Give ``ann`` the column ``values``; -> its id and the fields that changed, as they were (a journal row)."""
+    before = {"id": ann.id}
+    for name, value in values.items():
+        if getattr(ann, name) != value:
+            before[name] = _plain(getattr(ann, name))
+            setattr(ann, name, value)
+    return before
+
+
+def _journal(session, image: Image, action: str, user: str | None, replaced: list[dict], added: list[int]) -> None:
+    """The diff of a change of ``image`` (its revision already bumped): the rows it deleted (whole) or modified
+    (id and the changed fields, as they were), and the ids it added."""
+    session.add(JournalEntry(image_id=image.id, revision=image.revision - 1, action=action, content="diff",
+                             snapshot=replaced, added=sorted(added), user=user))
 
 
 def _mask_counts(inst: InstanceData, image: Image) -> str | None:
@@ -136,7 +166,11 @@ def _bump(session, image_id: int, seen: int | None) -> Image | None:
 def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = None, *,
                     decode_masks: bool = True) -> tuple[int, list[dict]]:
     """(revision, annotations as dicts) of one image: "mask_rle" (compressed RLE counts or None) and, with
-    ``decode_masks``, "mask" decoded to an (H, W) bool array."""
+    ``decode_masks``, "mask" decoded to an (H, W) bool array.
+
+    The revision is read before the rows: a change that lands in between makes the rows newer than the
+    revision, so a save computed from them and checked against that revision is refused (a conflict), never
+    written over the change."""
     with db.session() as session:
         image = session.get(Image, image_id)
         if image is None:
@@ -157,11 +191,32 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
         return image.revision, rows
 
 
-def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int | None,
+def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int,
                      user: str | None = None, action: str = "save", proposing: bool = False) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
     the others added, the rest deleted). Returns the new revision. ``proposing``: a model's new proposals
-    replace its unreviewed ones (recorded as replaced, not rejected; see db.fates)."""
+    replace its unreviewed ones (recorded as replaced, not rejected; see db.fates).
+
+    ``seen_revision``: the revision of the image that the caller's annotations were read at (required): when
+    someone changed the image since, nothing is written but the caller's version, to the journal, and
+    :class:`ConflictError` says so. A save without it would silently drop whatever was saved meanwhile
+    (imports and scripts that own the image use :func:`save_annotations_unchecked`)."""
+    if seen_revision is None or isinstance(seen_revision, bool) or int(seen_revision) != seen_revision \
+            or seen_revision < 0:
+        raise WorkbenchError(f"a save of image {image_id} needs the revision its annotations were read at "
+                             f"(seen_revision, a whole number from 0), not {seen_revision!r}: read the image first")
+    return _save(db, image_id, instances, int(seen_revision), user=user, action=action, proposing=proposing)
+
+
+def save_annotations_unchecked(db: Database, image_id: int, instances: list[InstanceData], *,
+                               user: str | None = None, action: str = "save") -> int:
+    """:func:`save_annotations` without the revision check: only for imports and scripts that hold the image
+    (nobody else edits it meanwhile), e.g. a benchmark setting up its data. Journalled like any save."""
+    return _save(db, image_id, instances, None, user=user, action=action, proposing=False)
+
+
+def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revision: int | None, *,
+          user: str | None, action: str, proposing: bool) -> int:
     conflict = None
     with db.session() as session:
         image = session.get(Image, image_id)
@@ -173,15 +228,16 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
                 raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
         columns = [_columns(inst, image, user) for inst in instances]
         if _bump(session, image_id, seen_revision) is None:
-            entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", user=user,
-                                 snapshot=[{**{k: (v.value if hasattr(v, "value") else v) for k, v in c.items()},
-                                            "id": inst.id} for c, inst in zip(columns, instances)])
+            entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", content="snapshot",
+                                 user=user, snapshot=[{**{k: _plain(v) for k, v in c.items()}, "id": inst.id}
+                                                      for c, inst in zip(columns, instances)])
             session.add(entry)
             session.flush()
             conflict = ConflictError(image_id, seen_revision, image.revision, entry.id)
         else:
-            current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
-            revision, added = _apply(session, image, instances, columns, current, _snapshot(current), action, user)
+            current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)
+                                      .order_by(Annotation.id)).all()
+            revision, added = _apply(session, image, instances, columns, current, action, user)
             fates.record_changes(session, image, added, action="propose" if proposing else "save", user=user)
     if conflict is not None:  # the losing version is committed to the journal; now tell the client
         raise conflict
@@ -189,77 +245,121 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
 
 
 def _apply(session, image: Image, instances: list[InstanceData], columns: list[dict], current: list[Annotation],
-           before: list[dict], action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None]]]:
-    """-> (the new revision, the added annotations with the tool each was made with)."""
+           action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None]]]:
+    """Write the instances and journal the diff -> (the new revision, the added annotations with the tool each
+    was made with)."""
     image_id = image.id
-    session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action=action, snapshot=before,
-                             user=user))
     by_id = {ann.id: ann for ann in current}
-    keep, added = set(), []
+    keep, added, modified = set(), [], []
     for inst, values in zip(instances, columns):
         ann = by_id.get(inst.id) if inst.id is not None else None
         if ann is None:
             added.append((Annotation(image_id=image_id, **values), inst.tool))
             session.add(added[-1][0])
-        else:
-            keep.add(ann.id)
-            if ann.mask_rle == values["mask_rle"]:
-                values["mask_polygons"] = ann.mask_polygons  # unchanged mask keeps its polygons
-            if all(getattr(ann, name) == value for name, value in values.items() if name not in _WHO):
-                continue  # saved again unchanged: who made and who changed it stay as they are
-            for name, value in values.items():
-                if name == "created_by" and ann.created_by is not None:
-                    continue
-                setattr(ann, name, value)
-    gone = [ann_id for ann_id in by_id if ann_id not in keep]
+            continue
+        keep.add(ann.id)
+        if ann.mask_rle == values["mask_rle"]:
+            values["mask_polygons"] = ann.mask_polygons  # unchanged mask keeps its polygons
+        if all(getattr(ann, name) == value for name, value in values.items() if name not in _WHO):
+            continue  # saved again unchanged: who made and who changed it stay as they are
+        if ann.created_by is not None:
+            values.pop("created_by")
+        modified.append(_set(ann, values))
+    gone = [ann for ann in current if ann.id not in keep]
+    replaced = [_row(ann) for ann in gone] + modified
     if gone:
-        session.execute(delete(Annotation).where(Annotation.id.in_(gone)))
+        session.execute(delete(Annotation).where(Annotation.id.in_([ann.id for ann in gone])))
     session.flush()  # the added annotations' ids
+    _journal(session, image, action, user, replaced, [ann.id for ann, _ in added])
     return image.revision, added
 
 
 def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int], state: str, *,
                      seen_revision: int | None = None, user: str | None = None) -> int:
-    """Accept or reject proposals (or reopen them). Returns the new revision."""
+    """Accept or reject proposals (or reopen them): only the named annotations change. Returns the new
+    revision. ``seen_revision``: the revision the caller saw (None: the image as it is now)."""
     ids = list(annotation_ids)
+    target = ReviewState(state)
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)
         if image is None:  # nothing of this client's was lost: a review is one click to redo
-            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, 0)
-        before = _snapshot(session.scalars(select(Annotation).where(Annotation.image_id == image_id)))
-        session.add(JournalEntry(image_id=image_id, revision=image.revision - 1, action="review", snapshot=before,
-                                 user=user))
-        session.execute(update(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
-                        .values(review_state=ReviewState(state), updated_by=user))
+            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, None)
+        named = session.scalars(select(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
+                                .order_by(Annotation.id)).all() if ids else []
+        changed = [before for before in (_set(ann, {"review_state": target, "updated_by": user}) for ann in named)
+                   if len(before) > 1]
+        _journal(session, image, "review", user, changed, [])
+        session.flush()
         fates.record_changes(session, image, [], action="review", user=user)
         return image.revision
 
 
-def undo(db: Database, image_id: int, *, user: str | None = None) -> int:
-    """Restore the annotations as they were before the last change that is not undone yet."""
+def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = None) -> int:
+    """Undo the newest change of the image that is not undone yet (a save or a review), if the image is still
+    at ``seen_revision`` (the revision the caller saw; else :class:`ConflictError`, and nothing changes: a
+    change saved meanwhile by someone else is never undone unseen). Returns the new revision.
+
+    What the undo replaces is journalled in turn (action "undo"), so nothing saved ever leaves the journal."""
+    if seen_revision is None or seen_revision < 0:
+        raise WorkbenchError(f"an undo of image {image_id} needs the revision the image was seen at "
+                             f"(seen_revision), not {seen_revision!r}: reload the image")
     with db.session() as session:
-        image = _bump(session, image_id, None)  # first: a concurrent undo waits, then finds this one's result
+        image = _bump(session, image_id, seen_revision)  # first: a concurrent change waits, then finds this one's
+        if image is None:
+            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, None)
         entry = session.scalars(select(JournalEntry).where(
             JournalEntry.image_id == image_id, JournalEntry.undone.is_(False),
             JournalEntry.action.in_(("save", "review"))).order_by(JournalEntry.id.desc()).limit(1)).first()
         if entry is None:
             raise WorkbenchError(f"nothing to undo on image {image_id}")
-        session.execute(delete(Annotation).where(Annotation.image_id == image_id))
-        # an id of the snapshot that another image's annotation has now (SQLite reuses the highest id after a
-        # delete) is restored under a new id
-        wanted = [row["id"] for row in entry.snapshot if row.get("id") is not None]
+        current = {ann.id: ann for ann in session.scalars(select(Annotation).where(Annotation.image_id == image_id))}
+        restore = entry.snapshot or []  # rows to put back: whole (deleted ones) or id + changed fields
+        if entry.content == "snapshot":  # journalled before migration 0006: the whole image as it was
+            remove = [ann_id for ann_id in current if ann_id not in {row.get("id") for row in restore}]
+        else:
+            remove = [ann_id for ann_id in entry.added or [] if ann_id in current]
+        replaced = [_row(current[ann_id]) for ann_id in remove]
+        if remove:
+            session.execute(delete(Annotation).where(Annotation.id.in_(remove)))
+        # an id that another image's annotation has now (SQLite reuses the highest id after a delete) is
+        # restored under a new id
+        wanted = [row["id"] for row in restore if row.get("id") is not None and row["id"] not in current]
         taken = set(session.scalars(select(Annotation.id).where(Annotation.id.in_(wanted)))) if wanted else set()
-        for row in entry.snapshot:
-            values = dict(row)
-            if values.get("id") in taken:
-                values.pop("id")
-            values["source"], values["review_state"] = Source(values["source"]), ReviewState(values["review_state"])
+        inserted, renamed = [], []
+        for row in restore:
+            values = _stored({name: value for name, value in row.items() if name in _SNAPSHOT_FIELDS})
             values["updated_by"] = user  # undoing is a change too
-            session.add(Annotation(image_id=image_id, **values))
+            ann = current.get(row.get("id"))
+            if ann is not None and ann.id not in remove:
+                values.pop("id", None)
+                replaced.append(_set(ann, values))
+            elif entry.content == "snapshot" or all(name in row for name in _SNAPSHOT_FIELDS):  # a whole row
+                old_id = values.pop("id", None)
+                if old_id is not None and old_id not in taken:
+                    values["id"] = old_id
+                inserted.append(Annotation(image_id=image_id, **values))
+                session.add(inserted[-1])
+                if old_id is not None and old_id in taken:
+                    renamed.append((old_id, inserted[-1]))
+            # else: a modified annotation that is gone now (its class was deleted): nothing to restore it to
+        session.flush()
+        if renamed:
+            _rename_in_journal(session, image_id, {old: ann.id for old, ann in renamed})
         entry.undone = True
+        _journal(session, image, "undo", user, replaced, [ann.id for ann in inserted])
         session.flush()
         fates.record_changes(session, image, [], action="undo", user=user)
         return image.revision
+
+
+def _rename_in_journal(session, image_id: int, new_ids: dict[int, int]) -> None:
+    """An annotation restored under a new id: the image's journal names it by that id from now on."""
+    for entry in session.scalars(select(JournalEntry).where(JournalEntry.image_id == image_id)):
+        if any(row.get("id") in new_ids for row in entry.snapshot or []):
+            entry.snapshot = [dict(row, id=new_ids[row["id"]]) if row.get("id") in new_ids else row
+                              for row in entry.snapshot]
+        if any(ann_id in new_ids for ann_id in entry.added or []):
+            entry.added = sorted(new_ids.get(ann_id, ann_id) for ann_id in entry.added)
 
 
 def conflict_versions(db: Database, image_id: int) -> list[JournalEntry]:
@@ -269,13 +369,13 @@ def conflict_versions(db: Database, image_id: int) -> list[JournalEntry]:
             JournalEntry.image_id == image_id, JournalEntry.action == "conflict").order_by(JournalEntry.id.desc())))
 
 
-def lost_instances(db: Database, image_id: int) -> list[InstanceData]:
-    """The annotations of the newest save that lost a conflict on this image, ready to be saved again
-    (those whose annotation still exists keep its id)."""
+def lost_instances(db: Database, image_id: int) -> tuple[int, list[InstanceData]]:
+    """(the image's revision, the annotations of the newest save that lost a conflict on this image, ready to be
+    saved again at that revision: those whose annotation still exists keep its id)."""
     entries = conflict_versions(db, image_id)
     if not entries:
         raise WorkbenchError("there is no lost version of this image to recover")
-    _, rows = get_annotations(db, image_id, decode_masks=False)
+    revision, rows = get_annotations(db, image_id, decode_masks=False)
     current = {r["id"] for r in rows}
     data = []
     for row in entries[0].snapshot:
@@ -284,4 +384,4 @@ def lost_instances(db: Database, image_id: int) -> list[InstanceData]:
                                  source=row["source"], review_state=row["review_state"], score=row["score"],
                                  model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
                                  id=row.get("id") if row.get("id") in current else None))
-    return data
+    return revision, data

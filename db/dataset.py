@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import select
 
 from db.engine import Database
@@ -30,27 +31,70 @@ class ImageRecord:
     instances: tuple[InstanceRecord, ...]
 
 
+@dataclass(frozen=True, eq=False)
+class TrainingSnapshot:
+    """What a training run trains on, fixed when it starts, so that labelling goes on while it trains: the
+    images, the classes (their order is the model's class indices), the accepted annotations by id, and the
+    Mask^X set of each class. Read in one query (one consistent view of the database); ids only, so a
+    dataset's memory grows by 8 bytes an annotation, not with the masks or the images.
+
+    An annotation added later, or given a class the run does not know, is left out; one deleted or rejected
+    since is left out too (``image_record`` reads the annotations as they are and keeps those of the snapshot)."""
+
+    image_ids: list[int]  # images with accepted, non-crowd annotations, by id
+    categories: list[tuple[int, str]]  # (id, name) of the classes those annotations use, by id
+    annotation_ids: np.ndarray  # sorted int64: the accepted annotations of those images, crowd regions included
+    sets: dict[int, str]  # class id -> "A" (at least one mask) or "B" (boxes only), as queries.category_sets
+    category_ids: frozenset[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "category_ids", frozenset(c for c, _ in self.categories))
+
+    def keeps(self, annotation_id: int, category_id: int, iscrowd: bool) -> bool:
+        """Whether an annotation read now belongs to the run: in the snapshot, and (unless a crowd region, whose
+        class training ignores) of one of its classes."""
+        at = int(np.searchsorted(self.annotation_ids, annotation_id))
+        known = at < len(self.annotation_ids) and int(self.annotation_ids[at]) == annotation_id
+        return known and (iscrowd or category_id in self.category_ids)
+
+
+def training_snapshot(db: Database, split: str = "train") -> TrainingSnapshot:
+    """The :class:`TrainingSnapshot` of ``split`` now. Accepted annotations are the imported and human-made
+    ones, and model proposals that a person accepted; images count when they have non-crowd ones."""
+    query = (select(Annotation.id, Annotation.image_id, Annotation.category_id, Category.name, Annotation.iscrowd,
+                    Annotation.mask_rle.is_not(None))
+             .join(Image, Image.id == Annotation.image_id).join(Category, Category.id == Annotation.category_id)
+             .where(Image.split == Split(split), Annotation.review_state == ReviewState.accepted)
+             .order_by(Annotation.id).execution_options(yield_per=10_000))
+    ids, image_of = [], []
+    objects: set[int] = set()
+    names: dict[int, str] = {}
+    has_mask: dict[int, bool] = {}
+    with db.session() as session:
+        for ann_id, image_id, category_id, name, iscrowd, masked in session.execute(query):
+            ids.append(ann_id)
+            image_of.append(image_id)
+            if not iscrowd:
+                objects.add(image_id)
+                names[category_id] = name
+                has_mask[category_id] = has_mask.get(category_id, False) or bool(masked)
+    keep = [i for i, image_id in enumerate(image_of) if image_id in objects]  # crowd regions of images with objects
+    return TrainingSnapshot(image_ids=sorted(objects), categories=[(int(c), str(names[c])) for c in sorted(names)],
+                            annotation_ids=np.array(sorted(ids[i] for i in keep), dtype=np.int64),
+                            sets={c: "A" if has_mask[c] else "B" for c in sorted(names)})
+
+
 def training_index(db: Database, split: str = "train") -> tuple[list[int], list[tuple[int, str]]]:
     """Ids of the images of ``split`` that have accepted, non-crowd annotations, and the categories those
-    annotations use (id, name), both sorted by id. Only ids: a dataset reads each image's annotations when
-    it needs them (``image_record``), so its memory does not grow with the number of images.
-
-    Accepted annotations are the imported and human-made ones, and model proposals that a person accepted."""
-    objects = (Image.split == Split(split), Annotation.review_state == ReviewState.accepted,
-               Annotation.iscrowd.is_(False))
-    with db.session() as session:
-        ids = list(session.scalars(select(Image.id).join(Annotation, Annotation.image_id == Image.id)
-                                   .where(*objects).distinct().order_by(Image.id)))
-        categories = session.execute(
-            select(Category.id, Category.name).where(Category.id.in_(
-                select(Annotation.category_id).join(Image, Image.id == Annotation.image_id).where(*objects)))
-            .order_by(Category.id)).all()
-    return ids, [(int(cid), str(name)) for cid, name in categories]
+    annotations use (id, name), both sorted by id (see :func:`training_snapshot`)."""
+    snapshot = training_snapshot(db, split)
+    return snapshot.image_ids, snapshot.categories
 
 
-def image_record(db: Database, image_id: int) -> ImageRecord:
+def image_record(db: Database, image_id: int, snapshot: TrainingSnapshot | None = None) -> ImageRecord:
     """One image with its accepted annotations, crowd regions included (``iscrowd``: training ignores
-    anchors and RoIs inside them instead of learning their pixels as background)."""
+    anchors and RoIs inside them instead of learning their pixels as background); with ``snapshot``, only
+    those that belong to it (:meth:`TrainingSnapshot.keeps`)."""
     with db.session() as session:
         image = session.execute(select(Image.stored_path, Image.width, Image.height)
                                 .where(Image.id == int(image_id))).one_or_none()
@@ -60,9 +104,11 @@ def image_record(db: Database, image_id: int) -> ImageRecord:
             raise WorkbenchError(f"there is no image {image_id} (removed while training?)")
         rows = session.execute(
             select(Annotation.category_id, Annotation.bbox_x, Annotation.bbox_y, Annotation.bbox_w,
-                   Annotation.bbox_h, Annotation.mask_rle, Annotation.iscrowd)
+                   Annotation.bbox_h, Annotation.mask_rle, Annotation.iscrowd, Annotation.id)
             .where(Annotation.image_id == int(image_id), Annotation.review_state == ReviewState.accepted)
             .order_by(Annotation.id)).all()
+    if snapshot is not None:
+        rows = [row for row in rows if snapshot.keeps(row[7], row[0], bool(row[6]))]
     return ImageRecord(int(image_id), str(db.data_dir / image[0]), image[1], image[2],
                        tuple(InstanceRecord(row[0], (row[1], row[2], row[3], row[4]), row[5], bool(row[6]))
                              for row in rows))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -140,10 +141,19 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+ACTIVE_RUN = "status IN ('queued', 'running')"  # a run that holds its slot (uq_training_runs_one_active)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
+    # One queued or running run per slot, enforced by the database (two people starting a run at once: the
+    # second insert fails), on SQLite and PostgreSQL alike: a unique index over the active runs only.
+    __table_args__ = (Index("uq_training_runs_one_active", "slot", unique=True,
+                            sqlite_where=text(ACTIVE_RUN), postgresql_where=text(ACTIVE_RUN)),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The training slot the run takes: every run takes "default" (the machine's one training process at a time)
+    slot: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
     status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"), default=RunStatus.queued)
     mode: Mapped[str] = mapped_column(String(32), default="full")
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -204,17 +214,25 @@ class Annotation(Base):
 
 
 class JournalEntry(Base):
-    """The annotations of an image as they were before a change: undo restores them (and
-    survives a restart); a save that lost a conflict is kept here too, so nothing is lost."""
+    """What a change of an image's annotations replaced: undo restores it (and survives a restart); a save that
+    lost a conflict is kept here too, so nothing is lost.
+
+    ``content`` "diff" (save, review, undo): ``snapshot`` holds only the annotations the change deleted (whole
+    rows) or modified (their id and the fields it changed, as they were), ``added`` the ids it added. ``content``
+    "snapshot": ``snapshot`` holds a whole version of the image: a save that lost a conflict (what its client
+    sent), or a change journalled before migration 0006 (the image's annotations before it)."""
 
     __tablename__ = "annotation_journal"
     __table_args__ = (Index("ix_journal_image", "image_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    revision: Mapped[int] = mapped_column(Integer)  # the image's revision that this snapshot was
+    revision: Mapped[int] = mapped_column(Integer)  # the image's revision before the change
     action: Mapped[str] = mapped_column(String(32))  # save, review, undo, conflict
-    snapshot: Mapped[list[Any]] = mapped_column(JSON)  # the annotations (plain dicts)
+    # diff or snapshot (set by every writer; the server default is what entries older than migration 0006 are)
+    content: Mapped[str] = mapped_column(String(16), server_default="snapshot")
+    snapshot: Mapped[list[Any]] = mapped_column(JSON)  # annotations as plain dicts (see content)
+    added: Mapped[Optional[list[Any]]] = mapped_column(JSON, nullable=True)  # diff: the ids the change added
     undone: Mapped[bool] = mapped_column(Boolean, default=False)
     user: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

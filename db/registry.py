@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import ModelVersion, RunStatus, TrainingRun
 
 NO_CHECKPOINT = ""  # a version's checkpoint_path once the retention rule removed its file (remove_old_checkpoints)
+ACTIVE = (RunStatus.queued, RunStatus.running)  # a run that holds the training slot
 
 
 def models_dir(db: Database) -> Path:
@@ -39,13 +41,27 @@ def remove_unfinished_checkpoints(db: Database, run_id: int) -> None:
         partial.unlink(missing_ok=True)
 
 
-def create_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
-    """A queued run, for a training process that is about to start."""
+def active_run(db: Database) -> int | None:
+    """The queued or running training run (there is at most one), or None."""
     with db.session() as session:
-        run = TrainingRun(mode=mode, iterations=iterations, params=params, status=RunStatus.queued, history=[])
-        session.add(run)
-        session.flush()
-        return run.id
+        return session.scalar(select(TrainingRun.id).where(TrainingRun.status.in_(ACTIVE))
+                              .order_by(TrainingRun.id.desc()).limit(1))
+
+
+def create_run(db: Database, *, mode: str, iterations: int, params: dict[str, Any]) -> int:
+    """A queued run, for a training process that is about to start. One run at a time: while another is queued or
+    running, the database refuses the insert (the unique index uq_training_runs_one_active, so of two starts at
+    the same moment exactly one gets its run) and this says which run to wait for or cancel."""
+    try:
+        with db.session() as session:
+            run = TrainingRun(mode=mode, iterations=iterations, params=params, status=RunStatus.queued, history=[])
+            session.add(run)
+            session.flush()
+            return run.id
+    except IntegrityError:
+        other = active_run(db)
+        raise WorkbenchError(f"training run {other if other is not None else '(another)'} is still queued or "
+                             "running: one run at a time; wait for it or cancel it first") from None
 
 
 def claim_run(db: Database, run_id: int, params: dict[str, Any]) -> None:
@@ -92,12 +108,14 @@ def request_cancel(db: Database, run_id: int) -> None:
         session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(cancel_requested=True))
 
 
-def finish_run(db: Database, run_id: int, status: RunStatus, message: str = "") -> None:
+def finish_run(db: Database, run_id: int, status: RunStatus, message: str = "", *, if_active: bool = False) -> None:
+    """The run's final state. ``if_active``: only if it is still queued or running (a watcher that found its
+    process gone does not overwrite what the process wrote as it ended)."""
     with db.session() as session:
-        run = session.get(TrainingRun, run_id)
-        run.status = status
-        run.message = message
-        run.finished_at = datetime.now(timezone.utc)
+        still = [TrainingRun.status.in_(ACTIVE)] if if_active else []
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id, *still)
+                        .values(status=status, message=message, finished_at=datetime.now(timezone.utc))
+                        .execution_options(synchronize_session=False))
 
 
 def get_run(db: Database, run_id: int) -> TrainingRun:

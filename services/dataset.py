@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 
 from db import masks
-from db.dataset import ImageRecord, image_record, training_index
+from db.dataset import ImageRecord, TrainingSnapshot, image_record, training_snapshot
 from db.engine import Database, open_database
 from db.errors import WorkbenchError
 from db.imagestore import load_rgb
@@ -31,16 +31,20 @@ def record_to_sample(record: ImageRecord, image: np.ndarray | None = None) -> Sa
 
 
 class DatabaseDataset:
-    """The accepted annotations of one split of the database (mnc_core's InstanceDataset).
+    """The accepted annotations of one split of the database (mnc_core's InstanceDataset), as they were when
+    it was made: a :class:`~db.dataset.TrainingSnapshot` fixes the images, the classes and the annotations
+    (by id), so that people can go on labelling, add classes included, while a run trains on it.
 
-    It holds only the image ids and categories; each item reads its image's annotations from the
-    database when asked, through a connection of the process that asks (a DataLoader worker opens its
-    own: connections must not cross a fork), and decodes the image file. Decoded images are kept in a
+    It holds only ids; each item reads its image's annotations from the database when asked, keeping
+    those of the snapshot, through a connection of the process that asks (a DataLoader worker opens its
+    own: connections must not cross a fork; it gets the same snapshot with the dataset), and decodes the
+    image file. Decoded images are kept in a
     least-recently-used cache of at most ``cache_bytes`` per process, so memory stays flat whatever
     the number of images. Crowd regions come with their image as regions to ignore."""
 
     def __init__(self, db: Database, split: str = "train", cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES):
-        self.image_ids, self.categories = training_index(db, split)
+        self.snapshot: TrainingSnapshot = training_snapshot(db, split)
+        self.image_ids, self.categories = self.snapshot.image_ids, self.snapshot.categories
         if not self.image_ids:
             raise WorkbenchError(f"the {split} split has no accepted annotations to train on: import a COCO file "
                                  "(`launch.py import-coco`) or annotate images first")
@@ -65,7 +69,7 @@ class DatabaseDataset:
         return self._db
 
     def __getitem__(self, index: int) -> Sample:
-        record = image_record(self.database(), self.image_ids[index])
+        record = image_record(self.database(), self.image_ids[index], self.snapshot)
         image = self._images.get(record.path)
         if image is None:
             image = load_rgb(record.path)

@@ -7,7 +7,8 @@ An edit is a dict with a ``kind``:
 ``mask`` {id or temp_id, category_id, counts, tool} (compressed COCO RLE of the whole image; brush, eraser
 or polygon); ``box`` {temp_id, category_id, box: [x1, y1, x2, y2]} (its mask: the model's, else GrabCut);
 ``refine`` {id, positive, negative} (clicks, (x, y) image pixels: this is the object / this is not; GrabCut
-from the current mask, see Workbench.refine_with_clicks); ``undo``; ``propose``; ``recover``.
+from the current mask, see Workbench.refine_with_clicks); ``undo`` (revision-checked like every edit);
+``propose``; ``recover``.
 New instances carry a negative ``temp_id`` chosen by the browser; the result maps them to the annotation ids
 they got, and later edits of the same batch may name them by that temp id.
 
@@ -126,7 +127,7 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
         result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), positive, negative, rev,
                                                 user)
     elif kind == "undo":
-        result.revision = wb.undo(image_id, user)
+        result.revision = wb.undo(image_id, rev, user)
     elif kind == "propose":
         proposed = wb.propose(image_id, seen_revision=rev, user=user)
         result.revision = proposed.revision

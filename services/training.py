@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from db import queries, registry
+from db import registry
 from db.engine import DB_URL_VARIABLE, Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
@@ -33,7 +34,10 @@ from services.presets import PRESETS, TrainingSpec
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
-ACTIVE = (RunStatus.queued, RunStatus.running)
+ACTIVE = registry.ACTIVE
+# A run is recorded before its process starts (the process reads its spec from it), so for a moment it has no pid:
+# it counts as alive this long after it was recorded, then as a process that never started.
+STARTING_GRACE_S = 120
 
 
 def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", batch_size: int = 1,
@@ -148,7 +152,7 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
             registry.claim_run(db, run_id, {})
             registry.finish_run(db, run_id, RunStatus.failed, str(exc))
         raise
-    sets = queries.category_sets(db)
+    sets = dataset.snapshot.sets  # of the classes and labels the run started with (people go on labelling)
     set_a = sorted(c for c, s in sets.items() if s == "A")
     set_b = sorted(c for c, s in sets.items() if s == "B")
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,
@@ -260,6 +264,14 @@ class RunState:
         return self.status not in (RunStatus.queued.value, RunStatus.running.value)
 
 
+def _run_alive(run) -> bool:
+    """Whether a queued or running run's process is alive; one whose pid is not recorded yet is starting: alive
+    for STARTING_GRACE_S after the run was recorded."""
+    if run.pid is None:
+        return datetime.now(timezone.utc) - run.created_at < timedelta(seconds=STARTING_GRACE_S)
+    return _process_alive(run.pid)
+
+
 def _process_alive(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -283,7 +295,11 @@ def _process_alive(pid: int | None) -> bool:
 def start_training(db: Database, spec: TrainingSpec) -> int:
     """Record a queued run with ``spec`` and start `launch.py train --run-id N` for it in its own process,
     which reads the spec back from the run (iterations / image_size None: the mode's preset, the same
-    for the UI and the command line)."""
+    for the UI and the command line). One run at a time: WorkbenchError while another is queued or running
+    (the database decides, so of two starts at the same moment exactly one starts a run)."""
+    active = registry.active_run(db)
+    if active is not None and not run_state(db, active).finished:  # (a run whose process died is marked failed)
+        raise WorkbenchError(f"training run {active} is still running: wait for it or cancel it first")
     # the iterations the process will plan (train_from_database), for the progress bar
     planned = spec.planned_iterations(distributed.resolve_device(spec.device, distributed.Distributed()).type)
     params = {"spec": spec.to_dict(), "iterations": planned, "image_size": spec.planned_image_size()}
@@ -291,10 +307,14 @@ def start_training(db: Database, spec: TrainingSpec) -> int:
     command = [sys.executable, str(LAUNCH), "train", "--run-id", str(run_id), "--data-dir", str(db.data_dir)]
     logs = db.data_dir / "logs"
     logs.mkdir(exist_ok=True)
-    with open(logs / f"run{run_id:04d}.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True,  # the URL (password too) not in argv, which `ps` shows
-                                   env=dict(os.environ, TQDM_MININTERVAL="5", **{DB_URL_VARIABLE: db.url}))
+    try:
+        with open(logs / f"run{run_id:04d}.log", "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True,  # the URL (password too) not in argv, which `ps` shows
+                                       env=dict(os.environ, TQDM_MININTERVAL="5", **{DB_URL_VARIABLE: db.url}))
+    except OSError as exc:
+        registry.finish_run(db, run_id, RunStatus.failed, f"the training process could not be started: {exc}")
+        raise WorkbenchError(f"the training process could not be started: {exc}") from None
     registry.set_pid(db, run_id, process.pid)
     return run_id
 
@@ -313,9 +333,12 @@ def cancel_training(db: Database, run_id: int) -> None:
 
 def run_state(db: Database, run_id: int) -> RunState:
     run = registry.get_run(db, run_id)
-    if run.status in ACTIVE and not _process_alive(run.pid):
+    if run.status in ACTIVE and not _run_alive(run):
+        what = ("ended unexpectedly" if run.pid is not None
+                else f"did not start within {STARTING_GRACE_S} s (its process id was never recorded)")
         registry.finish_run(db, run_id, RunStatus.failed,
-                            f"the training process ended unexpectedly; see {db.data_dir / 'logs'}/run{run_id:04d}.log")
+                            f"the training process {what}; see {db.data_dir / 'logs'}/run{run_id:04d}.log",
+                            if_active=True)
         registry.remove_unfinished_checkpoints(db, run_id)
         run = registry.get_run(db, run_id)
     version = next((v.id for v in registry.list_versions(db) if v.training_run_id == run_id), None)

@@ -150,6 +150,18 @@ def _check_box_count(count: int, where: str) -> None:
                              f"others in further calls of at most {MAX_BOXES}")
 
 
+def _write_revision(seen_revision, revision: int) -> int:
+    """The revision a read-compute-save checks: the caller's, when given (what it saw: older than the rows read
+    means someone saved since, a conflict), else the one read together with the rows the save was computed
+    from (a save that lands while this one computes is never written over)."""
+    seen = wire.revision(seen_revision)
+    return revision if seen is None else seen
+
+
+REVISION_NEEDED = ("send the image's revision as seen_revision: the 'revision' of /instances (or /propose), or the "
+                   "'saved_revision' of your last save of the image")
+
+
 def _box_tool(changes: dict) -> str:
     """The tool of a box a person drew: "grabcut" when GrabCut made its mask, else "box"."""
     return "grabcut" if changes.get("source") == "grabcut" else "box"
@@ -351,11 +363,13 @@ class Workbench:
         if len(ids) != len(set(ids)):
             raise WorkbenchError(f"annotation id {next(i for i in ids if ids.count(i) > 1)} appears twice; each "
                                  "instance once")
-        seen = wire.revision(seen_revision)
+        seen = wire.required_revision(seen_revision)
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
     def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,
                user: str | None = None) -> int:
+        """Accept, reject or reopen the named instances (``seen_revision`` None: the image as it is now; only the
+        named instances change)."""
         if not ids:
             raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
         return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision, user=user)
@@ -363,21 +377,26 @@ class Workbench:
     def accept_all(self, image_id: int, review_threshold: float, seen_revision: int | None,
                    user: str | None = None) -> tuple[int, int]:
         """Accept every proposal scoring at least ``review_threshold`` -> (revision, how many)."""
-        _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
         ids = [r["id"] for r in rows if (r["score"] or 0.0) >= review_threshold]
         if not ids:
             raise WorkbenchError(f"no proposals with a score of at least {review_threshold:.2f} to accept")
-        return self.review(image_id, ids, "accepted", seen_revision, user), len(ids)
+        return self.review(image_id, ids, "accepted", _write_revision(seen_revision, revision), user), len(ids)
 
     def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is not on image {image_id} (anymore)")
         return save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows if r["id"] != ann_id],
-                                seen_revision=seen_revision, user=user)
+                                seen_revision=_write_revision(seen_revision, revision), user=user)
 
-    def undo(self, image_id: int, user: str | None = None) -> int:
-        return undo(self.db, image_id, user=user)
+    def undo(self, image_id: int, seen_revision: int, user: str | None = None) -> int:
+        """Undo the image's newest change that is not undone yet, if the image is still at ``seen_revision``
+        (the revision the person sees; otherwise a ConflictError: what someone else saved meanwhile is never
+        undone unseen). What the undo replaces stays in the journal."""
+        if seen_revision is None:
+            raise WorkbenchError(f"undo needs the revision of the image you see: {REVISION_NEEDED}")
+        return undo(self.db, image_id, seen_revision=wire.required_revision(seen_revision), user=user)
 
     def record_visit(self, image_id: int, event_times: list[float], user: str | None = None) -> dict:
         """A person's visit of an image, from the client's event times in seconds (open, every edit or key,
@@ -395,7 +414,7 @@ class Workbench:
         GrabCut; none when ``box_only`` or when it had none); a box whose class changed keeps its mask; an
         accepted annotation whose box is gone is deleted. Boxes are checked and clipped to the image
         (services.wire.clipped_box). -> (revision, what happened, one text per change)."""
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         info = queries.image_info(self.db, image_id)
         by_id = {r["id"]: r for r in rows}
         names = queries.category_names(self.db)
@@ -455,7 +474,8 @@ class Workbench:
             changes, how = masked(category_id, box)
             data.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             said.append(f"{isolated(names[category_id])} added ({how})")
-        revision = save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                    user=user)
         return revision, said
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
@@ -472,14 +492,14 @@ class Workbench:
         boxes = [(category_id, wire.clipped_box(box, info["width"], info["height"], f"box {index}"))
                  for index, (category_id, box) in enumerate(wire.listed(boxes, "boxes", item="boxes"))]
         masked = self._box_masks(image_id, box_only)
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         new, sources = [], []
         for category_id, box in boxes:
             changes, how = masked(category_id, box)
             new.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             sources.append(how)
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
-                                    seen_revision=seen_revision, user=user)
+                                    seen_revision=_write_revision(seen_revision, revision), user=user)
         return revision, sources
 
     def _box_masks(self, image_id: int, box_only: bool):
@@ -509,7 +529,7 @@ class Workbench:
         if counts is None and (mask is None or not mask.any()):
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
         drawn = dict(mask=mask) if counts is None else dict(mask_rle=counts)
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         data = []
         found = False
         for row in rows:
@@ -523,7 +543,8 @@ class Workbench:
             if ann_id is not None:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
             data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                user=user)
 
     def refine_with_clicks(self, image_id: int, ann_id: int, positive_points, negative_points,
                            seen_revision: int | None, user: str | None = None) -> int:
@@ -539,8 +560,12 @@ class Workbench:
         if not positive and not negative:
             raise WorkbenchError("click the instance first: a left click on what is object, a right click on what "
                                  "is not")
-        row = self.annotation(image_id, ann_id)
-        mask = row["mask"]
+        ann_id = wire.strict_id(ann_id, "ann_id")
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)  # the rows the save starts from
+        row = next((r for r in rows if r["id"] == ann_id), None)
+        if row is None:
+            raise WorkbenchError(f"instance #{ann_id} is gone from image {image_id}; reload the image")
+        mask = None if row["mask_rle"] is None else masks.decode(row["mask_rle"], height, width)
         if mask is None:
             x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
             mask = np.zeros((height, width), bool)
@@ -549,22 +574,23 @@ class Workbench:
         if not refined.any():
             raise WorkbenchError("the clicks leave nothing of the instance; click on the object (left click) "
                                  "or delete the instance")
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
         data = [InstanceData.from_row(r, mask=refined, box=None, source="grabcut", review_state="accepted",
                                       score=None, model_version_id=None) if r["id"] == row["id"]
                 else InstanceData.from_row(r) for r in rows]
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                user=user)
 
     def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
                      user: str | None = None) -> int:
         """Give an instance another class (a proposal given a class by a person is accepted)."""
         category_id = self.category_id(category)
-        _, rows = get_annotations(self.db, image_id, decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
         data = [InstanceData.from_row(r, category_id=category_id, review_state="accepted") if r["id"] == ann_id
                 else InstanceData.from_row(r) for r in rows]
-        return save_annotations(self.db, image_id, data, seen_revision=seen_revision, user=user)
+        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                user=user)
 
     def apply_edits(self, image_id: int, edits, seen_revision: int | None, user: str | None = None):
         """The review canvas's batch of edits, in order (services.review.apply_edits) -> EditsResult."""
@@ -573,10 +599,11 @@ class Workbench:
 
     def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
         """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done)."""
-        _, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
+        revision, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
         if not rows:
-            return get_annotations(self.db, image_id, decode_masks=False)[0]
-        return self.review(image_id, [r["id"] for r in rows], "rejected", seen_revision, user)
+            return revision
+        return self.review(image_id, [r["id"] for r in rows], "rejected", _write_revision(seen_revision, revision),
+                           user)
 
     def conflicts(self, image_id: int) -> list[int]:
         """Journal entry ids of the saves on this image that lost a conflict, newest first."""
@@ -584,7 +611,8 @@ class Workbench:
 
     def recover_conflict(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
         """Make the newest save that lost a conflict on this image its annotations again."""
-        return save_annotations(self.db, image_id, lost_instances(self.db, image_id), seen_revision=seen_revision,
+        revision, lost = lost_instances(self.db, image_id)
+        return save_annotations(self.db, image_id, lost, seen_revision=_write_revision(seen_revision, revision),
                                 user=user)
 
     # ---- training -------------------------------------------------------------------
@@ -599,10 +627,7 @@ class Workbench:
         weights = wire.backbone_weights(backbone_weights, self.db.data_dir, default_backbone_weights())
         spec = TrainingSpec(mode=mode, iterations=iterations, image_size=image_size, backbone_weights=weights,
                             device=self.device, low_priority=True)
-        running = queries.latest_run(self.db, active_only=True)
-        if running is not None and not training.run_state(self.db, running).finished:
-            raise WorkbenchError(f"training run {running} is still running: wait for it or cancel it first")
-        return training.start_training(self.db, spec)
+        return training.start_training(self.db, spec)  # one run at a time: refused while another is active
 
     def cancel_training(self, run_id: int) -> None:
         training.cancel_training(self.db, run_id)

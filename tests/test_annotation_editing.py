@@ -72,16 +72,16 @@ def test_second_save_of_the_same_revision_is_a_conflict_and_both_versions_surviv
 def test_undo_restores_the_previous_annotations_after_a_restart(database, image, tmp_path):
     image_id, h, w = image
     seen, before = get_annotations(database, image_id)
-    save_annotations(database, image_id, [InstanceData(category_id=7, mask=a_mask(h, w))], seen_revision=seen)
+    saved = save_annotations(database, image_id, [InstanceData(category_id=7, mask=a_mask(h, w))], seen_revision=seen)
     database.close()
     reopened = open_database(database.data_dir, database.url)
-    undo(reopened, image_id)
+    undone = undo(reopened, image_id, seen_revision=saved)
     _, after = get_annotations(reopened, image_id)
     assert [(r["id"], r["category_id"]) for r in after] == [(r["id"], r["category_id"]) for r in before]
     assert all(np.array_equal(a["mask"], b["mask"]) if a["mask"] is not None else b["mask"] is None
                for a, b in zip(after, before))
     with pytest.raises(WorkbenchError, match="nothing to undo"):
-        undo(reopened, image_id)
+        undo(reopened, image_id, seen_revision=undone)
     reopened.close()
 
 
@@ -94,7 +94,7 @@ def test_undo_still_works_after_a_class_is_merged_or_deleted(database, image):
     save_annotations(database, image_id, [InstanceData(category_id=3, mask=a_mask(h, w))], seen_revision=seen)
     merge_categories(database, 7, 3)  # the snapshot's ball (7) is now a car (3)
     delete_category(database, 12, delete_annotations=True)  # the snapshot's sign (12) is gone
-    undo(database, image_id)
+    undo(database, image_id, seen_revision=get_annotations(database, image_id)[0])
     _, after = get_annotations(database, image_id)
     assert sorted(r["category_id"] for r in after) == [3, 3, 3]
     ball = next(r for r in before if r["category_id"] == 7)
@@ -113,12 +113,12 @@ def test_review_states_decide_what_is_exported(database, image):
     _, rows = get_annotations(database, image_id, states=["proposed"])
     assert len(rows) == 2
     revision = set_review_state(database, image_id, [rows[0]["id"]], "accepted", seen_revision=revision)
-    set_review_state(database, image_id, [rows[1]["id"]], "rejected", seen_revision=revision)
+    revision = set_review_state(database, image_id, [rows[1]["id"]], "rejected", seen_revision=revision)
     out = database.data_dir / "e.json"
     export_coco(database, out)
     exported = [a for a in json.loads(out.read_text())["annotations"] if a["image_id"] == image_id]
     assert len(exported) == 5 and sum(a["mask_source"] == "predicted" for a in exported) == 1
-    undo(database, image_id)  # the rejection is undone: back to proposed
+    undo(database, image_id, seen_revision=revision)  # the rejection is undone: back to proposed
     _, proposed = get_annotations(database, image_id, states=["proposed"])
     assert [r["id"] for r in proposed] == [rows[1]["id"]]
 
@@ -140,7 +140,7 @@ def test_an_id_beyond_32_bits_is_a_clear_error(database, image):
     with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
         get_annotations(database, 2**40)
     with pytest.raises(WorkbenchError, match="there is no image|does not fit the database"):
-        save_annotations(database, 2**40, [], seen_revision=None)
+        save_annotations(database, 2**40, [], seen_revision=0)
 
 
 def test_encoded_masks_are_stored_as_given_and_checked(database, image):
@@ -187,7 +187,153 @@ def test_undo_works_when_sqlite_reused_an_annotation_id(database, image):
     save_annotations(database, second, [InstanceData.from_row(r) for r in rows2]
                      + [InstanceData(category_id=7, box=(1.0, 1.0, 9.0, 9.0))], seen_revision=seen2)
     new_on_second = max(r["id"] for r in get_annotations(database, second)[1])
-    undo(database, target)  # SQLite: the restored annotation's old id is the new one's now
+    undo(database, target, seen_revision=seen + 1)  # SQLite: the restored annotation's old id is the new one's now
     _, restored = get_annotations(database, target)
     assert sorted(r["category_id"] for r in restored) == sorted(r["category_id"] for r in rows)
     assert any(r["id"] == new_on_second and r["category_id"] == 7 for r in get_annotations(database, second)[1])
+
+
+# ---- issue 23: the journal holds diffs; undo is revision-checked and journalled ---------------------------
+def _masked_image(database, count: int = 50, height: int = 240, width: int = 320, seed: int = 0) -> int:
+    """An image (no file needed) with ``count`` accepted instances whose masks are irregular blobs."""
+    from db.models import Category
+
+    rng = np.random.default_rng(seed)
+    with database.session() as session:
+        for category_id, name in ((3, "car"), (7, "ball"), (12, "sign")):
+            if session.get(Category, category_id) is None:
+                session.add(Category(id=category_id, name=name))
+        image = Image(sha256=f"{seed:064x}", stored_path="images/none.jpg", file_name="blobs.jpg", width=width,
+                      height=height)
+        session.add(image)
+        session.flush()
+        image_id = image.id
+    yy, xx = np.mgrid[:height, :width]
+    instances = []
+    for k in range(count):
+        cy, cx, r = rng.integers(20, height - 20), rng.integers(20, width - 20), rng.integers(8, 20)
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        blob &= rng.random((height, width)) < 0.8  # ragged: a long RLE, as real masks have
+        instances.append(InstanceData(category_id=int(rng.choice([3, 7, 12])), mask=blob))
+    save_annotations(database, image_id, instances, seen_revision=0, user="importer")
+    return image_id
+
+
+def _journal_bytes(database, image_id: int) -> int:
+    from db.models import JournalEntry
+
+    with database.session() as session:
+        return sum(len(json.dumps(entry.snapshot)) + len(json.dumps(getattr(entry, "added", None)))
+                   for entry in session.scalars(select(JournalEntry).where(JournalEntry.image_id == image_id)))
+
+
+def _state(database, image_id: int) -> list[tuple]:
+    return [(r["id"], r["category_id"], r["review_state"], r["mask_rle"], r["box"])
+            for r in get_annotations(database, image_id, decode_masks=False)[1]]
+
+
+def test_200_canvas_edits_grow_the_journal_by_their_own_size_and_undo_restores_each(database):
+    """Issue 23, finding 3a: a 200-edit canvas batch grew the database by 74 MB, the journal storing every
+    annotation of the image (masks included) for every edit. Each entry now holds what its edit replaced:
+    200 edits of one instance each (class, review, brush) on an image of 50 masked instances grow the journal by
+    at most 200 of those instances' rows, not 200 x 50; and undo still walks back every step."""
+    from db import masks
+    from services.workbench import Workbench
+
+    image_id = _masked_image(database)
+    wb = Workbench(database, device="cpu")
+    revision, rows = get_annotations(database, image_id, decode_masks=False)
+    row_bytes = max(len(json.dumps({**r, "box": list(r["box"])})) for r in rows) + 200  # one whole instance, generous
+    whole_image = sum(len(json.dumps({**r, "box": list(r["box"])})) for r in rows)
+    before_bytes = _journal_bytes(database, image_id)
+    rng = np.random.default_rng(1)
+    states, edits = [_state(database, image_id)], []
+    for step in range(200):
+        target = rows[int(rng.integers(len(rows)))]
+        kind = ("class", "review", "mask")[step % 3]
+        if kind == "class":
+            edit = {"kind": "class", "id": target["id"], "category_id": int(rng.choice([3, 7, 12]))}
+        elif kind == "review":
+            edit = {"kind": "review", "ids": [target["id"]], "state": str(rng.choice(["accepted", "rejected"]))}
+        else:  # a brush stroke: the instance's mask and a small disk more
+            mask = masks.decode(get_annotations(database, image_id, decode_masks=False)[1][
+                [r["id"] for r in rows].index(target["id"])]["mask_rle"], 240, 320)
+            y, x = int(rng.integers(10, 230)), int(rng.integers(10, 310))
+            mask[y - 3:y + 3, x - 3:x + 3] = True
+            edit = {"kind": "mask", "id": target["id"], "category_id": target["category_id"],
+                    "counts": masks.encode(mask), "tool": "brush"}
+        result = wb.apply_edits(image_id, [edit], revision, user="ana")  # one canvas batch per edit: each state
+        assert result.error is None, result.error
+        revision = result.revision
+        edits.append(edit)
+        states.append(_state(database, image_id))
+    grown = _journal_bytes(database, image_id) - before_bytes
+    sent = len(json.dumps(edits))  # what the edits weigh (the brush strokes' whole masks included)
+    assert grown < 2 * sent and grown < 200 * row_bytes, (grown, sent, row_bytes)  # (measured: 27 KB, sent 29 KB)
+    assert 200 * whole_image > 20 * grown  # whole-image snapshots: 5.2 MB
+    for step in range(200, 0, -1):  # undo walks back every edit
+        revision = wb.undo(image_id, revision, user="ana")
+        assert _state(database, image_id) == states[step - 1], f"undo of edit {step} ({edits[step - 1]['kind']})"
+
+
+def test_an_undo_is_journalled_and_nothing_saved_leaves_the_journal(database, image):
+    image_id, h, w = image
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    mine = save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows]
+                            + [InstanceData(category_id=7, mask=a_mask(h, w))], seen_revision=seen, user="bo")
+    added = max(r["id"] for r in get_annotations(database, image_id, decode_masks=False)[1])
+    with pytest.raises(ConflictError):  # an undo sent with the revision before bo's save
+        undo(database, image_id, seen_revision=seen, user="ana")
+    assert added in {r["id"] for r in get_annotations(database, image_id, decode_masks=False)[1]}
+    undone = undo(database, image_id, seen_revision=mine, user="ana")
+    assert undone == mine + 1 and added not in {r["id"] for r in get_annotations(database, image_id)[1]}
+    from db.models import JournalEntry
+
+    with database.session() as session:
+        entry = session.scalars(select(JournalEntry).where(JournalEntry.image_id == image_id)
+                                .order_by(JournalEntry.id.desc())).first()
+    assert (entry.action, entry.user, entry.revision, entry.content) == ("undo", "ana", mine, "diff")
+    assert [row["id"] for row in entry.snapshot] == [added] and entry.snapshot[0]["created_by"] == "bo"
+    assert entry.snapshot[0]["mask_rle"]  # bo's instance, whole, as the undo found it
+    with pytest.raises(WorkbenchError, match="needs the revision"):
+        undo(database, image_id, seen_revision=None)
+
+
+def test_a_save_without_the_revision_it_read_is_refused(database, image):
+    from db.annotations import save_annotations_unchecked
+
+    image_id, h, w = image
+    for missing in (None, -1):
+        with pytest.raises(WorkbenchError, match="needs the revision"):
+            save_annotations(database, image_id, [], seen_revision=missing)
+    revision = get_annotations(database, image_id)[0]
+    assert save_annotations_unchecked(database, image_id, [], user="script") == revision + 1  # imports, scripts
+    undo(database, image_id, seen_revision=revision + 1)
+    assert len(get_annotations(database, image_id)[1]) == 4
+
+
+def test_whole_image_journal_entries_of_older_databases_are_still_undone(database, image):
+    """Entries written before migration 0006 hold the whole image: undo restores it whole (and journals what it
+    replaced as a diff)."""
+    from db.models import JournalEntry
+
+    image_id, h, w = image
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    with database.session() as session:  # as the old code journalled a save that replaced everything by one box
+        from db.models import Annotation
+
+        old = [{"id": a.id, "category_id": a.category_id, "bbox_x": a.bbox_x, "bbox_y": a.bbox_y,
+                "bbox_w": a.bbox_w, "bbox_h": a.bbox_h, "mask_rle": a.mask_rle, "mask_polygons": a.mask_polygons,
+                "area": a.area, "iscrowd": a.iscrowd, "source": a.source.value, "model_version_id": None,
+                "score": a.score, "review_state": a.review_state.value, "created_by": None}  # (no updated_by yet)
+               for a in session.scalars(select(Annotation).where(Annotation.image_id == image_id))]
+    save_annotations_unchecked = __import__("db.annotations", fromlist=["x"]).save_annotations_unchecked
+    revision = save_annotations_unchecked(database, image_id, [InstanceData(category_id=12, box=(1, 1, 9, 9))])
+    with database.session() as session:
+        session.query(JournalEntry).delete()
+        session.add(JournalEntry(image_id=image_id, revision=seen, action="save", content="snapshot", snapshot=old,
+                                 user=None))
+    undo(database, image_id, seen_revision=revision)
+    _, after = get_annotations(database, image_id, decode_masks=False)
+    assert [(r["id"], r["category_id"], r["mask_rle"]) for r in after] == [(r["id"], r["category_id"], r["mask_rle"])
+                                                                           for r in rows]

@@ -86,11 +86,19 @@ def test_propose_then_save_with_conflict_detection(client, app_server):
 
     lost = conflict_versions(app_server["db"], image_id)
     assert len(lost) == 1 and lost[0].snapshot[0]["category_id"] == 7  # the losing version is kept
+    now = saved["saved_revision"]
     with pytest.raises(AppError, match="compressed RLE counts are not a 80x60 mask"):
-        client.predict(image_id, [{"category": "ball", "mask": {"size": [60, 80], "counts": "0a0"}}],
+        client.predict(image_id, [{"category": "ball", "mask": {"size": [60, 80], "counts": "0a0"}}], now,
                        api_name="/save_annotations")
     with pytest.raises(AppError, match="no class 'dog'"):
-        client.predict(image_id, [{"category": "dog", "box": [1, 1, 9, 9]}], api_name="/save_annotations")
+        client.predict(image_id, [{"category": "dog", "box": [1, 1, 9, 9]}], now, api_name="/save_annotations")
+    # a save replaces the image's annotations: without the revision it read, it would overwrite others' saves
+    with pytest.raises(TypeError, match="seen_revision"):  # gradio_client knows it is required
+        client.predict(image_id, [drawn], api_name="/save_annotations")
+    with pytest.raises(AppError, match="seen_revision is missing: send the image's revision from /instances"):
+        client.predict(image_id, [drawn], None, api_name="/save_annotations")
+    with pytest.raises(AppError, match=r"seen_revision -1 \(no check\) is no longer accepted.*/instances"):
+        client.predict(image_id, [drawn], -1, api_name="/save_annotations")
 
 
 def test_export_coco_defaults_and_reviewed_rle(client, app_server):
@@ -159,11 +167,12 @@ def test_hostile_masks_are_refused_and_the_server_lives_on(client, app_server):
     ]
     for mask, message in hostile:
         with pytest.raises(AppError, match=message):
-            client.predict(image_id, [{"category": "ball", "mask": mask}], -1, api_name="/save_annotations")
+            client.predict(image_id, [{"category": "ball", "mask": mask}], before[0], api_name="/save_annotations")
     # NaN cannot be sent by gradio_client (not JSON); a raw HTTP call can (Python's json reads it)
     import urllib.request
 
-    body = ('{"data": [%d, [{"category": "ball", "mask": [[0, 0, NaN, 0, 10, 10]]}], -1]}' % image_id).encode()
+    body = ('{"data": [%d, [{"category": "ball", "mask": [[0, 0, NaN, 0, 10, 10]]}], %d]}'
+            % (image_id, before[0])).encode()
     request = urllib.request.Request(app_server["url"] + "gradio_api/call/save_annotations", data=body,
                                      headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
@@ -171,7 +180,7 @@ def test_hostile_masks_are_refused_and_the_server_lives_on(client, app_server):
     answer = stream.read().decode()
     assert "event: error" in answer and "not a finite number" in answer, answer
     assert state() == before
-    saved = client.predict(image_id, [{"category": "ball", "mask": [[10, 10, 40, 10, 40, 30, 10, 30]]}], -1,
+    saved = client.predict(image_id, [{"category": "ball", "mask": [[10, 10, 40, 10, 40, 30, 10, 30]]}], before[0],
                            api_name="/save_annotations")
     assert saved["instances"][-1]["mask"]["size"] == [60, 80]
 
@@ -225,9 +234,9 @@ def test_wrong_values_and_huge_images_are_refused_through_the_server(client, app
                               ({"category_id": 7.5, "box": [1, 1, 9, 9]}, "a class id"),
                               ({"category": "ball", "box": [1, 1, 9, 9], "iscrowd": "false"}, "'iscrowd' must be")):
         with pytest.raises(AppError, match=message):
-            client.predict(image_id, [instance], -1, api_name="/save_annotations")
+            client.predict(image_id, [instance], 0, api_name="/save_annotations")
     with pytest.raises(AppError, match="image_id must be a whole number, not 'x'"):
-        client.predict("x", [], -1, api_name="/save_annotations")
+        client.predict("x", [], 0, api_name="/save_annotations")
     with pytest.raises(AppError, match="seen_revision must be a whole number, not 'abc'"):
         client.predict(image_id, [], "abc", api_name="/save_annotations")
     with pytest.raises(AppError, match="image_id must be a whole number"):

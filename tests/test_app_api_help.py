@@ -33,7 +33,11 @@ def test_the_loop_through_the_api(served):
     assert listed[0]["id"] == image_id and listed[0]["uncertainty"] is not None  # the only unlabelled photo
     assert listed[0]["status"] == "proposed"  # the model looked at it and its proposals are stored
     assert client.predict(image_id, api_name="/instances")["image_id"] == image_id
-    added = client.predict(image_id, [{"category": "car", "box": [8, 8, 42, 32]}], -1, api_name="/add_boxes")
+    for missing, message in ((None, "seen_revision is missing"), (-1, r"seen_revision -1 \(no check\) is no longer")):
+        with pytest.raises(AppError, match=message):  # a save of the image: the revision read is required
+            client.predict(image_id, [{"category": "car", "box": [8, 8, 42, 32]}], missing, api_name="/add_boxes")
+    seen = client.predict(image_id, api_name="/instances")["revision"]
+    added = client.predict(image_id, [{"category": "car", "box": [8, 8, 42, 32]}], seen, api_name="/add_boxes")
     new = [i for i in added["instances"] if i["review_state"] == "accepted"]
     assert len(new) == 1 and added["masks"][0] in ("model mask", "grabcut mask")
     refined = client.predict(image_id, new[0]["id"], [[20, 20]], [[41, 31]], added["saved_revision"],
@@ -49,7 +53,9 @@ def test_the_loop_through_the_api(served):
     row = next(v for v in help_["versions"] if v["version_id"] == version)
     assert row["final"] == 1 and row["hand"] == 1 and row["rejected"] >= 1 and row["active_seconds"] == 6.0
     with pytest.raises(AppError, match="outside the 80x60 image"):
-        client.predict(image_id, new[0]["id"], [[500, 5]], [], -1, api_name="/refine")
+        client.predict(image_id, new[0]["id"], [[500, 5]], [], refined["revision"], api_name="/refine")
+    with pytest.raises(AppError, match="seen_revision is missing"):
+        client.predict(image_id, new[0]["id"], [[20, 20]], [], None, api_name="/refine")
     with pytest.raises(AppError, match="order must be one of upload, most_useful"):
         client.predict("all", "best", 0, api_name="/list_images")
     with pytest.raises(AppError, match="event times must be finite numbers"):

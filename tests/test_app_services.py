@@ -463,7 +463,11 @@ def test_the_api_save_refuses_one_id_twice_and_keeps_good_values(db):
                          {"category": "ball", "box": [2, 2, 9, 9], "id": first}], None)
     with pytest.raises(WorkbenchError, match="seen_revision must be a whole number"):
         wb.save_json(1, [], "abc")
-    wb.save_json(1, [{"category_id": 7, "bbox": [1, 2, 8, 6], "iscrowd": 1, "id": first, "score": 0.5}], None)
+    for missing in (None, -1):  # a save replaces the image's annotations: the revision it read is required
+        with pytest.raises(WorkbenchError, match="send the image's revision as seen_revision"):
+            wb.save_json(1, [], missing)
+    wb.save_json(1, [{"category_id": 7, "bbox": [1, 2, 8, 6], "iscrowd": 1, "id": first, "score": 0.5}],
+                 get_annotations(db, 1, decode_masks=False)[0])
     _, rows = get_annotations(db, 1, decode_masks=False)
     assert [(r["id"], r["category_id"], r["box"], r["iscrowd"], r["score"]) for r in rows] == [
         (first, 7, (1.0, 2.0, 9.0, 8.0), True, 0.5)]

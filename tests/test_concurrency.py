@@ -145,3 +145,239 @@ def test_processes_opening_a_new_database_at_once_all_find_it_ready(tmp_path, da
     db = open_database(tmp_path / "data", database_url)
     assert {out.strip() for out, _ in outputs} == {schema_revision(db.engine)}
     db.close()
+
+
+# ---- issue 23: nothing acknowledged is lost ---------------------------------------------------------------
+def _drawn(database, image_id: int, y: int) -> InstanceData:
+    """A new instance, told apart from the others by its top row ``y``."""
+    with database.session() as session:
+        image = session.get(Image, image_id)
+        mask = np.zeros((image.height, image.width), bool)
+    mask[y:y + 4, 40:50] = True
+    return InstanceData(category_id=7, mask=mask)
+
+
+def _journal_rows(database, image_id: int) -> list[dict]:
+    from db.models import JournalEntry
+
+    with database.session() as session:
+        return [row for entry in session.scalars(select(JournalEntry).where(JournalEntry.image_id == image_id))
+                for row in entry.snapshot]
+
+
+def test_an_undo_sent_with_an_old_revision_does_not_erase_a_save_made_since(database, synthetic_coco):
+    """Issue 23, finding 4: A edits (revision r1); B saves a new instance (r1 + 1, acknowledged); A's undo sent
+    with r1 is a conflict, and B's instance stays, in the annotations and in the journal."""
+    from db.annotations import undo
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    image_id = 1
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    a_edit = save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows[1:]],
+                              seen_revision=seen, user="A")  # A deletes an instance on the canvas
+    b_saved = threading.Event()
+    barrier = threading.Barrier(2)
+
+    def person(name: str):
+        barrier.wait()
+        if name == "B":  # B opened the image after A's edit and adds an instance
+            revision, now = get_annotations(database, image_id, decode_masks=False)
+            try:
+                return save_annotations(database, image_id, [InstanceData.from_row(r) for r in now]
+                                        + [_drawn(database, image_id, 30)], seen_revision=revision, user="B")
+            finally:
+                b_saved.set()
+        assert b_saved.wait(60)
+        return undo(database, image_id, seen_revision=a_edit, user="A")  # A's undo, sent with what A saw
+
+    with ThreadPoolExecutor(2) as pool:
+        undone, acknowledged = [pool.submit(person, name) for name in ("A", "B")]
+    assert acknowledged.result() == a_edit + 1
+    with pytest.raises(ConflictError):
+        undone.result()
+    revision, now = get_annotations(database, image_id)
+    assert revision == acknowledged.result()
+    assert any(r["mask"] is not None and r["mask"][30:34, 40:50].all() and r["created_by"] == "B" for r in now)
+    # A reloads (sees B's save) and undoes it: B's instance leaves the annotations, not the journal
+    undo(database, image_id, seen_revision=revision, user="A")
+    _, after = get_annotations(database, image_id, decode_masks=False)
+    assert len(after) == len(now) - 1 and all(r["created_by"] != "B" for r in after)
+    assert any(row.get("created_by") == "B" and row.get("category_id") == 7 for row in _journal_rows(database, image_id))
+
+
+def test_an_undo_and_a_save_at_once_lose_nothing(database, synthetic_coco):
+    """Undo and a save sent with the same revision at the same moment: one wins, the other is a conflict,
+    and B's instance is in the annotations or kept in the journal."""
+    from db.annotations import undo
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    image_id = 2
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    revision = save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows[1:]], seen_revision=seen)
+
+    def act(name: str):
+        if name == "undo":
+            return undo(database, image_id, seen_revision=revision, user="A")
+        return save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows[1:]]
+                                + [_drawn(database, image_id, 30)], seen_revision=revision, user="B")
+
+    results = at_once(act, ["undo", "save"])
+    assert sorted(isinstance(r, ConflictError) for r in results) == [False, True], results
+    _, now = get_annotations(database, image_id, decode_masks=False)
+    kept = any(r["created_by"] == "B" for r in now) or any(entry.user == "B"
+                                                           for entry in conflict_versions(database, image_id))
+    assert kept
+
+
+def _a_save_lands_meanwhile(monkeypatch, database, image_id: int, module) -> threading.Thread:
+    """Person B's save of ``image_id`` (a new instance, acknowledged) lands right after the next read of the
+    image's annotations through ``module.get_annotations``, while the reader computes: released by a barrier
+    from inside that read."""
+    real = module.get_annotations
+    barrier = threading.Barrier(2, timeout=60)
+    done = threading.Event()
+    outcome: list = []
+
+    def b_saves():
+        barrier.wait()
+        revision, now = get_annotations(database, image_id, decode_masks=False)
+        outcome.append(save_annotations(database, image_id, [InstanceData.from_row(r) for r in now]
+                                        + [_drawn(database, image_id, 36)], seen_revision=revision, user="B"))
+        done.set()
+
+    def read_then_wait(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not done.is_set():
+            barrier.wait()
+            assert done.wait(60)
+        return result
+
+    monkeypatch.setattr(module, "get_annotations", read_then_wait)
+    thread = threading.Thread(target=b_saves, daemon=True)
+    thread.start()
+    thread.outcome = outcome
+    return thread
+
+
+def _proposal_ids(database, image_id: int) -> list[int]:
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    proposals = [InstanceData(category_id=3, box=(2.0, 2.0 + 6 * k, 30.0, 6.0 + 6 * k), source="model",
+                              review_state="proposed", score=0.9) for k in range(2)]
+    save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows] + proposals, seen_revision=seen)
+    return [r["id"] for r in get_annotations(database, image_id, states=["proposed"], decode_masks=False)[1]]
+
+
+WRITES = {  # each a read, then a computation, then a save of image 1 by Workbench (seen_revision: None)
+    "add_boxes": lambda wb, ids: wb.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=None),
+    "refine_with_clicks": lambda wb, ids: wb.refine_with_clicks(1, ids[0], [[10, 10]], [[50, 40]], None),
+    "save_mask": lambda wb, ids: wb.save_mask(1, ids[0], None, np.eye(48, 64, dtype=bool), None),
+    "set_category": lambda wb, ids: wb.set_category(1, ids[0], 12, None),
+    "delete_instance": lambda wb, ids: wb.delete_instance(1, ids[0], None),
+    "accept_all": lambda wb, ids: wb.accept_all(1, 0.5, None),
+    "finish_image": lambda wb, ids: wb.finish_image(1, None),
+    "save_drawn_boxes": lambda wb, ids: wb.save_drawn_boxes(1, [{"xmin": 4, "ymin": 4, "xmax": 30, "ymax": 24,
+                                                                  "label": "sign", "id": None}], 1.0, box_only=True,
+                                                             seen_revision=None),
+    "recover_conflict": lambda wb, ids: wb.recover_conflict(1, None),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_write_that_computes_checks_the_revision_it_read(database, synthetic_coco, monkeypatch, write):
+    """Issue 23, finding 5: /add_boxes read the rows, ran GrabCut for seconds and saved with no revision check,
+    dropping B's acknowledged save made meanwhile. Every read-compute-save write checks the revision it read
+    (the caller gave none): a conflict, and B's instance stays."""
+    import db.annotations
+    from services import workbench as workbench_module
+    from services.workbench import Workbench
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    wb = Workbench(database, device="cpu")
+    ids = _proposal_ids(database, 1)
+    if write == "recover_conflict":  # a lost version to recover: a save sent with an old revision
+        stale = get_annotations(database, 1)[0] - 1
+        with pytest.raises(ConflictError):
+            save_annotations(database, 1, [InstanceData(category_id=3, box=(1.0, 1.0, 9.0, 9.0))],
+                             seen_revision=stale)
+    reads = db.annotations if write == "recover_conflict" else workbench_module  # (lost_instances reads there)
+    lands = _a_save_lands_meanwhile(monkeypatch, database, 1, reads)
+    try:
+        with pytest.raises(ConflictError):
+            WRITES[write](wb, ids)
+    finally:
+        lands.join(60)
+    assert lands.outcome, "B's save did not land"
+    revision, now = get_annotations(database, 1)
+    assert revision == lands.outcome[0]  # B's save is the image's last change
+    assert any(r["mask"] is not None and r["mask"][36:40, 40:50].all() and r["created_by"] == "B" for r in now)
+
+
+@pytest.mark.parametrize("write", ["add_boxes", "refine_with_clicks", "set_category", "delete_instance"])
+def test_a_write_sent_with_an_older_revision_than_it_read_is_a_conflict(database, synthetic_coco, write):
+    from services.workbench import Workbench
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    wb = Workbench(database, device="cpu")
+    ids = _proposal_ids(database, 1)
+    old = get_annotations(database, 1)[0] - 1  # what the caller saw: the image changed since
+    calls = {"add_boxes": lambda: wb.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=old),
+             "refine_with_clicks": lambda: wb.refine_with_clicks(1, ids[0], [[10, 10]], [], old),
+             "set_category": lambda: wb.set_category(1, ids[0], 12, old),
+             "delete_instance": lambda: wb.delete_instance(1, ids[0], old)}
+    with pytest.raises(ConflictError):
+        calls[write]()
+    assert get_annotations(database, 1)[0] == old + 1  # nothing written
+
+
+def test_propose_checks_the_revision_it_read(database, synthetic_coco, monkeypatch):
+    """A model's proposals replace its unreviewed ones: checked against the revision read with them."""
+    from types import SimpleNamespace
+
+    from db import registry
+    from services import proposals
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    version = registry.register_version(database, database.data_dir / "models" / "fake.pt", name="fake", config={},
+                                        metrics={})
+    mask = np.zeros((48, 64), bool)
+    mask[5:20, 5:20] = True
+    predicted = [SimpleNamespace(category_id=3, score=0.9, box=(5.0, 5.0, 20.0, 20.0), mask=mask)]
+    lands = _a_save_lands_meanwhile(monkeypatch, database, 1, proposals)
+    try:
+        with pytest.raises(ConflictError):
+            proposals.propose(database, 1, None, version, instances=predicted)
+    finally:
+        lands.join(60)
+    _, now = get_annotations(database, 1, decode_masks=False)
+    assert any(r["created_by"] == "B" for r in now)
+
+
+def test_two_training_runs_started_at_once_one_runs(database, monkeypatch):
+    """Issue 23, finding 6: two /retrain calls at once both started a run. The database lets one run be queued
+    or running (a unique index over the active runs): exactly one starts, the other is told which run to wait
+    for. (The training process is not started: a stand-in with this process's pid, which is alive.)"""
+    import os
+
+    from db.errors import WorkbenchError
+    from services import training
+    from services.presets import TrainingSpec
+
+    started = []
+
+    class Process:
+        def __init__(self, command, **kwargs):
+            started.append(command)
+            self.pid = os.getpid()
+
+    monkeypatch.setattr(training.subprocess, "Popen", Process)
+    spec = TrainingSpec(iterations=5, image_size=64, backbone_weights="none", device="cpu")
+    results = at_once(lambda _: training.start_training(database, spec), [0, 1])
+    runs = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, WorkbenchError)]
+    assert len(runs) == 1 and len(refused) == 1 and len(started) == 1, results
+    assert f"training run {runs[0]} is still" in str(refused[0]) and "cancel it" in str(refused[0])
+    assert training.run_state(database, runs[0]).status == "queued"
+    from db import registry
+
+    registry.finish_run(database, runs[0], registry.RunStatus.cancelled)
+    assert isinstance(training.start_training(database, spec), int)  # the slot is free again

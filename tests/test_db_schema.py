@@ -144,6 +144,54 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path, database_url):
     db.close()
 
 
+def test_upgrade_to_journal_diffs_keeps_old_entries_undoable_and_one_run_active(tmp_path, database_url):
+    """Migration 0006: the journal's entries written before stay whole-image snapshots (undo restores them);
+    of two runs an older database has active (the race it allowed), the newest stays, the other is failed."""
+    from datetime import datetime, timezone
+
+    from db.annotations import get_annotations, undo
+    from db.engine import make_engine
+    from db.models import JournalEntry, RunStatus, TrainingRun
+
+    engine = make_engine(database_url)
+    _migrate(engine, "0005")
+    old = MetaData()
+    old.reflect(engine)
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    row = dict(category_id=4, bbox_x=0.0, bbox_y=0.0, bbox_w=2.0, bbox_h=2.0, mask_rle=None, mask_polygons=None,
+               area=4.0, iscrowd=False, source="imported", model_version_id=None, score=None,
+               review_state="accepted", created_by=None, updated_by=None)
+    with engine.begin() as connection:
+        connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="",
+                                                                       created_at=day))
+        image_id = connection.execute(old.tables["images"].insert().values(
+            sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3, split="train",
+            revision=1, created_at=day)).inserted_primary_key[0]
+        ann_id = connection.execute(old.tables["annotations"].insert().values(
+            image_id=image_id, **{k: v for k, v in row.items() if k != "updated_by"}, created_at=day,
+            updated_at=day)).inserted_primary_key[0]
+        # the old journal: before revision 1's save the image had one more annotation (id 99) and this one
+        connection.execute(old.tables["annotation_journal"].insert().values(
+            image_id=image_id, revision=0, action="save", undone=False, created_at=day,
+            snapshot=[dict(row, id=ann_id), dict(row, id=99, bbox_x=1.0)]))
+        for status in ("running", "queued", "succeeded"):
+            connection.execute(old.tables["training_runs"].insert().values(
+                status=status, mode="heads", params={}, iteration=0, iterations=5, history=[], message="",
+                cancel_requested=False, created_at=day))
+    engine.dispose()
+    db = open_database(tmp_path, database_url)
+    with db.session() as session:
+        assert session.scalars(select(JournalEntry.content)).all() == ["snapshot"]
+        assert [(r.status, "one training run" in r.message) for r in session.scalars(
+            select(TrainingRun).order_by(TrainingRun.id))] == [(RunStatus.failed, True), (RunStatus.queued, False),
+                                                               (RunStatus.succeeded, False)]
+    undo(db, image_id, seen_revision=1)
+    assert sorted((r["id"], r["box"][0]) for r in get_annotations(db, image_id)[1]) == [(ann_id, 0.0), (99, 1.0)]
+    with db.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    db.close()
+
+
 def test_downgrade_to_the_first_schema_and_back(database):
     from db.models import Annotation
 

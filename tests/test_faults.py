@@ -48,12 +48,15 @@ def test_kill_9_of_the_server_during_saves_loses_no_acknowledged_save(tmp_path, 
 
     def save_forever():
         client = Client(url, verbose=False)
+        revisions = {i: client.predict(i, api_name="/instances")["revision"] for i in range(1, 5)}
         k = 0
         while True:
             image_id = 1 + k % 4
             box = box_of(image_id, k)
             try:
-                out = client.predict(image_id, [{"category": "car", "box": box}], -1, api_name="/save_annotations")
+                out = client.predict(image_id, [{"category": "car", "box": box}], revisions[image_id],
+                                     api_name="/save_annotations")
+                revisions[image_id] = out["saved_revision"]  # this client alone saves these images
             except Exception as exc:  # noqa: BLE001 (the server is gone: the end of this test's client)
                 failures.append(exc)
                 return

@@ -41,7 +41,7 @@ def bench(database, synthetic_coco):
     checkpoint.write_bytes(b"")
     version = registry.register_version(database, checkpoint, name="fake", config={}, metrics={})
     wb = Workbench(database, device="cpu")
-    wb.save_json(image_id, [], None)  # start from no annotations
+    wb.save_json(image_id, [], wb.annotations(image_id)[0])  # start from no annotations
     return wb, image_id, h, w, version
 
 
@@ -84,8 +84,8 @@ def test_accept_edit_reject_delete_and_hand_made_are_recorded(bench):
     assert hand == [("box", "kept"), ("polygon", "kept")]
     assert all(r["model_version_id"] == version for r in got.values())
     # undo the box: its record goes; undo the save: d is back accepted and the hand-made polygon gone
-    wb.undo(image_id)
-    wb.undo(image_id)
+    revision = wb.undo(image_id, revision)
+    wb.undo(image_id, revision)
     got = fates(wb)
     assert got[d]["fate"] == "accepted" and got[b]["category_id"] == 3 and got[b]["fate"] == "edited"
     assert [r["tool"] for r in got.values() if r["kind"] == "hand"] == []
@@ -283,6 +283,6 @@ def test_a_database_of_schema_0004_is_upgraded_and_records_fates(tmp_path, datab
     PILImage.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
     image_id = add_images(db, [image]).image_ids[0]
     wb = Workbench(db, device="cpu")
-    wb.save_json(image_id, [{"category": "dog", "box": [1, 1, 10, 10], "tool": "box"}], None)
+    wb.save_json(image_id, [{"category": "dog", "box": [1, 1, 10, 10], "tool": "box"}], wb.annotations(image_id)[0])
     assert [(r["kind"], r["tool"], r["fate"]) for r in fate_rows(db)] == [("hand", "box", "kept")]
     db.close()

@@ -86,6 +86,22 @@ def test_a_conflict_stops_the_batch_and_keeps_both_versions(db):
     assert wb.conflicts(1)  # the losing save is in the journal (recover brings it back)
 
 
+def test_an_undo_sent_with_a_stale_revision_is_a_conflict_and_undoes_nothing(db):
+    """Issue 23, finding 4 on the canvas: A's undo (sent with the revision A sees) after B's acknowledged save
+    is refused; B's change stays."""
+    from services.workbench import ConflictError, Workbench
+
+    wb = Workbench(db)
+    revision = proposals(db, 1)
+    ids = [r["id"] for r in get_annotations(db, 1, states=["proposed"], decode_masks=False)[1]]
+    theirs = wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.apply_edits(1, [{"kind": "undo"}], revision, "A")
+    assert isinstance(mine.error, ConflictError) and mine.applied == 0 and mine.revision == theirs.revision
+    assert "nothing was changed" in str(mine.error)
+    accepted = {r["id"] for r in get_annotations(db, 1, states=["accepted"], decode_masks=False)[1]}
+    assert ids[0] in accepted and get_annotations(db, 1)[0] == theirs.revision
+
+
 @pytest.mark.parametrize("edits, message", [
     ("not a list", "must be a list"),
     ([{"kind": "paint"}], "kind is one of"),

@@ -139,7 +139,7 @@ def test_wrong_password_and_anonymous_requests_are_refused(secured):
 def test_every_annotation_change_records_the_logged_in_user(secured):
     ana, bob = client_of(secured, "ana"), client_of(secured, "bob")
     saved = ana.predict(1, [{"category": "car", "box": [1, 1, 20, 20]}, {"category": "sign", "box": [30, 5, 50, 25]}],
-                        -1, api_name="/save_annotations")
+                        ana.predict(1, api_name="/instances")["revision"], api_name="/save_annotations")
     first, second = sorted(i["id"] for i in saved["instances"])
     rows = db_rows(secured["data_dir"], "SELECT id, created_by, updated_by FROM annotations WHERE image_id = 1")
     assert sorted(rows) == [(first, "ana", "ana"), (second, "ana", "ana")]
@@ -257,12 +257,13 @@ def test_reviews_undo_proposals_and_merges_record_their_user(database, synthetic
     _, rows = get_annotations(database, 1, decode_masks=False)
     new = next(r for r in rows if r["created_by"] == "ana")
     assert new["updated_by"] == "ana" and all(r["updated_by"] is None for r in rows if r is not new)  # others unchanged
-    set_review_state(database, 1, [new["id"]], "accepted", seen_revision=added, user="bob")
+    reviewed = set_review_state(database, 1, [new["id"]], "accepted", seen_revision=added, user="bob")
     _, rows = get_annotations(database, 1, decode_masks=False)
     assert {r["id"]: (r["created_by"], r["updated_by"]) for r in rows}[new["id"]] == ("ana", "bob")
-    undo(database, 1, user="carl")  # back to before the review
+    undo(database, 1, seen_revision=reviewed, user="carl")  # back to before the review: carl changed that one
     _, rows = get_annotations(database, 1, decode_masks=False)
-    assert all(r["updated_by"] == "carl" for r in rows)
+    assert {r["id"]: (r["review_state"], r["updated_by"]) for r in rows}[new["id"]] == ("proposed", "carl")
+    assert all(r["updated_by"] is None for r in rows if r["id"] != new["id"])
     merge_categories(database, 12, 7, user="dora")
     _, rows = get_annotations(database, 2, decode_masks=False)
     assert {r["updated_by"] for r in rows if r["category_id"] == 7} >= {"dora"}

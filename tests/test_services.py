@@ -199,6 +199,7 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     assert commands[0][-4:] == ["--run-id", str(run_id), "--data-dir", str(db.data_dir)]
     assert training.queued_spec(db, run_id) == spec
     assert registry.get_run(db, run_id).iterations == 3  # the preset's, for the progress bar
+    registry.finish_run(db, run_id, RunStatus.cancelled)  # one run at a time
     sized = TrainingSpec(mode="heads", device="cpu", iterations=50, image_size=96)
     other = training.start_training(db, sized)
     assert training.queued_spec(db, other) == sized and registry.get_run(db, other).iterations == 50

@@ -79,3 +79,93 @@ def test_killed_process_leaves_a_consistent_database(db_with_data):
     from partial_sup.maskx import predictor_from_file
 
     assert predictor_from_file(registry.checkpoint_path(db, active), device="cpu").categories  # still loads
+
+
+# ---- issue 23, finding 6: labelling during a run; one run at a time; a starting run is alive ----------------
+def test_a_run_trains_on_the_classes_and_labels_it_started_with(db_with_data):
+    """Adding a class and labelling it during a retrain made the run fail ("category id 13 is not in
+    dataset.categories"): the dataset is a snapshot of the classes and annotations at its start, also in the
+    DataLoader's worker processes (which get it pickled)."""
+    import pickle
+
+    import numpy as np
+
+    from db.annotations import InstanceData, get_annotations, save_annotations
+    from db.categories import add_category
+    from mnc_core import MNCConfig
+    from mnc_core.training_data import prepare_sample
+    from services.dataset import DatabaseDataset
+
+    db = db_with_data
+    dataset = DatabaseDataset(db, "train")
+    started = ([c for c, _ in dataset.categories], list(dataset.image_ids))
+    # meanwhile people label: a new class on an image of the run, an old instance given it, one more instance
+    kite = add_category(db, "kite")
+    image_id = dataset.image_ids[0]
+    revision, rows = get_annotations(db, image_id, decode_masks=False)
+    first_object = next(r for r in rows if not r["iscrowd"])
+    mask = np.zeros((48, 64), bool)
+    mask[4:20, 4:30] = True
+    save_annotations(db, image_id, [InstanceData.from_row(r, category_id=kite) if r["id"] == first_object["id"]
+                                    else InstanceData.from_row(r) for r in rows]
+                     + [InstanceData(category_id=kite, mask=mask), InstanceData(category_id=3, mask=mask)],
+                     seen_revision=revision)
+    assert kite not in dict(dataset.categories)
+    cat_to_label = {c: i + 1 for i, (c, _) in enumerate(dataset.categories)}
+    config = MNCConfig().replace(min_size=64, max_size=96)
+    for copy in (dataset, pickle.loads(pickle.dumps(dataset))):  # this process, and a worker's copy
+        assert ([c for c, _ in copy.categories], list(copy.image_ids)) == started
+        for index in range(len(copy)):
+            sample = copy[index]
+            assert set(int(c) for c, crowd in zip(sample.category_ids, sample.crowd_flags()) if not crowd) \
+                <= set(cat_to_label)
+            prepare_sample(sample, cat_to_label, config, flip=False)  # raised "category id ... is not in ..."
+        first = copy[0]
+        assert len(first.category_ids) == len([r for r in rows if r["id"] != first_object["id"]])  # none added
+    assert DatabaseDataset(db, "train").snapshot.sets[kite] == "A"  # the next run trains the new class
+
+
+def test_a_starting_run_counts_as_alive_until_its_pid_is_known(db_with_data, monkeypatch):
+    """A run is recorded before its process starts; a client polling it in that moment (no pid yet) marked it
+    "ended unexpectedly" though it was starting. Its process is being started by one thread while another
+    polls: the run is queued, not failed. One whose pid never comes is failed after the grace time."""
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from db.models import TrainingRun
+    from services import training
+
+    db = db_with_data
+    barrier = threading.Barrier(2, timeout=60)
+    polled = threading.Event()
+    seen = []
+
+    class Process:  # the training process as it starts: slow enough for a poll to come first
+        def __init__(self, command, **kwargs):
+            barrier.wait()
+            assert polled.wait(60)
+            self.pid = os.getpid()
+
+    def poll():
+        barrier.wait()
+        try:
+            seen.append(run_state(db, registry.active_run(db)))
+        finally:
+            polled.set()
+
+    monkeypatch.setattr(training.subprocess, "Popen", Process)
+    poller = threading.Thread(target=poll)
+    poller.start()
+    run_id = start_training(db, TrainingSpec(iterations=5, **TINY))
+    poller.join(60)
+    assert seen and seen[0].run_id == run_id and seen[0].status == "queued", seen
+    assert run_state(db, run_id).status == "queued"  # its pid recorded now (this process: alive)
+    # a run whose process never got going: no pid, recorded longer ago than the grace time
+    registry.finish_run(db, run_id, registry.RunStatus.cancelled)
+    stuck = registry.create_run(db, mode="heads", iterations=5, params={})
+    assert run_state(db, stuck).status == "queued"
+    with db.session() as session:
+        session.get(TrainingRun, stuck).created_at = (datetime.now(timezone.utc)
+                                                      - timedelta(seconds=training.STARTING_GRACE_S + 1))
+    state = run_state(db, stuck)
+    assert state.status == "failed" and "did not start" in state.message
