@@ -31,6 +31,15 @@ def is_number(value) -> bool:
     return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
 
 
+def is_integer(value) -> bool:
+    """A JSON integer: an int (not a bool; numpy's integers count), not a float such as 3.0."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu"
+
+
 def finite_number(value, what: str) -> float:
     """A finite number, else a WorkbenchError naming ``what``."""
     if not is_number(value):

@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from db import masks
-from db.checks import MAX_ID, clipped_box, is_number
+from db.checks import MAX_ID, clipped_box, is_integer, is_number
 from db.engine import Database
 from db.errors import BadImageError, CocoImportError, WorkbenchError, shown
 from db.housekeeping import referenced_paths
@@ -57,10 +57,6 @@ MAX_CATEGORIES = 20_000  # the largest tested: 3,000 (benchmarks/README.md, "Tho
 _MAX_LENGTH = {"name": Category.__table__.c.name.type.length,
                "supercategory": Category.__table__.c.supercategory.type.length,
                "file_name": Image.__table__.c.file_name.type.length}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def safe_relative_path(file_name: Any) -> PurePosixPath | None:
@@ -114,7 +110,7 @@ def _check_categories(data: dict, existing: dict[int, Category], problems: list[
         return by_id
     for index, cat in enumerate(data["categories"]):
         where = f"categories[{index}]"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not 1 <= cat["id"] <= MAX_ID:
+        if not isinstance(cat, dict) or not is_integer(cat.get("id")) or not 1 <= cat["id"] <= MAX_ID:
             problems.append(f"{where}: 'id' must be an integer from 1 to {MAX_ID}")
             continue
         name = cat.get("name")
@@ -171,7 +167,7 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
     entries: dict[int, _ImageEntry] = {}
     items = data["images"]
     for index, img in enumerate(progress(items, len(items), "images")):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
+        if not isinstance(img, dict) or not is_integer(img.get("id")):
             problems.append(f"images[{index}]: 'id' must be an integer")
             continue
         where = f"image {img['id']}"
@@ -201,7 +197,7 @@ def _check_images(data: dict, images_dir: Path, store: ImageStore, problems: lis
             problems.append(str(exc))
             continue
         declared = (img.get("width"), img.get("height"))
-        if declared != (None, None) and not all(_is_int(v) for v in declared):
+        if declared != (None, None) and not all(is_integer(v) for v in declared):
             problems.append(f"{where}: 'width' and 'height' must be whole numbers, not {shown(declared[0], 60)} and "
                             f"{shown(declared[1], 60)}")
             continue
@@ -238,7 +234,7 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
     seen_ids: set[int] = set()
     items = data["annotations"]
     for index, ann in enumerate(progress(items, len(items), "annotations")):
-        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+        if not isinstance(ann, dict) or not is_integer(ann.get("id")):
             problems.append(f"annotations[{index}]: 'id' must be an integer")
             continue
         where = f"annotation {ann['id']}"
@@ -246,7 +242,7 @@ def _check_annotations(data: dict, images: dict[int, _ImageEntry], categories: d
             problems.append(f"{where}: the id appears twice in the file")
             continue
         seen_ids.add(ann["id"])
-        if not _is_int(ann.get("image_id")) or not _is_int(ann.get("category_id")):  # 1.0 and true would match 1
+        if not is_integer(ann.get("image_id")) or not is_integer(ann.get("category_id")):  # 1.0 and true would match 1
             problems.append(f"{where}: 'image_id' and 'category_id' must be integers, not "
                             f"{shown(ann.get('image_id'))} and {shown(ann.get('category_id'))}")
             continue

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from db.checks import is_integer, is_number
+
 
 def encode(mask: np.ndarray) -> str:
     """Boolean/uint8 (H, W) mask -> compressed RLE counts string."""
@@ -54,7 +56,7 @@ def counts_from_segmentation(segmentation, height: int, width: int) -> str | Non
             raise ValueError(f"the polygons have more than {MAX_POLYGON_NUMBERS} numbers; simplify the mask")
         parts = []
         for index, part in enumerate(segmentation):
-            if not isinstance(part, list) or not all(_is_real(v) for v in part):
+            if not isinstance(part, list) or not all(is_number(v) for v in part):
                 raise ValueError(f"polygon part {index} is not a list of numbers")
             if len(part) < 6 or len(part) % 2:
                 raise ValueError(f"polygon part {index} has {len(part)} numbers; a polygon needs at least 3 (x, y) "
@@ -69,7 +71,7 @@ def counts_from_segmentation(segmentation, height: int, width: int) -> str | Non
         return from_polygons(parts, height, width)
     if isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_integer(v) for v in size)):
+        if not (isinstance(size, list) and len(size) == 2 and all(is_integer(v) for v in size)):
             raise ValueError("RLE 'size' must be [height, width]")
         if list(size) != [height, width]:
             raise ValueError(f"the mask is {size[1]}x{size[0]} (w x h) but its image is {width}x{height}")
@@ -79,21 +81,13 @@ def counts_from_segmentation(segmentation, height: int, width: int) -> str | Non
             except ValueError as exc:
                 raise ValueError(f"the compressed RLE counts are not a {width}x{height} mask ({exc})") from None
             return counts
-        if isinstance(counts, list) and all(_is_integer(v) and 0 <= v <= height * width for v in counts):
+        if isinstance(counts, list) and all(is_integer(v) and 0 <= v <= height * width for v in counts):
             if sum(counts) != height * width:
                 raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, not height x width = "
                                  f"{height * width}")
             return from_uncompressed({"size": [height, width], "counts": [int(v) for v in counts]}, height, width)
         raise ValueError("RLE 'counts' must be a string (compressed) or a list of integers from 0 to height x width")
     raise ValueError("a mask must be a list of polygons, an RLE object {'size', 'counts'}, or empty for a box")
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def area(counts: str, height: int, width: int) -> int:
