@@ -44,7 +44,7 @@ import urllib.request
 from pathlib import Path
 
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, copy_fresh, loadavg, run_launch, stamp,
-                    write_json)
+                    weights_for_server, write_json)
 
 ENV = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
@@ -292,7 +292,7 @@ def poll_loop(url: str, name: str, call, stop: threading.Event, t_origin: float,
         next_start = start + period
 
 
-def during_retrain(url: str, args, image_ids: list[int], base_version: int) -> dict:
+def during_retrain(url: str, args, image_ids: list[int], base_version: int, backbone_weights: str) -> dict:
     client = client_for(url)
     idle_overview = []
     for _ in range(5):
@@ -315,7 +315,8 @@ def during_retrain(url: str, args, image_ids: list[int], base_version: int) -> d
     stop = threading.Event()
     load_before = loadavg()
     t_origin = time.perf_counter()
-    job = client.submit("heads", args.retrain_iterations, args.retrain_image_size, str(args.weights),
+    job = client.submit("heads", args.retrain_iterations, args.retrain_image_size,
+                        backbone_weights,
                         api_name="/retrain")
     time.sleep(0.5)  # the retrain's request first: it starts the training process
     threads = [threading.Thread(target=poll_loop, args=(url, name, fn, stop, t_origin, samples), daemon=True)
@@ -478,6 +479,7 @@ def main() -> int:
     results["model"] = base
     photos = make_photos(args)
     run_data = copy_fresh(args.work / "base_data", args.work / "run_data")
+    backbone_weights = weights_for_server(args.weights, run_data)
 
     server = Server(run_data, args.work / "server.log")
     try:
@@ -522,7 +524,7 @@ def main() -> int:
         # 3. the UI while a retrain runs
         print(f"retrain (heads, {args.retrain_iterations} iterations at {args.retrain_image_size} px) with "
               "overview + propose every second ...", flush=True)
-        results["retrain"] = during_retrain(server.url, args, image_ids, base["version_id"])
+        results["retrain"] = during_retrain(server.url, args, image_ids, base["version_id"], backbone_weights)
         r = results["retrain"]
         print(f"  retrain took {r['retrain_seconds']:.1f} s; overview max {r['summary']['overview'].get('max', 0):.3f} s, "
               f"propose max {r['summary']['propose'].get('max', 0):.3f} s", flush=True)

@@ -234,9 +234,10 @@ class Labeller:
 
 # ---- a setting -------------------------------------------------------------------------------------------------
 def run_setting(setting: str, args, photos: dict, base: Path, log) -> dict:
-    from common import copy_fresh
+    from common import copy_fresh, weights_for_server
 
     data_dir = copy_fresh(base, args.work / f"data_{setting}")
+    backbone_weights = weights_for_server(args.backbone_weights, data_dir)
     server = Server(data_dir, args.work / f"server_{setting}.log")
     try:
         server.wait()
@@ -283,7 +284,7 @@ def run_setting(setting: str, args, photos: dict, base: Path, log) -> dict:
             log.flush()
             if setting != "nomodel" and number < args.rounds:
                 started = time.perf_counter()
-                result = client.predict("heads", args.iterations, args.image_size, str(args.backbone_weights),
+                result = client.predict("heads", args.iterations, args.image_size, backbone_weights,
                                         api_name="/retrain")
                 row["retrain_s"] = round(time.perf_counter() - started, 1)
                 row["version"] = result.get("version_id")

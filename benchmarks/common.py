@@ -112,6 +112,18 @@ def copy_fresh(source: Path, target: Path) -> Path:
     return target
 
 
+def weights_for_server(weights, data_dir: Path) -> str:
+    """What a benchmark sends as /retrain's backbone_weights: "none" / empty as they are; a .pth file is copied into
+    the data folder's weights/ folder (the server takes weights from there only) and named by its file name."""
+    text = "" if weights is None else str(weights)
+    if text.strip().lower() in ("", "none"):
+        return text
+    folder = Path(data_dir) / "weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(text, folder / Path(text).name)
+    return Path(text).name
+
+
 # ---- the machine and the clock -----------------------------------------------------------------------
 def stamp(seconds: bool = True, when: float | None = None) -> str:
     """A UTC time as text, "2024-05-01 12:34:56 UTC" (seconds=False: "2024-05-01 12:34 UTC"); now, or the

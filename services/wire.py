@@ -45,18 +45,20 @@ def revision(value, what: str = "seen_revision") -> int | None:
     return None if number < 0 else number
 
 
+REVISION_NEEDED = ("send the image's revision as seen_revision: the 'revision' of /instances (or /propose), or the "
+                   "'saved_revision' of your last save of the image")
+
+
 def required_revision(value, what: str = "seen_revision") -> int:
     """The revision a client read the image at, which an API write that replaces the image's annotations
     requires: missing or negative (the old -1, "no check") is refused, since such a save would overwrite whatever
     someone else saved meanwhile."""
     if value is None or value == "":
-        raise WorkbenchError(f"{what} is missing: send the image's revision from /instances (or /propose), "
-                             "or the saved_revision of your last save of the image")
+        raise WorkbenchError(f"{what} is missing: a save replaces the image's annotations; {REVISION_NEEDED}")
     number = strict_int(value, what, -MAX_ID, MAX_ID)
     if number < 0:
         raise WorkbenchError(f"{what} {number} (no check) is no longer accepted: it overwrote other people's "
-                             "saves. Send the image's revision from /instances (or /propose), or the saved_revision "
-                             "of your last save of the image")
+                             f"saves; {REVISION_NEEDED}")
     return number
 
 

@@ -158,8 +158,7 @@ def _write_revision(seen_revision, revision: int) -> int:
     return revision if seen is None else seen
 
 
-REVISION_NEEDED = ("send the image's revision as seen_revision: the 'revision' of /instances (or /propose), or the "
-                   "'saved_revision' of your last save of the image")
+REVISION_NEEDED = wire.REVISION_NEEDED
 
 
 def _box_tool(changes: dict) -> str:

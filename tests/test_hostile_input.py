@@ -110,7 +110,7 @@ def test_hostile_boxes_are_refused_by_the_api_the_canvas_and_the_draw_tab(workbe
 
     db = workbench.db
     before = state(db)
-    message = refusal(Api(workbench).add_boxes, 1, [{"category": "ball", "box": box}], -1, request=None)
+    message = refusal(Api(workbench).add_boxes, 1, [{"category": "ball", "box": box}], before[0], request=None)
     assert message.startswith("box 0") and any(said in message for said in (
         "[x1, y1, x2, y2]", "a box value must be a finite number", "has no area", "more than one image size outside"))
     result = workbench.apply_edits(1, [{"kind": "box", "temp_id": -1, "category_id": 7, "box": box}], before[0])
@@ -130,9 +130,9 @@ def test_boxes_partly_outside_are_clipped_and_the_api_save_keeps_its_limit(workb
     assert rows[-1]["box"] == (0.0, 0.0, 30.0, 40.0) and how == ["grabcut mask"]
     with pytest.raises(WorkbenchError, match="does not overlap the 64x48 image"):
         workbench.add_boxes(1, [(7, [70, 5, 100, 20])], box_only=False, seen_revision=None)
-    workbench.save_json(1, [{"category": "ball", "box": [-64, -48, 128, 96]}], None)
+    revision = workbench.save_json(1, [{"category": "ball", "box": [-64, -48, 128, 96]}], revision)
     with pytest.raises(WorkbenchError, match="more than one image size outside"):
-        workbench.save_json(1, [{"category": "ball", "box": [-64.5, -48, 128, 96]}], None)
+        workbench.save_json(1, [{"category": "ball", "box": [-64.5, -48, 128, 96]}], revision)
 
 
 @pytest.mark.parametrize("points", [[[math.nan, 3]], [[3, math.inf]], [[1e39, 3]], [[3, "4"]], [[True, 3]],
@@ -143,7 +143,7 @@ def test_hostile_clicks_are_refused_by_the_api_and_the_canvas(workbench, points)
     db = workbench.db
     before = state(db)
     ann_id = before[1][0][0]
-    assert refusal(Api(workbench).refine, 1, ann_id, points, [], -1, request=None).startswith("positive_points")
+    assert refusal(Api(workbench).refine, 1, ann_id, points, [], before[0], request=None).startswith("positive_points")
     result = workbench.apply_edits(1, [{"kind": "refine", "id": ann_id, "positive": points}], before[0])
     assert result.applied == 0 and "edit 0: positive" in str(result.error)
     assert state(db) == before
@@ -239,10 +239,10 @@ def test_the_server_refuses_hostile_boxes_and_lives_on(tmp_path, tmp_path_factor
         client = Client(url, verbose=False)
         for box in ([1, 1, 1e39, 20], [1, 1, 3e38, 20], [-3e38, 1, 3e38, 20]):
             with pytest.raises(AppError, match="box 0 .* is more than one image size outside the 64x48 image"):
-                client.predict(1, [{"category": "ball", "box": box}], -1, api_name="/add_boxes")
+                client.predict(1, [{"category": "ball", "box": box}], before[0], api_name="/add_boxes")
         http = httpx.Client(base_url=url, timeout=120)
         for token in ("Infinity", "-Infinity", "NaN"):
-            body = '{"data": [1, [{"category": "ball", "box": [1, 1, %s, 20]}], -1]}' % token
+            body = '{"data": [1, [{"category": "ball", "box": [1, 1, %s, 20]}], %d]}' % (token, before[0])
             response = http.post("gradio_api/call/add_boxes", content=body,
                                  headers={"Content-Type": "application/json"})
             assert response.status_code == 200, response.text
@@ -256,7 +256,7 @@ def test_the_server_refuses_hostile_boxes_and_lives_on(tmp_path, tmp_path_factor
             assert state(check) == before  # nothing stored
         finally:
             check.close()
-        added = client.predict(1, [{"category": "ball", "box": [30, 20, 55, 40]}], -1, api_name="/add_boxes")
+        added = client.predict(1, [{"category": "ball", "box": [30, 20, 55, 40]}], before[0], api_name="/add_boxes")
         assert added["masks"][0] in ("model mask", "grabcut mask") and process.poll() is None
         assert call(http, "instances", [1])[0] == "complete"
     finally:
@@ -318,9 +318,13 @@ def test_ids_are_plain_ascii_digits_everywhere(workbench, value):
 
     api = Api(workbench)
     assert refusal(api.instances, value).startswith("image_id must be a whole number")
-    revision_sent = value if value not in (None, "", -1) else "x"  # those three mean "no revision check"
-    assert refusal(api.save_annotations, 1, [], revision_sent, request=None).startswith(
-        "seen_revision must be a whole number")
+    if value is None or value == "":
+        expected = "seen_revision is missing"
+    elif value == -1 and not isinstance(value, bool):
+        expected = "seen_revision -1 (no check) is no longer accepted"
+    else:
+        expected = "seen_revision must be a whole number"
+    assert refusal(api.save_annotations, 1, [], value, request=None).startswith(expected)
     revision, rows = get_annotations(workbench.db, 1, decode_masks=False)
     for edit in ({"kind": "review", "ids": [value], "state": "accepted"}, {"kind": "delete", "ids": [value]},
                  {"kind": "class", "id": rows[0]["id"], "category_id": value}):

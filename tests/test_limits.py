@@ -208,7 +208,9 @@ def test_no_more_writing_events_than_the_limit_run_at_once(tmp_path_factory, mon
                         return
 
     def api_save(k: int) -> None:
-        Client(url, verbose=False).predict(2 + k % 3, [], -1, api_name="/save_annotations")
+        image_id = 2 + k % 3
+        revision = Client(url, verbose=False).predict(image_id, api_name="/instances")["revision"]
+        Client(url, verbose=False).predict(image_id, [], revision, api_name="/save_annotations")
 
     try:
         threads = [threading.Thread(target=canvas_save, args=(k,)) for k in range(each)]
