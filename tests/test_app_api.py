@@ -95,7 +95,7 @@ def test_propose_then_save_with_conflict_detection(client, app_server):
     # a save replaces the image's annotations: without the revision it read, it would overwrite others' saves
     with pytest.raises(TypeError, match="seen_revision"):  # gradio_client knows it is required
         client.predict(image_id, [drawn], api_name="/save_annotations")
-    with pytest.raises(AppError, match="seen_revision is missing: send the image's revision from /instances"):
+    with pytest.raises(AppError, match="seen_revision is missing: .*send the image's revision as seen_revision: the 'revision' of /instances"):
         client.predict(image_id, [drawn], None, api_name="/save_annotations")
     with pytest.raises(AppError, match=r"seen_revision -1 \(no check\) is no longer accepted.*/instances"):
         client.predict(image_id, [drawn], -1, api_name="/save_annotations")

@@ -97,6 +97,14 @@ def _migrate(engine, revision: str, downgrade: bool = False) -> None:
         (command.downgrade if downgrade else command.upgrade)(config, revision)
 
 
+def _dog_and_one_image(connection, old: MetaData, day, revision: int) -> int:
+    """A class "dog" (id 4) and one 4x3 image, written into an older schema's tables -> the image's id."""
+    connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="", created_at=day))
+    return connection.execute(old.tables["images"].insert().values(
+        sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3, split="train",
+        revision=revision, created_at=day)).inserted_primary_key[0]
+
+
 def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path, database_url):
     from datetime import datetime, timezone
 
@@ -109,11 +117,7 @@ def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path, database_url):
     old.reflect(engine)
     day = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with engine.begin() as connection:
-        connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="",
-                                                                       created_at=day))
-        image_id = connection.execute(old.tables["images"].insert().values(
-            sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3, split="train",
-            revision=0, created_at=day)).inserted_primary_key[0]
+        image_id = _dog_and_one_image(connection, old, day, revision=0)
         ann_id = connection.execute(old.tables["annotations"].insert().values(
             image_id=image_id, category_id=4, bbox_x=0, bbox_y=0, bbox_w=2, bbox_h=2, mask_rle="0", area=4,
             iscrowd=False, source="imported", review_state="accepted", created_at=day,
@@ -162,11 +166,7 @@ def test_upgrade_to_journal_diffs_keeps_old_entries_undoable_and_one_run_active(
                area=4.0, iscrowd=False, source="imported", model_version_id=None, score=None,
                review_state="accepted", created_by=None, updated_by=None)
     with engine.begin() as connection:
-        connection.execute(old.tables["categories"].insert().values(id=4, name="dog", supercategory="",
-                                                                       created_at=day))
-        image_id = connection.execute(old.tables["images"].insert().values(
-            sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3, split="train",
-            revision=1, created_at=day)).inserted_primary_key[0]
+        image_id = _dog_and_one_image(connection, old, day, revision=1)
         ann_id = connection.execute(old.tables["annotations"].insert().values(
             image_id=image_id, **{k: v for k, v in row.items() if k != "updated_by"}, created_at=day,
             updated_at=day)).inserted_primary_key[0]

@@ -39,7 +39,7 @@ def _large_disc_image(height: int = 1200, width: int = 1600, radius: int = 420):
     return image, disc > 0
 
 
-def _counting_grabcut(monkeypatch) -> list[int]:
+def counting_grabcut(monkeypatch) -> list[int]:
     """cv2.grabCut, recording how many pixels each call gets."""
     seen, real = [], cv2.grabCut
 
@@ -59,7 +59,7 @@ def test_grabcut_of_a_large_box_works_on_at_most_max_pixels_and_still_finds_the_
     from partial_sup.grabcut import MAX_PIXELS
 
     image, disc = _large_disc_image()
-    seen = _counting_grabcut(monkeypatch)
+    seen = counting_grabcut(monkeypatch)
     box = (300, 120, 1300, 1080)  # 1000 x 960 px: about 1 Mpx with its margin
     mask = grabcut_mask(image, box)
     assert len(seen) == 1 and seen[0] <= MAX_PIXELS < (box[2] - box[0]) * (box[3] - box[1])
@@ -73,7 +73,7 @@ def test_grabcut_with_a_small_budget_still_matches_the_object(monkeypatch):
     disc = np.zeros((240, 320), np.uint8)
     cv2.circle(disc, (160, 120), 60, 1, -1)
     image[disc > 0] = (220, 40, 40)
-    seen = _counting_grabcut(monkeypatch)
+    seen = counting_grabcut(monkeypatch)
     mask = grabcut_mask(image, (90, 50, 230, 190), max_pixels=6_000)
     assert seen and max(seen) <= 6_000
     assert _iou(mask, disc > 0) > 0.9
@@ -85,7 +85,7 @@ def test_refining_a_large_mask_works_on_at_most_max_pixels(monkeypatch):
     image, disc = _large_disc_image()
     start = np.zeros(disc.shape, bool)
     start[200:1000, 420:1100] = True  # a rough box-shaped mask: part of the disc missing, background included
-    seen = _counting_grabcut(monkeypatch)
+    seen = counting_grabcut(monkeypatch)
     refined = refine_mask(image, start, positive=[(1150, 600)], negative=[(450, 230)])
     assert len(seen) == 1 and seen[0] <= MAX_PIXELS
     assert _iou(refined, disc) > 0.9 > _iou(start, disc)

@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 from db.annotations import get_annotations
 from db.coco_import import import_coco
 from db.errors import WorkbenchError
+from test_grabcut import counting_grabcut
 
 OLD = time.time() - 2 * 3600  # a file's time that the start-up cleanup counts as stale (STALE_SECONDS: 1 h)
 
@@ -27,18 +28,6 @@ OLD = time.time() - 2 * 3600  # a file's time that the start-up cleanup counts a
 def db(database, synthetic_coco):
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
     return database
-
-
-def counting_grabcut(monkeypatch) -> list[int]:
-    """cv2.grabCut, recording how many pixels each call gets."""
-    seen, real = [], cv2.grabCut
-
-    def counted(image, *args):
-        seen.append(image.shape[0] * image.shape[1])
-        return real(image, *args)
-
-    monkeypatch.setattr(cv2, "grabCut", counted)
-    return seen
 
 
 # ---- boxes per call and GrabCut's pixels --------------------------------------------------------------------
