@@ -91,11 +91,19 @@ def best_ious(predictor, dataset, category):
 
 @pytest.fixture(scope="module")
 def transfer_model():
+    """The fit on one thread, as its margins were measured: with two threads the sums run in another order and
+    the fit follows another trajectory (on a Zen 4 its triangle margin was then 0.04, below the 0.05 asked), so
+    the thread count that earlier tests happened to leave must not decide it."""
     dataset = TriangleShapes(6)
     cfg = config()
-    torch.manual_seed(0)
-    model = build_maskx_model(cfg, 3, MaskXConfig(method="transfer", fcn_channels=32), "none")
-    model, summary = train_model(dataset, cfg, iterations=300, lr=1e-3, seed=0, model=model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build_maskx_model(cfg, 3, MaskXConfig(method="transfer", fcn_channels=32), "none")
+        model, summary = train_model(dataset, cfg, iterations=300, lr=1e-3, seed=0, model=model)
+    finally:
+        torch.set_num_threads(threads)
     return dataset, cfg, model, summary
 
 
