@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from db import fates, masks
+from db.checks import is_integer
 from db.engine import Database
 from db.errors import WorkbenchError
 from db.models import Annotation, Category, Image, JournalEntry, ReviewState, Source
@@ -191,6 +192,13 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
         return image.revision, rows
 
 
+def _require_revision(seen_revision, needs: str, then: str) -> None:
+    """The revision a change starts from, which saves and undo require (db.checks.is_integer, from 0): else a
+    WorkbenchError saying what ``needs`` it and what to do (``then``)."""
+    if not is_integer(seen_revision) or seen_revision < 0:
+        raise WorkbenchError(f"{needs} (seen_revision, a whole number from 0), not {seen_revision!r}: {then}")
+
+
 def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int,
                      user: str | None = None, action: str = "save", proposing: bool = False) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
@@ -201,10 +209,8 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
     someone changed the image since, nothing is written but the caller's version, to the journal, and
     :class:`ConflictError` says so. A save without it would silently drop whatever was saved meanwhile
     (imports and scripts that own the image use :func:`save_annotations_unchecked`)."""
-    if seen_revision is None or isinstance(seen_revision, bool) or int(seen_revision) != seen_revision \
-            or seen_revision < 0:
-        raise WorkbenchError(f"a save of image {image_id} needs the revision its annotations were read at "
-                             f"(seen_revision, a whole number from 0), not {seen_revision!r}: read the image first")
+    _require_revision(seen_revision, f"a save of image {image_id} needs the revision its annotations were read "
+                                     "at", "read the image first")
     return _save(db, image_id, instances, int(seen_revision), user=user, action=action, proposing=proposing)
 
 
@@ -300,9 +306,8 @@ def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = 
     change saved meanwhile by someone else is never undone unseen). Returns the new revision.
 
     What the undo replaces is journalled in turn (action "undo"), so nothing saved ever leaves the journal."""
-    if seen_revision is None or seen_revision < 0:
-        raise WorkbenchError(f"an undo of image {image_id} needs the revision the image was seen at "
-                             f"(seen_revision), not {seen_revision!r}: reload the image")
+    _require_revision(seen_revision, f"an undo of image {image_id} needs the revision the image was seen at",
+                      "reload the image")
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)  # first: a concurrent change waits, then finds this one's
         if image is None:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from db import registry
+from db.checks import strict_int
 from db.engine import Database
 from db.errors import WorkbenchError
 
@@ -29,13 +30,10 @@ def _whole_number(variable: str, default: int, lowest: int) -> int:
     if not text:
         return default
     try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < lowest:
+        return strict_int(text, variable, lowest)  # ASCII digits, as every number the workbench is given
+    except WorkbenchError:
         raise WorkbenchError(f"{variable} must be a whole number of at least {lowest}, not {text!r}; set it so or "
-                             f"unset it (default {default})")
-    return value
+                             f"unset it (default {default})") from None
 
 
 def write_concurrency() -> int:

@@ -19,7 +19,7 @@ MAX_POINTS = 1000  # clicked points in one list
 MAX_LISTED = 10_000  # ids, boxes or instances in one list
 
 __all__ = ["MAX_ID", "MIN_BOX_SIDE", "MAX_POINTS", "MAX_LISTED", "strict_id", "temporary_or_strict_id",
-           "revision", "count", "fraction", "finite_number", "is_number", "listed", "box_in_image", "clipped_box",
+           "revision", "required_revision", "REVISION_NEEDED", "count", "fraction", "finite_number", "is_number", "listed", "box_in_image", "clipped_box",
            "point_in_image", "points_in_image", "backbone_weights", "WEIGHTS_FOLDER"]
 
 

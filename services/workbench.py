@@ -158,7 +158,12 @@ def _write_revision(seen_revision, revision: int) -> int:
     return revision if seen is None else seen
 
 
-REVISION_NEEDED = wire.REVISION_NEEDED
+def _mode_name(mode):
+    """A training mode from a client: empty -> "heads", a text stripped and in lower case; anything else as it
+    came (TrainingSpec refuses it with the modes there are)."""
+    if mode is None or mode == "":
+        return "heads"
+    return mode.strip().lower() if isinstance(mode, str) else mode
 
 
 def _box_tool(changes: dict) -> str:
@@ -394,7 +399,7 @@ class Workbench:
         (the revision the person sees; otherwise a ConflictError: what someone else saved meanwhile is never
         undone unseen). What the undo replaces stays in the journal."""
         if seen_revision is None:
-            raise WorkbenchError(f"undo needs the revision of the image you see: {REVISION_NEEDED}")
+            raise WorkbenchError(f"undo needs the revision of the image you see: {wire.REVISION_NEEDED}")
         return undo(self.db, image_id, seen_revision=wire.required_revision(seen_revision), user=user)
 
     def record_visit(self, image_id: int, event_times: list[float], user: str | None = None) -> dict:
@@ -620,7 +625,7 @@ class Workbench:
         (the training process picks the preset's iterations for the device it finds). ``backbone_weights``
         from a client: empty (the server's default), "none", or a file in ``<data dir>/weights/``
         (services.wire.backbone_weights)."""
-        mode = "heads" if mode is None or mode == "" else mode.strip().lower() if isinstance(mode, str) else mode
+        mode = _mode_name(mode)
         iterations = wire.count(iterations, "iterations", MAX_ITERATIONS) or None
         image_size = wire.count(image_size, "image_size", MAX_IMAGE_SIZE) or None
         weights = wire.backbone_weights(backbone_weights, self.db.data_dir, default_backbone_weights())
@@ -640,13 +645,13 @@ class Workbench:
     def training_estimate(self, mode: str = "heads", iterations=None, image_size=None) -> str:
         """How long a run will take, said before it starts: from the pace of this machine's last finished run
         of the mode when there is one, else from the preset's measured time on a 2-core CPU."""
-        mode = (mode or "heads").strip().lower() if isinstance(mode, (str, type(None))) else None
+        mode = _mode_name(mode)
         try:
             iterations = wire.count(iterations, "iterations", MAX_ITERATIONS)
             size = wire.count(image_size, "image_size", MAX_IMAGE_SIZE)
         except WorkbenchError:
             return ""  # start_training says what is wrong
-        if mode not in PRESETS:
+        if not isinstance(mode, str) or mode not in PRESETS:
             return ""
         preset = PRESETS[mode]
         on_gpu = self.device.startswith("cuda")  # where this workbench's runs train
