@@ -84,6 +84,7 @@ class Fate(str, enum.Enum):
     deleted = "deleted"  # accepted (or added by hand), deleted later
     replaced = "replaced"  # a proposal never reviewed, replaced by a newer model's proposals
     kept = "kept"  # an instance added by hand that is still there
+    hidden = "hidden"  # a proposal under its version's and class's threshold: stored, never drawn, closed on "done"
 
 
 class RunStatus(str, enum.Enum):
@@ -260,6 +261,14 @@ class InstanceFate(Base):
     proposed_mask: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # the proposal's mask (RLE counts)
     fate: Mapped[Fate] = mapped_column(_enum(Fate, "fate"))
     iou: Mapped[Optional[float]] = mapped_column(Float, nullable=True)  # edited: proposed vs final mask
+    # a proposal, once its image is done: its best mask IoU with the image's final labels and that label's class
+    # (what showing it would have been worth, shown or hidden: services.payoff learns the thresholds from it)
+    match_iou: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    match_category_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    rank: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # a proposal's place in its image by score
+    start: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # a box's first mask: grabcut, model,
+    # combined (services.box_masks)
+    clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # refine clicks spent on it
     created_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     decided_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
