@@ -214,6 +214,24 @@ class Api:
         return self.wb.instances(wire.strict_id(image_id, "image_id"))
 
     @client_errors
+    def keep_box(self, image_id, ann_id, seen_revision, request: gr.Request):
+        """Keep a proposal's box, not its mask: it becomes an accepted instance with its class and box and a
+        mask made again from the box (as for a drawn box); returns the image's instances and the revision this
+        save made."""
+        image_id = wire.strict_id(image_id, "image_id")
+        saved = self.wb.keep_box(image_id, wire.strict_id(ann_id, "ann_id"), wire.required_revision(seen_revision),
+                                 user=user_of(request))
+        return {**self.wb.instances(image_id), "saved_revision": saved}
+
+    @client_errors
+    def finish_image(self, image_id, seen_revision, request: gr.Request):
+        """"Done" with an image, as the review canvas's Done: the proposals left are rejected, those the model's
+        thresholds hid are closed as hidden (never charged), and what each proposal was worth is recorded.
+        Returns {"revision", "rejected", "hidden"}."""
+        return self.wb.finish_image(wire.strict_id(image_id, "image_id"), wire.required_revision(seen_revision),
+                                    user_of(request))
+
+    @client_errors
     def model_help(self):
         """How much each model version helped: per version and per version and class (services.model_help)."""
         return self.wb.model_help()

@@ -271,10 +271,11 @@ function say(text, name) {  // a message; `name` (user text) is put in for {name
 function apply(op) {  // an edit on the local state (also re-applied on top of a newer server state)
   const byId = (id) => S.instances.find((inst) => inst.id === id);
   if (op.kind === 'review') for (const id of op.ids) { const inst = byId(id); if (inst) inst.state = op.state; }
+  else if (op.kind === 'keep_box') { const inst = byId(op.id); if (inst) inst.state = 'accepted'; }
   else if (op.kind === 'delete') for (const id of op.ids) { const inst = byId(id); if (inst) inst.deleted = true; }
   else if (op.kind === 'class') { const inst = byId(op.id); if (inst) { inst.category_id = op.category_id; inst.state = 'accepted'; } }
   else if (op.kind === 'accept_all') {
-    for (const inst of visible()) if (inst.state === 'proposed' && (inst.score ?? 0) >= op.threshold) inst.state = 'accepted';
+    for (const inst of visible()) if (inst.state === 'proposed' && (op.threshold == null || (inst.score ?? 0) >= op.threshold)) inst.state = 'accepted';
   } else if (op.kind === 'mask') {
     let inst = byId(op.id ?? op.temp_id);
     if (!inst) { inst = {id: op.temp_id, category_id: op.category_id, score: null, color: classColor(op.category_id)}; S.instances.push(inst); }
@@ -293,7 +294,7 @@ function edit(op) {  // shown at once; sent after the next frame is painted (the
 // a batch stays within the server's limits (services.review: MAX_EDITS edits, MAX_BOXES box, refine and
 // propose edits); the edits beyond them go in the next batch (app/canvas.py fills these numbers in)
 const BATCH_LIMITS = {edits: 500, costly: 20};
-const COSTLY_KINDS = ['box', 'refine', 'propose'];
+const COSTLY_KINDS = ['box', 'refine', 'propose', 'keep_box'];
 function flush() {
   if (S.inflight || !S.pending.length || S.imageId == null) return;
   let count = 0, costly = 0;
@@ -453,7 +454,7 @@ function sync() {
     if (op.id != null && created[op.id] != null) op.id = created[op.id];
   }
   if (S.sel != null && created[S.sel] != null) S.sel = created[S.sel];
-  S.rev = value.revision; S.W = value.width || 0; S.H = value.height || 0; S.threshold = value.threshold ?? 0.5;
+  S.rev = value.revision; S.W = value.width || 0; S.H = value.height || 0; S.threshold = value.threshold === undefined ? 0.5 : value.threshold;  // null: the model's thresholds
   S.classes = value.classes || [];
   if (S.drawClass != null && !S.classes.some((c) => c.id === S.drawClass)) S.drawClass = null;
   if (value.image_url && value.image_url !== S.imgUrl) {
@@ -485,9 +486,14 @@ function act(name) {
   if (name === 'accept') review('accepted');
   else if (name === 'reject') review('rejected');
   else if (name === 'delete') review('deleted');
-  else if (name === 'accept_all') {
-    const n = visible().filter((inst) => inst.state === 'proposed' && (inst.score ?? 0) >= S.threshold).length;
-    if (!n) return say(`No proposal scores at least ${S.threshold.toFixed(2)} (the review threshold).`);
+  else if (name === 'keep_box') {  // the proposal's box is kept, its mask made again from the box (server side)
+    const inst = selected();
+    if (!inst || inst.state !== 'proposed') return say('Select a proposal first: k keeps its box and makes its mask again.');
+    if (inst.id < 0) return say('That instance is still being saved; try again in a moment.');
+    S.sel = inst.id; edit({kind: 'keep_box', id: inst.id}); say('Keeping the box: its mask is made again…');
+  } else if (name === 'accept_all') {
+    const n = visible().filter((inst) => inst.state === 'proposed' && (S.threshold == null || (inst.score ?? 0) >= S.threshold)).length;
+    if (!n) return say(S.threshold == null ? 'No proposal is shown to accept.' : `No proposal scores at least ${S.threshold.toFixed(2)} (the review threshold).`);
     edit({kind: 'accept_all', threshold: S.threshold});
   } else if (name === 'undo') edit({kind: 'undo'});
   else if (name === 'propose') { say('Proposing…'); edit({kind: 'propose'}); }
@@ -504,7 +510,7 @@ function setTool(tool) {
   if (S.polygon.length && tool !== 'polygon') S.polygon = [];
   S.tool = tool; cv.style.cursor = tool === 'select' ? 'default' : 'crosshair'; draw(); panel();
 }
-const KEYS = {a: 'accept', r: 'reject', d: 'delete', Delete: 'delete', A: 'accept_all', z: 'undo', p: 'propose',
+const KEYS = {a: 'accept', r: 'reject', d: 'delete', Delete: 'delete', A: 'accept_all', z: 'undo', p: 'propose', k: 'keep_box',
   n: 'done', Enter: 'done', 0: 'fit', f: 'fit', ArrowRight: 'next', ArrowLeft: 'prev'};
 const TOOLS = {v: 'select', x: 'box', g: 'polygon', b: 'brush', e: 'eraser', c: 'refine'};
 root.addEventListener('keydown', (event) => {

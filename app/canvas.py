@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
-from app.display import hex_color, hex_of, instance_colors, shown_instances
+from app.display import hex_color, hex_of, hidden_message, instance_colors, shown_instances
 from services.workbench import MAX_BOXES, MAX_EDITS
 
 
@@ -31,12 +31,13 @@ JS = _script()
 
 TOOLS = [("select", "Select · pan (v)"), ("box", "Box → mask (x)"), ("polygon", "Polygon (g)"),
          ("brush", "Brush (b)"), ("eraser", "Eraser (e)"), ("refine", "Refine clicks (c)")]
-ACTIONS = [("accept", "Accept (a)"), ("reject", "Reject (r)"), ("delete", "Delete (d)"),
+ACTIONS = [("accept", "Accept (a)"), ("reject", "Reject (r)"), ("delete", "Delete (d)"), ("keep_box", "Keep box (k)"),
            ("accept_all", "Accept all ≥ threshold (A)"), ("undo", "Undo (z)"), ("propose", "Propose (p)"),
            ("fit", "Fit (0)"), ("done", "Done, next (n)")]
 KEYS = [("click", "select the topmost instance"), ("Tab / Shift+Tab", "next / previous instance (by score)"),
         ("a / r / d", "accept / reject / delete it, then the next proposal"),
-        ("Shift+A", "accept all above the review threshold"), ("1-9", "class of the selected one (or of new ones)"),
+        ("k", "keep the proposal's box, make its mask again from the box"),
+        ("Shift+A", "accept all the proposals shown"), ("1-9", "class of the selected one (or of new ones)"),
         ("n / Enter", "done (proposals left are rejected), next image"), ("→ / ←", "next / previous image"),
         ("v x g b e c", "select, box, polygon, brush, eraser, refine clicks"),
         ("refine: left / right click", "this is the object / this is not (GrabCut)"), ("[ / ]", "brush radius"),
@@ -87,13 +88,17 @@ CSS = """
 
 
 def canvas_value(*, image: dict | None, image_url: str | None, revision: int | None, instances: list[dict],
-                 classes: dict[int, str], review_threshold: float, score_threshold: float, message: str = "",
-                 status: str = "saved", ack: int | None = None, created: dict | None = None,
-                 lost: int = 0) -> dict:
+                 classes: dict[int, str], review_threshold: float | None, score_threshold: float,
+                 message: str = "", status: str = "saved", ack: int | None = None, created: dict | None = None,
+                 lost: int = 0, policies: dict | None = None) -> dict:
     """The canvas's value. ``image``: services' image_info (None: nothing open); ``instances``: the
     workbench's instances() list (masks as compressed RLE); only what the review shows is sent (accepted
-    ones, proposals above ``review_threshold`` or the low-confidence best guesses, which the message names)."""
+    ones, proposals above ``review_threshold`` or the low-confidence best guesses, which the message names; with
+    ``review_threshold`` None, the proposals the model's thresholds show: ``policies`` as instances() gives them)."""
     shown, low = shown_instances(instances, review_threshold, score_threshold)
+    hidden = hidden_message(instances, policies or {}) if review_threshold is None else ""
+    if hidden:
+        message = ((message + "\n") if message else "") + hidden
     if low:
         guesses = ", ".join(f"{r['score']:.3f}" for r in shown if r["id"] in low)
         message = ((message + "\n") if message else "") + (
@@ -104,7 +109,7 @@ def canvas_value(*, image: dict | None, image_url: str | None, revision: int | N
     return {
         "image_id": None if image is None else int(image["id"]), "revision": revision,
         "width": 0 if image is None else int(image["width"]), "height": 0 if image is None else int(image["height"]),
-        "image_url": image_url, "threshold": float(review_threshold),
+        "image_url": image_url, "threshold": None if review_threshold is None else float(review_threshold),
         "classes": [{"id": int(cid), "name": name, "color": hex_color(cid)} for cid, name in classes.items()],
         "instances": [{"id": r["id"], "category_id": r["category_id"], "state": r["review_state"], "score": r["score"],
                        "low": r["id"] in low, "box": r["box"], "source": r["source"],

@@ -12,7 +12,8 @@ from services.workbench import LOW_CONFIDENCE_TOP, VERSION_METRIC_COLUMNS, Confl
 
 CATEGORY_HEADERS = ["id", "name", "train box-only", "train masks", "set"]  # accepted, non-crowd, train split
 IMAGE_HEADERS = ["id", "file_name", "width", "height", "split", "annotations", "status"]
-VERSION_HEADERS = ["version", "active", "name", "created", *(header for header, _, _ in VERSION_METRIC_COLUMNS), "run"]
+VERSION_HEADERS = ["version", "active", "name", "created", *(header for header, _, _ in VERSION_METRIC_COLUMNS), "run",
+                   "proposals shown (threshold, per photo, precision, saving)"]
 STATUS_FILTERS = ["all", "new", "proposed", "in review", "done"]
 SET_LABELS = {"A": "A (masks)", "B": "B (boxes only)", None: "-"}  # a class's Mask^X set, as the Classes tab says it
 GALLERY_LIMIT = 300
@@ -52,18 +53,35 @@ def hex_of(color: tuple[int, int, int]) -> str:
     return "#%02x%02x%02x" % color
 
 
-def shown_instances(rows: list[dict], review_threshold: float, score_threshold: float) -> tuple[list[dict], set[int]]:
-    """What the review draws: the accepted instances and the proposals scoring at least ``review_threshold``;
-    when no proposal reaches it, the best LOW_CONFIDENCE_TOP proposals instead, marked low confidence
-    (their ids, the second value), as are stored guesses below ``score_threshold``. Accepted first, then by
-    score; at most MAX_SHOWN."""
+def shown_instances(rows: list[dict], review_threshold: float | None,
+                    score_threshold: float) -> tuple[list[dict], set[int]]:
+    """What the review draws: the accepted instances and the proposals a person is shown: with
+    ``review_threshold`` None those the model's thresholds show (the rows' "shown", services.payoff); else those
+    scoring at least ``review_threshold`` and, when no proposal reaches it, the best LOW_CONFIDENCE_TOP instead,
+    marked low confidence (their ids, the second value), as are stored guesses below ``score_threshold``.
+    Accepted first, then by score; at most MAX_SHOWN."""
     proposed = sorted((r for r in rows if r["review_state"] == "proposed"), key=lambda r: -(r["score"] or 0.0))
-    above = [r for r in proposed if (r["score"] or 0.0) >= review_threshold]
-    guesses = above or proposed[:LOW_CONFIDENCE_TOP]
-    low = {r["id"] for r in guesses if not above or (r["score"] is not None and r["score"] < score_threshold)}
+    if review_threshold is None:
+        guesses, low = [r for r in proposed if r.get("shown", True)], set()
+    else:
+        above = [r for r in proposed if (r["score"] or 0.0) >= review_threshold]
+        guesses = above or proposed[:LOW_CONFIDENCE_TOP]
+        low = {r["id"] for r in guesses if not above or (r["score"] is not None and r["score"] < score_threshold)}
     shown = [r for r in rows if r["review_state"] == "accepted"] + guesses
     shown.sort(key=lambda r: (r["review_state"] != "accepted", -(r["score"] or 0.0)))
     return shown[:MAX_SHOWN], low
+
+
+def hidden_message(rows: list[dict], policies: dict) -> str:
+    """Says how many proposals the model's thresholds hide, and why (empty when none is hidden)."""
+    hidden = [r for r in rows if r["review_state"] == "proposed" and not r.get("shown", True)]
+    if not hidden:
+        return ""
+    none_yet = any(p.get("all", {}).get("source") == "none" for p in policies.values())
+    why = ("the model has no record yet of whether its proposals pay (photos done with it, or a val split, give "
+           "one)" if none_yet else "they are under their class's threshold or over its number per photo")
+    return (f"{len(hidden)} proposal(s) hidden: {why}. Untick *Model's thresholds* to see them with the review "
+            "threshold.")
 
 
 def proposal_message(result, score_threshold: float) -> str:

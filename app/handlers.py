@@ -181,7 +181,7 @@ class Handlers:
         info, rgb = self.wb.rgb(image_id)
         scale = scale_for(info["height"], info["width"])
         small = downscale(rgb, scale)
-        current = self.wb.instances(image_id)  # read once: the canvas, the Draw tab's boxes and the title
+        current = self.wb.instances(image_id, review_threshold)  # read once: the canvas, Draw tab's boxes, title
         rows = current["instances"]
         names = self.wb.category_names()
         canvas = self.canvas(image_id, review_threshold, message, current=current)
@@ -208,18 +208,18 @@ class Handlers:
                created=None, current: dict | None = None) -> dict:
         """The review canvas's value for the image as it is now (app.canvas.canvas_value); ``current``: the
         image's Workbench.instances() when the caller has read them already."""
-        threshold = float(review_threshold or 0.0)
+        threshold = None if review_threshold is None else float(review_threshold)
         if image_id is None:
             return canvas_value(image=None, image_url=None, revision=None, instances=[],
                                 classes=self.wb.category_names(), review_threshold=threshold,
                                 score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack)
         image_id = int(image_id)
-        current = self.wb.instances(image_id) if current is None else current
+        current = self.wb.instances(image_id, threshold) if current is None else current
         return canvas_value(image=self.wb.image_info(image_id), image_url=file_url(self.wb.display_image(image_id)),
                             revision=current["revision"], instances=current["instances"],
                             classes=self.wb.category_names(), review_threshold=threshold,
                             score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack,
-                            created=created, lost=len(self.wb.conflicts(image_id)))
+                            created=created, lost=len(self.wb.conflicts(image_id)), policies=current.get("policy"))
 
     def safe_view(self, image_id, review_threshold, message) -> View:
         try:
@@ -334,8 +334,11 @@ class Handlers:
         return note, shares, seconds, table, per_class
 
     # ---- review (the canvas) -------------------------------------------------------------------
-    def on_review_threshold(self, image_id, review_threshold) -> dict:
-        return self.canvas(image_id, review_threshold)
+    def on_review_setting(self, image_id, model_thresholds, slider):
+        """The model's thresholds (ticked: each version's and class's, services.payoff) or the slider's override
+        -> (the review setting, the slider (usable only as an override), the canvas)."""
+        setting = None if model_thresholds else float(slider)
+        return setting, gr.Slider(interactive=not model_thresholds), self.canvas(image_id, setting)
 
     def on_canvas_save(self, review_threshold, status_filter, order, evt: gr.EventData, request: gr.Request) -> Saved:
         """A batch of the canvas's edits (services.review) saved in order; the canvas gets the image's new
@@ -399,7 +402,7 @@ class Handlers:
         if image_id is None:
             return (*self.open(None, review_threshold), *self.gallery(status_filter))
         try:
-            self.wb.finish_image(image_id, revision, user_of(request))
+            self.wb.finish_image(image_id, revision, user_of(request), review_threshold)
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
             return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc))),
                     *self.gallery(status_filter, keep=image_id, selected=image_id, order=order))
@@ -461,7 +464,7 @@ class Handlers:
     def versions(self):
         versions = self.wb.versions()
         rows = [[v.id, "●" if v.is_active else "", v.name, f"{v.created_at:%Y-%m-%d %H:%M}",
-                 *v.metric_texts.values(), v.training_run_id or ""] for v in versions]
+                 *v.metric_texts.values(), v.training_run_id or "", v.policy_text] for v in versions]
         choices = [(f"v{v.id} {v.name}" + (" (active)" if v.is_active else "")
                     + ("" if v.checkpoint else " (checkpoint removed by retention)"), v.id) for v in versions]
         return rows, gr.Dropdown(choices=choices, value=None)

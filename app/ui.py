@@ -144,8 +144,12 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             with gr.Column(scale=5):
                 with gr.Row(equal_height=True):
                     title = gr.Markdown("Upload images or pick one in the gallery.", elem_id="image-title")
-                    review_threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Review threshold",
-                                                 elem_id="threshold", scale=0, min_width=220)
+                    model_thresholds = gr.Checkbox(value=True, label="Model's thresholds", elem_id="model-thresholds",
+                                                   scale=0, min_width=150,
+                                                   info="show only the proposals that pay (per version and class)")
+                    review_slider = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Review threshold (override)",
+                                              elem_id="threshold", scale=0, min_width=220, interactive=False)
+                    review_threshold = gr.State(None)  # None: the model's thresholds; else the slider's override
                 with gr.Tabs():
                     with gr.Tab("Review", id="review"):
                         canvas = gr.HTML(value=None, html_template=CANVAS_TEMPLATE, css_template=CANVAS_CSS,
@@ -262,6 +266,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_order = gr.Textbox(value="upload", label="order")
             api_missing = gr.JSON(value=0, label="propose_missing")
             help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
+            api_points = gr.JSON(label="points")
+            assist_api_buttons = [gr.Button(f"assist_api{i}") for i in range(3)]
 
         view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View
         open_outputs = [image_id, *view_outputs]  # the fields of handlers.Opened
@@ -302,8 +308,10 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                        [*open_outputs, gallery], **private, **writes)
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
-        review_threshold.change(ui.on_review_threshold, [image_id, review_threshold], [canvas],
-                                trigger_mode="always_last", show_progress="hidden", **private)
+        for control in (review_slider, model_thresholds):
+            control.change(ui.on_review_setting, [image_id, model_thresholds, review_slider],
+                           [review_threshold, review_slider, canvas], trigger_mode="always_last",
+                           show_progress="hidden", **private)
         canvas.save(ui.on_canvas_save, [review_threshold, status_filter, order],
                     [canvas, title, overview, *gallery_outputs],
                     trigger_mode="multiple", show_progress="hidden", **private, **writes)
@@ -367,6 +375,9 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                                   api_name="list_images", **writes)  # propose_missing runs the model
         help_api_buttons[4].click(api.model_help, None, api_out, api_name="model_help")
         help_api_buttons[5].click(api.instances, [api_image], api_out, api_name="instances")
+        assist_api_buttons[0].click(api.finish_image, [api_image, api_seen], api_out, api_name="finish_image", **writes)
+        assist_api_buttons[1].click(api.keep_box, [api_image, api_ann, api_seen], api_out, api_name="keep_box",
+                                    **writes)
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
 

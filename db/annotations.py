@@ -53,6 +53,7 @@ class InstanceData:
     iscrowd: bool = False
     id: int | None = None  # an existing annotation's id: it is updated, keeping its id
     tool: str | None = None  # a new instance made by hand: how (db.fates.TOOLS); recorded, not stored here
+    start: str | None = None  # a new instance made from a box: its first mask (grabcut, model, combined); recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -251,16 +252,16 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
 
 
 def _apply(session, image: Image, instances: list[InstanceData], columns: list[dict], current: list[Annotation],
-           action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None]]]:
-    """Write the instances and journal the diff -> (the new revision, the added annotations with the tool each
-    was made with)."""
+           action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None, str | None]]]:
+    """Write the instances and journal the diff -> (the new revision, the added annotations with the tool and
+    the mask start each was made with)."""
     image_id = image.id
     by_id = {ann.id: ann for ann in current}
     keep, added, modified = set(), [], []
     for inst, values in zip(instances, columns):
         ann = by_id.get(inst.id) if inst.id is not None else None
         if ann is None:
-            added.append((Annotation(image_id=image_id, **values), inst.tool))
+            added.append((Annotation(image_id=image_id, **values), inst.tool, inst.start))
             session.add(added[-1][0])
             continue
         keep.add(ann.id)
@@ -276,14 +277,17 @@ def _apply(session, image: Image, instances: list[InstanceData], columns: list[d
     if gone:
         session.execute(delete(Annotation).where(Annotation.id.in_([ann.id for ann in gone])))
     session.flush()  # the added annotations' ids
-    _journal(session, image, action, user, replaced, [ann.id for ann, _ in added])
+    _journal(session, image, action, user, replaced, [item[0].id for item in added])
     return image.revision, added
 
 
 def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int], state: str, *,
-                     seen_revision: int | None = None, user: str | None = None) -> int:
+                     seen_revision: int | None = None, user: str | None = None, hidden: Iterable[int] = (),
+                     done: bool = False) -> int:
     """Accept or reject proposals (or reopen them): only the named annotations change. Returns the new
-    revision. ``seen_revision``: the revision the caller saw (None: the image as it is now)."""
+    revision. ``seen_revision``: the revision the caller saw (None: the image as it is now). ``done``: the image
+    is done ("Done", db.fates.record_done): the ``hidden`` proposals (never drawn) get the fate hidden and every
+    proposal of the image its best match with the final labels."""
     ids = list(annotation_ids)
     target = ReviewState(state)
     with db.session() as session:
@@ -297,6 +301,8 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
         _journal(session, image, "review", user, changed, [])
         session.flush()
         fates.record_changes(session, image, [], action="review", user=user)
+        if done:
+            fates.record_done(session, image, hidden)
         return image.revision
 
 

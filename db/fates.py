@@ -58,7 +58,8 @@ def _update(session, image: Image, *, action: str, user: str | None) -> None:
                                                       .execution_options(populate_existing=True))}
     for row in session.scalars(select(InstanceFate).where(InstanceFate.image_id == image.id)):
         ann = current.get(row.annotation_id)
-        if ann is not None and (row.fate in _LIVE or row.fate == Fate.rejected or action == "undo"):
+        reopened = row.fate == Fate.hidden and ann is not None and ann.review_state != ReviewState.rejected
+        if ann is not None and (row.fate in _LIVE or row.fate == Fate.rejected or reopened or action == "undo"):
             if row.kind == "proposal":
                 fate, iou = _proposal_fate(row, ann, image)
             else:
@@ -80,31 +81,100 @@ def _update(session, image: Image, *, action: str, user: str | None) -> None:
             row.decided_by, row.decided_at = user, utcnow()
 
 
-def record_changes(session, image: Image, added: Iterable[tuple[Annotation, str | None]], *, action: str,
-                   user: str | None) -> None:
+def record_changes(session, image: Image, added: Iterable[tuple[Annotation, str | None, str | None]], *,
+                   action: str, user: str | None) -> None:
     """In the transaction of a change of ``image``'s annotations, after it was flushed: rows for the ``added``
-    annotations (with the tool a person used, None when not said) and every fate of the image brought up to
-    date. ``action``: save, propose (unreviewed proposals that go are replaced, not rejected), review or undo.
+    annotations (with the tool a person used, None when not said, and the mask a box started from) and every
+    fate of the image brought up to date; new proposals get their rank by score among those added. ``action``: save, propose (unreviewed proposals that go are replaced, not rejected), review or undo.
     Never raises: the change itself matters more than its record."""
     try:
         with session.begin_nested(), session.no_autoflush:  # a savepoint: a failure here leaves the change whole
             version = None
-            for ann, tool in added:
-                if ann.source == Source.model and tool is None:  # (a box's model mask comes with its tool)
+            added = list(added)
+            proposals = sorted((ann for ann, tool, _ in added if ann.source == Source.model and tool is None),
+                               key=lambda ann: -(ann.score or 0.0))
+            rank = {id(ann): place for place, ann in enumerate(proposals, start=1)}
+            for ann, tool, start in added:
+                if id(ann) in rank:  # (a box's model mask comes with its tool)
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="proposal",
                                              model_version_id=ann.model_version_id, category_id=ann.category_id,
                                              score=ann.score, proposed_mask=ann.mask_rle, fate=Fate.proposed,
-                                             created_by=user))
+                                             rank=rank[id(ann)], created_by=user))
                 elif tool is not None or ann.source in (Source.drawn, Source.grabcut):
                     version = _active_version_id(session) if version is None else version
                     how = tool or ("grabcut" if ann.source == Source.grabcut else "other")
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="hand", tool=how,
                                              model_version_id=version or None, category_id=ann.category_id,
-                                             final_category_id=ann.category_id, fate=Fate.kept, created_by=user))
+                                             final_category_id=ann.category_id, fate=Fate.kept, start=start,
+                                             created_by=user))
             session.flush()
             _update(session, image, action=action, user=user)
     except Exception:  # noqa: BLE001 (logged; the save goes on without its record)
         log.exception("recording the fates of image %s failed (the change itself is saved)", image.id)
+
+
+def record_done(session, image: Image, hidden: Iterable[int]) -> None:
+    """The image is done: the ``hidden`` proposals (under their threshold, never drawn) get the fate hidden
+    instead of rejected, and every proposal of the image gets ``match_iou``, its best mask IoU with the image's
+    final labels (accepted annotations), and that label's class: what showing it was worth, the record
+    services.payoff chooses thresholds from. Never raises (as record_changes)."""
+    hidden = set(hidden)
+    try:
+        with session.begin_nested(), session.no_autoflush:
+            labels = [ann for ann in session.scalars(select(Annotation).where(
+                Annotation.image_id == image.id, Annotation.review_state == ReviewState.accepted))
+                if ann.mask_rle is not None]
+            for row in session.scalars(select(InstanceFate).where(InstanceFate.image_id == image.id,
+                                                                  InstanceFate.kind == "proposal")):
+                if row.annotation_id in hidden and row.fate == Fate.rejected:
+                    row.fate = Fate.hidden
+                if row.proposed_mask is None or row.fate in (Fate.replaced,):
+                    continue
+                best, best_class = 0.0, None
+                for ann in labels:
+                    value = masks.iou(row.proposed_mask, ann.mask_rle, image.height, image.width)
+                    if value > best:
+                        best, best_class = value, ann.category_id
+                row.match_iou, row.match_category_id = round(best, 4), best_class
+    except Exception:  # noqa: BLE001 (logged; "done" goes on without the record)
+        log.exception("recording what the proposals of image %s were worth failed", image.id)
+
+
+def mark_done(db: Database, image_id: int) -> None:
+    """An image done with no proposal left to close: its proposals' worth recorded (record_done)."""
+    with db.session() as session:
+        image = session.get(Image, image_id)
+        if image is not None:
+            record_done(session, image, ())
+
+
+def add_clicks(db: Database, image_id: int, annotation_id: int, clicks: int) -> None:
+    """Refine clicks spent on an instance (its newest fate row), for the choice of a box's mask start."""
+    with db.session() as session:
+        row = session.scalars(select(InstanceFate).where(InstanceFate.image_id == image_id,
+                                                         InstanceFate.annotation_id == annotation_id)
+                              .order_by(InstanceFate.id.desc())).first()
+        if row is not None:
+            row.clicks = (row.clicks or 0) + int(clicks)
+
+
+def proposal_records(db: Database, version_id: int) -> list[dict]:
+    """The version's proposals whose image is done: score, rank, category, match_iou, match_category_id."""
+    with db.session() as session:
+        return [{"image_id": r.image_id, "score": r.score or 0.0, "rank": r.rank, "category_id": r.category_id,
+                 "match_iou": r.match_iou, "match_category_id": r.match_category_id}
+                for r in session.scalars(select(InstanceFate).where(
+                    InstanceFate.model_version_id == version_id, InstanceFate.kind == "proposal",
+                    InstanceFate.match_iou.is_not(None)).order_by(InstanceFate.id))]
+
+
+def box_start_records(db: Database, version_id: int | None) -> list[dict]:
+    """Instances made from a box while ``version_id`` was active and still kept: class, start, clicks."""
+    with db.session() as session:
+        return [{"category_id": r.final_category_id or r.category_id, "start": r.start, "clicks": r.clicks or 0}
+                for r in session.scalars(select(InstanceFate).where(
+                    InstanceFate.model_version_id == version_id, InstanceFate.kind == "hand",
+                    InstanceFate.fate == Fate.kept, InstanceFate.start.is_not(None)))]
 
 
 # ---- active time -------------------------------------------------------------------------------------------
@@ -142,7 +212,8 @@ def fate_rows(db: Database) -> list[dict]:
     with db.session() as session:
         return [{"image_id": r.image_id, "annotation_id": r.annotation_id, "kind": r.kind, "tool": r.tool,
                  "model_version_id": r.model_version_id, "category_id": r.category_id,
-                 "final_category_id": r.final_category_id, "score": r.score, "fate": r.fate.value, "iou": r.iou}
+                 "final_category_id": r.final_category_id, "score": r.score, "fate": r.fate.value, "iou": r.iou,
+                 "match_iou": r.match_iou, "rank": r.rank, "start": r.start, "clicks": r.clicks}
                 for r in session.scalars(select(InstanceFate).order_by(InstanceFate.id))]
 
 

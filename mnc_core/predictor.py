@@ -47,10 +47,11 @@ class Predictor:
         return self.predict_batch([image], score_threshold)[0]
 
     @torch.no_grad()
-    def masks_for_boxes(self, image: np.ndarray, boxes, category_ids) -> list[np.ndarray]:
+    def masks_for_boxes(self, image: np.ndarray, boxes, category_ids, soft: bool = False) -> list[np.ndarray]:
         """(H, W) bool masks of the objects in `boxes` ((K, 4) x1, y1, x2, y2 in image pixels) of the
         given categories (ids the model knows): the model's mask for exactly that box and class.
-        A mask is empty where the model sees no object in its box."""
+        A mask is empty where the model sees no object in its box. ``soft``: the mask head's probabilities
+        instead, (H, W) float32 in [0, 1] resized (bilinear) into the box, 0 outside it."""
         c = self.config
         tensor, (h, w), (H, W) = self._prepare(image)
         label_of = {cid: i + 1 for i, (cid, _) in enumerate(self.categories)}
@@ -72,13 +73,13 @@ class Predictor:
         probs = self.model.masks_for_boxes(batch, [(h, w)], [rois], [labels])[0].float()  # (K, m, m)
         out = []
         for prob, (x1, y1, x2, y2) in zip(probs, box_array.astype(np.float32)):  # pasted as before (float32)
-            full = np.zeros((H, W), bool)
+            full = np.zeros((H, W), np.float32 if soft else bool)
             xa, ya = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
             xb, yb = min(W, max(xa + 1, int(np.ceil(x2)))), min(H, max(ya + 1, int(np.ceil(y2))))
             if xb > xa and yb > ya:
                 pasted = torch.nn.functional.interpolate(prob[None, None], size=(yb - ya, xb - xa), mode="bilinear",
                                                          align_corners=False)[0, 0]
-                full[ya:yb, xa:xb] = (pasted >= c.mask_thresh).cpu().numpy()
+                full[ya:yb, xa:xb] = (pasted if soft else pasted >= c.mask_thresh).cpu().numpy()
             out.append(full)
         return out
 

@@ -43,12 +43,27 @@ def _upscaled(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return soft >= 128
 
 
+PRIOR_SURE_OBJECT = 0.9  # a model's probability from which a pixel is sure object for GrabCut ...
+PRIOR_SURE_BACKGROUND = 0.02  # ... and under which sure background; between: probable object (>= 0.5) or not
+
+
+def prior_labels(prior: np.ndarray) -> np.ndarray:
+    """GrabCut's labels (uint8) from a model's probabilities: sure / probable object, probable / sure background."""
+    labels = np.where(prior >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[prior >= PRIOR_SURE_OBJECT] = cv2.GC_FGD
+    labels[prior < PRIOR_SURE_BACKGROUND] = cv2.GC_BGD
+    return labels
+
+
 def grabcut_mask(image: np.ndarray, box: tuple[float, float, float, float], iterations: int = 5, *,
-                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                 prior: np.ndarray | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(H, W) bool mask of the object in ``box`` (x1, y1, x2, y2) of an RGB uint8 image.
 
     GrabCut runs on a crop around the box (fast on large photos), downscaled to at most ``max_pixels``; when it
     finds nothing (a box that is all foreground, a flat image), the whole box is returned.
+    ``prior``: a model's (H, W) object probabilities (e.g. its soft mask for the box): GrabCut starts from them
+    (prior_labels) instead of from the rectangle; the box stays the hard outer limit (outside: sure background).
+    When the prior marks nothing as object, the rectangle start is used.
     """
     height, width = image.shape[:2]
     if len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
@@ -73,10 +88,18 @@ def grabcut_mask(image: np.ndarray, box: tuple[float, float, float, float], iter
     if rect[2] < 2 or rect[3] < 2 or (rect[2] >= work_width - 1 and rect[3] >= work_height - 1):
         full[y1:y2, x1:x2] = True  # too small, or no background to learn from
         return full
-    mask = np.zeros(crop.shape[:2], np.uint8)
+    mask, mode = np.zeros(crop.shape[:2], np.uint8), cv2.GC_INIT_WITH_RECT
+    if prior is not None:
+        labels = np.full((crop_height, crop_width), cv2.GC_BGD, np.uint8)
+        labels[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1] = prior_labels(np.asarray(prior, np.float32)[y1:y2, x1:x2])
+        if (work_width, work_height) != (crop_width, crop_height):
+            labels = cv2.resize(labels, (work_width, work_height), interpolation=cv2.INTER_NEAREST)
+        if ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() and (labels == cv2.GC_BGD).any():
+            mask, mode = labels, cv2.GC_INIT_WITH_MASK
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(crop, mask, rect, background, foreground, iterations, cv2.GC_INIT_WITH_RECT)
+        cv2.grabCut(crop, mask, rect if mode == cv2.GC_INIT_WITH_RECT else None, background, foreground, iterations,
+                    mode)
     except cv2.error:
         full[y1:y2, x1:x2] = True
         return full
@@ -97,14 +120,16 @@ REFINE_GROW = 0.15  # the instance's box is enlarged by this share of its size o
 
 
 def refine_mask(image: np.ndarray, mask: np.ndarray, positive, negative, *, radius: int | None = None,
-                iterations: int = 4, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                iterations: int = 4, max_pixels: int = MAX_PIXELS, limit_box=None) -> np.ndarray:
     """A mask corrected with clicks: GrabCut initialised from ``mask`` (probably object inside it, probably
     background around it) inside the mask's box enlarged by REFINE_GROW (and grown to take in every click),
     a band of MARGIN pixels around that as sure background, with a disk of ``radius`` around each
     ``positive`` point (x, y) as sure object and around each
     ``negative`` point as sure background (None: CLICK_RADIUS of the long side, at least 3 px). GrabCut works on
     at most ``max_pixels`` (a larger crop is downscaled, the clicks' disks stay at least 1 px there). Returns the
-    new (H, W) bool mask (outside the box: unchanged; each click's disk at full resolution as clicked)."""
+    new (H, W) bool mask (outside the box: unchanged; each click's disk at full resolution as clicked).
+    ``limit_box`` (x1, y1, x2, y2): the box a person drew or kept: the mask may change only inside it (grown
+    just enough to take in the positive clicks), instead of inside the mask's own box grown by REFINE_GROW."""
     height, width = image.shape[:2]
     radius = max(3, round(CLICK_RADIUS * max(height, width))) if radius is None else int(radius)
     points = [(float(x), float(y)) for x, y in list(positive) + list(negative)]
@@ -116,10 +141,19 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, positive, negative, *, radi
     ys_all = list(ys) + [p[1] for p in points]
     if not xs_all:
         return np.zeros((height, width), bool)
-    x1, x2, y1, y2 = min(xs_all), max(xs_all) + 1, min(ys_all), max(ys_all) + 1
-    grow_x, grow_y = max(MARGIN, (x2 - x1) * REFINE_GROW), max(MARGIN, (y2 - y1) * REFINE_GROW)
-    rx1, ry1 = int(max(0, x1 - grow_x)), int(max(0, y1 - grow_y))  # where the mask may change
-    rx2, ry2 = int(min(width, x2 + grow_x)), int(min(height, y2 + grow_y))
+    if limit_box is not None:
+        bx1, by1, bx2, by2 = (float(v) for v in limit_box)
+        clicked = [(float(x), float(y)) for x, y in positive]
+        rx1 = int(max(0, math.floor(min([bx1] + [x - radius for x, _ in clicked]))))
+        ry1 = int(max(0, math.floor(min([by1] + [y - radius for _, y in clicked]))))
+        rx2 = int(min(width, math.ceil(max([bx2] + [x + radius + 1 for x, _ in clicked]))))
+        ry2 = int(min(height, math.ceil(max([by2] + [y + radius + 1 for _, y in clicked]))))
+        rx2, ry2 = max(rx2, rx1 + 1), max(ry2, ry1 + 1)
+    else:
+        x1, x2, y1, y2 = min(xs_all), max(xs_all) + 1, min(ys_all), max(ys_all) + 1
+        grow_x, grow_y = max(MARGIN, (x2 - x1) * REFINE_GROW), max(MARGIN, (y2 - y1) * REFINE_GROW)
+        rx1, ry1 = int(max(0, x1 - grow_x)), int(max(0, y1 - grow_y))  # where the mask may change
+        rx2, ry2 = int(min(width, x2 + grow_x)), int(min(height, y2 + grow_y))
     scale = _scale_for(rx2 - rx1, ry2 - ry1, MARGIN, max_pixels)
     margin = math.ceil(MARGIN / scale)  # and a band of sure background around it (MARGIN px at GrabCut's scale)
     cx1, cy1 = max(0, rx1 - margin), max(0, ry1 - margin)

@@ -31,6 +31,7 @@ from db.dataset import ImageRecord, reviewed_records
 from db.engine import Database
 from db.errors import WorkbenchError
 from mnc_core import Instance
+from services import payoff
 from services.models import device_description, instance_to_result, load_predictor, read_image
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -214,6 +215,8 @@ def evaluate_on_val(db: Database, predict: Predict, mask_set: set[int] | None = 
                                  f"the database says {record.width}x{record.height}")
         results.extend(instance_to_result(instance, record.image_id) for instance in predict(image))
     metrics = coco_metrics(gt, results)  # all categories: those without ground truth do not count
+    proposal_policy = {str(key): policy.as_dict()
+                       for key, policy in payoff.policies(proposal_records(gt, results), source="val").items()}
     out: dict = {"val_images": len(records), "mask_AP": None, "mask_AP50": None, "box_AP": None, "box_AP50": None}
     if _categories_with_objects(gt, with_mask=True):
         out["mask_AP"], out["mask_AP50"] = _ap(metrics, "segm")
@@ -224,4 +227,29 @@ def evaluate_on_val(db: Database, predict: Predict, mask_set: set[int] | None = 
         set_a = {int(c) for c in mask_set} & in_gt
         out["mask_AP_A"], out["mask_AP50_A"] = _mask_ap(gt, results, set_a)
         out["mask_AP_B"], out["mask_AP50_B"] = _mask_ap(gt, results, in_gt - set_a)
+    out["proposal_policy"] = proposal_policy
+    return out
+
+
+def proposal_records(gt: COCO, results: list[dict]) -> list[tuple[int, "payoff.Record"]]:
+    """What each prediction on the val photos would have been worth as a proposal (services.payoff): its rank
+    by score in its photo and its best mask IoU with the photo's labels (non-crowd, with a mask) and their class."""
+    from pycocotools import mask as mask_utils
+
+    by_image: dict[int, list[dict]] = {}
+    for result in results:
+        by_image.setdefault(result["image_id"], []).append(result)
+    out = []
+    for image_id, found in by_image.items():
+        labels = [a for a in gt.imgToAnns.get(image_id, []) if a["segmentation"] and not a["iscrowd"]]
+        truth = [gt.annToRLE(a) for a in labels]
+        found = sorted(found, key=lambda r: -r["score"])
+        ious = (mask_utils.iou([r["segmentation"] for r in found], truth, [0] * len(truth))
+                if truth else np.zeros((len(found), 0)))
+        for rank, (result, row) in enumerate(zip(found, np.atleast_2d(ious)), start=1):
+            best = int(np.argmax(row)) if len(labels) else None
+            match = float(row[best]) if best is not None else 0.0
+            right = best is not None and labels[best]["category_id"] == result["category_id"]
+            out.append((result["category_id"], payoff.Record(score=float(result["score"]), rank=rank,
+                                                             match_iou=match, right_class=right, photo=image_id)))
     return out

@@ -7,6 +7,7 @@ model" before any):
 - unchanged_share: of the final, proposals accepted unchanged; hand_share: added by hand;
 - edited_iou: mean IoU between an edited proposal's mask and its final mask;
 - rejected_per_image: rejected proposals per image the version proposed on (reviewed ones);
+- hidden: proposals under the version's thresholds (services.payoff), never shown: not charged;
 - seconds_per_instance: active time of the visits (db.fates.record_visit) per final instance.
 """
 
@@ -17,7 +18,7 @@ from collections import defaultdict
 from db import fates
 from db.engine import Database
 
-COLUMNS = ("version", "class", "final", "unchanged", "edited", "hand", "rejected", "deleted", "images",
+COLUMNS = ("version", "class", "final", "unchanged", "edited", "hand", "rejected", "hidden", "deleted", "images",
            "unchanged_share", "hand_share", "edited_iou", "rejected_per_image", "active_seconds",
            "seconds_per_instance")
 
@@ -30,7 +31,8 @@ def _figures(rows: list[dict], seconds: float | None) -> dict:
             count["hand"] += r["fate"] == "kept"
             count["deleted"] += r["fate"] == "deleted"
             continue
-        if r["fate"] in ("proposed", "replaced"):
+        if r["fate"] in ("proposed", "replaced", "hidden"):  # never shown: not charged (hidden counted apart)
+            count["hidden"] += r["fate"] == "hidden"
             continue
         count[r["fate"]] += 1
         images.add(r["image_id"])
@@ -39,7 +41,8 @@ def _figures(rows: list[dict], seconds: float | None) -> dict:
     final = count["accepted"] + count["edited"] + count["hand"]
     share = (lambda n: round(n / final, 3)) if final else (lambda n: None)
     return {"final": final, "unchanged": count["accepted"], "edited": count["edited"], "hand": count["hand"],
-            "rejected": count["rejected"], "deleted": count["deleted"], "images": len(images),
+            "rejected": count["rejected"], "hidden": count["hidden"], "deleted": count["deleted"],
+            "images": len(images),
             "unchanged_share": share(count["accepted"]), "hand_share": share(count["hand"]),
             "edited_iou": round(sum(ious) / len(ious), 3) if ious else None,
             "rejected_per_image": round(count["rejected"] / len(images), 2) if images else None,

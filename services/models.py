@@ -164,19 +164,24 @@ class ModelCache:
                 self._predictions.clear()
             return self._version_id, self._predictor
 
-    def masks_for_boxes(self, image: np.ndarray, boxes: list, category_ids: list[int]) -> list[np.ndarray] | None:
+    def masks_for_boxes(self, image: np.ndarray, boxes: list, category_ids: list[int],
+                        soft: bool = False) -> list[np.ndarray] | None:
         """The active model's masks for exactly these boxes and classes (None without a model; large
         images are downscaled for the model and the masks upscaled back). Raises ValueError for a
-        class the model does not know."""
+        class the model does not know. ``soft``: probabilities (float32, full resolution) instead."""
         _, predictor = self.active()
         if predictor is None:
             return None
         height, width = image.shape[:2]
         scale = scale_for(height, width, PREDICT_MAX_SIDE)
         if scale >= 1.0:
-            return predictor.masks_for_boxes(image, boxes, category_ids)
+            return predictor.masks_for_boxes(image, boxes, category_ids, soft=soft)
         small_boxes = [tuple(float(v) * scale for v in box) for box in boxes]
-        small = predictor.masks_for_boxes(downscale(image, scale), small_boxes, category_ids)
+        small = predictor.masks_for_boxes(downscale(image, scale), small_boxes, category_ids, soft=soft)
+        if soft:
+            import cv2
+
+            return [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in small]
         return [upscale_mask(m, (height, width)) for m in small]
 
     def predictions(self, image_id: int, image: np.ndarray) -> tuple[int | None, list]:

@@ -1,4 +1,4 @@
-"""Model proposals stored in the database, and masks for boxes that a person drew.
+"""Model proposals stored in the database (masks for boxes that a person drew: services.box_masks).
 
 ``propose`` runs a model version's predictor on one image and replaces the image's
 still-``proposed`` model annotations by the new ones (source "model", the version's id,
@@ -16,7 +16,6 @@ from db import queries
 from db.annotations import InstanceData, get_annotations, save_annotations
 from db.engine import Database
 from db.imagestore import ImageStore, load_rgb
-from partial_sup.grabcut import grabcut_mask
 
 DEFAULT_SCORE_THRESHOLD = 0.05  # proposals below this score are not stored ...
 LOW_CONFIDENCE_TOP = 3  # ... except, when none reaches it, the model's best few guesses (marked low confidence)
@@ -87,20 +86,3 @@ def uncertainty(scores: list[float]) -> float:
         p = min(max(float(score), 1e-6), 1 - 1e-6)
         total -= p * np.log2(p) + (1 - p) * np.log2(1 - p)
     return round(total, 6)
-
-
-def mask_for_box(image: np.ndarray, box, category_id: int, masks_for_boxes=None) -> tuple[np.ndarray, str]:
-    """A mask for a box a person drew: the model's mask for exactly that box and class (for a
-    box-only class through the Mask^X weight transfer) when a model that knows the class is
-    active, else GrabCut inside the box. ``masks_for_boxes(image, boxes, category_ids)`` is the
-    active model's (``mnc_core.Predictor.masks_for_boxes``), None without a model.
-    Returns (mask, source): source is "model" or "grabcut"."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if masks_for_boxes is not None:
-        try:
-            masks = masks_for_boxes(image, [(x1, y1, x2, y2)], [int(category_id)])
-        except ValueError:  # a class the model has not been trained on yet
-            masks = None
-        if masks and masks[0].any():
-            return masks[0], "model"
-    return grabcut_mask(image, (x1, y1, x2, y2)), "grabcut"

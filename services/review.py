@@ -25,10 +25,11 @@ from db.errors import WorkbenchError
 from services import wire
 from services.proposals import MAX_BOXES
 
-EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover")
+EDIT_KINDS = ("review", "delete", "class", "accept_all", "mask", "box", "refine", "undo", "propose", "recover",
+              "keep_box")
 TOOLS = ("brush", "eraser", "polygon")
 MAX_EDITS = 500  # in one batch
-COSTLY_KINDS = ("box", "refine", "propose")  # edits that run GrabCut or the model: at most MAX_BOXES in one batch
+COSTLY_KINDS = ("box", "refine", "propose", "keep_box")  # edits that run GrabCut or the model: at most MAX_BOXES in one batch
 
 
 @dataclass
@@ -98,7 +99,8 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
     elif kind == "class":
         result.revision = wb.set_category(image_id, annotation_id(edit.get("id")), edit.get("category_id"), rev, user)
     elif kind == "accept_all":
-        threshold = wire.fraction(edit.get("threshold", 0.0), f"edit {index}: threshold")
+        threshold = edit.get("threshold", 0.0)  # None: the proposals the model's thresholds show
+        threshold = None if threshold is None else wire.fraction(threshold, f"edit {index}: threshold")
         result.revision, _ = wb.accept_all(image_id, threshold, rev, user)
     elif kind == "mask":
         if edit.get("tool") not in TOOLS:
@@ -126,6 +128,8 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
                               for key in ("positive", "negative"))
         result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), positive, negative, rev,
                                                 user)
+    elif kind == "keep_box":
+        result.revision = wb.keep_box(image_id, annotation_id(edit.get("id")), rev, user)
     elif kind == "undo":
         result.revision = wb.undo(image_id, rev, user)
     elif kind == "propose":

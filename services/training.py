@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from db import registry
+from db.dataset import reviewed_records
 from db.engine import DB_URL_VARIABLE, Database
 from db.errors import WorkbenchError
 from db.models import RunStatus
@@ -29,7 +30,9 @@ from mnc_core.backbone import body_blocks
 from partial_sup.maskx import MaskXConfig, build_maskx_model, load_model
 from services.dataset import DatabaseDataset
 from services import limits
+from services.box_masks import box_start_on_val
 from services.evaluation import evaluate_on_val
+from services.models import read_image
 from services.presets import PRESETS, TrainingSpec
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
@@ -198,6 +201,8 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
                                  message="evaluating on the reviewed val images")
         predictor = Predictor(model, config, dataset.categories, summary["device"])
         metrics = evaluate_on_val(db, predictor, mask_set=set(set_a)) or {}
+        if metrics:  # which mask start (GrabCut, the model, both) fits the val labels best, per class
+            metrics["box_start"] = box_start_on_val(reviewed_records(db, "val"), predictor, read_image)
         metrics.update({"train_loss": train_loss, "train_images": len(dataset), "train_seconds": round(train_seconds, 1),
                         "mode": mode, "mask_head": mask_head, "set_A": set_a, "set_B": set_b,
                         "started_from": started_from})

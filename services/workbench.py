@@ -29,7 +29,7 @@ from db.errors import WorkbenchError, isolated, shown
 from db.models import ReviewState, Source
 from db.progress import Progress, no_progress
 from db.uploads import MAX_UPLOAD_BYTES, add_images
-from services import review, training, wire
+from services import box_masks, payoff, review, training, wire
 from services.images import ImageCache
 from services.limits import describe as limits_text, keep_exports, write_concurrency
 from services.model_help import model_help
@@ -37,7 +37,7 @@ from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
 from services.review import MAX_EDITS
 from partial_sup.grabcut import refine_mask
-from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, mask_for_box, propose,
+from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, propose,
                                 uncertainty)
 from services.versions import VERSION_METRIC_COLUMNS, version_metrics
 
@@ -59,6 +59,7 @@ class VersionInfo:
     created_at: datetime
     metrics: dict
     metric_texts: dict[str, str]  # header -> text (services.versions.VERSION_METRIC_COLUMNS)
+    policy_text: str  # whether its proposals pay: threshold, cap, precision, saving (services.payoff.describe)
     checkpoint: str
     training_run_id: int | None
 
@@ -167,8 +168,8 @@ def _mode_name(mode):
 
 
 def _box_tool(changes: dict) -> str:
-    """The tool of a box a person drew: "grabcut" when GrabCut made its mask, else "box"."""
-    return "grabcut" if changes.get("source") == "grabcut" else "box"
+    """The tool of a box a person drew: "grabcut" when GrabCut alone made its mask, else "box"."""
+    return "grabcut" if changes.get("start") == "grabcut" else "box"
 
 
 class Workbench:
@@ -182,6 +183,7 @@ class Workbench:
                                 else float(env) if env else DEFAULT_SCORE_THRESHOLD)
         self.device = inference_device(device)  # "auto" / None: the GPU when there is one
         self.models = ModelCache(db, device=self.device, score_threshold=self.score_threshold)
+        self.cost_model = payoff.CostModel()  # seconds per action the proposal thresholds are chosen for
 
     def device_text(self) -> str:
         """Where the model runs, as people read it (e.g. "GPU (NVIDIA H200)", "CPU (2 threads)")."""
@@ -314,17 +316,62 @@ class Workbench:
         reviewed = any(r["review_state"] in ("accepted", "rejected") for r in rows)
         return not reviewed
 
-    def instances(self, image_id: int) -> dict:
+    def instances(self, image_id: int, review_threshold=None) -> dict:
+        """The image's instances (masks as COCO RLE) and revision. A proposal's "shown": whether a person is shown
+        it: with ``review_threshold`` None, its version's and class's policy (services.payoff: a threshold and a
+        cap per photo; "policy" per class); else the threshold given (the review slider's override)."""
         revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         info = queries.image_info(self.db, image_id)
         height, width = info["height"], info["width"]
         names = queries.category_names(self.db)
+        shown, policies = self.shown_proposals(rows, review_threshold)
         return {"image_id": int(image_id), "revision": revision, "instances": [
             {"id": r["id"], "category_id": r["category_id"], "category": names.get(r["category_id"]),
              "score": r["score"], "box": [round(float(v), 2) for v in r["box"]],
              "mask": None if r["mask_rle"] is None else masks.rle_dict(r["mask_rle"], height, width),
              "review_state": r["review_state"], "source": r["source"], "model_version_id": r["model_version_id"],
-             "iscrowd": bool(r["iscrowd"])} for r in rows]}
+             "iscrowd": bool(r["iscrowd"]), **({"shown": r["id"] in shown} if r["review_state"] == "proposed" else {})}
+            for r in rows], "policy": policies}
+
+    # ---- proposals that pay (services.payoff) ---------------------------------------------
+    def proposal_policy(self, version_id: int) -> dict:
+        """{category_id: Policy, "all": Policy} of a model version: from the photos done with it (db.fates: shown
+        and hidden proposals, against the final labels) once that record is large enough, else from its val
+        photos at the end of training (the version's metrics), else none (proposals hidden)."""
+        version = next((v for v in registry.list_versions(self.db) if v.id == version_id), None)
+        val = (version.metrics or {}).get("proposal_policy", {}) if version is not None else {}
+        records = [(r["category_id"], payoff.Record(score=r["score"], rank=r["rank"], match_iou=r["match_iou"],
+                                                    right_class=r["match_category_id"] == r["category_id"],
+                                                    photo=r["image_id"]))
+                   for r in fates.proposal_records(self.db, version_id)]
+        from_record = payoff.policies(records, self.cost_model)
+
+        def policy(key) -> payoff.Policy:
+            mine = from_record.get(key, from_record["all"])
+            if mine.source != "none":
+                return mine
+            stored = val.get(str(key)) or val.get("all")
+            return payoff.Policy.from_dict(stored) if stored else payoff.NO_RECORD
+
+        keys = set(from_record) | {int(k) for k in val if k != "all"}
+        return {key: policy(key) for key in keys | {"all"}}
+
+    def shown_proposals(self, rows: list[dict], review_threshold=None) -> tuple[set[int], dict]:
+        """(ids of the proposals a person is shown, {version: {class: policy dict}}) for one photo's rows."""
+        proposed = [r for r in rows if r["review_state"] == "proposed"]
+        if review_threshold is not None:
+            threshold = wire.fraction(review_threshold, "review_threshold")
+            return {r["id"] for r in proposed if (r["score"] or 0.0) >= threshold}, {}
+        shown, described = set(), {}
+        for version_id in {r["model_version_id"] for r in proposed}:
+            mine = [r for r in proposed if r["model_version_id"] == version_id]
+            if version_id is None:  # proposals saved through the API without a version: shown
+                shown.update(r["id"] for r in mine)
+                continue
+            policies = self.proposal_policy(version_id)
+            shown |= payoff.shown_ids(mine, lambda cid: policies.get(cid, policies["all"]))
+            described[str(version_id)] = {str(k): p.as_dict() for k, p in policies.items()}
+        return shown, described
 
     # ---- editing ---------------------------------------------------------------------
     def category_id(self, value, names: dict[int, str] | None = None) -> int:
@@ -378,13 +425,16 @@ class Workbench:
             raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
         return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision, user=user)
 
-    def accept_all(self, image_id: int, review_threshold: float, seen_revision: int | None,
+    def accept_all(self, image_id: int, review_threshold: float | None, seen_revision: int | None,
                    user: str | None = None) -> tuple[int, int]:
-        """Accept every proposal scoring at least ``review_threshold`` -> (revision, how many)."""
+        """Accept every proposal a person is shown: scoring at least ``review_threshold``, or with None those the
+        model's policy shows (services.payoff) -> (revision, how many)."""
         revision, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
-        ids = [r["id"] for r in rows if (r["score"] or 0.0) >= review_threshold]
+        shown, _ = self.shown_proposals(rows, review_threshold)
+        ids = [r["id"] for r in rows if r["id"] in shown]
         if not ids:
-            raise WorkbenchError(f"no proposals with a score of at least {review_threshold:.2f} to accept")
+            raise WorkbenchError("no proposals shown to accept" if review_threshold is None else
+                                 f"no proposals with a score of at least {float(review_threshold):.2f} to accept")
         return self.review(image_id, ids, "accepted", _write_revision(seen_revision, revision), user), len(ids)
 
     def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
@@ -508,19 +558,53 @@ class Workbench:
 
     def _box_masks(self, image_id: int, box_only: bool):
         """masked(category_id, box) -> (InstanceData fields, description) of a box a person drew on the image:
-        the active model's mask for that box and class, else GrabCut ("model mask" / "grabcut mask"), or no
-        mask with ``box_only`` ("box only")."""
+        a mask from the class's chosen start (services.box_masks: GrabCut, the active model's mask for that box
+        and class, or GrabCut started from the model's soft mask; "... mask"), or no mask with ``box_only``
+        ("box only")."""
         image = None if box_only else self.rgb(image_id)[1]
         version_id = None if box_only else self.models.active()[0]
 
         def masked(category_id: int, box) -> tuple[dict, str]:
             if box_only:
                 return dict(mask=None, source="drawn", model_version_id=None, score=None), "box only"
-            mask, source = mask_for_box(image, box, category_id, self.models.masks_for_boxes)
-            return (dict(mask=mask, source=source, model_version_id=version_id if source == "model" else None,
-                         score=None), f"{source} mask")
+            start = self.box_start(category_id)
+            mask, used = box_masks.mask_for_box(image, box, category_id, self.models.masks_for_boxes, start)
+            source = "model" if used == "model" else "grabcut"
+            return (dict(mask=mask, source=source, model_version_id=version_id if used != "grabcut" else None,
+                         score=None, start=used), f"{used} mask")
 
         return masked
+
+    def box_start(self, category_id: int) -> str:
+        """The mask start a box of this class gets (services.box_masks.choose_start): from the clicks the
+        instances made from boxes needed while the active version was active, else from its val measurement."""
+        version = registry.active_version(self.db)
+        if version is None:
+            return "grabcut"
+        return box_masks.choose_start(fates.box_start_records(self.db, version.id),
+                                      (version.metrics or {}).get("box_start"), int(category_id), model_knows=True)
+
+    def keep_box(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
+        """Keep a proposal's box, not its mask: it becomes an accepted instance with the same id, class and box,
+        its mask made again from the box as for a box a person drew (the class's start, services.box_masks);
+        its fate is "edited". Instead of reject and redraw. -> the new revision."""
+        ann_id = wire.strict_id(ann_id, "ann_id")
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
+        row = next((r for r in rows if r["id"] == ann_id), None)
+        if row is None:
+            raise WorkbenchError(f"instance #{ann_id} is gone from image {image_id}; reload the image")
+        if row["review_state"] != "proposed":
+            raise WorkbenchError(f"instance #{ann_id} is not a proposal (it is {row['review_state']}): keep the box "
+                                 "of a proposal; refine an instance with clicks instead")
+        info = queries.image_info(self.db, image_id)
+        box = wire.clipped_box(list(row["box"]), info["width"], info["height"], "the proposal's box")
+        changes, _ = self._box_masks(image_id, box_only=False)(row["category_id"], box)
+        changes.pop("start", None)
+        data = [InstanceData.from_row(r, **changes, box=box, review_state="accepted",
+                                      model_version_id=r["model_version_id"]) if r["id"] == ann_id
+                else InstanceData.from_row(r) for r in rows]
+        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                user=user)
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
                   seen_revision: int | None, user: str | None = None, tool: str = "brush", *,
@@ -574,15 +658,21 @@ class Workbench:
             x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
             mask = np.zeros((height, width), bool)
             mask[max(0, y1):y2, max(0, x1):x2] = True
-        refined = refine_mask(self.rgb(image_id)[1], mask, positive, negative)
+        refined = refine_mask(self.rgb(image_id)[1], mask, positive, negative, limit_box=row["box"])
         if not refined.any():
             raise WorkbenchError("the clicks leave nothing of the instance; click on the object (left click) "
                                  "or delete the instance")
-        data = [InstanceData.from_row(r, mask=refined, box=None, source="grabcut", review_state="accepted",
+        ys, xs = np.nonzero(refined)
+        x1, y1, x2, y2 = (float(v) for v in row["box"])  # the box stays the limit, grown by positive clicks
+        box = (min(x1, float(xs.min())), min(y1, float(ys.min())), max(x2, float(xs.max()) + 1),
+               max(y2, float(ys.max()) + 1))
+        data = [InstanceData.from_row(r, mask=refined, box=box, source="grabcut", review_state="accepted",
                                       score=None, model_version_id=None) if r["id"] == row["id"]
                 else InstanceData.from_row(r) for r in rows]
-        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user)
+        revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+                                    user=user)
+        fates.add_clicks(self.db, image_id, ann_id, len(positive) + len(negative))
+        return revision
 
     def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
                      user: str | None = None) -> int:
@@ -601,13 +691,24 @@ class Workbench:
         return review.apply_edits(self, wire.strict_id(image_id, "image_id"), edits,
                                   wire.revision(seen_revision, "the revision"), user)
 
-    def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
-        """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done)."""
-        revision, rows = get_annotations(self.db, image_id, states=["proposed"], decode_masks=False)
-        if not rows:
-            return revision
-        return self.review(image_id, [r["id"] for r in rows], "rejected", _write_revision(seen_revision, revision),
-                           user)
+    def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None,
+                     review_threshold=None) -> dict:
+        """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done); those a
+        person was never shown (``review_threshold`` None: the model's policy; else under that threshold) get the
+        fate hidden, not rejected, and every proposal of the image is scored against the final labels
+        (db.fates.record_done: the record that chooses the thresholds). -> {"revision", "rejected", "hidden"}."""
+        revision, rows = get_annotations(self.db, image_id, decode_masks=False)
+        proposed = [r for r in rows if r["review_state"] == "proposed"]
+        shown, _ = self.shown_proposals(proposed, review_threshold)
+        hidden = [r["id"] for r in proposed if r["id"] not in shown]
+        if proposed:
+            revision = set_review_state(self.db, image_id, [r["id"] for r in proposed], "rejected",
+                                        seen_revision=_write_revision(seen_revision, revision), user=user,
+                                        hidden=hidden, done=True)
+        else:
+            _write_revision(seen_revision, revision)
+            fates.mark_done(self.db, image_id)
+        return {"revision": revision, "rejected": len(proposed) - len(hidden), "hidden": len(hidden)}
 
     def conflicts(self, image_id: int) -> list[int]:
         """Journal entry ids of the saves on this image that lost a conflict, newest first."""
@@ -681,8 +782,19 @@ class Workbench:
     def versions(self) -> list[VersionInfo]:
         return [VersionInfo(id=v.id, name=v.name, is_active=v.is_active, created_at=v.created_at,
                             metrics=dict(v.metrics or {}), metric_texts=version_metrics(v.metrics),
+                            policy_text=self.policy_text(v.id),
                             checkpoint=v.checkpoint_path, training_run_id=v.training_run_id)
                 for v in registry.list_versions(self.db)]
+
+    def policy_text(self, version_id: int) -> str:
+        """Whether a version's proposals pay, overall and per class (the versions table)."""
+        policies = self.proposal_policy(version_id)
+        names = queries.category_names(self.db)
+        text = payoff.describe(policies["all"])
+        per_class = [f"{names.get(k, k)}: {payoff.describe(p)}" for k, p in sorted(
+            ((k, p) for k, p in policies.items() if k != "all"), key=lambda item: str(item[0]))
+            if p != policies["all"]]
+        return "; ".join([text, *per_class])
 
     def active_version_id(self) -> int | None:
         version = registry.active_version(self.db)

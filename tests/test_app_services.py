@@ -127,22 +127,24 @@ def test_proposals_replace_only_still_proposed_model_annotations(db, tmp_path_fa
 
 
 def test_box_mask_from_model_or_grabcut():
-    from services.proposals import mask_for_box
+    from services.box_masks import mask_for_box
 
     image = np.full((40, 50, 3), 30, np.uint8)
     image[10:30, 10:30] = 220
     calls = []
 
-    def model_masks(img, boxes, category_ids):  # the interface of Predictor.masks_for_boxes
+    def model_masks(img, boxes, category_ids, soft=False):  # the interface of Predictor.masks_for_boxes
         calls.append((boxes, category_ids))
         if category_ids[0] != 3:
             raise ValueError("the model does not know categories [7]")
-        mask = np.zeros(img.shape[:2], bool)
-        mask[12:28, 12:28] = True
-        return [mask]
+        mask = np.zeros(img.shape[:2], np.float32)
+        mask[12:28, 12:28] = 0.95
+        return [mask if soft else mask >= 0.5]
 
-    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, model_masks)
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, model_masks, "model")
     assert source == "model" and mask.sum() == 16 * 16 and calls[0] == ([(9.0, 9.0, 31.0, 31.0)], [3])
+    mask, source = mask_for_box(image, (9, 9, 31, 31), 3, model_masks, "combined")  # GrabCut from the soft mask
+    assert source == "combined" and mask[12:28, 12:28].all() and not mask[:9].any() and not mask[31:].any()
     mask, source = mask_for_box(image, (9, 9, 31, 31), 7, model_masks)  # a class the model does not know
     assert source == "grabcut" and mask[15:25, 15:25].all() and not mask[:5].any()
     mask, source = mask_for_box(image, (9, 9, 31, 31), 3, None)  # no model yet
