@@ -224,6 +224,18 @@ class Api:
         return {**self.wb.instances(image_id), "saved_revision": saved}
 
     @client_errors
+    def scissors_path(self, image_id, points):
+        """Intelligent scissors: the path through clicked points ([[x, y], ...] image pixels), each segment
+        following the image's edges; returns {"image_id", "path"} (save it as a polygon mask)."""
+        return self.wb.scissors_path(image_id, points)
+
+    @client_errors
+    def prefetch(self, image_ids):
+        """Propose in the background on the photos you will open next (in your order; the first
+        WORKBENCH_PREFETCH of them, default 2): they open with their proposals stored. Returns those queued."""
+        return {"queued": self.wb.prefetch(image_ids)}
+
+    @client_errors
     def finish_image(self, image_id, seen_revision, request: gr.Request):
         """"Done" with an image, as the review canvas's Done: the proposals left are rejected, those the model's
         thresholds hid are closed as hidden (never charged), and what each proposal was worth is recorded.

@@ -19,6 +19,7 @@ const S = {
   view: {s: 1, tx: 0, ty: 0}, fittedFor: null,
   pending: [], inflight: null, seq: 0, nextTemp: -1, doneAsked: false, saveTimer: null,
   polygon: [], drag: null, space: false, pointer: null, localMessage: '',
+  cut: {clicks: [], segments: [], asked: 0},  // the scissors: clicks, each segment's edge path (null: asked)
   perf: {syncs: [], roundTrips: [], imageDrawnAt: null},  // timings the speed benchmark reads
   visit: {imageId: null, times: []},  // the times (s) of a person's inputs on this image: its active time
   refine: {id: null, positive: [], negative: []},  // the clicks of the refine tool on the selected instance
@@ -386,9 +387,60 @@ function polygonLayer(points) {
 }
 function closePolygon() {
   const points = S.polygon;
-  S.polygon = [];
+  S.polygon = []; S.cut = {clicks: [], segments: [], asked: S.cut.asked + 1};
   if (points.length < 3) { draw(); return say('A polygon needs at least 3 points.'); }
   addMask(polygonLayer(points), 'polygon', null);
+}
+// ---- intelligent scissors: each segment between two clicks follows the photo's edges (the server's
+// services.scissors, called through gr.HTML's server functions); a straight line shows until the path comes
+function cutPolygon() {
+  const c = S.cut, out = [];
+  c.clicks.forEach((point, i) => {
+    if (i === 0) { out.push(point); return; }
+    const path = c.segments[i - 1];
+    if (path) out.push(...path.slice(1)); else out.push(point);
+  });
+  return out;
+}
+function snap(index, from, to, then) {  // segments[index] := the edge path from -> to
+  const imageId = S.imageId, asked = S.cut.asked;
+  if (typeof server === 'undefined' || !server || !server.scissors_path) {
+    S.cut.segments[index] = [from, to]; say('The scissors need the server; the segment stays straight.');
+    if (then) then();
+    return;
+  }
+  server.scissors_path(imageId, [from, to]).then((answer) => {
+    if (S.imageId !== imageId || S.cut.asked !== asked || !answer || !answer.path) return;  // stale
+    S.cut.segments[index] = answer.path;
+    S.polygon = cutPolygon(); draw();
+    if (then) then();
+  }).catch((error) => {  // the straight segment stands in
+    if (S.imageId === imageId && S.cut.asked === asked) { S.cut.segments[index] = [from, to]; S.polygon = cutPolygon(); draw(); }
+    say(`Scissors: ${error && error.message ? error.message : error}`);
+    if (then) then();
+  });
+}
+function cutClick(x, y) {
+  const c = S.cut, point = [Math.round(x * 10) / 10, Math.round(y * 10) / 10];
+  c.clicks.push(point);
+  if (c.clicks.length > 1) { c.segments.push(null); snap(c.segments.length - 1, c.clicks[c.clicks.length - 2], point); }
+  S.polygon = cutPolygon(); draw();
+}
+function closeCut() {
+  const c = S.cut;
+  if (c.clicks.length < 3) return say('The scissors need at least 3 clicks.');
+  const index = c.segments.length;
+  c.segments.push(null);
+  say('Closing along the edges…');
+  snap(index, c.clicks[c.clicks.length - 1], c.clicks[0], closeCut2);
+}
+function closeCut2() {
+  const c = S.cut;
+  if (c.segments.some((path) => !path)) return setTimeout(() => { if (S.cut === c) closeCut2(); }, 100);  // on its way
+  const ring = cutPolygon();
+  const last = c.segments[c.segments.length - 1];
+  S.polygon = ring.concat(last.slice(1, -1));
+  closePolygon();
 }
 function paint(x, y, on) {  // a disk of the brush (on) or the eraser (off) on the stroke's layer
   const L = S.drag.layer, r = S.radius;
@@ -438,7 +490,7 @@ function sync() {
     endVisit(false);
     S.visit = {imageId: value.image_id ?? null, times: [performance.now() / 1000]};
     S.refine = {id: null, positive: [], negative: []};
-    S.imageId = value.image_id; S.sel = null; S.polygon = []; S.drag = null; S.layers = new Map();
+    S.imageId = value.image_id; S.sel = null; S.polygon = []; S.cut = {clicks: [], segments: [], asked: S.cut.asked + 1}; S.drag = null; S.layers = new Map();
     S.pending = []; S.inflight = null; S.fittedFor = null; S.localMessage = '';
   }
   if (S.inflight && value.ack === S.inflight.seq) {
@@ -507,12 +559,12 @@ function act(name) {
   else if (name === 'next' || name === 'prev') { const b = document.getElementById(name === 'next' ? 'next-image' : 'prev-image'); if (b) b.click(); }
 }
 function setTool(tool) {
-  if (S.polygon.length && tool !== 'polygon') S.polygon = [];
+  if (S.polygon.length && tool !== S.tool) { S.polygon = []; S.cut = {clicks: [], segments: [], asked: S.cut.asked + 1}; }
   S.tool = tool; cv.style.cursor = tool === 'select' ? 'default' : 'crosshair'; draw(); panel();
 }
 const KEYS = {a: 'accept', r: 'reject', d: 'delete', Delete: 'delete', A: 'accept_all', z: 'undo', p: 'propose', k: 'keep_box',
   n: 'done', Enter: 'done', 0: 'fit', f: 'fit', ArrowRight: 'next', ArrowLeft: 'prev'};
-const TOOLS = {v: 'select', x: 'box', g: 'polygon', b: 'brush', e: 'eraser', c: 'refine'};
+const TOOLS = {v: 'select', x: 'box', g: 'polygon', i: 'scissors', b: 'brush', e: 'eraser', c: 'refine'};
 root.addEventListener('keydown', (event) => {
   if (event.target.closest('input, textarea, select')) return;
   note();
@@ -521,7 +573,12 @@ root.addEventListener('keydown', (event) => {
   if (event.ctrlKey) { if (key === 'z') { act('undo'); event.preventDefault(); } return; }
   if (key === ' ') { S.space = true; cv.style.cursor = 'grab'; event.preventDefault(); return; }
   if (key === 'Tab') { walk(event.shiftKey ? -1 : 1); event.preventDefault(); return; }
-  if (key === 'Escape') { if (S.polygon.length) S.polygon = []; else S.sel = null; say(''); draw(); event.preventDefault(); return; }
+  if (key === 'Escape') { if (S.polygon.length) { S.polygon = []; S.cut = {clicks: [], segments: [], asked: S.cut.asked + 1}; } else S.sel = null; say(''); draw(); event.preventDefault(); return; }
+  if (S.polygon.length && S.tool === 'scissors' && (key === 'Enter' || key === 'Backspace')) {
+    if (key === 'Enter') closeCut();
+    else { S.cut.clicks.pop(); S.cut.segments.length = Math.max(0, S.cut.clicks.length - 1); S.cut.asked++; S.polygon = cutPolygon(); draw(); }
+    event.preventDefault(); return;
+  }
   if (S.polygon.length && (key === 'Enter' || key === 'Backspace')) {
     if (key === 'Enter') closePolygon(); else { S.polygon.pop(); draw(); }
     event.preventDefault(); return;
@@ -573,6 +630,11 @@ cv.addEventListener('pointerdown', (event) => {
   } else if (S.tool === 'box') {
     if (!needClass()) return;
     S.drag = {kind: 'box', x, y, box: [x, y, x, y]};
+  } else if (S.tool === 'scissors') {
+    if (!needClass()) return;
+    const first = S.cut.clicks[0];
+    if (S.cut.clicks.length >= 3 && Math.hypot((first[0] - x) * S.view.s, (first[1] - y) * S.view.s) <= 8) closeCut();
+    else cutClick(x, y);
   } else if (S.tool === 'polygon') {
     if (!needClass()) return;
     const first = S.polygon[0];

@@ -30,6 +30,7 @@ def _script() -> str:
 JS = _script()
 
 TOOLS = [("select", "Select · pan (v)"), ("box", "Box → mask (x)"), ("polygon", "Polygon (g)"),
+         ("scissors", "Scissors (i)"),
          ("brush", "Brush (b)"), ("eraser", "Eraser (e)"), ("refine", "Refine clicks (c)")]
 ACTIONS = [("accept", "Accept (a)"), ("reject", "Reject (r)"), ("delete", "Delete (d)"), ("keep_box", "Keep box (k)"),
            ("accept_all", "Accept all ≥ threshold (A)"), ("undo", "Undo (z)"), ("propose", "Propose (p)"),
@@ -39,7 +40,7 @@ KEYS = [("click", "select the topmost instance"), ("Tab / Shift+Tab", "next / pr
         ("k", "keep the proposal's box, make its mask again from the box"),
         ("Shift+A", "accept all the proposals shown"), ("1-9", "class of the selected one (or of new ones)"),
         ("n / Enter", "done (proposals left are rejected), next image"), ("→ / ←", "next / previous image"),
-        ("v x g b e c", "select, box, polygon, brush, eraser, refine clicks"),
+        ("v x g i b e c", "select, box, polygon, scissors (snaps to edges), brush, eraser, refine clicks"),
         ("refine: left / right click", "this is the object / this is not (GrabCut)"), ("[ / ]", "brush radius"),
         ("wheel, + / -", "zoom; space+drag or middle drag: pan"), ("z", "undo"), ("Esc", "cancel / deselect")]
 

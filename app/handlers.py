@@ -271,7 +271,15 @@ class Handlers:
     def on_select(self, id_list, review_threshold, evt: gr.SelectData, request: gr.Request) -> Opened:
         if evt.index is None or evt.index >= len(id_list):
             return self.open(None, review_threshold)
-        return self.open(id_list[evt.index], review_threshold, user=user_of(request))
+        return self.prefetch_after(self.open(id_list[evt.index], review_threshold, user=user_of(request)), id_list)
+
+    def prefetch_after(self, opened: Opened, id_list) -> Opened:
+        """The photos after the one opened, in the gallery's order, get their proposals in the background
+        (services.prefetch): "done, next" then opens a photo whose proposals are stored."""
+        ids = list(id_list or [])
+        if opened.image_id is not None and opened.image_id in ids:
+            self.wb.prefetch(ids[ids.index(opened.image_id) + 1:])
+        return opened
 
     def neighbour(self, current, id_list, status, delta: int, order: str = "upload") -> int | None:
         """The image after (+1) or before (-1) ``current`` in the listed images (wrapping), None: none listed.
@@ -298,7 +306,7 @@ class Handlers:
             target = self.neighbour(current, id_list, status, delta, order)
             if target is None:
                 return (*self.open(None, review_threshold, "No images in this list."), gr.skip())
-            return (*self.open(target, review_threshold, user=user_of(request)),
+            return (*self.prefetch_after(self.open(target, review_threshold, user=user_of(request)), id_list),
                     self.highlighted(None, id_list, target))
         return go
 
@@ -407,8 +415,8 @@ class Handlers:
             return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc))),
                     *self.gallery(status_filter, keep=image_id, selected=image_id, order=order))
         items, ids = self.gallery_items(status_filter, keep=image_id, order=order)
-        opened = self.open(self.neighbour(image_id, ids, status_filter, +1, order), review_threshold,
-                           user=user_of(request))
+        opened = self.prefetch_after(self.open(self.neighbour(image_id, ids, status_filter, +1, order),
+                                               review_threshold, user=user_of(request)), ids)
         return (*opened, self.highlighted(items, ids, opened.image_id), ids, self.statuses(status_filter or "all"))
 
     # ---- draw ------------------------------------------------------------------------------

@@ -153,7 +153,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                 with gr.Tabs():
                     with gr.Tab("Review", id="review"):
                         canvas = gr.HTML(value=None, html_template=CANVAS_TEMPLATE, css_template=CANVAS_CSS,
-                                         js_on_load=CANVAS_JS, elem_id="review-canvas")
+                                         js_on_load=CANVAS_JS, elem_id="review-canvas",
+                                         server_functions=[_scissors_function(wb)])  # the scissors' paths
                     with gr.Tab("Draw boxes", id="draw"):
                         gr.Markdown("Boxes of the image's accepted instances: move or resize one (it gets a new "
                                     "mask), change its class, delete it, or draw new ones (*Create box*), then "
@@ -267,7 +268,8 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
             api_missing = gr.JSON(value=0, label="propose_missing")
             help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
             api_points = gr.JSON(label="points")
-            assist_api_buttons = [gr.Button(f"assist_api{i}") for i in range(3)]
+            api_image_ids = gr.JSON(label="image_ids")
+            assist_api_buttons = [gr.Button(f"assist_api{i}") for i in range(4)]
 
         view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View
         open_outputs = [image_id, *view_outputs]  # the fields of handlers.Opened
@@ -378,8 +380,21 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         assist_api_buttons[0].click(api.finish_image, [api_image, api_seen], api_out, api_name="finish_image", **writes)
         assist_api_buttons[1].click(api.keep_box, [api_image, api_ann, api_seen], api_out, api_name="keep_box",
                                     **writes)
+        assist_api_buttons[2].click(api.scissors_path, [api_image, api_points], api_out, api_name="scissors_path")
+        assist_api_buttons[3].click(api.prefetch, [api_image_ids], api_out, api_name="prefetch")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
+
+
+def _scissors_function(workbench: Workbench):
+    """The canvas's server function for the intelligent scissors (gr.HTML server_functions: a plain function)."""
+    def scissors_path(image_id, points, closed=False):
+        try:
+            return workbench.scissors_path(image_id, points, closed)
+        except WorkbenchError as exc:
+            raise gr.Error(str(exc)) from None
+
+    return scissors_path
 
 
 def _preload_model(workbench: Workbench) -> None:

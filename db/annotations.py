@@ -252,16 +252,16 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
 
 
 def _apply(session, image: Image, instances: list[InstanceData], columns: list[dict], current: list[Annotation],
-           action: str, user: str | None) -> tuple[int, list[tuple[Annotation, str | None, str | None]]]:
-    """Write the instances and journal the diff -> (the new revision, the added annotations with the tool and
-    the mask start each was made with)."""
+           action: str, user: str | None) -> tuple[int, list[tuple[Annotation, InstanceData]]]:
+    """Write the instances and journal the diff -> (the new revision, the added annotations, each with the
+    InstanceData it was made from: its tool, mask start and the box it was given)."""
     image_id = image.id
     by_id = {ann.id: ann for ann in current}
     keep, added, modified = set(), [], []
     for inst, values in zip(instances, columns):
         ann = by_id.get(inst.id) if inst.id is not None else None
         if ann is None:
-            added.append((Annotation(image_id=image_id, **values), inst.tool, inst.start))
+            added.append((Annotation(image_id=image_id, **values), inst))
             session.add(added[-1][0])
             continue
         keep.add(ann.id)

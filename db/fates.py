@@ -81,32 +81,37 @@ def _update(session, image: Image, *, action: str, user: str | None) -> None:
             row.decided_by, row.decided_at = user, utcnow()
 
 
-def record_changes(session, image: Image, added: Iterable[tuple[Annotation, str | None, str | None]], *,
+def record_changes(session, image: Image, added: Iterable[tuple[Annotation, object]], *,
                    action: str, user: str | None) -> None:
     """In the transaction of a change of ``image``'s annotations, after it was flushed: rows for the ``added``
-    annotations (with the tool a person used, None when not said, and the mask a box started from) and every
+    annotations (each with the db.annotations.InstanceData it was made from: the tool a person used, None when
+    not said, the mask a box started from, a proposal's own box) and every
     fate of the image brought up to date; new proposals get their rank by score among those added. ``action``: save, propose (unreviewed proposals that go are replaced, not rejected), review or undo.
     Never raises: the change itself matters more than its record."""
     try:
         with session.begin_nested(), session.no_autoflush:  # a savepoint: a failure here leaves the change whole
             version = None
             added = list(added)
-            proposals = sorted((ann for ann, tool, _ in added if ann.source == Source.model and tool is None),
+            proposals = sorted((ann for ann, inst in added if ann.source == Source.model and inst.tool is None),
                                key=lambda ann: -(ann.score or 0.0))
             rank = {id(ann): place for place, ann in enumerate(proposals, start=1)}
-            for ann, tool, start in added:
+            for ann, inst in added:
+                tool, start = inst.tool, inst.start
                 if id(ann) in rank:  # (a box's model mask comes with its tool)
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="proposal",
                                              model_version_id=ann.model_version_id, category_id=ann.category_id,
                                              score=ann.score, proposed_mask=ann.mask_rle, fate=Fate.proposed,
-                                             rank=rank[id(ann)], created_by=user))
+                                             rank=rank[id(ann)], created_by=user,
+                                             given_box=None if inst.box is None else [round(float(v), 2)
+                                                                                        for v in inst.box]))
                 elif tool is not None or ann.source in (Source.drawn, Source.grabcut):
                     version = _active_version_id(session) if version is None else version
                     how = tool or ("grabcut" if ann.source == Source.grabcut else "other")
                     session.add(InstanceFate(image_id=image.id, annotation_id=ann.id, kind="hand", tool=how,
                                              model_version_id=version or None, category_id=ann.category_id,
                                              final_category_id=ann.category_id, fate=Fate.kept, start=start,
-                                             created_by=user))
+                                             created_by=user, given_box=None if start is None or inst.box is None
+                                             else [round(float(v), 2) for v in inst.box]))
             session.flush()
             _update(session, image, action=action, user=user)
     except Exception:  # noqa: BLE001 (logged; the save goes on without its record)
@@ -156,6 +161,15 @@ def add_clicks(db: Database, image_id: int, annotation_id: int, clicks: int) -> 
                               .order_by(InstanceFate.id.desc())).first()
         if row is not None:
             row.clicks = (row.clicks or 0) + int(clicks)
+
+
+def given_box(db: Database, image_id: int, annotation_id: int) -> list[float] | None:
+    """The box an instance was made from (x1, y1, x2, y2): the model's for a proposal, the one a person drew for a
+    box (its annotation's box is its mask's); None if unknown."""
+    with db.session() as session:
+        return session.scalars(select(InstanceFate.given_box).where(
+            InstanceFate.image_id == image_id, InstanceFate.annotation_id == annotation_id)
+            .order_by(InstanceFate.id.desc())).first()
 
 
 def proposal_records(db: Database, version_id: int) -> list[dict]:

@@ -266,6 +266,8 @@ class InstanceFate(Base):
     match_iou: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     match_category_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     rank: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)  # a proposal's place in its image by score
+    given_box: Mapped[Optional[list]] = mapped_column(JSON, nullable=True)  # the box it was made from (x1, y1,
+    # x2, y2): the model's for a proposal, the one drawn for a box; the annotation's own box is its mask's
     start: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)  # a box's first mask: grabcut, model,
     # combined (services.box_masks)
     clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # refine clicks spent on it

@@ -43,8 +43,10 @@ def _upscaled(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return soft >= 128
 
 
-PRIOR_SURE_OBJECT = 0.9  # a model's probability from which a pixel is sure object for GrabCut ...
+PRIOR_SURE_OBJECT = 0.8  # a model's probability from which a pixel is sure object for GrabCut ...
 PRIOR_SURE_BACKGROUND = 0.02  # ... and under which sure background; between: probable object (>= 0.5) or not
+PRIOR_AGREEMENT = 0.5  # GrabCut's mask from a prior must overlap the prior's own mask this much (IoU), else the
+# prior's mask is kept
 
 
 def prior_labels(prior: np.ndarray) -> np.ndarray:
@@ -104,6 +106,12 @@ def grabcut_mask(image: np.ndarray, box: tuple[float, float, float, float], iter
         full[y1:y2, x1:x2] = True
         return full
     object_pixels = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if mode == cv2.GC_INIT_WITH_MASK:  # the colours could not separate object and background (GrabCut drifted
+        # away from the model's mask, e.g. sure background of the object's colour): the model's mask stands
+        believed = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        overlap = (object_pixels & believed).sum() / max(1, (object_pixels | believed).sum())
+        if overlap < PRIOR_AGREEMENT:
+            object_pixels = believed
     if not object_pixels.any():
         full[y1:y2, x1:x2] = True
         return full

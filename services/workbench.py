@@ -35,7 +35,9 @@ from services.limits import describe as limits_text, keep_exports, write_concurr
 from services.model_help import model_help
 from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
+from services.prefetch import Prefetcher, ahead_from_environment
 from services.review import MAX_EDITS
+from services.scissors import MAX_POINTS as SCISSORS_MAX_POINTS, ScissorsCache
 from partial_sup.grabcut import refine_mask
 from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, propose,
                                 uncertainty)
@@ -184,6 +186,9 @@ class Workbench:
         self.device = inference_device(device)  # "auto" / None: the GPU when there is one
         self.models = ModelCache(db, device=self.device, score_threshold=self.score_threshold)
         self.cost_model = payoff.CostModel()  # seconds per action the proposal thresholds are chosen for
+        self.scissors = ScissorsCache()  # intelligent scissors prepared per image (services.scissors)
+        self.prefetcher = Prefetcher(self._prefetch_one, lambda image_id: self.should_propose(image_id, wait=False),
+                                     ahead_from_environment())
 
     def device_text(self) -> str:
         """Where the model runs, as people read it (e.g. "GPU (NVIDIA H200)", "CPU (2 threads)")."""
@@ -292,6 +297,20 @@ class Workbench:
         return propose(self.db, image_id, None, version_id, score_threshold=threshold, seen_revision=seen_revision,
                        instances=predictions, user=user)
 
+    def prefetch(self, image_ids) -> list[int]:
+        """Propose in the background on the next photos a person will open (in their order), so that they open
+        with their proposals at once; the first WORKBENCH_PREFETCH (default 2) of ``image_ids``. -> those queued."""
+        ids = [wire.strict_id(i, "image_ids") for i in wire.listed(image_ids, "image_ids", item="image ids")]
+        self.prefetcher.ahead(ids)
+        return ids[:self.prefetcher.ahead_count]
+
+    def _prefetch_one(self, image_id: int) -> None:
+        self.propose(image_id)
+
+    def close(self) -> None:
+        """Stop the background work (the server shuts down)."""
+        self.prefetcher.stop()
+
     def set_score_threshold(self, value) -> float:
         """The lowest score of a stored proposal (the Train tab's setting; default $WORKBENCH_SCORE_THRESHOLD
         or 0.05). Applies to the proposals made from now on."""
@@ -305,8 +324,11 @@ class Workbench:
         self.models.set_score_threshold(value)
         return value
 
-    def should_propose(self, image_id: int) -> bool:
-        """Opening an image proposes when the active model has not looked at it yet and it is not done."""
+    def should_propose(self, image_id: int, wait: bool = True) -> bool:
+        """Opening an image proposes when the active model has not looked at it yet and it is not done. ``wait``:
+        first let a background run on this photo finish (services.prefetch), so that it is not proposed twice."""
+        if wait:
+            self.prefetcher.wait(int(image_id))
         version = registry.active_version(self.db)
         if version is None:
             return False
@@ -597,11 +619,12 @@ class Workbench:
             raise WorkbenchError(f"instance #{ann_id} is not a proposal (it is {row['review_state']}): keep the box "
                                  "of a proposal; refine an instance with clicks instead")
         info = queries.image_info(self.db, image_id)
-        box = wire.clipped_box(list(row["box"]), info["width"], info["height"], "the proposal's box")
+        model_box = fates.given_box(self.db, image_id, ann_id) or list(row["box"])  # the model's box, not its mask's
+        box = wire.clipped_box(model_box, info["width"], info["height"], "the proposal's box")
         changes, _ = self._box_masks(image_id, box_only=False)(row["category_id"], box)
         changes.pop("start", None)
-        data = [InstanceData.from_row(r, **changes, box=box, review_state="accepted",
-                                      model_version_id=r["model_version_id"]) if r["id"] == ann_id
+        changes.pop("model_version_id", None)  # it stays the proposal's version (its fate: edited)
+        data = [InstanceData.from_row(r, **changes, box=box, review_state="accepted") if r["id"] == ann_id
                 else InstanceData.from_row(r) for r in rows]
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
                                 user=user)
@@ -638,8 +661,9 @@ class Workbench:
                            seen_revision: int | None, user: str | None = None) -> int:
         """Correct an instance's mask with clicks: ``positive_points`` "this is object", ``negative_points``
         "this is not", each a list of (x, y) in the image's full-resolution pixels. GrabCut starts from the
-        current mask (a box-only instance: its box) inside its box enlarged a little, the clicked pixels (small
-        disks) as hard labels (partial_sup.grabcut.refine_mask); no model needed. The instance becomes an
+        current mask (a box-only instance: its box) inside the box it was made from (the box drawn, the model's box
+        of a proposal; grown only to take in positive clicks), or, for a painted or imported mask, inside its own
+        box enlarged a little, the clicked pixels (small disks) as hard labels (partial_sup.grabcut.refine_mask); no model needed. The instance becomes an
         accepted GrabCut mask (a proposal refined this way counts as edited). -> the new revision."""
         info = queries.image_info(self.db, image_id)
         height, width = info["height"], info["width"]
@@ -658,21 +682,36 @@ class Workbench:
             x1, y1, x2, y2 = (int(round(v)) for v in row["box"])
             mask = np.zeros((height, width), bool)
             mask[max(0, y1):y2, max(0, x1):x2] = True
-        refined = refine_mask(self.rgb(image_id)[1], mask, positive, negative, limit_box=row["box"])
+        given = fates.given_box(self.db, image_id, ann_id)  # the box drawn, or the model's: the limit (a mask
+        # painted or imported has none: its own box grown a little, partial_sup.grabcut.refine_mask)
+        limit = None if given is None else [min(given[0], row["box"][0]), min(given[1], row["box"][1]),
+                                            max(given[2], row["box"][2]), max(given[3], row["box"][3])]
+        refined = refine_mask(self.rgb(image_id)[1], mask, positive, negative, limit_box=limit)
         if not refined.any():
             raise WorkbenchError("the clicks leave nothing of the instance; click on the object (left click) "
                                  "or delete the instance")
-        ys, xs = np.nonzero(refined)
-        x1, y1, x2, y2 = (float(v) for v in row["box"])  # the box stays the limit, grown by positive clicks
-        box = (min(x1, float(xs.min())), min(y1, float(ys.min())), max(x2, float(xs.max()) + 1),
-               max(y2, float(ys.max()) + 1))
-        data = [InstanceData.from_row(r, mask=refined, box=box, source="grabcut", review_state="accepted",
+        data = [InstanceData.from_row(r, mask=refined, box=None, source="grabcut", review_state="accepted",
                                       score=None, model_version_id=None) if r["id"] == row["id"]
                 else InstanceData.from_row(r) for r in rows]
         revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
                                     user=user)
         fates.add_clicks(self.db, image_id, ann_id, len(positive) + len(negative))
         return revision
+
+    def scissors_path(self, image_id, points, closed=False) -> dict:
+        """The intelligent scissors' path through clicked points ([[x, y], ...] image pixels, 2 to
+        SCISSORS_MAX_POINTS): each segment between consecutive clicks follows the image's edges (OpenCV's
+        IntelligentScissorsMB); ``closed``: joined back to the first click too. Saving the polygon is a mask
+        save like the polygon tool's. -> {"image_id", "path": [[x, y], ...]}."""
+        image_id = wire.strict_id(image_id, "image_id")
+        info = queries.image_info(self.db, image_id)
+        clicked = wire.points_in_image(points, info["width"], info["height"], "points")
+        if not 2 <= len(clicked) <= SCISSORS_MAX_POINTS:
+            raise WorkbenchError(f"send 2 to {SCISSORS_MAX_POINTS} points for the scissors, not {len(clicked)}")
+        if not isinstance(closed, bool):
+            raise WorkbenchError(f"closed must be true or false, not {shown(closed)}")
+        tool = self.scissors.get(image_id, lambda: self.rgb(image_id)[1])
+        return {"image_id": image_id, "path": tool.path(clicked, closed=closed)}
 
     def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
                      user: str | None = None) -> int:
@@ -808,6 +847,7 @@ class Workbench:
 
     def activate_version(self, version_id: int) -> None:
         registry.activate_version(self.db, wire.strict_id(version_id, "the model version"))
+        self.prefetcher.clear()
 
     def version_info(self, version_id: int | None) -> dict | None:
         for v in self.versions():

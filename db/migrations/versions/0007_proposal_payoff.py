@@ -5,7 +5,8 @@ Revises: 0006
 Create Date: 2026-12-06
 
 Fates gain: the value "hidden" (a proposal under its threshold, never drawn); for proposals, once their image
-is done, the best mask IoU with the final labels and that label's class, and the proposal's rank in its image;
+is done, the best mask IoU with the final labels and that label's class, the proposal's rank in its image and
+the model's own box (the annotation's box is its mask's);
 for instances made from a box, the mask they started from and the refine clicks spent on them.
 """
 from alembic import op
@@ -50,6 +51,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('match_iou', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('match_category_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('rank', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('given_box', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('start', sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column('clicks', sa.Integer(), server_default='0', nullable=False))
     _set_fates(OLD_FATES, NEW_FATES)
@@ -61,6 +63,7 @@ def downgrade() -> None:
     with op.batch_alter_table('instance_fates', schema=None) as batch_op:
         batch_op.drop_column('clicks')
         batch_op.drop_column('start')
+        batch_op.drop_column('given_box')
         batch_op.drop_column('rank')
         batch_op.drop_column('match_category_id')
         batch_op.drop_column('match_iou')
