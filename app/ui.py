@@ -387,10 +387,13 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
 
 
 def _scissors_function(workbench: Workbench):
-    """The canvas's server function for the intelligent scissors (gr.HTML server_functions: a plain function)."""
-    def scissors_path(image_id, points, closed=False):
+    """The canvas's server function for the intelligent scissors (gr.HTML server_functions: a plain function of
+    one value, the page's arguments as a list: [image_id, points] or [image_id, points, closed])."""
+    def scissors_path(arguments):
         try:
-            return workbench.scissors_path(image_id, points, closed)
+            if not isinstance(arguments, list) or len(arguments) not in (2, 3):
+                raise WorkbenchError("the scissors take [image_id, points] or [image_id, points, closed]")
+            return workbench.scissors_path(*arguments)
         except WorkbenchError as exc:
             raise gr.Error(str(exc)) from None
 

@@ -154,8 +154,12 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             step = "rle"  # the canvas's RLE decode and encode are pycocotools' to the pixel
             check_rle_in_the_browser(page)
 
-            step = "proposals"
+            step = "proposals"  # a new model has no record of whether its proposals pay: hidden, and it says so
+            wait_text(page, "#review-canvas .wb-message", "proposal(s) hidden")
+            assert page.evaluate("() => __wbCanvas.instances.filter(i => i.state === 'proposed').length") == 0
+            page.locator("#model-thresholds input").uncheck()  # the review threshold overrides
             threshold = page.locator("#threshold input[type=number]")
+            page.wait_for_function("() => !document.querySelector('#threshold input[type=number]').disabled")
             threshold.fill("0")
             threshold.press("Enter")
             _, proposed = get_annotations(db, image_id, states=["proposed"])
@@ -251,6 +255,23 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             area = 0.2 * width * 0.2 * height
             assert abs(signs[0]["mask"].sum() - area) < 0.1 * area
 
+            step = "scissors"  # i: each click's segment follows the photo's edges (server side), Enter closes it
+            before_ids = {r["id"] for r in get_annotations(db, image_id)[1]}
+            page.keyboard.press("Escape")
+            page.keyboard.press("3")
+            page.keyboard.press("i")
+            clicks = [(0.55 * width, 0.55 * height), (0.75 * width, 0.55 * height), (0.7 * width, 0.75 * height)]
+            for x, y in clicks:
+                click_image(page, x, y)
+            page.wait_for_function("() => __wbCanvas.cut.segments.length === 2 && "
+                                   "__wbCanvas.cut.segments.every(s => s && s.length >= 2)", timeout=30_000)
+            page.keyboard.press("Enter")  # the closing segment is asked for too, then the polygon is saved
+            page.wait_for_function("() => __wbCanvas.cut.clicks.length === 0", timeout=30_000)
+            wait_saved(page)
+            cut = [r for r in get_annotations(db, image_id)[1] if r["id"] not in before_ids]
+            assert len(cut) == 1 and cut[0]["category_id"] == 12 and cut[0]["mask"].any()
+            page.keyboard.press("v")
+
             step = "box -> mask"
             page.keyboard.press("Escape")
             page.keyboard.press("2")
@@ -262,6 +283,17 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             assert len(new) == 1 and new[0]["category_id"] == 7 and new[0]["source"] in ("model", "grabcut")
             assert new[0]["mask"] is not None and new[0]["mask"].any()
             page.wait_for_function("id => __wbCanvas.instances.some(i => i.id === id && i.layer)", arg=new[0]["id"])
+
+            step = "keep the box"  # k: a proposal's box kept, its mask made again from the box, its class kept
+            kept_id = page.evaluate("() => __wbCanvas.instances.find(i => i.state === 'proposed' && !i.deleted).id")
+            kept = next(r for r in get_annotations(db, image_id)[1] if r["id"] == kept_id)
+            page.keyboard.press("Escape")
+            page.evaluate("id => { __wbCanvas.sel = id; }", kept["id"])
+            page.keyboard.press("k")
+            wait_saved(page, timeout=90)
+            row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == kept["id"])
+            assert row["review_state"] == "accepted" and row["category_id"] == kept["category_id"]
+            assert row["mask"] is not None and not np.array_equal(row["mask"], kept["mask"])
 
             step = "zoom"
             scale = page.evaluate("() => __wbCanvas.view.s")
@@ -278,13 +310,15 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             _, rows = get_annotations(db, image_id)
             assert not any(r["review_state"] == "proposed" for r in rows)
             accepted = [r for r in rows if r["review_state"] == "accepted"]
-            assert len(accepted) == 4  # the brushed one, the other person's accept, the polygon, the box
+            assert len(accepted) == 6  # the brushed one, the other person's accept, the polygon, the scissors' one,
+            # the box and the kept box
             from db.fates import fate_rows, visit_rows  # the proposals' fates and the visit's active time
 
             fates = {r["annotation_id"]: r for r in fate_rows(db) if r["image_id"] == image_id}
             assert fates[best]["fate"] == "edited" and fates[rejected]["fate"] == "rejected"
             tools = sorted(r["tool"] for r in fates.values() if r["kind"] == "hand")
-            assert len(tools) == 2 and "polygon" in tools and tools[0] in ("box", "grabcut"), tools
+            assert len(tools) == 3 and tools.count("polygon") == 2 and tools[0] in ("box", "grabcut"), tools
+            assert fates[kept["id"]]["fate"] == "edited"
             deadline = time.monotonic() + 30  # the visit is sent when the image is left
             while not [v for v in visit_rows(db) if v["image_id"] == image_id] and time.monotonic() < deadline:
                 time.sleep(0.2)
