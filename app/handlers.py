@@ -28,7 +28,7 @@ ORDER_CHOICES = [("upload order", "upload"), ("most useful next", "most_useful")
 ORDER_PROPOSE_BUDGET = 12  # photos the model looks at when "most useful next" is chosen (a few s each on a CPU)
 HELP_FIGURES = (("accepted unchanged", "unchanged_share"), ("added by hand", "hand_share"),
                 ("IoU of edited", "edited_iou"))
-HELP_COLUMNS = ("version", "class", "final", "unchanged", "edited", "hand", "rejected", "images", "unchanged_share",
+HELP_COLUMNS = ("version", "class", "final", "unchanged", "edited", "hand", "rejected", "hidden", "images", "unchanged_share",
                 "hand_share", "edited_iou", "rejected_per_image", "seconds_per_instance")
 
 
