@@ -286,7 +286,13 @@ class Workbench:
     # ---- proposals ------------------------------------------------------------------
     def propose(self, image_id: int, *, score_threshold: float | None = None, seen_revision: int | None = None,
                 user: str | None = None):
-        """Run the active model on the image and store its instances as proposals."""
+        """Run the active model on the image and store its instances as proposals (after a background run on the
+        same photo, services.prefetch, has finished: its proposals are then replaced, never raced)."""
+        self.prefetcher.wait(int(image_id))
+        return self._propose(image_id, score_threshold=score_threshold, seen_revision=seen_revision, user=user)
+
+    def _propose(self, image_id: int, *, score_threshold: float | None = None, seen_revision: int | None = None,
+                 user: str | None = None):
         _, image = self.rgb(image_id)
         version_id, predictions = self.models.predictions(image_id, image)
         if version_id is None:
@@ -305,7 +311,7 @@ class Workbench:
         return ids[:self.prefetcher.ahead_count]
 
     def _prefetch_one(self, image_id: int) -> None:
-        self.propose(image_id)
+        self._propose(image_id)
 
     def close(self) -> None:
         """Stop the background work (the server shuts down)."""

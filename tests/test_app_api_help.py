@@ -60,3 +60,32 @@ def test_the_loop_through_the_api(served):
         client.predict("all", "best", 0, api_name="/list_images")
     with pytest.raises(AppError, match="event times must be finite numbers"):
         client.predict(image_id, [0, "soon"], api_name="/record_visit")
+
+
+def test_the_assistance_endpoints(served):
+    """Issue 24's endpoints through the server: the scissors, prefetch, keep the box, done (finish_image)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client, root, version = served
+    pixels = np.full((60, 80, 3), 40, np.uint8)
+    pixels[10:30, 10:40] = (220, 40, 40)
+    Image.fromarray(pixels).save(root / "edges.png")
+    image_id = client.predict([handle_file(str(root / "edges.png"))], "train", api_name="/upload_images")["image_ids"][0]
+    out = client.predict(image_id, [[10, 10], [39, 10], [39, 29]], api_name="/scissors_path")
+    assert out["path"][0] == [10.0, 10.0] and out["path"][-1] == [39.0, 29.0] and len(out["path"]) >= 3
+    with pytest.raises(AppError, match="2 to 200 points"):
+        client.predict(image_id, [[10, 10]], api_name="/scissors_path")
+    assert client.predict([image_id], api_name="/prefetch")["queued"] == [image_id]
+    current = client.predict(image_id, None, api_name="/propose")
+    proposals = [i for i in current["instances"] if i["review_state"] == "proposed"]
+    assert proposals and all("shown" in i for i in proposals) and str(version) in current["policy"]
+    kept = client.predict(image_id, proposals[0]["id"], current["revision"], api_name="/keep_box")
+    row = next(i for i in kept["instances"] if i["id"] == proposals[0]["id"])
+    assert row["review_state"] == "accepted" and row["category_id"] == proposals[0]["category_id"]
+    with pytest.raises(AppError, match="not a proposal"):
+        client.predict(image_id, proposals[0]["id"], kept["revision"], api_name="/keep_box")
+    done = client.predict(image_id, kept["revision"], api_name="/finish_image")
+    assert done["rejected"] + done["hidden"] == len(proposals) - 1 and done["revision"] == kept["revision"] + 1
+    left = client.predict(image_id, api_name="/instances")["instances"]
+    assert not any(i["review_state"] == "proposed" for i in left)

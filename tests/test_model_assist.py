@@ -254,3 +254,40 @@ def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F81
     assert runs == [image_id]
     wb.close()
     assert wb.prefetcher._thread is None or not wb.prefetcher._thread.is_alive()
+
+
+# ---- the val record at the end of training ---------------------------------------------------------------------
+def test_val_predictions_become_proposal_records_and_box_starts_are_measured(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from db import masks as db_masks
+    from services.box_masks import box_start_on_val
+    from services.evaluation import _ground_truth, proposal_records
+    from services.models import instance_to_result, read_image
+
+    image, truth = misleading_photo()
+    Image.fromarray(image).save(tmp_path / "val.png")
+    counts = db_masks.encode(truth)
+    ys, xs = np.nonzero(truth)
+    label = SimpleNamespace(category_id=3, bbox=(int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
+                                                 int(np.ptp(ys)) + 1), mask_rle=counts, iscrowd=False)
+    record = SimpleNamespace(image_id=1, width=90, height=90, path=str(tmp_path / "val.png"), instances=[label])
+    gt = _ground_truth([record], {3: "disk", 4: "other"})
+    found = [FakeInstance(3, 0.9, (20, 22, 70, 72), truth), FakeInstance(4, 0.8, (20, 22, 70, 72), truth),
+             FakeInstance(3, 0.3, (0, 0, 10, 10), box_mask(90, 90, 0, 0, 10, 10))]
+    records = proposal_records(gt, [instance_to_result(inst, 1) for inst in found])
+    by_score = {r.score: (category, r) for category, r in records}
+    assert by_score[0.9][1].match_iou == pytest.approx(1.0) and by_score[0.9][1].right_class
+    assert by_score[0.8][0] == 4 and not by_score[0.8][1].right_class  # the right mask with the wrong class
+    assert by_score[0.3][1].match_iou == 0.0 and [by_score[s][1].rank for s in (0.9, 0.8, 0.3)] == [1, 2, 3]
+
+    class Model:  # a model whose soft mask is the blurred disk
+        def masks_for_boxes(self, img, boxes, category_ids, soft=False):
+            prior = cv2.GaussianBlur(truth.astype(np.float32), (9, 9), 3)
+            return [prior if soft else prior >= 0.5]
+
+    measured = box_start_on_val([record], Model(), read_image)["3"]
+    assert measured["instances"] == 1 and measured["combined"] > measured["grabcut"] + 0.1
+    assert measured["chosen"] in ("combined", "model")
