@@ -37,7 +37,7 @@ from services.models import ModelCache, device_description, inference_device
 from services.presets import PRESETS, TrainingSpec
 from services.prefetch import Prefetcher, ahead_from_environment
 from services.review import MAX_EDITS
-from services.scissors import MAX_POINTS as SCISSORS_MAX_POINTS, ScissorsCache
+from services.scissors import MAX_POINTS as SCISSORS_MAX_POINTS, snap_path
 from partial_sup.grabcut import refine_mask
 from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, propose,
                                 uncertainty)
@@ -186,7 +186,6 @@ class Workbench:
         self.device = inference_device(device)  # "auto" / None: the GPU when there is one
         self.models = ModelCache(db, device=self.device, score_threshold=self.score_threshold)
         self.cost_model = payoff.CostModel()  # seconds per action the proposal thresholds are chosen for
-        self.scissors = ScissorsCache()  # intelligent scissors prepared per image (services.scissors)
         self.prefetcher = Prefetcher(self._prefetch_one, lambda image_id: self.should_propose(image_id, wait=False),
                                      ahead_from_environment())
 
@@ -716,8 +715,10 @@ class Workbench:
             raise WorkbenchError(f"send 2 to {SCISSORS_MAX_POINTS} points for the scissors, not {len(clicked)}")
         if not isinstance(closed, bool):
             raise WorkbenchError(f"closed must be true or false, not {shown(closed)}")
-        tool = self.scissors.get(image_id, lambda: self.rgb(image_id)[1])
-        return {"image_id": image_id, "path": tool.path(clicked, closed=closed)}
+        path = snap_path(self.rgb(image_id)[1], clicked + ([clicked[0]] if closed else []))
+        if closed:
+            path = path[:-1]  # the first click again
+        return {"image_id": image_id, "path": [[round(float(x), 2), round(float(y), 2)] for x, y in path]}
 
     def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
                      user: str | None = None) -> int:

@@ -198,24 +198,26 @@ def disk_photo(scale: int = 1):
 
 @pytest.mark.parametrize("scale", [1, 5])
 def test_the_scissors_path_follows_an_edge(scale):
-    from services.scissors import Scissors
+    from services.scissors import MAX_WINDOW_PIXELS, snap_path
 
-    tool = Scissors(disk_photo(scale))
     center, radius = np.array([120, 100]) * scale, 60 * scale
     a = center + radius * np.array([np.cos(0.3), np.sin(0.3)])
     b = center + radius * np.array([np.cos(1.6), np.sin(1.6)])
-    path = np.array(tool.path([a, b]))
-    assert np.allclose(path[0], a) and np.allclose(path[-1], b) and len(path) > 10
+    path = np.array(snap_path(disk_photo(scale), [tuple(a), tuple(b)]))
+    assert np.allclose(path[0], a) and np.allclose(path[-1], b) and len(path) > 3
     off = np.abs(np.hypot(*(path - center).T) - radius)
     chord = np.abs(np.hypot(*(((a + b) / 2) - center)) - radius)
-    tolerance = 2.0 if scale == 1 else 2.0 / tool.scale + 1  # a downscaled photo: its pixels, scaled back
-    assert off.max() <= tolerance < chord
+    window = (abs(a - b).max() * 2 + 2 * 16) ** 2  # a long segment's window is downscaled: its working pixel
+    working_pixel = max(1.0, np.sqrt(window / MAX_WINDOW_PIXELS))
+    assert off.max() <= 2.0 * working_pixel < chord
 
 
 def test_the_scissors_through_the_workbench(bench):  # noqa: F811
     wb, image_id, h, w, _ = bench
     out = wb.scissors_path(image_id, [[1, 1], [w - 2, 1], [w - 2, h - 2]])
     assert out["path"][0] == [1.0, 1.0] and [w - 2.0, h - 2.0] in out["path"]
+    closed = wb.scissors_path(image_id, [[1, 1], [w - 2, 1], [w - 2, h - 2]], closed=True)["path"]
+    assert closed[0] == [1.0, 1.0] and closed[-1] != [1.0, 1.0] and len(closed) >= len(out["path"])
     with pytest.raises(WorkbenchError, match="2 to 200 points"):
         wb.scissors_path(image_id, [[1, 1]])
     with pytest.raises(WorkbenchError):
