@@ -97,8 +97,10 @@ def choose_policy(records: list[Record], cost: CostModel = CostModel(), source: 
         cap = rank
     cap = max(1, cap)
     kept = [r for r in above if (r.rank or 1) <= cap]
-    useful = sum(1 for r in kept if r.match_iou is not None and r.match_iou >= USEFUL_IOU)
     saving = sum(cost.value(r.match_iou, r.right_class) for r in kept)
+    if not kept or saving <= 0:  # what pays lies deeper in the photos than the first ranks: nothing to show
+        return Policy(None, 0, None, 0.0, len(records), photos, source)
+    useful = sum(1 for r in kept if r.match_iou is not None and r.match_iou >= USEFUL_IOU)
     return Policy(threshold=round(threshold, 4), cap=cap, precision=round(useful / len(kept), 3),
                   saving_s=round(saving / max(photos, 1), 2), records=len(records), photos=photos, source=source)
 

@@ -106,7 +106,7 @@ def test_the_canvas_script_splits_batches_at_the_servers_limits():
     from services.workbench import MAX_BOXES, MAX_EDITS
 
     assert f"const BATCH_LIMITS = {{edits: {MAX_EDITS}, costly: {MAX_BOXES}}};" in JS
-    assert "const COSTLY_KINDS = ['box', 'refine', 'propose'];" in JS
+    assert "const COSTLY_KINDS = ['box', 'refine', 'propose', 'keep_box'];" in JS
 
 
 # ---- writing events: one bounded queue -------------------------------------------------------------------------
@@ -117,7 +117,7 @@ WRITING = {
     "on_upload", "on_select", "go", "order_gallery", "on_canvas_save", "on_visit", "on_done", "save_boxes",
     "add_class", "rename_class", "merge_class", "delete_class", "start_training", "cancel_training", "activate",
     "on_export", "upload_images", "propose", "save_annotations", "export_coco", "add_boxes", "refine",
-    "record_visit", "list_images"}
+    "record_visit", "list_images", "finish_image", "keep_box"}
 
 
 def function_name(block_function) -> str:

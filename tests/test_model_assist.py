@@ -293,3 +293,12 @@ def test_val_predictions_become_proposal_records_and_box_starts_are_measured(tmp
     measured = box_start_on_val([record], Model(), read_image)["3"]
     assert measured["instances"] == 1 and measured["combined"] > measured["grabcut"] + 0.1
     assert measured["chosen"] in ("combined", "model")
+
+
+def test_a_record_that_pays_only_below_the_first_ranks_shows_nothing():
+    records = [payoff.Record(score=0.9, rank=1, match_iou=0.0, right_class=True, photo=p) for p in range(30)]
+    records += [payoff.Record(score=0.8, rank=2, match_iou=0.9, right_class=True, photo=p) for p in range(30)]
+    records += [payoff.Record(score=0.7, rank=3, match_iou=0.9, right_class=True, photo=p) for p in range(3)]
+    assert payoff.choose_policy(records[30:]).threshold is not None  # ranks 2-3 alone
+    only_deep = [payoff.Record(r.score, r.rank + 1, r.match_iou, True, r.photo) for r in records[30:]]
+    assert payoff.choose_policy(only_deep).cap >= 1  # no division by zero when no record has rank 1

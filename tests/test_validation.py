@@ -18,7 +18,7 @@ from test_app_helpers import register_tiny_model
 from test_coco_import_export import run_cli
 
 TRAIN_IDS, VAL_IDS = [1, 2, 3, 4], [5, 6, 7]  # database ids of the imported images
-METRIC_KEYS = {"val_images", "mask_AP", "mask_AP50", "box_AP", "box_AP50"}
+METRIC_KEYS = {"val_images", "mask_AP", "mask_AP50", "box_AP", "box_AP50", "proposal_policy"}
 SET_KEYS = {"mask_AP_A", "mask_AP50_A", "mask_AP_B", "mask_AP50_B"}
 
 
@@ -181,7 +181,9 @@ def test_reviewed_val_images_without_objects_measure_nothing(database, synthetic
         return [Instance(3, 0.9, (1.0, 1.0, 10.0, 10.0), mask)]
 
     metrics = evaluate_on_val(database, predict, mask_set={3})
-    assert metrics == {"val_images": 4, **dict.fromkeys(METRIC_KEYS - {"val_images"} | SET_KEYS)}
+    policy = metrics.pop("proposal_policy")
+    assert metrics == {"val_images": 4, **dict.fromkeys(METRIC_KEYS - {"val_images", "proposal_policy"} | SET_KEYS)}
+    assert policy["all"]["source"] == "none"  # 4 false positives: too small a record to choose a threshold
 
 
 def test_a_real_tiny_model_on_the_val_images(db, tmp_path_factory):
