@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# no background proposals on the next photos (services.prefetch) unless a test asks for them: they would change
+# the statuses and fates other tests check, at moments of their own
+os.environ.setdefault("WORKBENCH_PREFETCH", "0")
 
 SHARED = ROOT.parent / "shared"
 COCO_SUBSET = SHARED / "data" / "coco_subset"

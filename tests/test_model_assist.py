@@ -238,6 +238,7 @@ def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F81
 
     wb.models.predictions = predictions
     registry.activate_version(wb.db, version)
+    wb.prefetcher.ahead_count = 2  # the suite turns prefetch off by default (conftest)
     wb.prefetch([image_id])
     assert predicting.wait(10)
     # a person saves while the model runs in the background: the save goes through at once
