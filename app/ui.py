@@ -32,8 +32,8 @@ from app.guard import (HostCheck, LoginCheck, LoginRequired, LoginThrottle, Orig
 from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import HELP_COLUMNS, ORDER_CHOICES, Handlers  # noqa: E402
 from services.users import server_auth  # noqa: E402
-from services.workbench import (MAX_UPLOAD_BYTES, PRESETS, Workbench, default_backbone_weights,  # noqa: E402
-                                limits_text, write_concurrency)
+from services.workbench import (MAX_UPLOAD_BYTES, PRESETS, Workbench, WorkbenchError,  # noqa: E402
+                                default_backbone_weights, limits_text, write_concurrency)
 
 log = logging.getLogger(__name__)
 

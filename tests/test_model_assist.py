@@ -16,7 +16,7 @@ from partial_sup.grabcut import grabcut_mask, refine_mask
 from services import payoff
 from services.box_masks import choose_start
 from services.proposals import propose
-from services.workbench import Workbench, WorkbenchError
+from services.workbench import WorkbenchError
 from test_model_help import bench, box_mask, FakeInstance  # noqa: F401 (the fixture)
 
 
@@ -303,3 +303,16 @@ def test_a_record_that_pays_only_below_the_first_ranks_shows_nothing():
     assert payoff.choose_policy(records[30:]).threshold is not None  # ranks 2-3 alone
     only_deep = [payoff.Record(r.score, r.rank + 1, r.match_iou, True, r.photo) for r in records[30:]]
     assert payoff.choose_policy(only_deep).cap >= 1  # no division by zero when no record has rank 1
+
+
+def test_the_canvas_scissors_function_answers_a_path_or_a_message(bench):  # noqa: F811
+    import gradio as gr
+
+    from app.ui import _scissors_function
+
+    wb, image_id, h, w, _ = bench
+    scissors_path = _scissors_function(wb)  # gr.HTML server function: the page's arguments as one list
+    assert scissors_path([image_id, [[1, 1], [w - 2, 1]]])["path"][0] == [1.0, 1.0]
+    for bad in ([image_id], "x", [image_id, [[1, 1]]], [image_id, [[1, 1], [w + 9, 1]]]):
+        with pytest.raises(gr.Error):
+            scissors_path(bad)
