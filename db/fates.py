@@ -14,6 +14,7 @@ import logging
 import math
 from typing import Iterable
 
+import numpy as np
 from sqlalchemy import select
 
 from db import masks
@@ -135,12 +136,13 @@ def record_done(session, image: Image, hidden: Iterable[int]) -> None:
                     row.fate = Fate.hidden
                 if row.proposed_mask is None or row.fate in (Fate.replaced,):
                     continue
-                best, best_class = 0.0, None
-                for ann in labels:
-                    value = masks.iou(row.proposed_mask, ann.mask_rle, image.height, image.width)
-                    if value > best:
-                        best, best_class = value, ann.category_id
-                row.match_iou, row.match_category_id = round(best, 4), best_class
+                overlaps = masks.ious([row.proposed_mask], [ann.mask_rle for ann in labels], image.height,
+                                      image.width)[0]  # one call against every label
+                best = int(np.argmax(overlaps)) if labels else None
+                if best is None or overlaps[best] <= 0:
+                    row.match_iou, row.match_category_id = 0.0, None
+                else:
+                    row.match_iou, row.match_category_id = round(float(overlaps[best]), 4), labels[best].category_id
     except Exception:  # noqa: BLE001 (logged; "done" goes on without the record)
         log.exception("recording what the proposals of image %s were worth failed", image.id)
 

@@ -96,9 +96,17 @@ def area(counts: str, height: int, width: int) -> int:
 
 def iou(counts_a: str, counts_b: str, height: int, width: int) -> float:
     """Intersection over union of two masks given as compressed RLE counts (no decode)."""
-    a = {"size": [height, width], "counts": counts_a.encode("ascii")}
-    b = {"size": [height, width], "counts": counts_b.encode("ascii")}
-    return float(mask_utils.iou([a], [b], [0])[0][0])
+    return float(ious([counts_a], [counts_b], height, width)[0, 0])
+
+
+def ious(counts_a: list[str], counts_b: list[str], height: int, width: int) -> np.ndarray:
+    """(len(a), len(b)) intersections over union of two lists of masks as compressed RLE counts, in one
+    pycocotools call (no decode)."""
+    if not counts_a or not counts_b:
+        return np.zeros((len(counts_a), len(counts_b)))
+    a = [{"size": [height, width], "counts": counts.encode("ascii")} for counts in counts_a]
+    b = [{"size": [height, width], "counts": counts.encode("ascii")} for counts in counts_b]
+    return np.asarray(mask_utils.iou(a, b, [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))
 
 
 def tight_box(counts: str, height: int, width: int) -> list[float]:

@@ -79,15 +79,12 @@ def box_start_on_val(records, predictor, read_image) -> dict:
         if not labelled or done >= VAL_INSTANCES:
             continue
         image = read_image(Path(record.path))
-
-        def soft_masks(img, boxes, category_ids, soft=True):
-            return predictor.masks_for_boxes(img, boxes, category_ids, soft=soft)
-
         for inst in labelled[:VAL_INSTANCES - done]:
             truth = masks.decode(inst.mask_rle, record.height, record.width)
             x, y, w, h = (float(v) for v in inst.bbox)
             for start in STARTS:
-                mask, used = mask_for_box(image, (x, y, x + w, y + h), inst.category_id, soft_masks, start)
+                mask, _ = mask_for_box(image, (x, y, x + w, y + h), inst.category_id, predictor.masks_for_boxes,
+                                       start)
                 union = (mask | truth).sum()
                 scores[int(inst.category_id)][start].append(float((mask & truth).sum() / union) if union else 0.0)
             done += 1
