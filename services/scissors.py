@@ -3,11 +3,11 @@ path along the image's edges, found by OpenCV's ``segmentation.IntelligentScisso
 gradient direction and magnitude as the costs, a shortest-path map from the segment's start).
 
 Each segment works on a window of the image around its two clicks (the path cannot wander further than a
-share of the segment's length): ``buildMap`` costs time in proportion to the pixels it is given (about 0.5 s per
-megapixel on one core, ``applyImage`` about 0.07 s), so a window keeps a click's answer fast on any photo, and a
+share of the segment's length): ``buildMap`` costs time in proportion to the pixels it is given (far more than
+``applyImage``), so a window keeps a click's answer fast on any photo, and a
 short segment is snapped at the original's full resolution. A window over MAX_WINDOW_PIXELS (a long segment on
-a large photo) is downscaled to that size first and its path scaled back (a 600-pixel segment: to about 1.5
-pixels; zoom in and click closer for more). No state is kept here: the decoded
+a large photo) is downscaled to that size first and its path scaled back (to about one working pixel; zoom in and
+click closer for more). No state is kept here: the decoded
 image comes from the workbench's image cache (services.images.ImageCache).
 
 Coordinates are the review canvas's and the API's: full-resolution image pixels, continuous (pixel (i, j)
@@ -24,7 +24,7 @@ import numpy as np
 from services.images import downscale
 
 MAX_POINTS = 200  # clicks in one call
-MAX_WINDOW_PIXELS = 500_000  # a segment's window is downscaled to at most this many pixels (~0.5 s per click)
+MAX_WINDOW_PIXELS = 500_000  # a segment's window is downscaled to at most this many pixels
 MIN_MARGIN = 16  # pixels around a segment's clicks that its path may use, at least ...
 MARGIN_SHARE = 0.5  # ... or this share of the segment's length (a half circle between the clicks fits)
 SIMPLIFY_EPSILON = 0.7  # the pixel path is simplified (Douglas-Peucker) to within this many working pixels
