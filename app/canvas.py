@@ -33,7 +33,7 @@ TOOLS = [("select", "Select · pan (v)"), ("box", "Box → mask (x)"), ("polygon
          ("scissors", "Scissors (i)"),
          ("brush", "Brush (b)"), ("eraser", "Eraser (e)"), ("refine", "Refine clicks (c)")]
 ACTIONS = [("accept", "Accept (a)"), ("reject", "Reject (r)"), ("delete", "Delete (d)"), ("keep_box", "Keep box (k)"),
-           ("accept_all", "Accept all ≥ threshold (A)"), ("undo", "Undo (z)"), ("propose", "Propose (p)"),
+           ("accept_all", "Accept all shown (A)"), ("undo", "Undo (z)"), ("propose", "Propose (p)"),
            ("fit", "Fit (0)"), ("done", "Done, next (n)")]
 KEYS = [("click", "select the topmost instance"), ("Tab / Shift+Tab", "next / previous instance (by score)"),
         ("a / r / d", "accept / reject / delete it, then the next proposal"),
