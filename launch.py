@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=None,
                        help="data-loading worker processes (default: one per spare CPU core, at most 4; 0: none)")
     train.add_argument("--feature-cache-mb", type=float, default=None,
-                       help="heads mode: memory for the cached backbone features (default 2048 on a CPU, 4096 on "
-                            "a GPU); the least recently used are dropped beyond it")
+                       help="heads mode: memory for the cached backbone features (default a quarter of the machine's "
+                            "memory, at least 2048 on a CPU / 4096 on a GPU, at most 8192); the least recently used "
+                            "are dropped beyond it")
     train.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2")
     train.add_argument("--backbone-weights", default=None, metavar="PATH|none",
                        help="ImageNet weights file for the backbone, or 'none' for random initialisation; "

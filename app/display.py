@@ -17,7 +17,7 @@ VERSION_HEADERS = ["version", "active", "name", "created", *(header for header, 
 STATUS_FILTERS = ["all", "new", "proposed", "in review", "done"]
 SET_LABELS = {"A": "A (masks)", "B": "B (boxes only)", None: "-"}  # a class's Mask^X set, as the Classes tab says it
 GALLERY_LIMIT = 300
-MAX_SHOWN = 100  # instances drawn on the image at once
+MAX_SHOWN = 1000  # instances drawn on the image at once (a model outputs at most 1000: mnc_core MAX_DETECTIONS)
 
 
 def category_color(category_id: int) -> tuple[int, int, int]:

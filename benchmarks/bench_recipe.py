@@ -37,13 +37,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_partial_sup import CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt  # noqa: E402
-from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, index_quietly, load_coco, loadavg, require,  # noqa: E402
-                    stamp)
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, SHARED, index_quietly, load_coco, loadavg,  # noqa: E402
+                    require, stamp)
 
 sys.path.insert(0, str(REPO))
 
 WORK = REPO / "benchmarks" / "out" / "recipe"
 PERSON = 1
+
+
+ONE_FILE_PROJECTS = {"balloon": "balloon", "nuclei": "nuclei_dsb2018"}  # projects of one annotations.json
+MORE_PHOTOS = {"person": "coco_person", "all": "coco128"}  # --more N adds the first N photos of these to training
 
 
 def project_coco(path: Path, project: str):
@@ -56,7 +60,7 @@ def project_coco(path: Path, project: str):
 
 
 def held_out(coco, project: str, keep_held_out: bool):
-    """The selection split: every 3rd (person) / 4th (all) photo with a non-crowd annotation, by id."""
+    """The selection split: every 3rd (person) / 4th (the others) photo with a non-crowd annotation, by id."""
     ids = sorted({a["image_id"] for a in coco.dataset["annotations"] if not a["iscrowd"]})
     every = 3 if project == "person" else 4
     chosen = set(ids[every - 1::every])
@@ -64,17 +68,64 @@ def held_out(coco, project: str, keep_held_out: bool):
     return restrict_gt(coco, sorted(keep))
 
 
-def datasets(args, images: ImageCache):
-    """(training dataset, evaluation ground truth, evaluated image ids)."""
-    train = project_coco(args.data / "train.json", args.project)
-    if args.split == "select":
-        truth = held_out(train, args.project, True)
-        train = held_out(train, args.project, False)
+def one_file_split(coco, project: str, val: bool):
+    """balloon: the images' own `split` field; nuclei: every 5th image by id is val (a fifth held out)."""
+    if project == "balloon":
+        ids = [im["id"] for im in coco.dataset["images"] if (im.get("split") == "val") == val]
     else:
-        truth = project_coco(args.data / "val.json", args.project)
-    dataset = CocoFileDataset(train, args.data / "images", set(), images, args.train_images)
+        all_ids = sorted(im["id"] for im in coco.dataset["images"])
+        chosen = set(all_ids[4::5])
+        ids = [i for i in all_ids if (i in chosen) == val]
+    return restrict_gt(coco, sorted(ids))
+
+
+class JoinedDataset:
+    """Several InstanceDatasets of the same categories as one (the project's photos, then more photos)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.categories = parts[0].categories
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, index: int):
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(index)
+
+
+def datasets(args, images: ImageCache):
+    """(training dataset, evaluation ground truth, evaluated image ids, evaluation images folder)."""
+    if args.project in ONE_FILE_PROJECTS:
+        folder = SHARED / "data" / ONE_FILE_PROJECTS[args.project]
+        everything = load_coco(folder / "annotations.json")
+        train = one_file_split(everything, args.project, val=False)
+        truth = held_out(train, args.project, True) if args.split == "select" else one_file_split(everything, args.project, True)
+        if args.split == "select":
+            train = held_out(train, args.project, False)
+        images_dir = folder / "images"
+    else:
+        train = project_coco(args.data / "train.json", args.project)
+        if args.split == "select":
+            truth = held_out(train, args.project, True)
+            train = held_out(train, args.project, False)
+        else:
+            truth = project_coco(args.data / "val.json", args.project)
+        images_dir = args.data / "images"
+    dataset = CocoFileDataset(train, images_dir, set(), images, args.train_images)
+    if args.more:
+        folder = SHARED / "data" / MORE_PHOTOS[args.project]
+        more = load_coco(folder / "annotations.json")
+        more.dataset["categories"] = train.dataset["categories"]  # the project's classes (coco128's are a subset)
+        index_quietly(more)
+        dataset = JoinedDataset([dataset, CocoFileDataset(more, folder / "images", set(), images, args.more)])
     image_ids = [i for i in sorted(truth.getImgIds()) if truth.imgToAnns[i]]
-    return dataset, restrict_gt(truth, image_ids), image_ids
+    # what the product sizes a model's outputs by (services.training: MNCConfig.for_instances)
+    dataset.most_instances = max(sum(not a["iscrowd"] for a in train.imgToAnns[i]) for i in train.getImgIds())
+    return dataset, restrict_gt(truth, image_ids), image_ids, images_dir
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -87,18 +138,19 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def evaluate(predict, truth, image_ids, args, images: ImageCache) -> dict:
+def evaluate(predict, truth, image_ids, images_dir: Path, images: ImageCache) -> dict:
     from services.evaluation import coco_metrics
     from services.models import instance_to_result
 
     results, start = [], time.perf_counter()
     for image_id in image_ids:
-        image = images(args.data / "images" / truth.imgs[image_id]["file_name"])
+        image = images(images_dir / truth.imgs[image_id]["file_name"])
         results += [instance_to_result(inst, image_id) for inst in predict(image)]
     seconds = time.perf_counter() - start
     metrics = coco_metrics(truth, results)
     return {"mask_AP": round(metrics["segm"]["AP"], 4), "mask_AP50": round(metrics["segm"]["AP50"], 4),
             "box_AP": round(metrics["bbox"]["AP"], 4), "box_AP50": round(metrics["bbox"]["AP50"], 4),
+            "mask_AP_small": round(metrics["segm"]["APs"], 4), "max_detections": metrics["max_detections"],
             "detections": len(results), "eval_images": len(image_ids), "eval_seconds": round(seconds, 1)}
 
 
@@ -132,10 +184,10 @@ def run_mnc(args) -> None:
     from services.training import training_config
 
     images = ImageCache()
-    dataset, truth, image_ids = datasets(args, images)
+    dataset, truth, image_ids, images_dir = datasets(args, images)
     preset = PRESETS[args.mode]
     config = training_config(args.mode, args.image_size or preset.image_size, batch_size=args.batch_size)
-    config = config.replace(**parse_sets(args.set))
+    config = config.replace(**parse_sets(args.set)).for_instances(dataset.most_instances)
     iterations = args.iterations or preset.iterations
     torch.manual_seed(args.seed)
     model = build_maskx_model(config, len(dataset.categories), MaskXConfig(method="transfer"), str(args.weights))
@@ -149,7 +201,7 @@ def run_mnc(args) -> None:
     save_checkpoint(args.work / "ckpt" / f"{args.name}.pt", model, config, dataset.categories,
                     extra={"maskx": model.final_mask_head.config.to_dict()})
     predictor = Predictor(model, config, dataset.categories, "cpu")
-    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images)
     record(args, {"mode": args.mode, "iterations": summary["iterations"], "train_images": len(dataset),
                   "train_seconds": round(summary["seconds"], 1), "seconds_per_iteration": round(summary["seconds"] / max(1, summary["iterations"]), 3),
                   "threads": args.threads, "load_before": load_before,
@@ -166,7 +218,7 @@ def run_peer(args) -> None:
     from maskrcnn_peer import peer_predict, train_peer
 
     images = ImageCache()
-    dataset, truth, image_ids = datasets(args, images)
+    dataset, truth, image_ids, images_dir = datasets(args, images)
     torch.manual_seed(args.seed)
     progress = Progress(args.name)
     load_before = loadavg()
@@ -176,7 +228,7 @@ def run_peer(args) -> None:
                                 frozen_blocks=args.frozen_blocks, scale_jitter=tuple(args.scale_jitter),
                                 on_progress=progress)
     model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05  # torchvision's name
-    metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, args, images)
+    metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, images_dir, images)
     record(args, {"iterations": args.iterations, "train_images": len(dataset), "train_seconds": round(summary["seconds"], 1),
                   "seconds_per_iteration": round(summary["seconds"] / max(1, args.iterations), 3),
                   "threads": args.threads, "load_before": load_before,
@@ -192,7 +244,7 @@ def checkpoint_predictor(args):
     from partial_sup.maskx import load_model
 
     images = ImageCache()
-    _, truth, image_ids = datasets(args, images)
+    _, truth, image_ids, images_dir = datasets(args, images)
     if not args.checkpoint:
         raise SystemExit(f"{args.kind} needs --checkpoint RUN (a run whose checkpoint is in WORK/ckpt)")
     model, config, categories, _ = load_model(args.work / "ckpt" / f"{args.checkpoint}.pt")
@@ -200,12 +252,12 @@ def checkpoint_predictor(args):
     model.config = config
     model.rpn.pre_nms_top_n["testing"] = config.rpn_pre_nms_top_n_test  # the RPN keeps its own copies
     model.rpn.post_nms_top_n["testing"] = config.rpn_post_nms_top_n_test
-    return Predictor(model, config, categories, "cpu"), truth, image_ids, images
+    return Predictor(model, config, categories, "cpu"), truth, image_ids, images, images_dir
 
 
 def run_reeval(args) -> None:
-    predictor, truth, image_ids, images = checkpoint_predictor(args)
-    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, args, images)
+    predictor, truth, image_ids, images, images_dir = checkpoint_predictor(args)
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images)
     record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set),
                   "score_threshold": args.score_threshold, **metrics})
 
@@ -225,14 +277,14 @@ def run_diagnose(args) -> None:
 
     from mnc_core.preprocess import batch_images
 
-    predictor, truth, image_ids, images = checkpoint_predictor(args)
+    predictor, truth, image_ids, images, images_dir = checkpoint_predictor(args)
     model, config = predictor.model, predictor.config
     rows = []  # per true object: size, rpn IoU, detection box IoU, detection mask IoU, in-box mask IoU, filled-box IoU
     for image_id in image_ids:
         anns = [a for a in truth.imgToAnns[image_id] if not a["iscrowd"] and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
         if not anns:
             continue
-        image = images(args.data / "images" / truth.imgs[image_id]["file_name"])
+        image = images(images_dir / truth.imgs[image_id]["file_name"])
         H, W = image.shape[:2]
         gt_boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                                  for a in anns], dtype=torch.float32)
@@ -290,7 +342,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["mnc", "peer", "reeval", "diagnose", "table"])
     parser.add_argument("name", nargs="?", default="")
-    parser.add_argument("--project", choices=["person", "all"], default="person")
+    parser.add_argument("--project", choices=["person", "all", *ONE_FILE_PROJECTS], default="person")
+    parser.add_argument("--more", type=int, default=0, metavar="N",
+                        help="add the first N photos of coco_person (person) / coco128 (all) to training")
     parser.add_argument("--split", choices=["select", "val"], default="select")
     parser.add_argument("--mode", choices=["heads", "full"], default="heads")
     parser.add_argument("--iterations", type=int, default=None)

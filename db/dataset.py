@@ -45,6 +45,7 @@ class TrainingSnapshot:
     categories: list[tuple[int, str]]  # (id, name) of the classes those annotations use, by id
     annotation_ids: np.ndarray  # sorted int64: the accepted annotations of those images, crowd regions included
     sets: dict[int, str]  # class id -> "A" (at least one mask) or "B" (boxes only), as queries.category_sets
+    most_instances: int = 0  # the most non-crowd annotations one image has (what a model must be able to output)
     category_ids: frozenset[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ def training_snapshot(db: Database, split: str = "train") -> TrainingSnapshot:
              .order_by(Annotation.id).execution_options(yield_per=10_000))
     ids, image_of = [], []
     objects: set[int] = set()
+    instances: dict[int, int] = {}
     names: dict[int, str] = {}
     has_mask: dict[int, bool] = {}
     with db.session() as session:
@@ -76,12 +78,14 @@ def training_snapshot(db: Database, split: str = "train") -> TrainingSnapshot:
             image_of.append(image_id)
             if not iscrowd:
                 objects.add(image_id)
+                instances[image_id] = instances.get(image_id, 0) + 1
                 names[category_id] = name
                 has_mask[category_id] = has_mask.get(category_id, False) or bool(masked)
     keep = [i for i, image_id in enumerate(image_of) if image_id in objects]  # crowd regions of images with objects
     return TrainingSnapshot(image_ids=sorted(objects), categories=[(int(c), str(names[c])) for c in sorted(names)],
                             annotation_ids=np.array(sorted(ids[i] for i in keep), dtype=np.int64),
-                            sets={c: "A" if has_mask[c] else "B" for c in sorted(names)})
+                            sets={c: "A" if has_mask[c] else "B" for c in sorted(names)},
+                            most_instances=max(instances.values(), default=0))
 
 
 def training_index(db: Database, split: str = "train") -> tuple[list[int], list[tuple[int, str]]]:

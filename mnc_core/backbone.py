@@ -1,4 +1,5 @@
-"""Stride-16 backbones (mobilenet_v2, resnet50 C4) with frozen BatchNorm and a 1x1 reduction.
+"""Backbones (mobilenet_v2, resnet50) with frozen BatchNorm: a feature pyramid (FPN on the stride 8-32 stages,
+the default) or MNC's single stride-16 map with a 1x1 reduction; one contract for both (`Backbone`).
 
 BatchNorm is frozen as in torchvision detection (FrozenBatchNorm2d: ImageNet statistics, no
 updates; with batch size 1 per step, batch statistics would be useless) and then folded into the
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet_v2, resnet50
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-FEATURE_STRIDE = 16
+from .config import MNCConfig
+
 DOWNLOAD_TIMEOUT_S = 120.0
 # Leading body blocks frozen by default (MNCConfig.backbone_frozen_blocks=None). ResNet-50: stem and res2
 # (layer1), as Detectron fine-tunes from res3 on; MobileNetV2: `features` 0-3 (stride <= 4).
@@ -93,31 +97,64 @@ def resolve_backbone_state_dict(name: str, weights: str | None) -> dict[str, Ten
     return _load_state_dict_file(os.fspath(weights))
 
 
-def body_blocks(name: str, dilated: bool = False, expansion: bool = False) -> int:
-    """Number of blocks of a backbone's body (what `backbone_frozen_blocks` counts)."""
-    if name == "mobilenet_v2":
-        return 18 if dilated else 15 if expansion else 14
-    if name == "resnet50":
-        return 4
-    raise ValueError(f"unknown backbone {name!r}")
+# Where each backbone's pyramid levels are tapped: level k (stride 2**k) -> (index of the body block whose output
+# it is, its channels). MobileNetV2 `features`: 0-1 stride 2, 2-3 stride 4 (24 ch), 4-6 stride 8 (32 ch), 7-13
+# stride 16 (96 ch), 14-17 stride 32 (160/320 ch), 18 the 1280-ch 1x1 conv (not used). ResNet-50 body: stem,
+# layer1 (stride 4, 256 ch), layer2 (8, 512), layer3 (16, 1024), layer4 (32, 2048).
+PYRAMID_TAPS = {
+    "mobilenet_v2": {2: (3, 24), 3: (6, 32), 4: (13, 96), 5: (17, 320)},
+    "resnet50": {2: (1, 256), 3: (2, 512), 4: (3, 1024), 5: (4, 2048)},
+}
+
+
+def body_blocks(config: MNCConfig) -> int:
+    """Number of blocks of the body a config builds (what `backbone_frozen_blocks` counts)."""
+    if config.feature_pyramid:
+        return PYRAMID_TAPS[config.backbone][max(config.pyramid_levels)][0] + 1
+    if config.backbone == "mobilenet_v2":
+        return 18 if config.mobilenet_dilated else 15 if config.mobilenet_expansion else 14
+    return 4
+
+
+def level_name(level: int) -> str:
+    """The name of pyramid level k (stride 2**k) in a backbone's output: "p3", "p4", ..."""
+    return f"p{level}"
 
 
 class Backbone(nn.Module):
-    """body (stride 16, an nn.Sequential of blocks) -> 1x1 conv -> ReLU.
-    forward: images (N, 3, H, W) -> (N, out_channels, H/16, W/16).
+    """The backbone contract (as torchvision's BackboneWithFPN): images (N, 3, H, W) -> an ordered dict of
+    feature maps, finest first, each (N, out_channels, H / stride, W / stride); `strides` says each level's
+    stride, `roi_levels` which levels the RoI heads read (the rest, a max-pooled level, is the RPN's only).
 
-    The first `frozen_blocks` blocks of the body are frozen (`set_frozen_blocks`); `frozen` and
-    `from_frozen` split the forward pass there, so training can cache what the frozen blocks compute
-    once per input (`train_model(cache_frozen_features=True)`, the `heads` mode)."""
+    body: an nn.Sequential of blocks; taps: level -> (block index, channels) of the body outputs used.
+    neck: with one tap, a 1x1 conv + ReLU (the single-scale MNC: one stride-16 map); with several, torchvision's
+    FeaturePyramidNetwork with a max-pooled extra level on top (FPN, Lin et al. 2017).
 
-    def __init__(self, body: nn.Sequential, body_channels: int, out_channels: int, frozen_blocks: int = 0) -> None:
+    The first `frozen_blocks` blocks of the body are frozen (`set_frozen_blocks`); `frozen` and `from_frozen`
+    split the forward pass there, so training can cache what the frozen blocks compute once per input
+    (`train_model(cache_frozen_features=True)`, the `heads` mode)."""
+
+    def __init__(self, body: nn.Sequential, taps: dict[int, tuple[int, int]], out_channels: int,
+                 frozen_blocks: int = 0) -> None:
         super().__init__()
+        if not taps:
+            raise ValueError("a backbone needs at least one tapped level")
         self.body = body
-        self.reduce = nn.Conv2d(body_channels, out_channels, kernel_size=1)
-        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.reduce.bias)
+        self.levels = sorted(taps)
+        self._tap_blocks = {taps[level][0]: level_name(level) for level in self.levels}
+        channels = [taps[level][1] for level in self.levels]
+        if len(self.levels) == 1:
+            self.reduce = nn.Conv2d(channels[0], out_channels, kernel_size=1)
+            nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(self.reduce.bias)
+            self.fpn = None
+            output_levels = list(self.levels)
+        else:
+            self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
+            output_levels = [*self.levels, max(self.levels) + 1]
         self.out_channels = out_channels
-        self.stride = FEATURE_STRIDE
+        self.strides = {level_name(level): 2 ** level for level in output_levels}  # ordered finest first
+        self.roi_levels = [level_name(level) for level in self.levels]
         self.set_frozen_blocks(frozen_blocks)
 
     @property
@@ -131,7 +168,7 @@ class Backbone(nn.Module):
             for p in block.parameters():
                 p.requires_grad_(i >= self.frozen_blocks)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         return self.from_frozen(self.frozen(x))
 
     def _channels_last(self, x: Tensor) -> Tensor:
@@ -139,61 +176,74 @@ class Backbone(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def trunk(self, x: Tensor) -> Tensor:
-        """images (N, 3, H, W) -> the whole body's features (N, body_channels, H/16, W/16)."""
-        return self.body(self._channels_last(x))
+    def _run(self, x: Tensor, start: int, stop: int, taps: dict[str, Tensor]) -> Tensor:
+        """Body blocks start..stop-1 on x, the tapped outputs added to `taps`."""
+        for i in range(start, stop):
+            x = self.body[i](x)
+            if i in self._tap_blocks:
+                taps[self._tap_blocks[i]] = x
+        return x
 
-    def frozen(self, x: Tensor) -> Tensor:
-        """images (N, 3, H, W) -> the output of the frozen blocks (the images themselves when none is)."""
+    def frozen(self, x: Tensor) -> dict[str, Tensor]:
+        """images (N, 3, H, W) -> what the frozen blocks compute: their tapped outputs by level name, and under
+        "x" the last frozen block's output when more blocks follow (the images themselves when none is frozen)."""
         if self.frozen_blocks == 0:
-            return x
+            return {"x": x}
+        taps: dict[str, Tensor] = {}
         with torch.set_grad_enabled(False):
-            return self.body[:self.frozen_blocks](self._channels_last(x))
+            last = self._run(self._channels_last(x), 0, self.frozen_blocks, taps)
+        if self.frozen_blocks < len(self.body):
+            taps["x"] = last
+        return taps
 
-    def from_frozen(self, frozen_features: Tensor) -> Tensor:
-        """What `frozen` returned -> the trainable blocks -> `project`: (N, out_channels, H/16, W/16)."""
-        rest = self.body[self.frozen_blocks:]
-        x = rest(self._channels_last(frozen_features)) if len(rest) else frozen_features
-        return self.project(x)
+    def from_frozen(self, frozen: dict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """What `frozen` returned -> the trainable blocks -> the neck: the output levels (class doc)."""
+        taps = {name: value for name, value in frozen.items() if name != "x"}
+        if self.frozen_blocks < len(self.body):
+            self._run(self._channels_last(frozen["x"]), self.frozen_blocks, len(self.body), taps)
+        return self.neck(OrderedDict((name, taps[name]) for name in self.roi_levels))
 
-    def project(self, trunk_features: Tensor) -> Tensor:
-        """body features -> 1x1 conv -> ReLU: (N, out_channels, H/16, W/16)."""
-        return torch.relu(self.reduce(trunk_features))
+    def neck(self, taps: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """The tapped body outputs (finest first) -> the output levels."""
+        if self.fpn is None:
+            (name, value), = taps.items()
+            return OrderedDict([(name, torch.relu(self.reduce(value)))])
+        out = self.fpn(taps)
+        return OrderedDict(zip(self.strides, out.values()))  # FPN's "pool" level gets its level name
 
 
-def _mobilenet_body(state: dict[str, Tensor] | None, dilated: bool, expansion: bool = False) -> tuple[nn.Sequential, int]:
+def _mobilenet_body(state: dict[str, Tensor] | None, config: MNCConfig) -> tuple[nn.Sequential, dict[int, tuple[int, int]]]:
     net = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
     if state is not None:
         net.load_state_dict(state, strict=True)
-    # MobileNetV2 `features`: 0-1 stride 2, 2-3 stride 4, 4-6 stride 8, 7-13 stride 16 (96 ch),
-    # 14-17 stride 32 (160/320 ch), 18 the 1280-ch 1x1 conv.
-    # Default: stop after block 13. Blocks 14-17 are the widest (960-ch expansions); run at
-    # stride 16 (dilated) they would roughly double the backbone's CPU cost at 600 px for a
-    # modest gain, and the 1x1 reduction + RPN 3x3 conv + RoI heads add capacity on top anyway.
-    # `dilated=True` keeps them: block 14's depthwise conv gets stride 1 and 14-17 dilation 2,
-    # so their receptive field matches the ImageNet-trained stride-32 layers (DeepLab-style).
-    if dilated:
+    if config.feature_pyramid:
+        taps = {level: PYRAMID_TAPS["mobilenet_v2"][level] for level in config.pyramid_levels}
+        return net.features[:max(block for block, _ in taps.values()) + 1], taps
+    # Single-scale (one stride-16 map, as MNC's VGG/ResNet map). Default: stop after block 13. Blocks 14-17 are the
+    # widest (960-ch expansions); run at stride 16 (dilated) they would roughly double the backbone's CPU cost
+    # at 600 px. `mobilenet_dilated` keeps them: block 14's depthwise conv gets stride 1 and 14-17 dilation 2, so
+    # their receptive field matches the ImageNet-trained stride-32 layers (DeepLab-style).
+    if config.mobilenet_dilated:
         body = net.features[:18]
         for i in range(14, 18):
             dw = body[i].conv[1][0]
             dw.stride, dw.dilation, dw.padding = (1, 1), (2, 2), (2, 2)
-        channels = 320
-    elif expansion:  # block 14's expansion (Conv 1x1 96 -> 576, BN, ReLU6) still runs at stride 16
-        body = nn.Sequential(*net.features[:14], net.features[14].conv[0])
-        channels = 576
-    else:
-        body = net.features[:14]
-        channels = 96
-    return body, channels
+        return body, {4: (17, 320)}
+    if config.mobilenet_expansion:  # block 14's expansion (Conv 1x1 96 -> 576, BN, ReLU6) still runs at stride 16
+        return nn.Sequential(*net.features[:14], net.features[14].conv[0]), {4: (14, 576)}
+    return net.features[:14], {4: (13, 96)}
 
 
-def _resnet50_body(state: dict[str, Tensor] | None) -> tuple[nn.Sequential, int]:
+def _resnet50_body(state: dict[str, Tensor] | None, config: MNCConfig
+                   ) -> tuple[nn.Sequential, dict[int, tuple[int, int]]]:
     net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     if state is not None:
         net.load_state_dict(state, strict=True)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    body = nn.Sequential(stem, net.layer1, net.layer2, net.layer3)  # C4: stride 16, 1024 ch
-    return body, 1024
+    blocks = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
+    taps = ({level: PYRAMID_TAPS["resnet50"][level] for level in config.pyramid_levels} if config.feature_pyramid
+            else {4: PYRAMID_TAPS["resnet50"][4]})  # single-scale: C4, stride 16, 1024 ch
+    return nn.Sequential(*blocks[:max(block for block, _ in taps.values()) + 1]), taps
 
 
 @torch.no_grad()
@@ -251,19 +301,18 @@ def fold_frozen_bn(module: nn.Module) -> int:
     return folded
 
 
-def build_backbone(name: str, out_channels: int, weights: str | None, dilated: bool = False,
-                   frozen_blocks: int | None = None, expansion: bool = False) -> Backbone:
-    """frozen_blocks: leading body blocks frozen (None: DEFAULT_FROZEN_BLOCKS of the backbone)."""
-    if name not in DEFAULT_FROZEN_BLOCKS:
-        raise ValueError(f"unknown backbone {name!r}")
-    state = resolve_backbone_state_dict(name, weights)
-    if name == "mobilenet_v2":
-        body, ch = _mobilenet_body(state, dilated, expansion)
-    else:
-        body, ch = _resnet50_body(state)
+def build_backbone(config: MNCConfig, weights: str | None) -> Backbone:
+    """The backbone a config describes (`backbone`, `feature_pyramid` and its levels, `feature_channels`), its
+    first `backbone_frozen_blocks` body blocks frozen (None: DEFAULT_FROZEN_BLOCKS of the backbone). weights:
+    None = torchvision's ImageNet weights, "none" = random init (calibrated), else a path to a state dict."""
+    state = resolve_backbone_state_dict(config.backbone, weights)
+    build_body = _mobilenet_body if config.backbone == "mobilenet_v2" else _resnet50_body
+    body, taps = build_body(state, config)
     if state is None:
         calibrate_frozen_bn(body)
     fold_frozen_bn(body)
     if any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in body.modules()):
         raise AssertionError("unfolded BatchNorm left in the backbone")
-    return Backbone(body, ch, out_channels, DEFAULT_FROZEN_BLOCKS[name] if frozen_blocks is None else frozen_blocks)
+    frozen_blocks = config.backbone_frozen_blocks
+    return Backbone(body, taps, config.feature_channels,
+                    DEFAULT_FROZEN_BLOCKS[config.backbone] if frozen_blocks is None else frozen_blocks)

@@ -15,7 +15,9 @@ V = TypeVar("V")
 
 
 def nbytes(value: Any) -> int:
-    """Bytes of a numpy array, a torch tensor, or a tuple/list of them (other values count 0)."""
+    """Bytes of a numpy array, a torch tensor, or a tuple/list/dict of them (other values count 0)."""
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
     if isinstance(value, (tuple, list)):
         return sum(nbytes(v) for v in value)
     if hasattr(value, "nbytes"):  # numpy arrays; torch tensors since 2.1

@@ -6,18 +6,26 @@ so a checkpoint can describe the model that it holds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 
 RENAMED_FIELDS = {"score_thresh": "score_threshold", "vote_score_thresh": "vote_score_threshold"}  # older checkpoints
+# Fields whose default changed: a checkpoint written before the field existed had this value, not the default.
+OLD_DEFAULTS = {"feature_pyramid": False}  # models before the feature pyramid were single-scale
+BACKBONES = ("mobilenet_v2", "resnet50")  # the backbones mnc_core builds (backbone.py)
+MAX_DETECTIONS = 1000  # the most detections per image `for_instances` asks for
 
 
 @dataclass(frozen=True)
 class MNCConfig:
-    # ---- backbone (feature stride 16) ----
-    backbone: str = "mobilenet_v2"          # "mobilenet_v2" | "resnet50"
-    feature_channels: int = 256             # 1x1 conv after the backbone reduces to this
+    # ---- backbone ----
+    backbone: str = "mobilenet_v2"          # one of BACKBONES
+    feature_pyramid: bool = True            # FPN over the body's `pyramid_levels` (+ a max-pooled level for the RPN);
+                                            # False: MNC's single stride-16 map (1x1 reduction of the body's output)
+    pyramid_levels: tuple[int, ...] = (3, 4, 5)  # body levels k (stride 2**k) the pyramid taps, 2..5
+    feature_channels: int = 256             # channels of every feature map (FPN's, or the 1x1 reduction's)
     mobilenet_dilated: bool = False         # True: keep blocks 14-17 at stride 16 (dilation 2); False: stop after block 13
     mobilenet_expansion: bool = False       # True: end with block 14's 1x1 expansion (576 ch, stride 16), where
                                             # SSDLite attaches its head (MobileNetV2 paper, sec. 6.2)
@@ -25,7 +33,10 @@ class MNCConfig:
                                             # 18 dilated; resnet50: stem, layer1, layer2, layer3); None: the
                                             # backbone's default (backbone.DEFAULT_FROZEN_BLOCKS)
     # ---- stage 1: RPN ----
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # paper: (128, 256, 512) for ~600-1000 px VOC images
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # single-scale anchors (paper: (128, 256, 512) for
+                                            # ~600-1000 px VOC images)
+    anchor_scales: tuple[float, ...] = (4.0, 8.0)  # pyramid: each level's anchor sizes, in multiples of its stride
+                                            # (p3: 32 and 64 px, ..., p6: 256 and 512 px)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_channels: int = 256
     rpn_fg_iou: float = 0.7
@@ -105,8 +116,19 @@ class MNCConfig:
     images_per_batch: int = 1               # images per process and iteration; the lr scales with it (train.py)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mobilenet_v2", "resnet50"):
-            raise ValueError(f"unknown backbone {self.backbone!r}; use 'mobilenet_v2' or 'resnet50'")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; use one of {', '.join(BACKBONES)}")
+        if self.feature_pyramid and (not self.pyramid_levels or len(set(self.pyramid_levels)) < 2
+                                     or any(level not in (2, 3, 4, 5) for level in self.pyramid_levels)
+                                     or list(self.pyramid_levels) != sorted(self.pyramid_levels)):
+            raise ValueError("pyramid_levels must be at least two increasing levels of 2, 3, 4, 5 (stride 4-32)")
+        if self.feature_pyramid and (self.mobilenet_dilated or self.mobilenet_expansion):
+            raise ValueError("mobilenet_dilated / mobilenet_expansion are single-scale bodies: "
+                             "set feature_pyramid=False for them")
+        if self.feature_pyramid and self.size_divisibility % 2 ** max(self.pyramid_levels):
+            raise ValueError("size_divisibility must be a multiple of the coarsest pyramid level's stride")
+        if not self.anchor_scales or any(s <= 0 for s in self.anchor_scales):
+            raise ValueError("anchor_scales must hold at least one positive multiple of the stride")
         if self.num_stages not in (3, 5):
             raise ValueError("num_stages must be 3 or 5")
         if self.inference_stages not in (None, 3, 5):
@@ -139,9 +161,24 @@ class MNCConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that decide the model's parameters (two configs with equal architectures can
         exchange weights; sampling, cascade depth, losses and inference settings may differ)."""
-        names = ("backbone", "feature_channels", "mobilenet_dilated", "mobilenet_expansion", "anchor_sizes", "anchor_ratios",
+        names = ("backbone", "feature_pyramid", "pyramid_levels", "feature_channels", "mobilenet_dilated",
+                 "mobilenet_expansion", "anchor_sizes" if not self.feature_pyramid else "anchor_scales", "anchor_ratios",
                  "rpn_channels", "warp_size", "mask_size", "mask_fc_dim", "mask_pathway_dim", "box_pathway_dim")
         return {name: getattr(self, name) for name in names}
+
+    def for_instances(self, most_per_image: int) -> "MNCConfig":
+        """This config able to output every object of photos with up to `most_per_image` objects (nuclei: 375):
+        detections per image at least 1.25x that (at most MAX_DETECTIONS, at least this config's), and enough
+        proposals and refined RoIs behind them (test-time RPN output 2x the detections, stages 4-5 on as many
+        as the detections). Inference settings only: the weights are the same."""
+        wanted = min(MAX_DETECTIONS, math.ceil(1.25 * max(0, int(most_per_image))))
+        if wanted <= self.detections_per_image:
+            return self
+        top_n = self.cascade_top_n_test
+        return self.replace(detections_per_image=wanted,
+                            rpn_post_nms_top_n_test=max(self.rpn_post_nms_top_n_test, 2 * wanted),
+                            cascade_top_n_test=None if top_n is None else max(top_n, wanted),
+                            max_candidates=max(self.max_candidates, 10 * wanted))
 
     def replace(self, **changes: Any) -> "MNCConfig":
         return dataclasses.replace(self, **changes)
@@ -156,9 +193,10 @@ class MNCConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MNCConfig":
         """The config a `to_dict` describes; a field missing from `d` (a checkpoint written before the field
-        existed) takes its default, which is what such a model did."""
+        existed) takes what such a model did: its OLD_DEFAULTS value where the default changed since, else the
+        default."""
         known = {f.name: f for f in fields(cls)}
-        d = {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}
+        d = {**OLD_DEFAULTS, **{RENAMED_FIELDS.get(k, k): v for k, v in d.items()}}
         unknown = set(d) - set(known)
         if unknown:
             raise ValueError(f"unknown MNCConfig fields: {sorted(unknown)}")

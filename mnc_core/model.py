@@ -1,17 +1,20 @@
 """MNC: backbone -> RPN (stage 1) -> mask (stage 2) -> categorise (stage 3) [-> stages 4-5 with shared weights]."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
+from torchvision.ops.poolers import LevelMapper
 
 from .backbone import Backbone, build_backbone
 from .config import MNCConfig
 from .heads import ClassifyHead, MaskHead
 from .losses import box_regression_loss, classification_loss, mask_loss, total_loss
 from .postprocess import postprocess_image
-from .roi_warp import check_boxes, roi_warp_pooled
+from .roi_warp import check_boxes, multilevel_roi_warp_pooled
 from .rpn import RegionProposalNetwork, clip_gradient
 from .targets import ImageTargets, inside_crowd, mask_iou_in_roi, mask_targets, match_rois, sample_rois
 
@@ -42,8 +45,12 @@ class MNC(nn.Module):
         self.config = c
         self.num_classes = num_classes
         self.backbone = backbone
+        if len(backbone.strides) == 1:  # single-scale: every anchor size on the one map
+            anchor_sizes = (tuple(c.anchor_sizes),)
+        else:  # pyramid: each level's sizes are multiples of its stride
+            anchor_sizes = tuple(tuple(scale * stride for scale in c.anchor_scales) for stride in backbone.strides.values())
         self.rpn = RegionProposalNetwork(
-            backbone.out_channels, c.rpn_channels, c.anchor_sizes, c.anchor_ratios, c.rpn_fg_iou, c.rpn_bg_iou,
+            backbone.out_channels, c.rpn_channels, anchor_sizes, c.anchor_ratios, c.rpn_fg_iou, c.rpn_bg_iou,
             c.rpn_batch_size, c.rpn_positive_fraction,
             {"training": c.rpn_pre_nms_top_n_train, "testing": c.rpn_pre_nms_top_n_test},
             {"training": c.rpn_post_nms_top_n_train, "testing": c.rpn_post_nms_top_n_test},
@@ -53,7 +60,11 @@ class MNC(nn.Module):
                                           c.box_pathway_dim, num_classes)
         self.final_mask_head = final_mask_head
         self.box_coder = det_utils.BoxCoder(weights=tuple(c.bbox_reg_weights))
-        self.spatial_scale = 1.0 / backbone.stride
+        # the RoI heads read each RoI from one level: FPN's assignment (Lin et al. 2017, Eq. 1), torchvision's
+        # LevelMapper: level = floor(4 + log2(sqrt(area) / 224)), clamped to the pyramid's levels
+        roi_levels = [int(round(math.log2(backbone.strides[name]))) for name in backbone.roi_levels]
+        self.roi_scales = [1.0 / backbone.strides[name] for name in backbone.roi_levels]
+        self.level_mapper = LevelMapper(min(roi_levels), max(roi_levels))
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -65,12 +76,18 @@ class MNC(nn.Module):
         return total_loss(losses, self.loss_weights)
 
     # ---- stages 2-3 (and 4-5, same weights) ----
-    def _stages(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """rois: N x (R_i, 4) -> RoI features (R, C, S, S), mask_logits (R, m, m), cls (R, N+1),
-        seg_cls (R, N+1), bbox (R, 4(N+1))."""
+    def roi_features(self, features: dict[str, Tensor], rois: list[Tensor]) -> Tensor:
+        """rois: N x (R_i, 4) input pixels -> (R, C, S, S) warped + pooled features, each RoI from its level."""
         idx = torch.cat([torch.full((r.shape[0], 1), i, dtype=r.dtype, device=r.device) for i, r in enumerate(rois)])
         rois5 = torch.cat([idx, torch.cat(rois)], dim=1)  # (R, 5)
-        x = roi_warp_pooled(features, rois5, self.config.warp_size, self.spatial_scale)  # (R, C, 14, 14)
+        maps = [features[name] for name in self.backbone.roi_levels]
+        levels = self.level_mapper([r.detach() for r in rois]) if len(maps) > 1 else None
+        return multilevel_roi_warp_pooled(maps, self.roi_scales, rois5, levels, self.config.warp_size)
+
+    def _stages(self, features: dict[str, Tensor], rois: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """rois: N x (R_i, 4) -> RoI features (R, C, S, S), mask_logits (R, m, m), cls (R, N+1),
+        seg_cls (R, N+1), bbox (R, 4(N+1))."""
+        x = self.roi_features(features, rois)  # (R, C, 14, 14)
         mask_logits = self.mask_head(x).float()
         cls, seg, bbox = self.classify_head(x, torch.sigmoid(mask_logits))
         return x, mask_logits, cls.float(), seg.float(), bbox.float()
@@ -107,7 +124,7 @@ class MNC(nn.Module):
         b = torch.stack([b[:, 0], b[:, 1], torch.maximum(b[:, 2], b[:, 0] + 1), torch.maximum(b[:, 3], b[:, 1] + 1)], 1)
         return list(b.split(counts))
 
-    def _stage_losses(self, features: Tensor, rois: list[Tensor], targets: list[ImageTargets], suffix: str
+    def _stage_losses(self, features: dict[str, Tensor], rois: list[Tensor], targets: list[ImageTargets], suffix: str
                       ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         c = self.config
         labels, seg_fg, box_tgts, mask_sel, m_tgts, gt_areas = [], [], [], [], [], []
@@ -151,14 +168,14 @@ class MNC(nn.Module):
         return losses, cls, bbox
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[ImageTargets] | None = None, frozen_features: Tensor | None = None,
+                targets: list[ImageTargets] | None = None, frozen_features: dict[str, Tensor] | None = None,
                 score_threshold: float | None = None):
         """frozen_features: precomputed `backbone.frozen(images)` (training with cached frozen-block
-        features); `images` is then only used for its padded shape. score_threshold (eval): the caller's
+        features, a dict of maps); `images` is then only used for its padded shape. score_threshold (eval): the caller's
         detection threshold (default config.score_threshold), which decides which candidates get final masks."""
         c = self.config
         if frozen_features is None:
-            features = self.backbone(images)  # (N, C, H/16, W/16)
+            features = self.backbone(images)  # level name -> (N, C, H/stride, W/stride)
         else:
             features = self.backbone.from_frozen(frozen_features)
         if self.training:
@@ -183,7 +200,7 @@ class MNC(nn.Module):
             return losses
         return self._candidates(images, features, image_sizes, score_threshold)
 
-    def _candidates(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
+    def _candidates(self, images: Tensor, features: dict[str, Tensor], image_sizes: list[tuple[int, int]],
                     score_threshold: float | None = None) -> list[dict[str, Tensor]]:
         """Eval: per image, the (instance, class) pairs that can reach post-processing, from stage 3 (300 RoIs)
         and stage 5 (the refined top RoIs): class probability above min(score threshold, vote threshold),
@@ -264,7 +281,8 @@ class MNC(nn.Module):
         self.eval()
         try:
             features = self.backbone(images)
-            x, mask_logits, _, _, _ = self._stages(features, [b.to(features.dtype) for b in boxes])
+            dtype = next(iter(features.values())).dtype
+            x, mask_logits, _, _, _ = self._stages(features, [b.to(dtype) for b in boxes])
             if self.final_mask_head is not None and x.shape[0]:
                 mask_logits = self._final_masks(x, mask_logits, torch.cat(labels).to(x.device))
         finally:
@@ -300,7 +318,5 @@ def build_model(config: MNCConfig, num_classes: int, backbone_weights: str | Non
                 final_mask_head: nn.Module | None = None) -> MNC:
     """backbone_weights: None = torchvision ImageNet weights via the weights API (clear error offline),
     "none" = explicit random init, or a path to a .pth state dict. final_mask_head: see `MNC`."""
-    backbone = build_backbone(config.backbone, config.feature_channels, backbone_weights,
-                              dilated=config.mobilenet_dilated, frozen_blocks=config.backbone_frozen_blocks,
-                              expansion=config.mobilenet_expansion)
+    backbone = build_backbone(config, backbone_weights)
     return MNC(backbone, num_classes, config, final_mask_head)

@@ -189,3 +189,28 @@ def roi_warp_pooled(features: Tensor, boxes: Tensor, warp_size: int, spatial_sca
     if warp_size % 2:
         raise ValueError("warp_size must be even")
     return _warp(features, boxes, warp_size, spatial_scale, pool=True)
+
+
+def multilevel_roi_warp_pooled(features: list[Tensor], spatial_scales: list[float], boxes: Tensor, levels: Tensor,
+                               warp_size: int) -> Tensor:
+    """`roi_warp_pooled` of each RoI on the feature map its level picks (a feature pyramid).
+
+    features: per level (N, C, H_l, W_l); spatial_scales: per level 1 / stride; boxes (K, 5) [batch_index, x1, y1,
+    x2, y2]; levels (K,) index into `features` of each RoI (`FPN level assignment`, model.py). Returns
+    (K, C, warp_size // 2, warp_size // 2), differentiable w.r.t. the features and the box coordinates (the level
+    choice itself is piecewise constant: no gradient, as in FPN)."""
+    if len(features) == 1:
+        return roi_warp_pooled(features[0], boxes, warp_size, spatial_scales[0])
+    Q = warp_size // 2
+    result: Tensor | None = None
+    for level, (feature_map, scale) in enumerate(zip(features, spatial_scales)):
+        rows = torch.where(levels == level)[0]
+        if rows.numel() == 0:
+            continue
+        part = roi_warp_pooled(feature_map, boxes[rows], warp_size, scale)
+        if result is None:
+            result = part.new_zeros((boxes.shape[0], part.shape[1], Q, Q))
+        result = result.index_copy(0, rows, part)
+    if result is None:
+        return features[0].new_zeros((0, features[0].shape[1], Q, Q), dtype=torch.float32)
+    return result

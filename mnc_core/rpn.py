@@ -80,14 +80,18 @@ class RPNHead(nn.Module):
 
 
 class RegionProposalNetwork(nn.Module):
-    def __init__(self, in_channels: int, mid_channels: int, anchor_sizes: tuple[int, ...],
+    def __init__(self, in_channels: int, mid_channels: int, anchor_sizes: tuple[tuple[float, ...], ...],
                  anchor_ratios: tuple[float, ...], fg_iou: float, bg_iou: float, batch_size: int,
                  positive_fraction: float, pre_nms_top_n: dict[str, int], post_nms_top_n: dict[str, int],
                  nms_thresh: float, min_size: float, grad_clip: float, detach_proposals: bool,
                  crowd_ioa_thresh: float = 0.7) -> None:
         super().__init__()
-        self.anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(anchor_ratios),))
-        self.num_anchors = len(anchor_sizes) * len(anchor_ratios)
+        if len({len(sizes) for sizes in anchor_sizes}) != 1:
+            raise ValueError("every feature level needs the same number of anchor sizes (the head is shared)")
+        # anchor_sizes: per feature level (finest first), the sizes of its anchors; one head for every level
+        self.anchor_generator = AnchorGenerator(sizes=tuple(tuple(sizes) for sizes in anchor_sizes),
+                                                aspect_ratios=(tuple(anchor_ratios),) * len(anchor_sizes))
+        self.num_anchors = len(anchor_sizes[0]) * len(anchor_ratios)
         self.head = RPNHead(in_channels, mid_channels, self.num_anchors)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.fg_iou = fg_iou
@@ -106,40 +110,53 @@ class RegionProposalNetwork(nn.Module):
     def _mode(self) -> str:
         return "training" if self.training else "testing"
 
-    def forward(self, images: Tensor, features: Tensor, image_sizes: list[tuple[int, int]],
+    def forward(self, images: Tensor, features: dict[str, Tensor] | list[Tensor], image_sizes: list[tuple[int, int]],
                 gt_boxes: list[Tensor] | None = None, crowd_boxes: list[Tensor] | None = None
                 ) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """images (N, 3, Hp, Wp) padded batch (only its shape is used); features (N, C, h, w); training:
-        gt_boxes N x (G_i, 4) and crowd_boxes N x (C_i, 4) (regions whose anchors are ignored).
-        Returns proposals [(P_i, 4) input pixels, attached unless detach_proposals] and losses."""
-        objectness, deltas = self.head(features)  # (N, A, h, w), (N, 4A, h, w)
-        N, A, h, w = objectness.shape
-        objectness = objectness.permute(0, 2, 3, 1).reshape(N, -1).float()  # (N, hwA)
-        deltas = deltas.view(N, A, 4, h, w).permute(0, 3, 4, 1, 2).reshape(N, -1, 4).float()  # (N, hwA, 4)
-        anchors = self.anchor_generator(ImageList(images, image_sizes), [features])  # N x (hwA, 4)
+        """images (N, 3, Hp, Wp) padded batch (only its shape is used); features: per level (finest first)
+        (N, C, h_l, w_l), as a list or as the backbone's ordered dict; training: gt_boxes N x (G_i, 4) and crowd_boxes N x (C_i, 4) (regions whose anchors are
+        ignored). Returns proposals [(P_i, 4) input pixels, attached unless detach_proposals] and losses.
+        The `pre_nms_top_n` best anchors of each level are decoded (as torchvision's FPN RPN), then NMS over all
+        levels together keeps the `post_nms_top_n` best proposals."""
+        features = list(features.values()) if isinstance(features, dict) else list(features)
+        per_level = [self.head(f) for f in features]  # [(N, A, h, w), (N, 4A, h, w)] per level
+        N = features[0].shape[0]
+        objectness = torch.cat([o.permute(0, 2, 3, 1).reshape(N, -1) for o, _ in per_level], 1).float()  # (N, sum hwA)
+        deltas = torch.cat([d.view(N, self.num_anchors, 4, d.shape[2], d.shape[3]).permute(0, 3, 4, 1, 2).reshape(N, -1, 4)
+                            for _, d in per_level], 1).float()  # (N, sum hwA, 4)
+        anchors = self.anchor_generator(ImageList(images, image_sizes), features)  # N x (sum hwA, 4)
 
-        pre_n = min(self.pre_nms_top_n[self._mode()], objectness.shape[1])
+        # every image at once: top-k per level (each sorted, highest first), decoding and clipping; no host sync
+        pre_n = self.pre_nms_top_n[self._mode()]
         post_n = self.post_nms_top_n[self._mode()]
-        # every image at once: top-k (sorted, highest first), decoding and clipping; no host sync
-        top_scores, top = objectness.detach().topk(pre_n, dim=1)  # (N, k)
+        objectness_detached = objectness.detach()
+        picks, offset = [], 0
+        for o, _ in per_level:
+            count = o.shape[1] * o.shape[2] * o.shape[3]
+            picks.append(objectness_detached[:, offset:offset + count].topk(min(pre_n, count), dim=1).indices + offset)
+            offset += count
+        top = torch.cat(picks, 1)  # (N, k)
+        top_scores = objectness_detached.gather(1, top)
         rows = torch.arange(N, device=top.device)[:, None]
         d = deltas[rows, top]  # (N, k, 4)
         # the losses are means over the N images, so limit / N clips each image's own gradient at
         # grad_clip, as if it were alone (one process per image under DDP gives the same)
         d = d.detach() if self.detach_proposals else clip_gradient(d, self.grad_clip / N)
+        k = top.shape[1]
         boxes = self.box_coder.decode_single(d.reshape(-1, 4), torch.stack(anchors)[rows, top].reshape(-1, 4))
         limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
-        boxes = boxes.view(N, pre_n, 4).clamp(min=torch.zeros_like(limits)[:, None], max=limits[:, None])
+        boxes = boxes.view(N, k, 4).clamp(min=torch.zeros_like(limits)[:, None], max=limits[:, None])
+        presorted = len(per_level) == 1
         bd = boxes.detach()
         large = (bd[..., 2] - bd[..., 0] >= self.min_size) & (bd[..., 3] - bd[..., 1] >= self.min_size)
-        # the large boxes of each image first, still highest score first (a stable sort); one host sync
-        # for all images reads how many each has
+        # the large boxes of each image first, still in top-k order (a stable sort); one host sync for all
+        # images reads how many each has
         order = (~large).to(torch.uint8).argsort(dim=1, stable=True)
         counts = large.sum(dim=1).tolist()
         proposals: list[Tensor] = []
         for i in range(N):  # NMS per image, as torchvision's RPN: its output size depends on the data
             idx = order[i, :counts[i]]
-            keep = idx[nms_top_n(bd[i, idx], top_scores[i, idx], self.nms_thresh, post_n, presorted=True)]
+            keep = idx[nms_top_n(bd[i, idx], top_scores[i, idx], self.nms_thresh, post_n, presorted=presorted)]
             proposals.append(boxes[i, keep])
 
         losses: dict[str, Tensor] = {}

@@ -44,7 +44,20 @@ from .model import MNC, build_model
 from .preprocess import batch_images
 from .training_data import TrainingInput, TrainingInputs, draw_batches, training_loader
 
-DEFAULT_CACHE_BYTES = {"cpu": 2 * 2**30, "cuda": 4 * 2**30}  # frozen-feature cache budget per device type
+DEFAULT_CACHE_BYTES = {"cpu": 2 * 2**30, "cuda": 4 * 2**30}  # frozen-feature cache budget per device type, at least
+CACHE_SHARE_OF_MEMORY = 0.25  # ... or this share of the machine's memory, up to MAX_CACHE_BYTES (a pyramid's features
+MAX_CACHE_BYTES = 8 * 2**30   # take ~4.6 MB per 800-px photo: 376 photos and their flips need ~3.5 GB)
+
+
+def default_cache_bytes(device_type: str) -> int:
+    """The frozen-feature cache budget: DEFAULT_CACHE_BYTES of the device type, or a quarter of the machine's
+    memory when that is more (at most MAX_CACHE_BYTES)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        memory = 0
+    base = DEFAULT_CACHE_BYTES["cuda" if device_type == "cuda" else "cpu"]
+    return int(max(base, min(MAX_CACHE_BYTES, CACHE_SHARE_OF_MEMORY * memory)))
 
 
 @dataclass
@@ -79,11 +92,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _pad_features(features: list[torch.Tensor]) -> torch.Tensor:
-    """(C, h_i, w_i) tensors -> (N, C, H, W), zero-padded at the bottom/right."""
-    H = max(int(f.shape[1]) for f in features)
-    W = max(int(f.shape[2]) for f in features)
-    out = features[0].new_zeros((len(features), features[0].shape[0], H, W))
+def _pad_features(features: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    """(C, h_i, w_i) tensors -> (N, C, height, width), zero-padded at the bottom/right."""
+    out = features[0].new_zeros((len(features), features[0].shape[0], height, width))
     for i, f in enumerate(features):
         out[i, :, : f.shape[1], : f.shape[2]] = f
     return out
@@ -117,7 +128,7 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
     one image (None: `default_lr(config)`), scaled with the global batch (`scaled_lr`).
 
     cache_frozen_features ("heads" mode): the frozen blocks' output is computed once per input and
-    kept in an LRU cache of at most `cache_bytes` (None: DEFAULT_CACHE_BYTES of the device type);
+    kept in an LRU cache of at most `cache_bytes` (None: `default_cache_bytes` of the device type);
     much faster on a CPU when most of the backbone is frozen. num_workers: DataLoader worker processes
     that prepare the inputs (None: `default_num_workers()`; 0: in this process). The inputs, and so
     the result, do not depend on it.
@@ -141,23 +152,28 @@ def train_model(dataset: InstanceDataset, config: MNCConfig, *, iterations: int,
 
 
 def _frozen_features(model: MNC, inputs: list[TrainingInput], cache: ByteBoundedLRU, config: MNCConfig,
-                     amp) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen blocks' output of each input (cached by its key), padded into one batch:
-    (N, C, h, w) features and an empty (N, 3, H, W) tensor of the padded image shape they stand for."""
-    features = []
+                     amp) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The frozen blocks' output of each input (cached by its key; a dict of maps, see `Backbone.frozen`), padded
+    into one batch: name -> (N, C, h, w) maps, and an empty (N, 3, H, W) tensor of the padded image shape they
+    stand for (the batch's images padded to `size_divisibility`, as `batch_images` pads them)."""
+    per_input = []
     for item in inputs:
         frozen = cache.get(item.key)
         if frozen is None:
             with torch.no_grad(), amp:
-                frozen = model.backbone.frozen(batch_images([item.image], config.size_divisibility))[0]
-            frozen = frozen.contiguous()
+                frozen = model.backbone.frozen(batch_images([item.image], config.size_divisibility))
+            frozen = {name: value[0].contiguous() for name, value in frozen.items()}
             cache.put(item.key, frozen)
-        features.append(frozen)
-    padded = _pad_features(features)
-    image = inputs[0].image
+        per_input.append(frozen)
     divisor = max(1, config.size_divisibility)
-    stride = -(-int(image.shape[1]) // divisor) * divisor // int(features[0].shape[1])  # padded image px per feature px
-    shape_only = padded.new_empty((len(inputs), 3, padded.shape[2] * stride, padded.shape[3] * stride))
+    height = max(-(-int(item.image.shape[1]) // divisor) * divisor for item in inputs)
+    width = max(-(-int(item.image.shape[2]) // divisor) * divisor for item in inputs)
+    padded = {}
+    for name, first in per_input[0].items():
+        # every map of a padded image divides it exactly (its stride divides size_divisibility)
+        stride = -(-int(inputs[0].image.shape[1]) // divisor) * divisor // int(first.shape[1])
+        padded[name] = _pad_features([f[name] for f in per_input], height // stride, width // stride)
+    shape_only = padded[name].new_empty((len(inputs), 3, height, width))
     return padded, shape_only
 
 
@@ -194,7 +210,7 @@ def _train(dataset: InstanceDataset, config: MNCConfig, *, iterations: int, dev:
     if job.rank:
         torch.manual_seed(seed + 1_000_003 * job.rank)  # RoI / anchor sampling differs between processes
     cache: ByteBoundedLRU = ByteBoundedLRU(
-        (DEFAULT_CACHE_BYTES["cuda" if dev.type == "cuda" else "cpu"] if cache_bytes is None else cache_bytes)
+        (default_cache_bytes(dev.type) if cache_bytes is None else cache_bytes)
         if cache_frozen_features else 0)
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -35,16 +35,41 @@ from services import payoff
 from services.models import device_description, instance_to_result, load_predictor, read_image
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_MAX_DETECTIONS = 100  # COCOeval's detections per image; more when a model gives more (a photo of 375 nuclei)
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def _stats(evaluator: COCOeval) -> dict[str, float]:
+    """COCOeval's 12 summary figures, read from its accumulated arrays at its own maxDets (COCOeval.summarize
+    reads AP at a fixed 100 detections): AP at the last maxDets, AR1 / AR10 at the first two, "AR100" and the AR
+    per area at the last (the detections limit, 100 unless the model gives more)."""
+    p, e = evaluator.params, evaluator.eval
+
+    def ap(iou: float | None = None, area: str = "all") -> float:
+        precision = e["precision"][:, :, :, p.areaRngLbl.index(area), -1]  # (iou, recall, category)
+        if iou is not None:
+            precision = precision[int(np.argmin(np.abs(p.iouThrs - iou)))]
+        return _mean_valid(precision)
+
+    def ar(detections_index: int, area: str = "all") -> float:
+        return _mean_valid(e["recall"][:, :, p.areaRngLbl.index(area), detections_index])
+
+    return {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75), "APs": ap(area="small"), "APm": ap(area="medium"),
+            "APl": ap(area="large"), "AR1": ar(0), "AR10": ar(1), "AR100": ar(-1), "ARs": ar(-1, "small"),
+            "ARm": ar(-1, "medium"), "ARl": ar(-1, "large")}
 
 
 def _precision_at(evaluator: COCOeval, iou: float, category_index: int | None = None) -> float:
-    """Mean precision at one IoU threshold (area all, 100 detections), as COCOeval's stats do."""
+    """Mean precision at one IoU threshold (area all, the detections limit), as COCOeval's stats do."""
     t = int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
     precision = evaluator.eval["precision"][t, :, :, 0, -1]  # (recall, category)
     if category_index is not None:
         precision = precision[:, category_index]
-    valid = precision[precision > -1]
-    return float(valid.mean()) if valid.size else -1.0
+    return _mean_valid(precision)
 
 
 def _with_box_only_as_ignore_regions(gt: COCO) -> COCO:
@@ -67,11 +92,20 @@ def _with_box_only_as_ignore_regions(gt: COCO) -> COCO:
     return truth
 
 
-def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | None = None) -> dict:
+def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | None = None,
+                 max_detections: int | None = None) -> dict:
     """{"segm": {...}, "bbox": {...}, "per_category": {...}} as fractions; AP70 is the MNC paper's mAP^r@0.7.
 
-    ``category_ids`` restricts the evaluation to those categories (e.g. the box-only set B)."""
+    ``category_ids`` restricts the evaluation to those categories (e.g. the box-only set B). Each image counts its
+    best ``max_detections`` results (None: COCO's 100, or the most results any image has when that is more, so
+    that a model's every detection on a photo of hundreds of objects counts)."""
     out: dict = {"images": len(gt.getImgIds()), "detections": len(results), "per_category": {}}
+    if max_detections is None:
+        per_image: dict = {}
+        for r in results:
+            per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+        max_detections = max([COCO_MAX_DETECTIONS, *per_image.values()])
+    out["max_detections"] = int(max_detections)
     cat_ids = sorted(gt.getCatIds()) if category_ids is None else sorted(category_ids)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     segm_gt = _with_box_only_as_ignore_regions(gt)
@@ -84,17 +118,15 @@ def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | No
             dt = truth.loadRes([dict(r) for r in results])
             evaluator = COCOeval(truth, dt, iou_type)
             evaluator.params.catIds = cat_ids
+            evaluator.params.maxDets = [1, 10, int(max_detections)]
             evaluator.evaluate()
             evaluator.accumulate()
-            evaluator.summarize()
-        stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        stats = _stats(evaluator)
         stats["AP70"] = _precision_at(evaluator, 0.7)
         out[iou_type] = stats
         for index, cid in enumerate(evaluator.params.catIds):
-            t_all = evaluator.eval["precision"][:, :, index, 0, -1]
-            valid = t_all[t_all > -1]
             entry = out["per_category"].setdefault(str(cid), {"name": names.get(cid, str(cid))})
-            entry[iou_type] = {"AP": float(valid.mean()) if valid.size else -1.0,
+            entry[iou_type] = {"AP": _mean_valid(evaluator.eval["precision"][:, :, index, 0, -1]),
                                "AP50": _precision_at(evaluator, 0.5, index)}
     return out
 

@@ -1,5 +1,5 @@
-"""The training choices, listed once: the modes' presets, mask heads, starts and backbones, and the typed
-spec of one run (plain data, no torch: the command line's help and the UI read them).
+"""The training choices, listed once: the modes' presets, mask heads and starts (the backbones are
+mnc_core.config's), and the typed spec of one run (plain data: the command line's help and the UI read them).
 
 `launch.py train`'s flags and the UI's Train tab both become a :class:`TrainingSpec`; a run started from
 the UI stores its spec with the queued run, and the training process reads it back from there.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from db.errors import WorkbenchError
+from mnc_core.config import BACKBONES
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,6 @@ PRESETS = {
 MODES = tuple(PRESETS)
 MASK_HEADS = ("transfer", "agnostic", "none")  # Mask^X transfer | class-agnostic baseline | plain MNC masks
 INITS = ("auto", "active", "backbone")  # auto: the active model when it is compatible, else the backbone weights
-BACKBONES = ("mobilenet_v2", "resnet50")
 
 
 @dataclass(frozen=True)

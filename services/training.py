@@ -51,8 +51,7 @@ def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", 
                                            max_size=max(image_size, int(image_size * 5 / 3)),
                                            images_per_batch=batch_size, **dict(preset.config))
     if preset.freeze_body:  # the 1x1 reduction, RPN and heads train
-        config = config.replace(backbone_frozen_blocks=body_blocks(backbone, config.mobilenet_dilated,
-                                                                   config.mobilenet_expansion))
+        config = config.replace(backbone_frozen_blocks=body_blocks(config))
     return config
 
 
@@ -156,6 +155,7 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
             registry.finish_run(db, run_id, RunStatus.failed, str(exc))
         raise
     sets = dataset.snapshot.sets  # of the classes and labels the run started with (people go on labelling)
+    config = config.for_instances(dataset.snapshot.most_instances)  # photos of hundreds of objects: all of them out
     set_a = sorted(c for c, s in sets.items() if s == "A")
     set_b = sorted(c for c, s in sets.items() if s == "B")
     params = {"iterations": iterations, "image_size": image_size, "backbone": backbone, "seed": seed, "lr": lr,

@@ -206,7 +206,7 @@ def test_heads_mode_freezes_the_body_and_trains_the_rest():
     after = model.state_dict()
     body = [k for k in before if k.startswith("backbone.body.")]
     assert body and all(torch.equal(before[k], after[k]) for k in body)
-    for k in ("backbone.reduce.weight", "rpn.head.conv.weight", "final_mask_head.transfer.fc1.weight"):
+    for k in ("backbone.fpn.layer_blocks.0.0.weight", "rpn.head.conv.weight", "final_mask_head.transfer.fc1.weight"):
         assert k in after and not torch.equal(before[k], after[k]), k
     assert summary["cache_frozen_features"] and summary["iterations"] == 12
     assert len(calls) <= 2 * len(dataset)  # features are computed once per image and flip, then cached

@@ -65,7 +65,8 @@ class ShapesDataset:
 
 def small_config(**kw) -> MNCConfig:
     """A CPU-quick configuration for 128-192 px images."""
-    base = dict(feature_channels=64, rpn_channels=64, anchor_sizes=(16, 32, 64), backbone_frozen_blocks=0,
+    base = dict(feature_channels=64, rpn_channels=64, anchor_sizes=(16, 32, 64), anchor_scales=(2.0, 4.0),
+                backbone_frozen_blocks=0,
                 rpn_batch_size=64, rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=64,
                 rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=64, roi_batch_size=32,
                 warp_size=16, mask_size=16, mask_fc_dim=128, mask_pathway_dim=128, box_pathway_dim=128,

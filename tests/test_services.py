@@ -181,7 +181,8 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     config = version.config
     assert (config["min_size"], config["num_stages"], config["roi_batch_size"]) == (64, 3, 8)
     assert config["test_score"] == "cls" and config["inference_stages"] == 5
-    assert config["backbone_frozen_blocks"] == 14  # heads: the whole MobileNetV2 body frozen and cached
+    # heads: the whole MobileNetV2 body frozen and cached (the pyramid's: features 0-17, up to stride 32)
+    assert config["backbone_frozen_blocks"] == 18 and config["feature_pyramid"] is True
     assert version.name.endswith("3 it @ 64px")
     # the UI's start: the training process gets the run's id, and reads the typed spec stored with the run
     # (no iterations / image size: the preset decides)
