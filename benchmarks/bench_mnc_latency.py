@@ -109,15 +109,23 @@ def peer_breakdown(ev: list[tuple[str, float]]) -> dict[str, float]:
 
 
 def build_mnc(args, device):
+    """--model preset: what users get (the heads preset's MNCConfig, multi-scale, with its Mask^X final masks);
+    plain: MNCConfig's defaults without a final-mask head."""
     from mnc_core import MNCConfig, Predictor, build_model
+    from partial_sup.maskx import MaskXConfig, build_maskx_model
+    from services.training import training_config
 
-    config = MNCConfig().replace(min_size=args.min_size, max_size=args.max_size, num_stages=5,
-                                 rpn_post_nms_top_n_test=300, score_threshold=args.score_threshold,
-                                 detections_per_image=100, mask_voting=not args.no_voting)
+    base = training_config("heads", args.min_size) if args.model == "preset" else MNCConfig()
+    config = base.replace(min_size=args.min_size, max_size=args.max_size,
+                          rpn_post_nms_top_n_test=300, score_threshold=args.score_threshold,
+                          detections_per_image=100, mask_voting=not args.no_voting)
     if args.cascade_top_n is not None and hasattr(config, "cascade_top_n_test"):
         config = config.replace(cascade_top_n_test=None if args.cascade_top_n == "all" else int(args.cascade_top_n))
     torch.manual_seed(0)
-    model = build_model(config, 80, str(args.weights))
+    if args.model == "preset":
+        model = build_maskx_model(config, 80, MaskXConfig(method="transfer"), str(args.weights))
+    else:
+        model = build_model(config, 80, str(args.weights))
     categories = [(i + 1, f"class{i + 1}") for i in range(80)]
     return Predictor(model, config, categories, device=device), config
 
@@ -142,8 +150,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU (default 2)")
     p.add_argument("--images", type=int, default=10, help="timed images (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up images (default 2)")
-    p.add_argument("--min-size", type=int, default=600)
-    p.add_argument("--max-size", type=int, default=1000)
+    p.add_argument("--model", choices=("preset", "plain"), default="preset",
+                   help="preset: the heads preset's model with its Mask^X final masks (what users get); plain: "
+                        "MNCConfig's defaults, no final-mask head")
+    p.add_argument("--min-size", type=int, default=None, help="short side (default: the heads preset's)")
+    p.add_argument("--max-size", type=int, default=None, help="long side cap (default: 5/3 of the short side)")
     p.add_argument("--score-threshold", "--score-thresh", dest="score_threshold", type=float, default=0.0,
                    help="both models' score threshold (default 0.0)")
     p.add_argument("--no-voting", action="store_true", help="MNC without mask voting")
@@ -163,6 +174,12 @@ def main() -> int:
                         "head (the peer stays eager); compiled during the warm-up images")
     p.add_argument("--json", type=Path, default=None, help="also write the medians here")
     args = p.parse_args()
+    if args.min_size is None:
+        from services.presets import PRESETS
+
+        args.min_size = PRESETS["heads"].image_size
+    if args.max_size is None:
+        args.max_size = max(args.min_size, int(args.min_size * 5 / 3))
 
     device = benchmark_device(args.device, args.threads, args.data, args.weights, "the GPU latency benchmark")
     if device is None:
@@ -198,10 +215,12 @@ def main() -> int:
     peer = pclock = None
     if not args.skip_peer:
         torch.manual_seed(0)
+        # the same layout as MNC's: its pyramid (mnc_core's backbone, BN folded) and channels, or one map
         peer = build_peer(81, args.weights, min_size=args.min_size, max_size=args.max_size,
                           box_score_thresh=args.score_threshold, detections_per_img=100,
-                          rpn_post_nms_top_n_test=300)
-        if not args.stock_peer_bn:  # MNC's backbone folds its frozen BN into the convs; do the same here
+                          rpn_post_nms_top_n_test=300, pyramid=config.feature_pyramid,
+                          channels=config.feature_channels)
+        if not args.stock_peer_bn and not config.feature_pyramid:  # MNC's backbone folds its frozen BN; here too
             from mnc_core.backbone import fold_frozen_bn
 
             fold_frozen_bn(peer.backbone.body)

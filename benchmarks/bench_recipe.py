@@ -226,7 +226,7 @@ def run_peer(args) -> None:
     model, summary = train_peer(dataset, iterations=args.iterations, image_size=args.image_size or 600,
                                 weights=str(args.weights), lr=lr, seed=args.seed, optimizer=args.optimizer,
                                 frozen_blocks=args.frozen_blocks, scale_jitter=tuple(args.scale_jitter),
-                                on_progress=progress)
+                                pyramid=not args.single_scale, channels=args.channels, on_progress=progress)
     model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05  # torchvision's name
     metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, images_dir, images)
     record(args, {"iterations": args.iterations, "train_images": len(dataset), "train_seconds": round(summary["seconds"], 1),
@@ -234,6 +234,7 @@ def run_peer(args) -> None:
                   "threads": args.threads, "load_before": load_before,
                   "load_after": loadavg(), "lr": lr, "optimizer": args.optimizer,
                   "frozen_blocks": args.frozen_blocks, "scale_jitter": args.scale_jitter, "curve": progress.points,
+                  "pyramid": not args.single_scale, "channels": args.channels,
                   **metrics})
 
 
@@ -359,6 +360,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", default=None, help="reeval: the run whose checkpoint to evaluate")
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     parser.add_argument("--frozen-blocks", type=int, default=4)
+    parser.add_argument("--single-scale", action="store_true", help="peer: the earlier one-map peer (else the FPN peer)")
+    parser.add_argument("--channels", type=int, default=128, help="peer: the pyramid's channels (MNC's preset's)")
     parser.add_argument("--scale-jitter", type=float, nargs="+", default=[1.0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None)

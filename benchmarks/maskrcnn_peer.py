@@ -1,10 +1,13 @@
 """The peer of the MNC benchmarks: torchvision's Mask R-CNN on MNC's own backbone.
 
-Same body as `mnc_core`'s default backbone: MobileNetV2 `features[:14]` (feature stride 16,
-96 channels, frozen BatchNorm, first 4 `features` modules frozen), then a 1x1 conv to 256
-channels + ReLU, one feature map; same anchors (sizes 32-512, ratios 0.5/1/2), 300 RPN
-proposals at test time, same image sizes. Everything else is torchvision's stock Mask R-CNN
-(RoIAlign 7x7 box head with two 1024-d fcs, 4-conv mask head at 14x14 -> 28x28).
+`pyramid=True` (the fair peer of the multi-scale MNC, issue 25): mnc_core's own pyramid backbone (MobileNetV2
+stages at strides 8-32 through torchvision's FPN, a max-pooled 4th level, channels-last on a CPU), the same
+anchors per level, FPN's RoIAlign level assignment over p3-p5, and in the heads mode the same frozen-feature
+cache as MNC's training (`frozen_blocks` = the whole body: what it computes for an image and flip is computed
+once). `pyramid=False` (the earlier peer): MobileNetV2 `features[:14]` (stride 16, 96 channels), a 1x1 conv to 256
+channels + ReLU, one map, anchors 32-512. Either way 300 RPN proposals at test time and the same image sizes;
+everything else is torchvision's stock Mask R-CNN (RoIAlign 7x7 box head with two 1024-d fcs, 4-conv mask head
+at 14x14 -> 28x28).
 
 Used by bench_mnc_latency.py (eval-mode latency) and bench_mnc_accuracy.py (training and
 COCO evaluation with the same data as MNC).
@@ -51,18 +54,54 @@ class PeerBackbone(nn.Module):
         return torch.relu(self.reduce(self.body(x)))
 
 
+class CachedPyramidBackbone(nn.Module):
+    """mnc_core's pyramid backbone for torchvision's Mask R-CNN: forward(images) -> the ordered levels. In training
+    with `key` set (the image and flip of this step), what the frozen blocks compute comes from an LRU cache, as in
+    MNC's heads mode (mnc_core/train.py); torchvision's transform resizes deterministically, so a key names one input."""
+
+    def __init__(self, weights: str | Path | None, channels: int, frozen_blocks: int, cache_bytes: int) -> None:
+        super().__init__()
+        from mnc_core.backbone import build_backbone
+        from mnc_core.cache import ByteBoundedLRU
+        from mnc_core.config import MNCConfig
+
+        config = MNCConfig(feature_pyramid=True, feature_channels=channels, backbone_frozen_blocks=frozen_blocks)
+        self.body = build_backbone(config, "none" if weights is None else str(weights))
+        self.out_channels = channels
+        self.roi_levels = self.body.roi_levels
+        self.cache = ByteBoundedLRU(cache_bytes)
+        self.key = None
+
+    def forward(self, x: torch.Tensor):
+        if not self.training or self.key is None:
+            return self.body(x)
+        frozen = self.cache.get(self.key)
+        if frozen is None:
+            frozen = self.body.frozen(x)
+            self.cache.put(self.key, frozen)
+        return self.body.from_frozen(frozen)
+
+
 def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size: int | tuple[int, ...] = 600,
                max_size: int = 1000, frozen_blocks: int = 4,
                box_score_thresh: float = 0.05, detections_per_img: int = 100,
                rpn_post_nms_top_n_test: int = 300, rpn_pre_nms_top_n_test: int = 6000,
-               rpn_post_nms_top_n_train: int = 2000, box_batch_size_per_image: int = 512) -> MaskRCNN:
+               rpn_post_nms_top_n_train: int = 2000, box_batch_size_per_image: int = 512,
+               pyramid: bool = False, channels: int = 128, cache_bytes: int = 0) -> MaskRCNN:
     """torchvision's defaults except the backbone, anchors, single-map RoIAlign, test-time proposal counts
     and image sizes; `rpn_post_nms_top_n_train` / `box_batch_size_per_image` (training RoI budget) are
     torchvision's 2000 / 512 unless given (the accuracy benchmark passes MNC's 300 / 64). min_size: a tuple
     draws one short side per training image (torchvision's scale jitter); frozen_blocks: leading MobileNetV2
     `features` modules frozen (14: the whole body)."""
-    backbone = PeerBackbone(weights, frozen_blocks=frozen_blocks)
-    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    if pyramid:  # MNC's multi-scale layout (mnc_core MNCConfig defaults: anchors 4x and 8x each level's stride)
+        backbone = CachedPyramidBackbone(weights, channels, frozen_blocks, cache_bytes)
+        strides = backbone.body.strides.values()
+        anchors = AnchorGenerator(sizes=tuple((4 * s, 8 * s) for s in strides), aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
+        levels = backbone.roi_levels
+    else:
+        backbone = PeerBackbone(weights, frozen_blocks=frozen_blocks)
+        anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+        levels = ["0"]
     return MaskRCNN(
         backbone, num_classes=num_classes_with_bg, min_size=min_size, max_size=max_size,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
@@ -70,8 +109,8 @@ def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size
         rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         box_batch_size_per_image=box_batch_size_per_image,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
-        mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
         box_score_thresh=box_score_thresh, box_detections_per_img=detections_per_img)
 
 
@@ -99,14 +138,16 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
                warmup_factor: float = 0.001, lr_steps: tuple[float, ...] = (0.75, 0.9), grad_clip_norm: float = 10.0,
                hflip_prob: float = 0.5, seed: int = 0, device: str = "cpu",
                rpn_post_nms_top_n_train: int = 300, box_batch_size_per_image: int = 64, optimizer: str = "sgd",
-               frozen_blocks: int = 4, scale_jitter: tuple[float, ...] = (1.0,),
+               frozen_blocks: int = 4, scale_jitter: tuple[float, ...] = (1.0,), pyramid: bool = False,
+               channels: int = 128, cache_bytes: int = 2 * 2**30,
                on_progress: Callable[[int, float, float], None] | None = None) -> tuple[MaskRCNN, dict]:
     """Training RoI budget defaults to MNC's (300 proposals, 64 sampled RoIs per image, 25 % foreground)
     rather than torchvision's 2000 / 512: on this 2-core CPU the stock budget's mask head (4 convs on up
     to 128 positives) makes an iteration ~2.5x slower than MNC's. Batch 1 SGD with linear warmup and step decay (MNC's train_model schedule, torchvision's reference
     optimiser, or AdamW with `optimizer="adamw"`); images drawn in a seeded random order epoch by epoch,
     horizontal flips, a short side drawn from image_size x `scale_jitter` per image; annotations without
-    a mask (and crowd regions) are dropped."""
+    a mask (and crowd regions) are dropped. pyramid: the fair peer (module doc), its frozen features cached per
+    (image, flip) in `cache_bytes` when the whole body is frozen and there is no scale jitter."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -118,7 +159,9 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
     model = build_peer(len(categories) + 1, weights, min_size=sizes if len(sizes) > 1 else image_size,
                        max_size=max(max(sizes), int(max(sizes) * 5 / 3)), frozen_blocks=frozen_blocks,
                        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-                       box_batch_size_per_image=box_batch_size_per_image).to(device).train()
+                       box_batch_size_per_image=box_batch_size_per_image, pyramid=pyramid, channels=channels,
+                       cache_bytes=cache_bytes).to(device).train()
+    cached = pyramid and len(sizes) == 1 and model.backbone.body.frozen_blocks == model.backbone.body.num_blocks
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -142,12 +185,16 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
             g["lr"] = lr * f
         if not order:
             order = list(rng.permutation(len(dataset)))
-        s = dataset[int(order.pop())]
+        index = int(order.pop())
+        s = dataset[index]
+        flip = bool(rng.random() < hflip_prob)
+        if cached:
+            model.backbone.key = (index, flip)
         if not np.asarray(s.has_mask).all() or s.crowd_flags().any():
             keep = np.asarray(s.has_mask, bool) & ~s.crowd_flags()
             s = type(s)(image=s.image, boxes=s.boxes[keep], category_ids=s.category_ids[keep], masks=s.masks[keep],
                         has_mask=s.has_mask[keep], image_id=s.image_id)
-        img, tgt = sample_to_target(s, cat_to_label, bool(rng.random() < hflip_prob), device)
+        img, tgt = sample_to_target(s, cat_to_label, flip, device)
         losses = model([img], [tgt])
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -161,6 +208,9 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
         if on_progress is not None:
             on_progress(it + 1, history[-1], time.perf_counter() - start)
     model.eval()
+    if pyramid:
+        model.backbone.key = None
+        model.backbone.cache.clear()
     tail = history[-20:]
     return model, {"iterations": iterations, "seconds": time.perf_counter() - start, "categories": categories,
                    "final_loss": sum(tail) / len(tail) if tail else math.nan}

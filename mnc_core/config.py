@@ -25,7 +25,8 @@ class MNCConfig:
     feature_pyramid: bool = True            # FPN over the body's `pyramid_levels` (+ a max-pooled level for the RPN);
                                             # False: MNC's single stride-16 map (1x1 reduction of the body's output)
     pyramid_levels: tuple[int, ...] = (3, 4, 5)  # body levels k (stride 2**k) the pyramid taps, 2..5
-    feature_channels: int = 256             # channels of every feature map (FPN's, or the 1x1 reduction's)
+    feature_channels: int = 128             # channels of every feature map (FPN's, or the 1x1 reduction's); 128, not
+                                            # FPN's 256: a 3x3 conv on the stride-8 map costs a quarter
     mobilenet_dilated: bool = False         # True: keep blocks 14-17 at stride 16 (dilation 2); False: stop after block 13
     mobilenet_expansion: bool = False       # True: end with block 14's 1x1 expansion (576 ch, stride 16), where
                                             # SSDLite attaches its head (MobileNetV2 paper, sec. 6.2)
@@ -38,7 +39,7 @@ class MNCConfig:
     anchor_scales: tuple[float, ...] = (4.0, 8.0)  # pyramid: each level's anchor sizes, in multiples of its stride
                                             # (p3: 32 and 64 px, ..., p6: 256 and 512 px)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_channels: int = 256
+    rpn_channels: int = 128
     rpn_fg_iou: float = 0.7
     rpn_bg_iou: float = 0.3
     rpn_batch_size: int = 256
