@@ -58,8 +58,10 @@ def test_training_with_workers_equals_training_in_process():
         _, summary = train_model(ds, cfg, iterations=4, lr=1e-3, seed=5, backbone_weights="none", num_workers=workers)
         runs.append(summary)
     assert runs[0]["num_workers"] == 0 and runs[1]["num_workers"] == 2
+    # not bit for bit: the total loss differs by ~2e-4 relative between 0 and 2 workers (single-scale and pyramid
+    # alike; the inputs themselves are equal, test above), and single losses by up to ~1.1e-3
     for name, value in runs[0]["final_losses"].items():
-        assert value == pytest.approx(runs[1]["final_losses"][name], rel=1e-3, abs=1e-5), name
+        assert value == pytest.approx(runs[1]["final_losses"][name], rel=5e-3, abs=1e-5), name
 
 
 def test_draws_follow_the_seed_and_cover_every_image_each_epoch():
@@ -133,7 +135,7 @@ def test_byte_bounded_lru_evicts_the_least_recently_used():
 def test_frozen_feature_cache_stays_within_its_budget():
     ds = ShapesDataset(6)
     cfg = small_config(backbone_frozen_blocks=99, scale_jitter=(0.75, 1.0), photometric_jitter=0.2)
-    budget = 40_000  # bytes: a few frozen feature maps of these small images
+    budget = 400_000  # bytes: a few inputs' frozen pyramid taps (~135 KB each for these small images)
     torch.manual_seed(0)
     model, summary = train_model(ds, cfg, iterations=30, lr=1e-3, seed=0, backbone_weights="none",
                                  cache_frozen_features=True, cache_bytes=budget, num_workers=0)
@@ -171,7 +173,7 @@ def test_crowd_regions_are_not_objects():
 
 def test_crowd_regions_give_no_positive_and_no_negative_anchors():
     cfg = small_config(min_size=128, max_size=160, crowd_ioa_thresh=0.7)
-    rpn = RegionProposalNetwork(8, 8, cfg.anchor_sizes, cfg.anchor_ratios, cfg.rpn_fg_iou, cfg.rpn_bg_iou, 256, 0.5,
+    rpn = RegionProposalNetwork(8, 8, (cfg.anchor_sizes,), cfg.anchor_ratios, cfg.rpn_fg_iou, cfg.rpn_bg_iou, 256, 0.5,
                                 {"training": 100, "testing": 100}, {"training": 10, "testing": 10}, 0.7, 1.0,
                                 0.0, True, cfg.crowd_ioa_thresh)
     _, _, t = prepare_sample(_crowd_sample(), {3: 1, 7: 2}, cfg, False)
