@@ -97,6 +97,11 @@ class JoinedDataset:
         raise IndexError(index)
 
 
+def _most_instances(coco, image_ids: list[int]) -> int:
+    """The most non-crowd annotations one of these photos has."""
+    return max((sum(not a["iscrowd"] for a in coco.imgToAnns[i]) for i in image_ids), default=0)
+
+
 def datasets(args, images: ImageCache):
     """(training dataset, evaluation ground truth, evaluated image ids, evaluation images folder)."""
     if args.project in ONE_FILE_PROJECTS:
@@ -116,15 +121,17 @@ def datasets(args, images: ImageCache):
             truth = project_coco(args.data / "val.json", args.project)
         images_dir = args.data / "images"
     dataset = CocoFileDataset(train, images_dir, set(), images, args.train_images)
+    most_instances = _most_instances(train, dataset.image_ids)
     if args.more:
         folder = SHARED / "data" / MORE_PHOTOS[args.project]
         more = load_coco(folder / "annotations.json")
         more.dataset["categories"] = train.dataset["categories"]  # the project's classes (coco128's are a subset)
         index_quietly(more)
-        dataset = JoinedDataset([dataset, CocoFileDataset(more, folder / "images", set(), images, args.more)])
+        extra = CocoFileDataset(more, folder / "images", set(), images, args.more)
+        most_instances = max(most_instances, _most_instances(more, extra.image_ids))
+        dataset = JoinedDataset([dataset, extra])
     image_ids = [i for i in sorted(truth.getImgIds()) if truth.imgToAnns[i]]
-    # what the product sizes a model's outputs by (services.training: MNCConfig.for_instances)
-    dataset.most_instances = max(sum(not a["iscrowd"] for a in train.imgToAnns[i]) for i in train.getImgIds())
+    dataset.most_instances = most_instances  # what the product sizes a model's outputs by (MNCConfig.for_instances)
     return dataset, restrict_gt(truth, image_ids), image_ids, images_dir
 
 

@@ -67,6 +67,7 @@ class CachedPyramidBackbone(nn.Module):
 
         config = MNCConfig(feature_pyramid=True, feature_channels=channels, backbone_frozen_blocks=frozen_blocks)
         self.body = build_backbone(config, "none" if weights is None else str(weights))
+        self.anchor_scales = config.anchor_scales
         self.out_channels = channels
         self.roi_levels = self.body.roi_levels
         self.cache = ByteBoundedLRU(cache_bytes)
@@ -93,10 +94,11 @@ def build_peer(num_classes_with_bg: int, weights: str | Path | None, *, min_size
     torchvision's 2000 / 512 unless given (the accuracy benchmark passes MNC's 300 / 64). min_size: a tuple
     draws one short side per training image (torchvision's scale jitter); frozen_blocks: leading MobileNetV2
     `features` modules frozen (14: the whole body)."""
-    if pyramid:  # MNC's multi-scale layout (mnc_core MNCConfig defaults: anchors 4x and 8x each level's stride)
+    if pyramid:  # MNC's multi-scale layout (mnc_core MNCConfig defaults: anchors at multiples of each level's stride)
         backbone = CachedPyramidBackbone(weights, channels, frozen_blocks, cache_bytes)
         strides = backbone.body.strides.values()
-        anchors = AnchorGenerator(sizes=tuple((4 * s, 8 * s) for s in strides), aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
+        anchors = AnchorGenerator(sizes=tuple(tuple(scale * s for scale in backbone.anchor_scales) for s in strides),
+                                  aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
         levels = backbone.roi_levels
     else:
         backbone = PeerBackbone(weights, frozen_blocks=frozen_blocks)

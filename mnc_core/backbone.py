@@ -110,10 +110,19 @@ PYRAMID_TAPS = {
 def body_blocks(config: MNCConfig) -> int:
     """Number of blocks of the body a config builds (what `backbone_frozen_blocks` counts)."""
     if config.feature_pyramid:
-        return PYRAMID_TAPS[config.backbone][max(config.pyramid_levels)][0] + 1
+        return _last_block(_pyramid_taps(config)) + 1
     if config.backbone == "mobilenet_v2":
         return 18 if config.mobilenet_dilated else 15 if config.mobilenet_expansion else 14
     return 4
+
+
+def _pyramid_taps(config: MNCConfig) -> dict[int, tuple[int, int]]:
+    """The config's pyramid levels -> (body block, channels) of its backbone (PYRAMID_TAPS)."""
+    return {level: PYRAMID_TAPS[config.backbone][level] for level in config.pyramid_levels}
+
+
+def _last_block(taps: dict[int, tuple[int, int]]) -> int:
+    return max(block for block, _ in taps.values())
 
 
 def level_name(level: int) -> str:
@@ -217,8 +226,8 @@ def _mobilenet_body(state: dict[str, Tensor] | None, config: MNCConfig) -> tuple
     if state is not None:
         net.load_state_dict(state, strict=True)
     if config.feature_pyramid:
-        taps = {level: PYRAMID_TAPS["mobilenet_v2"][level] for level in config.pyramid_levels}
-        return net.features[:max(block for block, _ in taps.values()) + 1], taps
+        taps = _pyramid_taps(config)
+        return net.features[:_last_block(taps) + 1], taps
     # Single-scale (one stride-16 map, as MNC's VGG/ResNet map). Default: stop after block 13. Blocks 14-17 are the
     # widest (960-ch expansions); run at stride 16 (dilated) they would roughly double the backbone's CPU cost
     # at 600 px. `mobilenet_dilated` keeps them: block 14's depthwise conv gets stride 1 and 14-17 dilation 2, so
@@ -241,9 +250,8 @@ def _resnet50_body(state: dict[str, Tensor] | None, config: MNCConfig
         net.load_state_dict(state, strict=True)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     blocks = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
-    taps = ({level: PYRAMID_TAPS["resnet50"][level] for level in config.pyramid_levels} if config.feature_pyramid
-            else {4: PYRAMID_TAPS["resnet50"][4]})  # single-scale: C4, stride 16, 1024 ch
-    return nn.Sequential(*blocks[:max(block for block, _ in taps.values()) + 1]), taps
+    taps = _pyramid_taps(config) if config.feature_pyramid else {4: PYRAMID_TAPS["resnet50"][4]}  # single: C4
+    return nn.Sequential(*blocks[:_last_block(taps) + 1]), taps
 
 
 @torch.no_grad()

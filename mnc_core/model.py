@@ -1,8 +1,6 @@
 """MNC: backbone -> RPN (stage 1) -> mask (stage 2) -> categorise (stage 3) [-> stages 4-5 with shared weights]."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -62,9 +60,8 @@ class MNC(nn.Module):
         self.box_coder = det_utils.BoxCoder(weights=tuple(c.bbox_reg_weights))
         # the RoI heads read each RoI from one level: FPN's assignment (Lin et al. 2017, Eq. 1), torchvision's
         # LevelMapper: level = floor(4 + log2(sqrt(area) / 224)), clamped to the pyramid's levels
-        roi_levels = [int(round(math.log2(backbone.strides[name]))) for name in backbone.roi_levels]
         self.roi_scales = [1.0 / backbone.strides[name] for name in backbone.roi_levels]
-        self.level_mapper = LevelMapper(min(roi_levels), max(roi_levels))
+        self.level_mapper = LevelMapper(min(backbone.levels), max(backbone.levels))
 
     @property
     def loss_weights(self) -> dict[str, float]:

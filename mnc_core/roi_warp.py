@@ -210,7 +210,7 @@ def multilevel_roi_warp_pooled(features: list[Tensor], spatial_scales: list[floa
         part = roi_warp_pooled(feature_map, boxes[rows], warp_size, scale)
         if result is None:
             result = part.new_zeros((boxes.shape[0], part.shape[1], Q, Q))
-        result = result.index_copy(0, rows, part)
+        result.index_copy_(0, rows, part)  # in place: no copy of the whole result per level (autograd records it)
     if result is None:
         return features[0].new_zeros((0, features[0].shape[1], Q, Q), dtype=torch.float32)
     return result

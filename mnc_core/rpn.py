@@ -130,13 +130,14 @@ class RegionProposalNetwork(nn.Module):
         pre_n = self.pre_nms_top_n[self._mode()]
         post_n = self.post_nms_top_n[self._mode()]
         objectness_detached = objectness.detach()
-        picks, offset = [], 0
+        picks, scores, offset = [], [], 0
         for o, _ in per_level:
             count = o.shape[1] * o.shape[2] * o.shape[3]
-            picks.append(objectness_detached[:, offset:offset + count].topk(min(pre_n, count), dim=1).indices + offset)
+            level_scores, level_top = objectness_detached[:, offset:offset + count].topk(min(pre_n, count), dim=1)
+            picks.append(level_top + offset)
+            scores.append(level_scores)
             offset += count
-        top = torch.cat(picks, 1)  # (N, k)
-        top_scores = objectness_detached.gather(1, top)
+        top, top_scores = torch.cat(picks, 1), torch.cat(scores, 1)  # (N, k)
         rows = torch.arange(N, device=top.device)[:, None]
         d = deltas[rows, top]  # (N, k, 4)
         # the losses are means over the N images, so limit / N clips each image's own gradient at

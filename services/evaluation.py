@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -101,10 +102,7 @@ def coco_metrics(gt: COCO, results: list[dict], category_ids: Iterable[int] | No
     that a model's every detection on a photo of hundreds of objects counts)."""
     out: dict = {"images": len(gt.getImgIds()), "detections": len(results), "per_category": {}}
     if max_detections is None:
-        per_image: dict = {}
-        for r in results:
-            per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
-        max_detections = max([COCO_MAX_DETECTIONS, *per_image.values()])
+        max_detections = max([COCO_MAX_DETECTIONS, *Counter(r["image_id"] for r in results).values()])
     out["max_detections"] = int(max_detections)
     cat_ids = sorted(gt.getCatIds()) if category_ids is None else sorted(category_ids)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}

@@ -50,7 +50,7 @@ def training_config(mode: str, image_size: int, backbone: str = "mobilenet_v2", 
     config = (base or MNCConfig()).replace(backbone=backbone, min_size=image_size,
                                            max_size=max(image_size, int(image_size * 5 / 3)),
                                            images_per_batch=batch_size, **dict(preset.config))
-    if preset.freeze_body:  # the 1x1 reduction, RPN and heads train
+    if preset.freeze_body:  # the neck (FPN or 1x1 reduction), RPN and heads train
         config = config.replace(backbone_frozen_blocks=body_blocks(config))
     return config
 
