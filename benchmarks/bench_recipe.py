@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_partial_sup import CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt  # noqa: E402
+from bench_partial_sup import (CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt,  # noqa: E402
+                               split_sets)
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, SHARED, index_quietly, load_coco, loadavg,  # noqa: E402
                     require, stamp)
 
@@ -102,6 +103,15 @@ def _most_instances(coco, image_ids: list[int]) -> int:
     return max((sum(not a["iscrowd"] for a in coco.imgToAnns[i]) for i in image_ids), default=0)
 
 
+def box_only_ids(args, coco) -> set[int]:
+    """--box-only voc2nonvoc: the mixed project of the partial-supervision benchmark (the 20 VOC classes keep their
+    masks, the others are box-only in training); nonvoc2voc the reverse; none: every class has masks."""
+    if not getattr(args, "box_only", None):
+        return set()
+    _, box_only = split_sets(args.box_only, [c["id"] for c in coco.dataset["categories"]])
+    return set(box_only)
+
+
 def datasets(args, images: ImageCache):
     """(training dataset, evaluation ground truth, evaluated image ids, evaluation images folder)."""
     if args.project in ONE_FILE_PROJECTS:
@@ -120,14 +130,14 @@ def datasets(args, images: ImageCache):
         else:
             truth = project_coco(args.data / "val.json", args.project)
         images_dir = args.data / "images"
-    dataset = CocoFileDataset(train, images_dir, set(), images, args.train_images)
+    dataset = CocoFileDataset(train, images_dir, box_only_ids(args, train), images, args.train_images)
     most_instances = _most_instances(train, dataset.image_ids)
     if args.more:
         folder = SHARED / "data" / MORE_PHOTOS[args.project]
         more = load_coco(folder / "annotations.json")
         more.dataset["categories"] = train.dataset["categories"]  # the project's classes (coco128's are a subset)
         index_quietly(more)
-        extra = CocoFileDataset(more, folder / "images", set(), images, args.more)
+        extra = CocoFileDataset(more, folder / "images", box_only_ids(args, train), images, args.more)
         most_instances = max(most_instances, _most_instances(more, extra.image_ids))
         dataset = JoinedDataset([dataset, extra])
     image_ids = [i for i in sorted(truth.getImgIds()) if truth.imgToAnns[i]]
@@ -145,20 +155,82 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def evaluate(predict, truth, image_ids, images_dir: Path, images: ImageCache) -> dict:
+def box_only_matches(truth, image_id: int, image_shape, instances, box_only: set[int]) -> list[dict]:
+    """Per true non-crowd object of a box-only class: the detection of its class with the highest box IoU; if that
+    IoU is >= 0.5 the object counts as found, and the detection's mask is judged against the true mask beside the
+    detection's own box filled (what an answer without a mask model would give)."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    height, width = image_shape[:2]
+    rows = []
+    for ann in truth.imgToAnns[image_id]:
+        if ann["category_id"] not in box_only or ann.get("iscrowd") or ann["bbox"][2] < 1 or ann["bbox"][3] < 1:
+            continue
+        same_class = [inst for inst in instances if inst.category_id == ann["category_id"]]
+        x, y, w, h = ann["bbox"]
+        best_iou, best = 0.0, None
+        if same_class:
+            ious = box_iou(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32),
+                           torch.tensor(np.stack([inst.box for inst in same_class]), dtype=torch.float32))[0]
+            best_iou, index = float(ious.max()), int(ious.argmax())
+            best = same_class[index]
+        row = {"found": best_iou >= 0.5}
+        if row["found"]:
+            true_mask = truth.annToMask(ann).astype(bool)
+            filled = np.zeros((height, width), bool)
+            x1, y1, x2, y2 = _box_window([best.box[0], best.box[1], best.box[2] - best.box[0], best.box[3] - best.box[1]],
+                                         height, width)
+            filled[y1:y2, x1:x2] = True
+            row.update(mask_IoU=_iou(best.mask, true_mask), own_box_filled_IoU=_iou(filled, true_mask))
+        rows.append(row)
+    return rows
+
+
+def summarize_box_only(rows: list[dict], truth, results: list[dict], box_only: set[int]) -> dict:
+    from services.evaluation import coco_metrics
+
+    found = [r for r in rows if r["found"]]
+    b_truth = restrict_categories(truth, box_only)
+    b_metrics = coco_metrics(b_truth, [r for r in results if r["category_id"] in box_only])
+    return {"box_only_objects": len(rows), "box_only_found": len(found),
+            "box_only_found_share": round(len(found) / max(1, len(rows)), 4),
+            "box_only_mask_IoU": round(sum(r["mask_IoU"] for r in found) / max(1, len(found)), 4),
+            "box_only_own_box_filled_IoU": round(sum(r["own_box_filled_IoU"] for r in found) / max(1, len(found)), 4),
+            "box_only_mask_AP": round(b_metrics["segm"]["AP"], 4), "box_only_mask_AP50": round(b_metrics["segm"]["AP50"], 4),
+            "box_only_box_AP50": round(b_metrics["bbox"]["AP50"], 4)}
+
+
+def restrict_categories(coco, category_ids: set[int]):
+    """The same photos with only these classes' annotations (COCOeval of one class set)."""
+    from pycocotools.coco import COCO
+
+    part = COCO()
+    part.dataset = {**coco.dataset, "categories": [c for c in coco.dataset["categories"] if c["id"] in category_ids],
+                    "annotations": [a for a in coco.dataset["annotations"] if a["category_id"] in category_ids]}
+    index_quietly(part)
+    return part
+
+
+def evaluate(predict, truth, image_ids, images_dir: Path, images: ImageCache, box_only: set[int] = frozenset()) -> dict:
     from services.evaluation import coco_metrics
     from services.models import instance_to_result
 
-    results, start = [], time.perf_counter()
+    results, rows, start = [], [], time.perf_counter()
     for image_id in image_ids:
         image = images(images_dir / truth.imgs[image_id]["file_name"])
-        results += [instance_to_result(inst, image_id) for inst in predict(image)]
+        instances = predict(image)
+        results += [instance_to_result(inst, image_id) for inst in instances]
+        if box_only:
+            rows += box_only_matches(truth, image_id, image.shape, instances, box_only)
     seconds = time.perf_counter() - start
     metrics = coco_metrics(truth, results)
     return {"mask_AP": round(metrics["segm"]["AP"], 4), "mask_AP50": round(metrics["segm"]["AP50"], 4),
             "box_AP": round(metrics["bbox"]["AP"], 4), "box_AP50": round(metrics["bbox"]["AP50"], 4),
             "mask_AP_small": round(metrics["segm"]["APs"], 4), "max_detections": metrics["max_detections"],
-            "detections": len(results), "eval_images": len(image_ids), "eval_seconds": round(seconds, 1)}
+            "detections": len(results), "eval_images": len(image_ids), "eval_seconds": round(seconds, 1),
+            **(summarize_box_only(rows, truth, results, box_only) if box_only else {})}
 
 
 def record(args, entry: dict) -> None:
@@ -208,8 +280,9 @@ def run_mnc(args) -> None:
     save_checkpoint(args.work / "ckpt" / f"{args.name}.pt", model, config, dataset.categories,
                     extra={"maskx": model.final_mask_head.config.to_dict()})
     predictor = Predictor(model, config, dataset.categories, "cpu")
-    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images)
-    record(args, {"mode": args.mode, "iterations": summary["iterations"], "train_images": len(dataset),
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images,
+                       box_only_ids(args, truth))
+    record(args, {"mode": args.mode, "box_only": args.box_only, "iterations": summary["iterations"], "train_images": len(dataset),
                   "train_seconds": round(summary["seconds"], 1), "seconds_per_iteration": round(summary["seconds"] / max(1, summary["iterations"]), 3),
                   "threads": args.threads, "load_before": load_before,
                   "load_after": loadavg(), "lr": summary["lr"],
@@ -265,8 +338,9 @@ def checkpoint_predictor(args):
 
 def run_reeval(args) -> None:
     predictor, truth, image_ids, images, images_dir = checkpoint_predictor(args)
-    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images)
-    record(args, {"checkpoint": args.checkpoint, "inference": parse_sets(args.set),
+    metrics = evaluate(lambda im: predictor(im, score_threshold=args.score_threshold), truth, image_ids, images_dir, images,
+                       box_only_ids(args, truth))
+    record(args, {"checkpoint": args.checkpoint, "box_only": args.box_only, "inference": parse_sets(args.set),
                   "score_threshold": args.score_threshold, **metrics})
 
 
@@ -354,6 +428,9 @@ def main() -> int:
     parser.add_argument("--more", type=int, default=0, metavar="N",
                         help="add the first N photos of coco_person (person) / coco128 (all) to training")
     parser.add_argument("--split", choices=["select", "val"], default="select")
+    parser.add_argument("--box-only", choices=["voc2nonvoc", "nonvoc2voc"], default=None,
+                        help="project all: the classes of the other set train box-only (bench_partial_sup's mixed "
+                             "project); records the share of their val objects found and their masks' IoU")
     parser.add_argument("--mode", choices=["heads", "full"], default="heads")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
@@ -376,6 +453,8 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args()
+    if args.box_only and args.project != "all":
+        parser.error("--box-only needs --project all (the 80 COCO classes)")
     if args.kind == "table":
         args.project = None if "--project" not in sys.argv else args.project
         table(args)

@@ -4,6 +4,7 @@ preset's iteration count is sized by (benchmarks/README.md, "A stronger model: m
 
     python benchmarks/bench_step_time.py --set feature_pyramid=false --set feature_channels=256 --set rpn_channels=256
     python benchmarks/bench_step_time.py --set feature_channels=128 --set rpn_channels=128 [--image-size 600]
+    python benchmarks/bench_step_time.py --peer [--optimizer adamw]     # the FPN Mask R-CNN peer, body frozen and cached
 
 10 photos of the person project's select split, one thread; iterations 60-160 are timed (by then every photo and
 flip is in the feature cache). Prints one JSON line with the load average.
@@ -28,6 +29,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON")
     parser.add_argument("--image-size", type=int, default=800)
     parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--peer", action="store_true", help="time the FPN Mask R-CNN peer (benchmarks/maskrcnn_peer.py) "
+                        "with its whole body frozen and cached, as bench_recipe's peer runs")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     args = parser.parse_args()
     require(DEFAULT_DATA / "train.json", "the coco_subset data")
     require(DEFAULT_WEIGHTS, "the ImageNet MobileNetV2 weights")
@@ -42,16 +46,26 @@ def main() -> int:
     dataset, _, _, _ = datasets(split, ImageCache())
     config = training_config("heads", args.image_size).replace(**parse_sets(args.set))
     torch.manual_seed(0)
-    model = build_maskx_model(config, 1, MaskXConfig(method="transfer"), str(DEFAULT_WEIGHTS))
     marks: dict[int, float] = {}
 
-    def progress(p) -> None:
-        if p.iteration in (60, 160):
-            marks[p.iteration] = p.seconds
+    def mark(iteration: int, seconds: float) -> None:
+        if iteration in (60, 160):
+            marks[iteration] = seconds
 
-    train_model(dataset, config, iterations=160, model=model, device="cpu", cache_frozen_features=True,
-                num_workers=1, on_progress=progress)
-    print(json.dumps({"set": args.set, "image_size": args.image_size,
+    if args.peer:
+        from maskrcnn_peer import train_peer
+
+        from mnc_core.backbone import body_blocks
+
+        train_peer(dataset, iterations=160, image_size=args.image_size, weights=str(DEFAULT_WEIGHTS), lr=1e-4,
+                   optimizer=args.optimizer, frozen_blocks=body_blocks(config), pyramid=True,
+                   channels=config.feature_channels, on_progress=lambda it, loss, seconds: mark(it, seconds))
+    else:
+        model = build_maskx_model(config, 1, MaskXConfig(method="transfer"), str(DEFAULT_WEIGHTS))
+        train_model(dataset, config, iterations=160, model=model, device="cpu", cache_frozen_features=True,
+                    num_workers=1, on_progress=lambda p: mark(p.iteration, p.seconds))
+    print(json.dumps({"peer": args.peer, "optimizer": args.optimizer if args.peer else None, "set": args.set,
+                      "image_size": args.image_size,
                       "seconds_per_iteration": round((marks[160] - marks[60]) / 100, 3),
                       "load": [round(v, 2) for v in os.getloadavg()]}))
     return 0
