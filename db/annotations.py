@@ -332,8 +332,8 @@ def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = 
         replaced = [_row(current[ann_id]) for ann_id in remove]
         if remove:
             session.execute(delete(Annotation).where(Annotation.id.in_(remove)))
-        # an id that another image's annotation has now (SQLite reuses the highest id after a delete) is
-        # restored under a new id
+        # an id that another annotation has now is restored under a new id (ids are not given again since
+        # migration 0008; a database older than it may have given one again already)
         wanted = [row["id"] for row in restore if row.get("id") is not None and row["id"] not in current]
         taken = set(session.scalars(select(Annotation.id).where(Annotation.id.in_(wanted)))) if wanted else set()
         inserted, renamed = [], []

@@ -176,6 +176,9 @@ class Annotation(Base):
         UniqueConstraint("image_id", "fingerprint", name="uq_annotation_image_fingerprint"),
         Index("ix_annotations_image_state", "image_id", "review_state"),
         Index("ix_annotations_category", "category_id"),
+        # ids only grow (SQLite would give a deleted highest id again): fates, the journal and clients name
+        # annotations by id (migration 0008; PostgreSQL's sequence never goes back)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

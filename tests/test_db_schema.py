@@ -192,6 +192,72 @@ def test_upgrade_to_journal_diffs_keeps_old_entries_undoable_and_one_run_active(
     db.close()
 
 
+def _annotation(image_id: int, x: float = 0.0):
+    from db.models import Annotation
+
+    return Annotation(image_id=image_id, category_id=4, bbox_x=x, bbox_y=0, bbox_w=1, bbox_h=1, area=1)
+
+
+def test_annotation_ids_are_never_given_again(database):
+    """Deleting the newest annotations of one image and drawing on another: the new ones get new ids (SQLite gave
+    the deleted highest ids again before migration 0008; fates and the journal name annotations by id)."""
+    from db.models import Annotation
+
+    with database.session() as session:
+        session.add(Category(id=4, name="dog"))
+        session.add_all([Image(id=1, sha256="ab", stored_path="images/ab.jpg", file_name="a.jpg", width=4, height=3),
+                         Image(id=2, sha256="cd", stored_path="images/cd.jpg", file_name="c.jpg", width=4, height=3)])
+        session.flush()
+        first = [_annotation(1, x) for x in range(3)]
+        session.add_all(first)
+        session.flush()
+        first_ids = [a.id for a in first]
+    with database.session() as session:
+        session.execute(Annotation.__table__.delete().where(Annotation.id.in_(first_ids[1:])))
+    with database.session() as session:
+        later = [_annotation(2, x) for x in range(2)]
+        session.add_all(later)
+        session.flush()
+        assert min(a.id for a in later) > max(first_ids)
+
+
+def test_upgrade_to_ids_never_reused_starts_above_every_known_id(tmp_path, database_url):
+    """Migration 0008: the id counter starts above the annotations', the fates' and the journal's ids (a deleted
+    annotation an undo may bring back keeps its id to itself)."""
+    from datetime import datetime, timezone
+
+    from db.engine import make_engine
+    from db.models import Annotation
+
+    engine = make_engine(database_url)
+    _migrate(engine, "0007")
+    old = MetaData()
+    old.reflect(engine)
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        image_id = _dog_and_one_image(connection, old, day, revision=2)
+        connection.execute(old.tables["annotations"].insert().values(
+            id=5, image_id=image_id, category_id=4, bbox_x=0, bbox_y=0, bbox_w=2, bbox_h=2, area=4, iscrowd=False,
+            source="drawn", review_state="accepted", created_at=day, updated_at=day))
+        connection.execute(old.tables["instance_fates"].insert().values(
+            image_id=image_id, annotation_id=40, kind="hand", category_id=4, fate="deleted", clicks=0,
+            created_at=day))
+        connection.execute(old.tables["annotation_journal"].insert().values(
+            image_id=image_id, revision=1, action="save", content="diff", undone=False, created_at=day,
+            snapshot=[{"id": 60, "category_id": 4}], added=[5]))
+    engine.dispose()
+    db = open_database(tmp_path, database_url)
+    with db.session() as session:
+        assert session.get(Annotation, 5).bbox == [0, 0, 2, 2]
+        new = _annotation(image_id)
+        session.add(new)
+        session.flush()
+        assert new.id == 61
+    with db.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    db.close()
+
+
 def test_downgrade_to_the_first_schema_and_back(database):
     from db.models import Annotation
 
