@@ -234,8 +234,8 @@ class Handlers:
             return Opened.of(None, self.view(None, review_threshold, message))
         image_id = int(image_id)
         try:
-            if auto_propose and self.wb.should_propose(image_id):
-                result = self.wb.propose(image_id, user=user)
+            result = self.wb.propose_if_needed(image_id, user=user) if auto_propose else None
+            if result is not None:
                 message = (message + "\n\n" if message else "") + proposal_message(result, self.wb.score_threshold)
         except (WorkbenchError, OSError) as exc:
             message = (message + "\n\n" if message else "") + error_text(exc)

@@ -38,6 +38,7 @@ from services.presets import PRESETS, TrainingSpec
 from services.prefetch import Prefetcher, ahead_from_environment
 from services.review import MAX_EDITS
 from services.scissors import MAX_POINTS as SCISSORS_MAX_POINTS, snap_path
+from services.singleflight import SingleFlight
 from partial_sup.grabcut import refine_mask
 from services.proposals import (DEFAULT_SCORE_THRESHOLD, LOW_CONFIDENCE_TOP, MAX_BOXES, propose,
                                 uncertainty)
@@ -188,6 +189,7 @@ class Workbench:
         self.cost_model = payoff.CostModel()  # seconds per action the proposal thresholds are chosen for
         self.prefetcher = Prefetcher(self._prefetch_one, lambda image_id: self.should_propose(image_id, wait=False),
                                      ahead_from_environment())
+        self.flights = SingleFlight()  # identical concurrent proposal runs on a photo run once
 
     def device_text(self) -> str:
         """Where the model runs, as people read it (e.g. "GPU (NVIDIA H200)", "CPU (2 threads)")."""
@@ -223,7 +225,7 @@ class Workbench:
         missing = [r["id"] for r in unlabelled if r["id"] not in scores][:budget]
         if version is not None and missing:
             for image_id in missing:
-                self.propose(image_id)
+                self.propose_if_needed(image_id)
             rows = queries.list_images(self.db, limit=None)
             scores = queries.proposal_scores(self.db, version)
             unlabelled = [r for r in rows if r["split"] == "train" and r["status"] in ("new", "proposed")]
@@ -287,8 +289,19 @@ class Workbench:
                 user: str | None = None):
         """Run the active model on the image and store its instances as proposals (after a background run on the
         same photo, services.prefetch, has finished: its proposals are then replaced, never raced)."""
-        self.prefetcher.wait(int(image_id))
-        return self._propose(image_id, score_threshold=score_threshold, seen_revision=seen_revision, user=user)
+        image_id = wire.strict_id(image_id, "image_id")
+        self.prefetcher.wait(image_id)
+        key = ("propose", image_id, str(score_threshold), seen_revision)  # the same request twice: one run
+        return self.flights.run(key, lambda: self._propose(image_id, score_threshold=score_threshold,
+                                                           seen_revision=seen_revision, user=user))
+
+    def propose_if_needed(self, image_id, *, user: str | None = None):
+        """Opening a photo: propose when the active model has not looked at it yet and it is not done
+        (should_propose), else None. Concurrent calls for one photo (two tabs, an event sent twice) run once and
+        share the result: a second run would lose its save to the first and leave a phantom conflict."""
+        image_id = wire.strict_id(image_id, "image_id")
+        return self.flights.run(("open", image_id), lambda: self.propose(image_id, user=user)
+                                if self.should_propose(image_id) else None)
 
     def _propose(self, image_id: int, *, score_threshold: float | None = None, seen_revision: int | None = None,
                  user: str | None = None):

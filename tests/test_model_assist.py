@@ -5,6 +5,7 @@ hidden ones neither drawn nor charged and closed as hidden on done; box to mask 
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -257,6 +258,44 @@ def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F81
     assert runs == [image_id]
     wb.close()
     assert wb.prefetcher._thread is None or not wb.prefetcher._thread.is_alive()
+
+
+def test_the_same_photo_opened_twice_at_once_proposes_once_without_a_conflict(bench):  # noqa: F811
+    """Two tabs open one photo (or the page sends the open twice) while the model runs: one run, one set of
+    proposals, both callers get its result, no conflict journalled and nothing to "recover" (issue 26, bug 1)."""
+    wb, image_id, h, w, version = bench
+    made = [FakeInstance(3, 0.9, (0, 0, 8, 8), box_mask(h, w, 0, 0, 8, 8))]
+    predicting, release, runs = threading.Event(), threading.Event(), []
+
+    def predictions(image_id_, image):  # the model, held until the second open is waiting
+        runs.append(image_id_)
+        predicting.set()
+        assert release.wait(10)
+        return version, made
+
+    wb.models.predictions = predictions
+    registry.activate_version(wb.db, version)
+    results = [None, None]
+
+    def open_photo(k: int) -> None:
+        results[k] = wb.propose_if_needed(image_id, user=f"tab {k}")
+
+    first = threading.Thread(target=open_photo, args=(0,))
+    first.start()
+    assert predicting.wait(10)
+    second = threading.Thread(target=open_photo, args=(1,))
+    second.start()
+    deadline = time.monotonic() + 10
+    while wb.flights.joined < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert wb.conflicts(image_id) == [] and runs == [image_id]
+    assert [r["review_state"] for r in wb.instances(image_id)["instances"]] == ["proposed"]
+    assert results[0] is results[1] and results[0].added == 1 and wb.flights.joined == 1
+    assert wb.propose_if_needed(image_id) is None  # opened again later: the model has seen it
+    assert runs == [image_id]
 
 
 # ---- the val record at the end of training ---------------------------------------------------------------------
