@@ -174,7 +174,7 @@ class Handlers:
         return (*self.overview(), *self.gallery(status, order=order))
 
     # ---- the current image ----------------------------------------------------------------
-    def view(self, image_id, review_threshold, message: str = "") -> View:
+    def view(self, image_id, review_threshold, message: str = "", user: str | None = None) -> View:
         if image_id is None:
             return View("Upload images or pick one in the gallery.", self.canvas(None, review_threshold, message),
                         image_annotator(value=None), None, self.statuses(), {}, message)
@@ -184,7 +184,7 @@ class Handlers:
         current = self.wb.instances(image_id, review_threshold)  # read once: the canvas, Draw tab's boxes, title
         rows = current["instances"]
         names = self.wb.category_names()
-        canvas = self.canvas(image_id, review_threshold, message, current=current)
+        canvas = self.canvas(image_id, review_threshold, message, current=current, user=user)
         accepted = [r for r in rows if r["review_state"] == "accepted"]
         colors_of = instance_colors([r["id"] for r in accepted])
         boxes = [{"xmin": int(round(r["box"][0] * scale)), "ymin": int(round(r["box"][1] * scale)),
@@ -205,9 +205,10 @@ class Handlers:
                 f"model: {'v%d' % active if active else 'none yet'}")
 
     def canvas(self, image_id, review_threshold, message: str = "", *, status: str = "saved", ack=None,
-               created=None, current: dict | None = None) -> dict:
+               created=None, current: dict | None = None, user: str | None = None) -> dict:
         """The review canvas's value for the image as it is now (app.canvas.canvas_value); ``current``: the
-        image's Workbench.instances() when the caller has read them already."""
+        image's Workbench.instances() when the caller has read them already; ``user``: whose lost versions
+        it offers to recover."""
         threshold = None if review_threshold is None else float(review_threshold)
         if image_id is None:
             return canvas_value(image=None, image_url=None, revision=None, instances=[],
@@ -219,11 +220,11 @@ class Handlers:
                             revision=current["revision"], instances=current["instances"],
                             classes=self.wb.category_names(), review_threshold=threshold,
                             score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack,
-                            created=created, lost=len(self.wb.conflicts(image_id)), policies=current.get("policy"))
+                            created=created, lost=len(self.wb.conflicts(image_id, user)), policies=current.get("policy"))
 
-    def safe_view(self, image_id, review_threshold, message) -> View:
+    def safe_view(self, image_id, review_threshold, message, user: str | None = None) -> View:
         try:
-            return self.view(image_id, review_threshold, message)
+            return self.view(image_id, review_threshold, message, user)
         except (WorkbenchError, OSError) as exc:
             return self.view(None, review_threshold, error_text(exc))
 
@@ -239,18 +240,18 @@ class Handlers:
                 message = (message + "\n\n" if message else "") + proposal_message(result, self.wb.score_threshold)
         except (WorkbenchError, OSError) as exc:
             message = (message + "\n\n" if message else "") + error_text(exc)
-        return Opened.of(image_id, self.safe_view(image_id, review_threshold, message))
+        return Opened.of(image_id, self.safe_view(image_id, review_threshold, message, user))
 
-    def act(self, image_id, review_threshold, action, success) -> View:
+    def act(self, image_id, review_threshold, action, success, user: str | None = None) -> View:
         """Run an edit; on any problem (a conflict included) show it and the image as it is now."""
         if image_id is None:
             return self.view(None, review_threshold, "⚠️ Open an image first.")
         try:
             result = action()
             message = success(result) if callable(success) else success
-            return self.view(image_id, review_threshold, message)
+            return self.view(image_id, review_threshold, message, user)
         except (WorkbenchError, OSError, ValueError) as exc:
-            return self.safe_view(image_id, review_threshold, error_text(exc))
+            return self.safe_view(image_id, review_threshold, error_text(exc), user)
 
     # ---- events of the image list -----------------------------------------------------
     def on_upload(self, files, split, review_threshold, request: gr.Request, progress=gr.Progress()):
@@ -380,7 +381,7 @@ class Handlers:
             status = "conflict" if isinstance(result.error, ConflictError) else "not saved"
         current = self.wb.instances(image_id)  # read once: the canvas and the title
         canvas = self.canvas(image_id, review_threshold, "\n".join(messages), status=status, ack=seq,
-                             created=result.created, current=current)
+                             created=result.created, current=current, user=user_of(request))
         rows = current["instances"]
         title = self.title(image_id, self.wb.image_info(image_id), rows, current["revision"])
         overview = self.summary_line()
@@ -412,7 +413,8 @@ class Handlers:
         try:
             self.wb.finish_image(image_id, revision, user_of(request), review_threshold)
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
-            return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc))),
+            return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc),
+                                                         user_of(request))),
                     *self.gallery(status_filter, keep=image_id, selected=image_id, order=order))
         items, ids = self.gallery_items(status_filter, keep=image_id, order=order)
         opened = self.prefetch_after(self.open(self.neighbour(image_id, ids, status_filter, +1, order),
@@ -430,7 +432,8 @@ class Handlers:
                      for box in (value or {}).get("boxes") or []]
             return self.wb.save_drawn_boxes(int(image_id), drawn, scale_for(info["height"], info["width"]),
                                             box_only=bool(box_only), seen_revision=revision, user=user_of(request))
-        return self.act(image_id, review_threshold, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.")
+        return self.act(image_id, review_threshold, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.",
+                        user_of(request))
 
     # ---- classes ---------------------------------------------------------------------------
     def class_outputs(self, message: str = "", keep=None) -> ClassView:

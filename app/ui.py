@@ -331,7 +331,9 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                       rename_btn.click(ui.rename_class, [class_pick, class_name], class_outputs, **private, **writes),
                       merge_btn.click(ui.merge_class, [class_pick, merge_target], class_outputs, **private, **writes),
                       delete_class_btn.click(ui.delete_class, [class_pick, confirm_delete], class_outputs,
-                                             **private, **writes)):
+                                             **private, **writes)
+                      .then(lambda: False, None, [confirm_delete], show_progress="hidden", **private)):
+            # (the delete's confirmation is unticked after every delete: the next one asks again)
             event.then(ui.canvas, [image_id, review_threshold], [canvas], show_progress="hidden", **private)
 
         # ---- train -------------------------------------------------------------------------

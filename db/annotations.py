@@ -1,9 +1,13 @@
 """Editing the annotations of one image: save, review, undo, with conflict detection.
 
 Every change of an image's annotations (save, review, undo) is one transaction that
-1. bumps the image's revision only if it is still the revision the client saw
-   (``UPDATE ... WHERE revision = :seen``): two people changing the same image cannot
-   overwrite each other silently, the second gets :class:`ConflictError`;
+1. bumps the image's revision. A save or review that started from an older revision than the image has now
+   (someone changed it meanwhile) is merged instance by instance, a three-way merge against the revision it
+   started from (rebuilt from the journal): what it changed goes in where nobody else changed that instance
+   since; a change to an instance someone else changed (or deleted) since is refused as a
+   :class:`ConflictError` naming those instances, and nothing of the save is written but the refused versions
+   of those instances, to the journal ("lost", recoverable by their author onto what they conflicted with).
+   Undo applies only to the revision its caller saw;
 2. journals what it replaced, as a diff: the annotations it deleted or modified, as they were, and
    the ids it added (an edit of one instance costs the journal that instance, not the whole image).
    Undo applies the newest entry backwards (also after a restart) and journals what it replaces in
@@ -28,14 +32,48 @@ from db.models import Annotation, Category, Image, JournalEntry, ReviewState, So
 
 
 class ConflictError(WorkbenchError):
-    def __init__(self, image_id: int, seen: int, current: int, journal_id: int | None):
-        """``journal_id``: the journal entry that keeps the refused version (None: a review or an undo, which
-        changed nothing and is one key to do again)."""
+    def __init__(self, image_id: int, seen: int, current: int, journal_id: int | None,
+                 instance_ids: list[int] | None = None):
+        """``journal_id``: the journal entry that keeps the refused version (None: an undo, which changed nothing
+        and is one key to do again); ``instance_ids``: the instances someone else changed since (None: the image
+        as a whole, where no instance-level merge was possible)."""
         self.image_id, self.seen, self.current, self.journal_id = image_id, seen, current, journal_id
-        kept = (f"your version was kept in the journal (entry {journal_id})" if journal_id
-                else "nothing was changed")
-        super().__init__(f"image {image_id} was changed by someone else since you opened it (revision {seen}, now "
-                         f"{current}); {kept}. Reload the image, then re-apply your changes.")
+        self.instance_ids = instance_ids
+        kept = (f"your version was kept (lost version {journal_id}: 'recover my lost version' puts it back)"
+                if journal_id is not None else "nothing was changed")
+        what = (f"instance{'s' if len(instance_ids) > 1 else ''} {', '.join(f'#{i}' for i in instance_ids)} of "
+                f"image {image_id} {'were' if len(instance_ids) > 1 else 'was'}" if instance_ids
+                else f"image {image_id} was")
+        super().__init__(f"{what} changed by someone else since you opened it (revision {seen}, now {current}); "
+                         f"{kept}. Reload the image to see their version.")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The revision a client saw, and the revisions its own changes made since (a batch of edits saved one by
+    one): the three-way merge keeps the client's own changes in the base it merges against, so a client never
+    conflicts with itself, while what others changed since ``revision`` is still theirs."""
+
+    revision: int
+    own: frozenset[int] = frozenset()  # journal revisions (the revision before each change) of its own changes
+
+    def after(self, new_revision: int) -> "Seen":
+        """The same client once its change made ``new_revision``."""
+        return Seen(self.revision, self.own | {int(new_revision) - 1})
+
+    def latest(self) -> int:
+        """The newest revision the client knows all of: ``revision`` and its own changes right after it."""
+        revision = self.revision
+        while revision in self.own:
+            revision += 1
+        return revision
+
+
+def _split(seen) -> tuple[int | None, frozenset[int]]:
+    """A seen revision (int, Seen or None) -> (the revision to check first, own revisions)."""
+    if isinstance(seen, Seen):
+        return seen.latest(), seen.own
+    return (None if seen is None else int(seen)), frozenset()
 
 
 @dataclass
@@ -196,12 +234,15 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
 def _require_revision(seen_revision, needs: str, then: str) -> None:
     """The revision a change starts from, which saves and undo require (db.checks.is_integer, from 0): else a
     WorkbenchError saying what ``needs`` it and what to do (``then``)."""
+    if isinstance(seen_revision, Seen):
+        seen_revision = seen_revision.revision
     if not is_integer(seen_revision) or seen_revision < 0:
         raise WorkbenchError(f"{needs} (seen_revision, a whole number from 0), not {seen_revision!r}: {then}")
 
 
 def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int,
-                     user: str | None = None, action: str = "save", proposing: bool = False) -> int:
+                     user: str | None = None, action: str = "save", proposing: bool = False,
+                     deletes: Iterable[int] = ()) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
     the others added, the rest deleted). Returns the new revision. ``proposing``: a model's new proposals
     replace its unreviewed ones (recorded as replaced, not rejected; see db.fates).
@@ -209,10 +250,14 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
     ``seen_revision``: the revision of the image that the caller's annotations were read at (required): when
     someone changed the image since, nothing is written but the caller's version, to the journal, and
     :class:`ConflictError` says so. A save without it would silently drop whatever was saved meanwhile
-    (imports and scripts that own the image use :func:`save_annotations_unchecked`)."""
+    (imports and scripts that own the image use :func:`save_annotations_unchecked`).
+
+    ``deletes``: annotations the caller deletes by name (an instance it left out is otherwise deleted only if it
+    was there at ``seen_revision``: one added since is someone else's, which the caller never saw)."""
     _require_revision(seen_revision, f"a save of image {image_id} needs the revision its annotations were read "
                                      "at", "read the image first")
-    return _save(db, image_id, instances, int(seen_revision), user=user, action=action, proposing=proposing)
+    return _save(db, image_id, instances, seen_revision, user=user, action=action, proposing=proposing,
+                 deletes=set(deletes))
 
 
 def save_annotations_unchecked(db: Database, image_id: int, instances: list[InstanceData], *,
@@ -222,8 +267,125 @@ def save_annotations_unchecked(db: Database, image_id: int, instances: list[Inst
     return _save(db, image_id, instances, None, user=user, action=action, proposing=False)
 
 
+_CONTENT = ("category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "iscrowd", "source",
+            "model_version_id", "score", "review_state")  # what an instance is, for the merge (not who or when)
+
+
+def _content(values: dict) -> tuple:
+    return tuple(_plain(values.get(name)) for name in _CONTENT)
+
+
+def _current(session, image_id: int) -> list[Annotation]:
+    return list(session.scalars(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id)))
+
+
+def _rows_at(session, image_id: int, seen: int, current: list[Annotation], now: int,
+             own: frozenset[int] = frozenset()) -> dict[int, dict] | None:
+    """The image's annotations at revision ``seen`` (journal rows by id) with the client's ``own`` changes since,
+    rebuilt from ``current`` (those of revision ``now``) by applying the journal's other diffs since backwards;
+    None when the journal does not hold every change since (one journalled before migration 0006, or a class
+    merge or delete: not journalled per image)."""
+    rows = {ann.id: _row(ann) for ann in current}
+    entries = session.scalars(select(JournalEntry).where(
+        JournalEntry.image_id == image_id, JournalEntry.revision >= seen, JournalEntry.action != "conflict")
+        .order_by(JournalEntry.id.desc())).all()
+    if sorted(entry.revision for entry in entries) != list(range(seen, now)):
+        return None
+    for entry in entries:  # newest first
+        if entry.revision in own:
+            continue
+        if entry.content != "diff":
+            return None
+        for ann_id in entry.added or []:
+            rows.pop(ann_id, None)
+        for row in entry.snapshot or []:
+            if all(name in row for name in _SNAPSHOT_FIELDS):  # deleted by the change: whole
+                rows[row["id"]] = dict(row)
+            elif row.get("id") in rows:  # modified by it: the fields it changed, as they were
+                rows[row["id"]].update(row)
+            else:
+                return None
+    return rows
+
+
+@dataclass
+class _Merged:
+    instances: list[InstanceData]  # what to write (with their columns): the save's changes on top of the image now
+    columns: list[dict]
+    conflicts: list[int]           # instances the save changed that someone else changed (or deleted) since
+    changes: list[dict]            # what the save changed, as journal rows ("id" None: new; a deletion: {"id",
+    #                                "deleted"}; "conflict": one of ``conflicts``): a refused save's lost version
+
+
+def _kept(ann: Annotation) -> tuple[InstanceData, dict]:
+    """An annotation as it is, as a (instance, columns) pair that _apply leaves unchanged."""
+    names = ("category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons", "area", "iscrowd",
+             "source", "review_state", "score", "model_version_id", *_WHO)
+    return InstanceData(category_id=ann.category_id, id=ann.id), {name: getattr(ann, name) for name in names}
+
+
+def _merge(base: dict[int, dict], current: list[Annotation], instances: list[InstanceData],
+           columns: list[dict], deletes: set[int] = frozenset()) -> _Merged:
+    """Three-way merge of a save that started from ``base`` (the image's annotations at the revision it saw)
+    with the image's annotations now: an instance the save left as it was (or made equal to what is there now)
+    stays as it is now; one it changed or deleted takes its change, unless someone else changed or deleted it
+    since (a conflict); instances it adds are added; instances others added since stay, unless the save
+    ``deletes`` them by name (a conflict: it deletes what it cannot have seen)."""
+    now = {ann.id: ann for ann in current}
+    changed_since = {ann_id for ann_id in base.keys() | now.keys()
+                     if (ann_id in base) != (ann_id in now) or _content(base[ann_id]) != _content(_row(now[ann_id]))}
+    out = _Merged([], [], [], [])
+    mentioned = set()
+
+    def changed(values: dict, ann_id: int | None, conflict: bool = False) -> None:
+        out.changes.append({**{k: _plain(v) for k, v in values.items()}, "id": ann_id, "conflict": conflict})
+
+    for inst, values in zip(instances, columns):
+        ann_id = inst.id
+        if ann_id is None or (ann_id not in base and ann_id not in now):
+            out.instances.append(inst)  # new
+            out.columns.append(values)
+            changed(values, None)
+            continue
+        mentioned.add(ann_id)
+        mine = _content(values)
+        as_now = ann_id in now and mine == _content(_row(now[ann_id]))
+        if as_now or (ann_id in base and mine == _content(base[ann_id])):
+            if ann_id in now:  # not changed by this save: as it is now (deleted by someone else: stays deleted)
+                kept, kept_values = _kept(now[ann_id])
+                out.instances.append(kept)
+                out.columns.append(kept_values)
+            continue
+        changed(values, ann_id, conflict=ann_id in changed_since)
+        if ann_id in changed_since:
+            out.conflicts.append(ann_id)
+            if ann_id in now:
+                kept, kept_values = _kept(now[ann_id])
+                out.instances.append(kept)
+                out.columns.append(kept_values)
+            continue
+        out.instances.append(inst)
+        out.columns.append(values)
+    for ann_id, ann in now.items():
+        if ann_id in mentioned:
+            continue
+        deleted = ann_id in base or ann_id in deletes
+        if deleted:
+            out.changes.append({"id": ann_id, "deleted": True, "conflict": ann_id in changed_since})
+        if deleted and ann_id not in changed_since:
+            continue  # deleted by this save
+        if deleted:  # deleted by this save, changed by someone else since
+            out.conflicts.append(ann_id)
+        kept, kept_values = _kept(ann)  # added by someone else since (the save never saw it), or the conflict's
+        out.instances.append(kept)
+        out.columns.append(kept_values)
+    out.conflicts.sort()
+    return out
+
+
 def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revision: int | None, *,
-          user: str | None, action: str, proposing: bool) -> int:
+          user: str | None, action: str, proposing: bool, recovered: int | None = None,
+          deletes: set[int] = frozenset()) -> int:
     conflict = None
     with db.session() as session:
         image = session.get(Image, image_id)
@@ -234,18 +396,36 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
             if inst.category_id not in known:
                 raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
         columns = [_columns(inst, image, user) for inst in instances]
-        if _bump(session, image_id, seen_revision) is None:
-            entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", content="snapshot",
-                                 user=user, snapshot=[{**{k: _plain(v) for k, v in c.items()}, "id": inst.id}
-                                                      for c, inst in zip(columns, instances)])
-            session.add(entry)
-            session.flush()
-            conflict = ConflictError(image_id, seen_revision, image.revision, entry.id)
-        else:
-            current = session.scalars(select(Annotation).where(Annotation.image_id == image_id)
-                                      .order_by(Annotation.id)).all()
+        seen, own = _split(seen_revision)
+        seen_revision = seen_revision.revision if isinstance(seen_revision, Seen) else seen_revision
+        if _bump(session, image_id, seen) is not None:
+            current = _current(session, image_id)
+        else:  # changed since the caller saw it: merge instance by instance, or refuse what conflicts
+            attempt = session.begin_nested()
+            image = _bump(session, image_id, None)  # holds the image while the merge reads it
+            current = _current(session, image_id)
+            base = _rows_at(session, image_id, seen_revision, current, image.revision - 1, own)
+            merged = None if base is None else _merge(base, current, instances, columns, deletes)
+            if merged is None or merged.conflicts:
+                attempt.rollback()
+                image = session.get(Image, image_id)
+                session.refresh(image)  # the revision as it is again (the bump was rolled back)
+                lost = ([{**{k: _plain(v) for k, v in c.items()}, "id": inst.id} for c, inst in zip(columns, instances)]
+                        if merged is None else merged.changes)
+                entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict",
+                                     content="snapshot" if merged is None else "lost", user=user, snapshot=lost)
+                session.add(entry)
+                session.flush()
+                conflict = ConflictError(image_id, seen_revision, image.revision, entry.id,
+                                         None if merged is None else merged.conflicts)
+            else:
+                attempt.commit()
+                instances, columns = merged.instances, merged.columns
+        if conflict is None:
             revision, added = _apply(session, image, instances, columns, current, action, user)
             fates.record_changes(session, image, added, action="propose" if proposing else "save", user=user)
+            if recovered is not None:  # a lost version put back: no longer offered
+                session.get(JournalEntry, recovered).undone = True
     if conflict is not None:  # the losing version is committed to the journal; now tell the client
         raise conflict
     return revision
@@ -290,20 +470,45 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
     proposal of the image its best match with the final labels."""
     ids = list(annotation_ids)
     target = ReviewState(state)
+    conflict = None
+    seen, own = _split(seen_revision)
+    seen_revision = seen_revision.revision if isinstance(seen_revision, Seen) else seen_revision
     with db.session() as session:
-        image = _bump(session, image_id, seen_revision)
-        if image is None:  # nothing of this client's was lost: a review is one click to redo
-            raise ConflictError(image_id, seen_revision, session.get(Image, image_id).revision, None)
-        named = session.scalars(select(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
-                                .order_by(Annotation.id)).all() if ids else []
-        changed = [before for before in (_set(ann, {"review_state": target, "updated_by": user}) for ann in named)
-                   if len(before) > 1]
-        _journal(session, image, "review", user, changed, [])
-        session.flush()
-        fates.record_changes(session, image, [], action="review", user=user)
-        if done:
-            fates.record_done(session, image, hidden)
-        return image.revision
+        image = _bump(session, image_id, seen)
+        if image is None:  # changed since the caller saw it: merged unless someone changed the named instances
+            attempt = session.begin_nested()
+            image = _bump(session, image_id, None)
+            current = {ann.id: ann for ann in _current(session, image_id)}
+            base = _rows_at(session, image_id, seen_revision, list(current.values()), image.revision - 1, own)
+            clashes = None if base is None else sorted(
+                i for i in set(ids) if (i in base) != (i in current)
+                or (i in base and _content(base[i]) != _content(_row(current[i]))))
+            if clashes is None or clashes:
+                attempt.rollback()
+                session.refresh(image)  # the revision as it is again (the bump was rolled back)
+                entry = JournalEntry(image_id=image_id, revision=seen_revision, action="conflict", content="lost",
+                                     user=user, snapshot=[{"id": i, "review_state": target.value,
+                                                           "conflict": clashes is None or i in clashes}
+                                                          for i in sorted(set(ids))])
+                session.add(entry)
+                session.flush()
+                conflict = ConflictError(image_id, seen_revision, image.revision, entry.id, clashes or None)
+            else:
+                attempt.commit()
+        if conflict is None:
+            named = session.scalars(select(Annotation).where(Annotation.image_id == image_id, Annotation.id.in_(ids))
+                                    .order_by(Annotation.id)).all() if ids else []
+            changed = [before for before in (_set(ann, {"review_state": target, "updated_by": user})
+                                             for ann in named) if len(before) > 1]
+            _journal(session, image, "review", user, changed, [])
+            session.flush()
+            fates.record_changes(session, image, [], action="review", user=user)
+            if done:
+                fates.record_done(session, image, hidden)
+            revision = image.revision
+    if conflict is not None:  # the refused review is committed to the journal; now tell the client
+        raise conflict
+    return revision
 
 
 def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = None) -> int:
@@ -314,6 +519,7 @@ def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = 
     What the undo replaces is journalled in turn (action "undo"), so nothing saved ever leaves the journal."""
     _require_revision(seen_revision, f"an undo of image {image_id} needs the revision the image was seen at",
                       "reload the image")
+    seen_revision, _ = _split(seen_revision)
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)  # first: a concurrent change waits, then finds this one's
         if image is None:
@@ -373,26 +579,52 @@ def _rename_in_journal(session, image_id: int, new_ids: dict[int, int]) -> None:
             entry.added = sorted(new_ids.get(ann_id, ann_id) for ann_id in entry.added)
 
 
-def conflict_versions(db: Database, image_id: int) -> list[JournalEntry]:
-    """Saves that lost a conflict on this image (newest first): nothing anyone saved is lost."""
+def conflict_versions(db: Database, image_id: int, user: str | None = None) -> list[JournalEntry]:
+    """The versions of ``user`` that lost a conflict on this image and were not recovered yet (newest first):
+    nothing anyone saved is lost, and each person is offered only their own."""
     with db.session() as session:
         return list(session.scalars(select(JournalEntry).where(
-            JournalEntry.image_id == image_id, JournalEntry.action == "conflict").order_by(JournalEntry.id.desc())))
+            JournalEntry.image_id == image_id, JournalEntry.action == "conflict", JournalEntry.undone.is_(False),
+            JournalEntry.user.is_(None) if user is None else JournalEntry.user == user)
+            .order_by(JournalEntry.id.desc())))
 
 
-def lost_instances(db: Database, image_id: int) -> tuple[int, list[InstanceData]]:
-    """(the image's revision, the annotations of the newest save that lost a conflict on this image, ready to be
-    saved again at that revision: those whose annotation still exists keep its id)."""
-    entries = conflict_versions(db, image_id)
+def recover_lost(db: Database, image_id: int, *, seen_revision: int, user: str | None = None) -> int:
+    """Put the caller's newest lost version of this image back: the changes its refused save or review made,
+    onto the image as it is now (a deletion deletes, a review sets the state, a changed or new instance replaces
+    the one there now or is added); every instance it did not change stays as it is now. A version lost before
+    instance-level merges (the whole image as its save sent it) is the image's annotations again. The version is
+    then no longer offered. Saved like any save from ``seen_revision`` (merged with what changed since; the
+    instances its conflict was about must be as the caller saw them). -> the new revision."""
+    _require_revision(seen_revision, f"recovering a lost version of image {image_id} needs the revision the image "
+                                     "was seen at", "reload the image")
+    entries = conflict_versions(db, image_id, user)
     if not entries:
-        raise WorkbenchError("there is no lost version of this image to recover")
-    revision, rows = get_annotations(db, image_id, decode_masks=False)
-    current = {r["id"] for r in rows}
-    data = []
-    for row in entries[0].snapshot:
-        box = (row["bbox_x"], row["bbox_y"], row["bbox_x"] + row["bbox_w"], row["bbox_y"] + row["bbox_h"])
-        data.append(InstanceData(category_id=row["category_id"], box=box, mask_rle=row.get("mask_rle"),
-                                 source=row["source"], review_state=row["review_state"], score=row["score"],
-                                 model_version_id=row["model_version_id"], iscrowd=bool(row["iscrowd"]),
-                                 id=row.get("id") if row.get("id") in current else None))
-    return revision, data
+        raise WorkbenchError("you have no lost version of this image to recover")
+    entry = entries[0]
+    _, rows = get_annotations(db, image_id, decode_masks=False)
+    current = {r["id"]: r for r in rows}
+    if entry.content == "snapshot":  # the whole image, as the save that lost sent it
+        data = [_lost_instance(row, current) for row in entry.snapshot]
+    else:
+        mine = {row["id"]: row for row in entry.snapshot if row.get("id") in current}
+        data = []
+        for ann_id, row in current.items():
+            change = mine.get(ann_id)
+            if change is None:
+                data.append(InstanceData.from_row(row))
+            elif not change.get("deleted"):
+                data.append(_lost_instance(change, current) if all(k in change for k in _CONTENT) else
+                            InstanceData.from_row(row, **{k: v for k, v in change.items()
+                                                                  if k in ("review_state", "category_id")}))
+        data += [_lost_instance(row, {}) for row in entry.snapshot  # new, or gone since: added
+                 if row.get("id") not in current and not row.get("deleted") and all(k in row for k in _CONTENT)]
+    return _save(db, image_id, data, seen_revision, user=user, action="save", proposing=False, recovered=entry.id)
+
+
+def _lost_instance(row: dict, current: dict[int, dict]) -> InstanceData:
+    """A journal row of a lost version as an instance to save (its id kept while that annotation exists)."""
+    box = (row["bbox_x"], row["bbox_y"], row["bbox_x"] + row["bbox_w"], row["bbox_y"] + row["bbox_h"])
+    return InstanceData(category_id=row["category_id"], box=box, mask_rle=row.get("mask_rle"), source=row["source"],
+                        review_state=row["review_state"], score=row["score"], model_version_id=row["model_version_id"],
+                        iscrowd=bool(row["iscrowd"]), id=row.get("id") if row.get("id") in current else None)

@@ -1,6 +1,8 @@
 """The review canvas's edits: a batch of edits a person made in the browser, applied in order through the
-workbench's revision-checked saves (each edit is one revision; a conflict stops the batch, and the losing
-save is kept in the journal as with any other save).
+workbench's revision-checked saves (each edit is one revision). Every edit of the batch is merged against the
+revision the browser saw plus the batch's own edits before it (db.annotations.Seen): what others changed
+meanwhile on other instances merges, a change of an instance someone else changed since is a conflict, which
+stops the batch; the losing edit is kept in the journal as with any other save.
 
 An edit is a dict with a ``kind``:
 ``review`` {ids, state}; ``delete`` {ids}; ``class`` {id, category_id}; ``accept_all`` {threshold};
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from db.annotations import ConflictError, get_annotations
+from db.annotations import ConflictError, Seen, get_annotations
 from db.errors import WorkbenchError
 from services import wire
 from services.proposals import MAX_BOXES
@@ -54,22 +56,26 @@ def apply_edits(workbench, image_id: int, edits, seen_revision: int | None, user
         raise WorkbenchError(f"{costly} box, refine and propose edits in one batch: at most {MAX_BOXES} (each runs "
                              f"GrabCut or the model); send the others in the next batch")
     result = EditsResult(revision=seen_revision)
+    seen = None if seen_revision is None else Seen(int(seen_revision))
     for index, edit in enumerate(edits):
         try:
-            _apply_one(workbench, image_id, edit, index, result, user)
+            _apply_one(workbench, image_id, edit, index, result, user, seen)
         except (WorkbenchError, ValueError, OSError) as exc:
             result.error = exc
             if isinstance(exc, ConflictError):
                 result.revision = exc.current
             break
         result.applied += 1
+        if seen is not None and result.revision is not None:
+            seen = seen.after(result.revision)  # the batch's own change: never a conflict with its next edits
     return result
 
 
-def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: str | None) -> None:
+def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: str | None,
+               seen: Seen | None) -> None:
     if not isinstance(edit, dict) or edit.get("kind") not in EDIT_KINDS:
         raise WorkbenchError(f"edit {index} must be an object whose kind is one of {', '.join(EDIT_KINDS)}")
-    kind, rev = edit["kind"], result.revision
+    kind, rev = edit["kind"], seen
 
     def annotation_id(value) -> int:  # an annotation id, or a temp id of an instance made earlier in the batch
         number = wire.temporary_or_strict_id(value, f"edit {index}: an instance id")
@@ -95,7 +101,8 @@ def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: s
         result.revision = wb.review(image_id, [annotation_id(i) for i in ids], edit["state"], rev, user)
     elif kind == "delete":
         for value in wire.listed(edit.get("ids"), f"edit {index}: ids", item="instance ids"):
-            result.revision = rev = wb.delete_instance(image_id, annotation_id(value), rev, user)
+            result.revision = wb.delete_instance(image_id, annotation_id(value), rev, user)
+            rev = rev.after(result.revision) if rev is not None else None
     elif kind == "class":
         result.revision = wb.set_category(image_id, annotation_id(edit.get("id")), edit.get("category_id"), rev, user)
     elif kind == "accept_all":

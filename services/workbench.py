@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from db import categories, fates, housekeeping, masks, queries, registry
-from db.annotations import (ConflictError, InstanceData, conflict_versions, get_annotations, lost_instances,
+from db.annotations import (ConflictError, InstanceData, Seen, conflict_versions, get_annotations, recover_lost,
                             save_annotations, set_review_state, undo)
 from db.coco_export import MASK_FORMATS, export_coco
 from db.engine import Database
@@ -158,6 +158,8 @@ def _write_revision(seen_revision, revision: int) -> int:
     """The revision a read-compute-save checks: the caller's, when given (what it saw: older than the rows read
     means someone saved since, a conflict), else the one read together with the rows the save was computed
     from (a save that lands while this one computes is never written over)."""
+    if isinstance(seen_revision, Seen):  # a batch of the canvas's edits (services.review)
+        return seen_revision
     seen = wire.revision(seen_revision)
     return revision if seen is None else seen
 
@@ -482,7 +484,7 @@ class Workbench:
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is not on image {image_id} (anymore)")
         return save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows if r["id"] != ann_id],
-                                seen_revision=_write_revision(seen_revision, revision), user=user)
+                                seen_revision=_write_revision(seen_revision, revision), user=user, deletes=[ann_id])
 
     def undo(self, image_id: int, seen_revision: int, user: str | None = None) -> int:
         """Undo the image's newest change that is not undone yet, if the image is still at ``seen_revision``
@@ -490,7 +492,8 @@ class Workbench:
         undone unseen). What the undo replaces stays in the journal."""
         if seen_revision is None:
             raise WorkbenchError(f"undo needs the revision of the image you see: {wire.REVISION_NEEDED}")
-        return undo(self.db, image_id, seen_revision=wire.required_revision(seen_revision), user=user)
+        seen = seen_revision if isinstance(seen_revision, Seen) else wire.required_revision(seen_revision)
+        return undo(self.db, image_id, seen_revision=seen, user=user)
 
     def record_visit(self, image_id: int, event_times: list[float], user: str | None = None) -> dict:
         """A person's visit of an image, from the client's event times in seconds (open, every edit or key,
@@ -769,15 +772,16 @@ class Workbench:
             fates.mark_done(self.db, image_id)
         return {"revision": revision, "rejected": len(proposed) - len(hidden), "hidden": len(hidden)}
 
-    def conflicts(self, image_id: int) -> list[int]:
-        """Journal entry ids of the saves on this image that lost a conflict, newest first."""
-        return [entry.id for entry in conflict_versions(self.db, image_id)]
+    def conflicts(self, image_id: int, user: str | None = None) -> list[int]:
+        """The lost versions of ``user`` on this image not recovered yet (journal entry ids, newest first): edits
+        refused because someone else changed the same instances first."""
+        return [entry.id for entry in conflict_versions(self.db, image_id, user)]
 
     def recover_conflict(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
-        """Make the newest save that lost a conflict on this image its annotations again."""
-        revision, lost = lost_instances(self.db, image_id)
-        return save_annotations(self.db, image_id, lost, seen_revision=_write_revision(seen_revision, revision),
-                                user=user)
+        """Put the caller's newest lost version back onto the instances it conflicted with (db.annotations.
+        recover_lost); ``seen_revision`` None: the image as it is now."""
+        revision = get_annotations(self.db, image_id, decode_masks=False)[0]
+        return recover_lost(self.db, image_id, seen_revision=_write_revision(seen_revision, revision), user=user)
 
     # ---- training -------------------------------------------------------------------
     def start_training(self, mode: str = "heads", iterations=None, image_size=None, backbone_weights=None) -> int:

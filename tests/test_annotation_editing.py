@@ -53,20 +53,73 @@ def test_save_replaces_the_annotations_and_keeps_ids(database, image):
     assert sorted(a["mask_source"] for a in exported) == ["absent", "drawn", "imported"]
 
 
-def test_second_save_of_the_same_revision_is_a_conflict_and_both_versions_survive(database, image):
+def test_saves_from_the_same_revision_merge_when_they_change_different_instances(database, image):
+    """Issue 26: two people save the same image from the same revision, each changing other instances: both
+    saves go in (a three-way merge against the revision they started from), nobody's edit is lost."""
     image_id, h, w = image
-    seen, rows = get_annotations(database, image_id)
-    mine = [InstanceData(category_id=7, mask=a_mask(h, w), source="drawn")]
-    theirs = [InstanceData(category_id=3, mask=a_mask(h, w, 0, 0, 5, 5), source="drawn")]
-    save_annotations(database, image_id, theirs, seen_revision=seen, user="bo")
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    theirs = [InstanceData.from_row(r, category_id=12) if r["id"] == rows[0]["id"] else InstanceData.from_row(r)
+              for r in rows] + [InstanceData(category_id=3, mask=a_mask(h, w, 0, 0, 5, 5), source="drawn")]
+    bo = save_annotations(database, image_id, theirs, seen_revision=seen, user="bo")
+    mine = [InstanceData.from_row(r) for r in rows if r["id"] != rows[1]["id"]] + [
+        InstanceData(category_id=7, mask=a_mask(h, w), source="drawn")]  # ana deletes #1 and draws one
+    ana = save_annotations(database, image_id, mine, seen_revision=seen, user="ana")
+    assert ana == bo + 1
+    _, now = get_annotations(database, image_id, decode_masks=False)
+    by_id = {r["id"]: r for r in now}
+    assert by_id[rows[0]["id"]]["category_id"] == 12 and rows[1]["id"] not in by_id  # bo's class, ana's delete
+    assert sorted((r["created_by"], r["category_id"]) for r in now if r["source"] == "drawn") == [("ana", 7), ("bo", 3)]
+    assert len(now) == len(rows) + 1 and conflict_versions(database, image_id, "ana") == []
+
+
+def test_edits_of_the_same_instance_conflict_and_only_the_loser_recovers_them(database, image):
+    """Issue 26, bug 2: A and B change the same instance from the same revision: B's save is refused and named
+    for that instance, B's whole edit is journalled (content "lost"); only B is offered it, and recovering it
+    changes what B changed (not A's other edits), once."""
+    from db.annotations import recover_lost
+
+    image_id, h, w = image
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    target, other = rows[0]["id"], rows[2]["id"]
+    a_data = [InstanceData.from_row(r, category_id=12 if r["id"] == target else r["category_id"]) for r in rows]
+    a_rev = save_annotations(database, image_id, a_data, seen_revision=seen, user="A")
+    a_rev = set_review_state(database, image_id, [other], "rejected", seen_revision=a_rev, user="A")
+    b_data = [InstanceData.from_row(r, category_id=7) if r["id"] == target else InstanceData.from_row(r)
+              for r in rows] + [InstanceData(category_id=3, mask=a_mask(h, w), source="drawn")]
     with pytest.raises(ConflictError) as error:
-        save_annotations(database, image_id, mine, seen_revision=seen, user="ana")
-    assert "changed by someone else" in str(error.value)
-    _, now = get_annotations(database, image_id)
-    assert [r["category_id"] for r in now] == [3]  # bo's save stands
-    lost = conflict_versions(database, image_id)
-    assert len(lost) == 1 and lost[0].user == "ana" and lost[0].snapshot[0]["category_id"] == 7
-    assert lost[0].snapshot[0]["mask_rle"]  # ana's mask is recoverable
+        save_annotations(database, image_id, b_data, seen_revision=seen, user="B")
+    assert error.value.instance_ids == [target] and f"#{target}" in str(error.value)
+    assert "recover my lost version" in str(error.value)
+    revision, now = get_annotations(database, image_id, decode_masks=False)
+    assert revision == a_rev and len(now) == len(rows)  # nothing of B's written
+    assert conflict_versions(database, image_id, "A") == []
+    lost = conflict_versions(database, image_id, "B")
+    assert len(lost) == 1 and lost[0].content == "lost" and error.value.journal_id == lost[0].id
+    assert sorted((row["id"] is None, row["conflict"]) for row in lost[0].snapshot) == [(False, True), (True, False)]
+    recovered = recover_lost(database, image_id, seen_revision=revision, user="B")
+    _, after = get_annotations(database, image_id, decode_masks=False)
+    by_id = {r["id"]: r for r in after}
+    assert by_id[target]["category_id"] == 7 and by_id[other]["review_state"] == "rejected"  # A's reject stays
+    assert sum(r["created_by"] == "B" for r in after) == 1 and recovered == revision + 1
+    assert conflict_versions(database, image_id, "B") == []  # recovered: no longer offered
+    with pytest.raises(WorkbenchError, match="no lost version"):
+        recover_lost(database, image_id, seen_revision=recovered, user="B")
+
+
+def test_a_review_of_another_instance_merges_and_of_the_same_one_is_journalled(database, image):
+    """Issue 26, bug 2: tab A accepts #x, tab B (same revision) rejects #y: both stand. B then rejects #x, which A
+    changed since B looked: refused, and the refusal is journalled (it was not: "kept in the journal" was false)."""
+    image_id, _, _ = image
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    x, y = rows[0]["id"], rows[1]["id"]
+    set_review_state(database, image_id, [x], "proposed", seen_revision=seen, user="A")
+    set_review_state(database, image_id, [y], "rejected", seen_revision=seen, user="B")
+    states = {r["id"]: r["review_state"] for r in get_annotations(database, image_id, decode_masks=False)[1]}
+    assert (states[x], states[y]) == ("proposed", "rejected")
+    with pytest.raises(ConflictError) as error:
+        set_review_state(database, image_id, [x], "rejected", seen_revision=seen, user="B")
+    assert error.value.instance_ids == [x] and error.value.journal_id is not None
+    assert [row["review_state"] for row in conflict_versions(database, image_id, "B")[0].snapshot] == ["rejected"]
 
 
 def test_undo_restores_the_previous_annotations_after_a_restart(database, image, tmp_path):

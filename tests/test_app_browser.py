@@ -199,21 +199,38 @@ def test_upload_review_draw_paint_train_export(workbench, tmp_path):
             row = next(r for r in get_annotations(db, image_id)[1] if r["id"] == best)
             assert row["category_id"] == 7 and row["source"] == "model"
 
-            step = "conflict"  # someone else saves the image first: the canvas says so and shows their version
+            step = "merge"  # someone else accepts one proposal; deleting another here merges (issue 26)
             from db.annotations import conflict_versions, set_review_state
 
             revision, rows = get_annotations(db, image_id, states=["proposed"])
-            theirs, mine = rows[0]["id"], rows[1]["id"]
+            assert len(rows) >= 3, "the tiny model proposes at least three instances on the photo"
+            theirs, other, mine = (r["id"] for r in rows[:3])
             set_review_state(db, image_id, [theirs], "accepted", seen_revision=revision, user="someone else")
-            page.evaluate("id => { __wbCanvas.sel = id; }", mine)
-            page.keyboard.press("d")  # a delete is a save: the losing version is kept in the journal
-            page.wait_for_function("() => __wbCanvas.value.status === 'conflict' && !__wbCanvas.inflight")
-            assert "Conflict" in page.inner_text("#review-canvas .wb-message")
+            page.evaluate("id => { __wbCanvas.sel = id; }", other)
+            page.keyboard.press("d")
+            wait_saved(page)
             assert page.evaluate("id => __wbCanvas.instances.find(i => i.id === id).state", theirs) == "accepted"
             states = {r["id"]: r["review_state"] for r in get_annotations(db, image_id)[1]}
-            assert states[theirs] == "accepted" and states[mine] == "proposed" and conflict_versions(db, image_id)
-            assert page.evaluate("id => __wbCanvas.instances.some(i => i.id === id && !i.deleted)", mine)
+            assert states[theirs] == "accepted" and other not in states and not conflict_versions(db, image_id)
+
+            step = "conflict"  # someone else rejects the proposal this person deletes: the canvas says so
+            revision = get_annotations(db, image_id)[0]
+            set_review_state(db, image_id, [mine], "rejected", seen_revision=revision, user="someone else")
+            page.evaluate("id => { __wbCanvas.sel = id; }", mine)
+            page.keyboard.press("d")  # the losing delete is kept in the journal, for its author
+            page.wait_for_function("() => __wbCanvas.value.status === 'conflict' && !__wbCanvas.inflight")
+            assert "Conflict" in page.inner_text("#review-canvas .wb-message")
+            assert f"#{mine}" in page.inner_text("#review-canvas .wb-message")
+            assert {r["id"]: r["review_state"] for r in get_annotations(db, image_id)[1]}[mine] == "rejected"
+            assert not page.evaluate("id => __wbCanvas.instances.some(i => i.id === id && i.state !== 'rejected')",
+                                     mine)  # the canvas shows their reject
+            assert len(conflict_versions(db, image_id)) == 1
             assert "recover my lost version" in page.inner_text("#review-canvas .wb-status")
+            page.locator("#review-canvas .wb-status a[data-act=recover]").click()  # the delete goes in, once
+            wait_saved(page)
+            assert mine not in {r["id"] for r in get_annotations(db, image_id)[1]}
+            assert "recover my lost version" not in page.inner_text("#review-canvas .wb-status")
+            assert not conflict_versions(db, image_id)
             page.evaluate("id => { __wbCanvas.sel = id; }", best)
 
             step = "brush"  # a stroke on the selected mask, in the same canvas
@@ -418,3 +435,31 @@ def test_most_useful_next_proposes_once_per_photo(workbench, tmp_path):
             browser.close()
     entries = [(image, action) for image, action in journal() if image in new_ids]
     assert sorted(entries) == sorted((image, "save") for image in new_ids), entries
+
+
+def test_the_delete_class_confirmation_is_asked_again_after_each_delete(workbench):
+    """Issue 26, bug 5: after a class was deleted with its annotations, the confirmation stayed ticked, so the
+    next delete went through in one click. It is unticked after every delete."""
+    from playwright.sync_api import sync_playwright
+
+    from db import queries
+
+    url, db = workbench
+    names = queries.category_names(db)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector("#gallery", timeout=60_000)
+            page.get_by_role("tab", name="Classes").click()
+            victim = next(iter(names.values()))
+            page.locator("#class-pick input").click()
+            page.get_by_role("option", name=f"{victim} (id", exact=False).first.click()
+            page.locator("#confirm-delete input").check()
+            page.locator("#delete-class").click()
+            wait_text(page, "#class-message", "Class deleted")
+            page.wait_for_function("() => !document.querySelector('#confirm-delete input').checked", timeout=30_000)
+        finally:
+            browser.close()
+    assert victim not in queries.category_names(db).values()

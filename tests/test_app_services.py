@@ -183,19 +183,25 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
     assert out_b.canvas["status"] == "saved" and out_b.canvas["ack"] == 1
     assert out_b.canvas["revision"] == revision_a + 1 and "in review" in out_b.title
     assert out_b.gallery is not gr.skip() and out_b.statuses.choices  # the status changed: the list follows
-    # person A, still on revision_a, deletes another one: conflict, both versions kept
+    # person A, still on revision_a, deletes another one: merged (issue 26: other instances do not conflict)
     out_a = save(revision_a, {"kind": "delete", "ids": [second]}, seq=7)
-    assert out_a.canvas["status"] == "conflict" and out_a.canvas["ack"] == 7
-    assert "Conflict" in out_a.canvas["message"] and "someone else" in out_a.canvas["message"]
-    assert out_a.canvas["lost"] == 1 and out_a.canvas["revision"] == revision_a + 1
+    assert out_a.canvas["status"] == "saved" and out_a.canvas["ack"] == 7 and out_a.canvas["lost"] == 0
+    assert out_a.canvas["revision"] == revision_a + 2
     _, rows = get_annotations(db, new_id)
-    assert any(r["id"] == second for r in rows)  # B's version is what the image shows
-    # A recovers the lost version (the canvas's "recover my lost version"): the deleted proposal is gone, B's
-    # accept is undone with it
-    out = save(out_a.canvas["revision"], {"kind": "recover"}, seq=8)
+    assert not any(r["id"] == second for r in rows) and next(r for r in rows if r["id"] == first)["review_state"] \
+        == "accepted"  # A's delete and B's accept both stand
+    # A, still on revision_a, rejects the proposal B accepted: a conflict on that instance, A's version kept
+    out_a = save(revision_a, {"kind": "review", "ids": [first], "state": "rejected"}, seq=8)
+    assert out_a.canvas["status"] == "conflict" and out_a.canvas["ack"] == 8
+    assert "Conflict" in out_a.canvas["message"] and f"#{first}" in out_a.canvas["message"]
+    assert out_a.canvas["lost"] == 1 and out_a.canvas["revision"] == revision_a + 2
+    assert ui.canvas(new_id, 0.0, user="someone else")["lost"] == 0  # only its author is offered it
+    # A recovers the lost version (the canvas's "recover my lost version"): only A's reject goes in
+    out = save(out_a.canvas["revision"], {"kind": "recover"}, seq=9)
     revision = out.canvas["revision"]
+    assert out.canvas["status"] == "saved" and out.canvas["lost"] == 0 and revision == revision_a + 3
     _, rows = get_annotations(db, new_id)
-    assert not any(r["id"] == second for r in rows) and len(rows) == len(drawn) - 1
+    assert next(r for r in rows if r["id"] == first)["review_state"] == "rejected" and len(rows) == len(drawn) - 1
     # accept all above a threshold
     scores = sorted(r["score"] for r in rows)
     cut = scores[len(scores) // 2]

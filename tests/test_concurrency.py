@@ -40,28 +40,56 @@ def at_once(function, arguments: list) -> list:
         return list(pool.map(call, arguments))
 
 
-def test_saves_of_the_same_revision_at_once_one_wins_the_others_are_kept(database, synthetic_coco):
+def test_saves_of_the_same_revision_at_once_all_merge_when_they_add_different_instances(database, synthetic_coco):
+    """PEOPLE people draw a new instance each on one image, all from the same revision, at the same moment:
+    every save goes in (instance-level merge), none is refused, every instance is there."""
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
     image_id = 1
-    seen, _ = get_annotations(database, image_id)
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
     with database.session() as session:
         height, width = session.get(Image, image_id).height, session.get(Image, image_id).width
 
     def save(person: int):
         mask = np.zeros((height, width), bool)
         mask[2:10 + person, 2:10] = True
-        return save_annotations(database, image_id, [InstanceData(category_id=7, mask=mask)], seen_revision=seen,
-                                user=f"person{person}")
+        return save_annotations(database, image_id, [InstanceData.from_row(r) for r in rows]
+                                + [InstanceData(category_id=7, mask=mask)], seen_revision=seen, user=f"person{person}")
 
     results = at_once(save, list(range(PEOPLE)))
-    won = [r for r in results if isinstance(r, int)]
+    assert sorted(results) == list(range(seen + 1, seen + PEOPLE + 1)), results
+    revision, now = get_annotations(database, image_id)
+    assert revision == seen + PEOPLE and len(now) == len(rows) + PEOPLE
+    assert sorted(r["created_by"] for r in now if r["created_by"]) == sorted(f"person{p}" for p in range(PEOPLE))
+    assert all(conflict_versions(database, image_id, f"person{p}") == [] for p in range(PEOPLE))
+
+
+def test_edits_of_the_same_instance_at_once_one_wins_the_others_are_kept(database, synthetic_coco):
+    """PEOPLE people give the same instance another class at once, from the same revision: one save wins, the
+    others are refused as conflicts on that instance and kept in the journal, each for its author."""
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    image_id = 1
+    seen, rows = get_annotations(database, image_id, decode_masks=False)
+    target = rows[0]["id"]
+    with database.session() as session:
+        height, width = session.get(Image, image_id).height, session.get(Image, image_id).width
+
+    def save(person: int):  # each paints the instance's mask differently
+        mask = np.zeros((height, width), bool)
+        mask[2:10 + person, 2:10] = True
+        data = [InstanceData.from_row(r, mask=mask) if r["id"] == target else InstanceData.from_row(r) for r in rows]
+        return save_annotations(database, image_id, data, seen_revision=seen, user=f"person{person}")
+
+    results = at_once(save, list(range(PEOPLE)))
+    won = [p for p, r in enumerate(results) if isinstance(r, int)]
     lost = [r for r in results if isinstance(r, ConflictError)]
-    assert won == [seen + 1] and len(lost) == PEOPLE - 1, results
-    revision, rows = get_annotations(database, image_id)
-    assert revision == seen + 1 and len(rows) == 1
-    winner = rows[0]["mask"].sum() // 8 - 8  # the rows painted tell who won
-    kept = conflict_versions(database, image_id)
-    assert sorted(entry.user for entry in kept) == sorted(f"person{p}" for p in range(PEOPLE) if p != winner)
+    assert len(won) == 1 and len(lost) == PEOPLE - 1, results
+    assert all(error.instance_ids == [target] for error in lost)
+    revision, now = get_annotations(database, image_id, decode_masks=False)
+    painted = next(r for r in now if r["id"] == target)["box"]
+    assert revision == seen + 1 and painted == (2, 2, 10, 10 + won[0])  # the winner's mask
+    for person in range(PEOPLE):
+        kept = conflict_versions(database, image_id, f"person{person}")
+        assert len(kept) == (0 if person == won[0] else 1)
 
 
 def test_classes_added_at_once_all_get_their_own_id(database):
@@ -206,8 +234,8 @@ def test_an_undo_sent_with_an_old_revision_does_not_erase_a_save_made_since(data
 
 
 def test_an_undo_and_a_save_at_once_lose_nothing(database, synthetic_coco):
-    """Undo and a save sent with the same revision at the same moment: one wins, the other is a conflict,
-    and B's instance is in the annotations or kept in the journal."""
+    """Undo and a save of a new instance sent with the same revision at the same moment: B's instance is in the
+    annotations either way; the undo went in or was refused, never half."""
     from db.annotations import undo
 
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
@@ -222,11 +250,12 @@ def test_an_undo_and_a_save_at_once_lose_nothing(database, synthetic_coco):
                                 + [_drawn(database, image_id, 30)], seen_revision=revision, user="B")
 
     results = at_once(act, ["undo", "save"])
-    assert sorted(isinstance(r, ConflictError) for r in results) == [False, True], results
-    _, now = get_annotations(database, image_id, decode_masks=False)
-    kept = any(r["created_by"] == "B" for r in now) or any(entry.user == "B"
-                                                           for entry in conflict_versions(database, image_id))
-    assert kept
+    # the save adds another instance: it merges whichever lands first; the undo, sent with the revision before
+    # the save, is refused when the save landed first (it would undo what its author never saw)
+    assert isinstance(results[1], int) and isinstance(results[0], (int, ConflictError)), results
+    revision, now = get_annotations(database, image_id, decode_masks=False)
+    assert any(r["created_by"] == "B" for r in now) and revision == max(r for r in results if isinstance(r, int))
+    assert (len(now) == len(rows) + 1) == isinstance(results[0], int)  # the undo brought rows[0] back
 
 
 def _a_save_lands_meanwhile(monkeypatch, database, image_id: int, module) -> threading.Thread:
@@ -283,10 +312,12 @@ WRITES = {  # each a read, then a computation, then a save of image 1 by Workben
 
 
 @pytest.mark.parametrize("write", list(WRITES))
-def test_a_write_that_computes_checks_the_revision_it_read(database, synthetic_coco, monkeypatch, write):
+def test_a_write_that_computes_merges_with_a_save_that_lands_meanwhile(database, synthetic_coco, monkeypatch,
+                                                                        write):
     """Issue 23, finding 5: /add_boxes read the rows, ran GrabCut for seconds and saved with no revision check,
-    dropping B's acknowledged save made meanwhile. Every read-compute-save write checks the revision it read
-    (the caller gave none): a conflict, and B's instance stays."""
+    dropping B's acknowledged save made meanwhile. Every read-compute-save write starts from the revision it read
+    (the caller gave none); B's save of another instance lands meanwhile: both stand (issue 26: instance-level
+    merge; before, the write was refused as a conflict)."""
     import db.annotations
     from services import workbench as workbench_module
     from services.workbench import Workbench
@@ -294,26 +325,35 @@ def test_a_write_that_computes_checks_the_revision_it_read(database, synthetic_c
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
     wb = Workbench(database, device="cpu")
     ids = _proposal_ids(database, 1)
-    if write == "recover_conflict":  # a lost version to recover: a save sent with an old revision
-        stale = get_annotations(database, 1)[0] - 1
+    if write == "recover_conflict":  # a lost version to recover: an edit of a proposal someone else edited first
+        seen, rows = get_annotations(database, 1, decode_masks=False)
+        wb.set_category(1, ids[0], 12, seen)
         with pytest.raises(ConflictError):
-            save_annotations(database, 1, [InstanceData(category_id=3, box=(1.0, 1.0, 9.0, 9.0))],
-                             seen_revision=stale)
-    reads = db.annotations if write == "recover_conflict" else workbench_module  # (lost_instances reads there)
+            save_annotations(database, 1, [InstanceData.from_row(r, category_id=7) if r["id"] == ids[0]
+                                           else InstanceData.from_row(r) for r in rows], seen_revision=seen)
+    before = get_annotations(database, 1, decode_masks=False)[1]
+    reads = db.annotations if write == "recover_conflict" else workbench_module  # (recover_lost reads there)
     lands = _a_save_lands_meanwhile(monkeypatch, database, 1, reads)
     try:
-        with pytest.raises(ConflictError):
-            WRITES[write](wb, ids)
+        written = WRITES[write](wb, ids)
     finally:
         lands.join(60)
     assert lands.outcome, "B's save did not land"
     revision, now = get_annotations(database, 1)
-    assert revision == lands.outcome[0]  # B's save is the image's last change
+    assert revision == lands.outcome[0] + 1 == (written[0] if isinstance(written, tuple) else
+                                                written["revision"] if isinstance(written, dict) else written)
     assert any(r["mask"] is not None and r["mask"][36:40, 40:50].all() and r["created_by"] == "B" for r in now)
+    assert [_content(r) for r in now if r["created_by"] != "B"] != [_content(r) for r in before]  # the write's too
+
+
+def _content(row: dict) -> tuple:
+    return row["id"], row["category_id"], row["box"], row["mask_rle"], row["review_state"]
 
 
 @pytest.mark.parametrize("write", ["add_boxes", "refine_with_clicks", "set_category", "delete_instance"])
-def test_a_write_sent_with_an_older_revision_than_it_read_is_a_conflict(database, synthetic_coco, write):
+def test_a_write_sent_with_an_older_revision_than_it_read_is_merged_or_a_conflict(database, synthetic_coco, write):
+    """The caller saw the image before two proposals were added: a new box merges; an edit of a proposal the
+    caller never saw is a conflict on that instance, and nothing is written."""
     from services.workbench import Workbench
 
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
@@ -324,13 +364,19 @@ def test_a_write_sent_with_an_older_revision_than_it_read_is_a_conflict(database
              "refine_with_clicks": lambda: wb.refine_with_clicks(1, ids[0], [[10, 10]], [], old),
              "set_category": lambda: wb.set_category(1, ids[0], 12, old),
              "delete_instance": lambda: wb.delete_instance(1, ids[0], old)}
-    with pytest.raises(ConflictError):
+    if write == "add_boxes":
+        before = len(get_annotations(database, 1)[1])
+        assert calls[write]()[0] == old + 2
+        assert len(get_annotations(database, 1)[1]) == before + 1
+        return
+    with pytest.raises(ConflictError) as error:
         calls[write]()
+    assert error.value.instance_ids == [ids[0]]
     assert get_annotations(database, 1)[0] == old + 1  # nothing written
 
 
-def test_propose_checks_the_revision_it_read(database, synthetic_coco, monkeypatch):
-    """A model's proposals replace its unreviewed ones: checked against the revision read with them."""
+def test_propose_merges_with_a_save_that_lands_meanwhile(database, synthetic_coco, monkeypatch):
+    """A model's proposals replace its unreviewed ones, merged with a save of another instance made meanwhile."""
     from types import SimpleNamespace
 
     from db import registry
@@ -344,12 +390,13 @@ def test_propose_checks_the_revision_it_read(database, synthetic_coco, monkeypat
     predicted = [SimpleNamespace(category_id=3, score=0.9, box=(5.0, 5.0, 20.0, 20.0), mask=mask)]
     lands = _a_save_lands_meanwhile(monkeypatch, database, 1, proposals)
     try:
-        with pytest.raises(ConflictError):
-            proposals.propose(database, 1, None, version, instances=predicted)
+        result = proposals.propose(database, 1, None, version, instances=predicted)
     finally:
         lands.join(60)
-    _, now = get_annotations(database, 1, decode_masks=False)
-    assert any(r["created_by"] == "B" for r in now)
+    revision, now = get_annotations(database, 1, decode_masks=False)
+    assert any(r["created_by"] == "B" for r in now)  # B's save and the proposals merge
+    assert result.revision == revision == lands.outcome[0] + 1 and result.added == 1
+    assert [r["model_version_id"] for r in now if r["review_state"] == "proposed"] == [version]
 
 
 def test_two_training_runs_started_at_once_one_runs(database, monkeypatch):

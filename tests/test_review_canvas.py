@@ -71,19 +71,41 @@ def test_a_batch_of_canvas_edits_is_saved_in_order(db):
     assert result.error is None and box_id not in {r["id"] for r in after} and len(after) == len(rows) + 1
 
 
-def test_a_conflict_stops_the_batch_and_keeps_both_versions(db):
+def test_a_batch_merges_edits_of_other_instances_and_stops_at_a_conflict(db):
+    """Issue 26: A's batch, started before B accepted #0, deletes #1 (merged: another instance), rejects #0 (a
+    conflict: B changed it since; journalled for A) and would delete #2 (not sent on: the batch stops there)."""
     from services.workbench import ConflictError, Workbench
 
     wb = Workbench(db)
     revision = proposals(db, 1)
     _, rows = get_annotations(db, 1, decode_masks=False)
     ids = [r["id"] for r in rows if r["review_state"] == "proposed"]
-    other = wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision)  # person B
-    mine = wb.apply_edits(1, [{"kind": "delete", "ids": [ids[1]]}, {"kind": "delete", "ids": [ids[2]]}], revision)
-    assert isinstance(mine.error, ConflictError) and mine.applied == 0 and mine.revision == other.revision
-    _, now = get_annotations(db, 1, decode_masks=False)
-    assert {r["id"] for r in now} == {r["id"] for r in rows}  # nothing of the stopped batch was applied
-    assert wb.conflicts(1)  # the losing save is in the journal (recover brings it back)
+    other = wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.apply_edits(1, [{"kind": "delete", "ids": [ids[1]]}, {"kind": "review", "ids": [ids[0]],
+                                                                     "state": "rejected"},
+                              {"kind": "delete", "ids": [ids[2]]}], revision, "A")
+    assert isinstance(mine.error, ConflictError) and mine.error.instance_ids == [ids[0]]
+    assert mine.applied == 1 and mine.revision == other.revision + 1
+    now = {r["id"]: r["review_state"] for r in get_annotations(db, 1, decode_masks=False)[1]}
+    assert ids[1] not in now and now[ids[0]] == "accepted" and ids[2] in now
+    assert len(wb.conflicts(1, "A")) == 1 and wb.conflicts(1, "B") == []  # A's reject, for A to recover
+
+
+def test_a_batch_never_conflicts_with_its_own_edits(db):
+    """A's batch, started before B accepted #0, edits #1 twice (class, then reject) and deletes #2: B's accept
+    merges in, and A's second edit of #1 is not taken for someone else's change (db.annotations.Seen)."""
+    from services.workbench import Workbench
+
+    wb = Workbench(db)
+    revision = proposals(db, 1)
+    ids = [r["id"] for r in get_annotations(db, 1, states=["proposed"], decode_masks=False)[1]]
+    wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.apply_edits(1, [{"kind": "class", "id": ids[1], "category_id": 7},
+                              {"kind": "review", "ids": [ids[1]], "state": "rejected"},
+                              {"kind": "delete", "ids": [ids[2]]}], revision, "A")
+    assert mine.error is None and mine.applied == 3 and mine.revision == revision + 4
+    now = {r["id"]: (r["category_id"], r["review_state"]) for r in get_annotations(db, 1, decode_masks=False)[1]}
+    assert now[ids[0]][1] == "accepted" and now[ids[1]] == (7, "rejected") and ids[2] not in now
 
 
 def test_an_undo_sent_with_a_stale_revision_is_a_conflict_and_undoes_nothing(db):
