@@ -56,10 +56,17 @@ class Seen:
 
     revision: int
     own: frozenset[int] = frozenset()  # journal revisions (the revision before each change) of its own changes
+    read: int | None = None  # a server-side read-compute-save: the revision the instances it saves were read at
+    #                          (what the save changed is judged against that; who else changed what, against
+    #                          ``revision``)
 
     def after(self, new_revision: int) -> "Seen":
         """The same client once its change made ``new_revision``."""
         return Seen(self.revision, self.own | {int(new_revision) - 1})
+
+    def reading(self, revision: int) -> "Seen":
+        """The same client, its save computed from the instances of ``revision``."""
+        return Seen(self.revision, self.own, int(revision))
 
     def latest(self) -> int:
         """The newest revision the client knows all of: ``revision`` and its own changes right after it."""
@@ -74,6 +81,10 @@ def _split(seen) -> tuple[int | None, frozenset[int]]:
     if isinstance(seen, Seen):
         return seen.latest(), seen.own
     return (None if seen is None else int(seen)), frozenset()
+
+
+def _read_at(seen) -> int | None:
+    return seen.read if isinstance(seen, Seen) else None
 
 
 @dataclass
@@ -208,9 +219,26 @@ def get_annotations(db: Database, image_id: int, states: Iterable[str] | None = 
     """(revision, annotations as dicts) of one image: "mask_rle" (compressed RLE counts or None) and, with
     ``decode_masks``, "mask" decoded to an (H, W) bool array.
 
-    The revision is read before the rows: a change that lands in between makes the rows newer than the
-    revision, so a save computed from them and checked against that revision is refused (a conflict), never
-    written over the change."""
+    The rows are those of the revision returned: it is read before and after them, and the read is made again
+    when a change landed in between (a save computed from rows newer than their revision would take another's
+    change for its own in the three-way merge). After READ_ATTEMPTS tries the first revision is returned with
+    the newer rows, as before merges: a save computed from them is then merged or refused, never written over a
+    change."""
+    for attempt in range(READ_ATTEMPTS):
+        revision, rows = _read(db, image_id, states, decode_masks)
+        if attempt == READ_ATTEMPTS - 1 or _revision(db, image_id) == revision:
+            return revision, rows
+
+
+READ_ATTEMPTS = 5
+
+
+def _revision(db: Database, image_id: int) -> int | None:
+    with db.session() as session:
+        return session.scalar(select(Image.revision).where(Image.id == image_id))
+
+
+def _read(db: Database, image_id: int, states: Iterable[str] | None, decode_masks: bool) -> tuple[int, list[dict]]:
     with db.session() as session:
         image = session.get(Image, image_id)
         if image is None:
@@ -325,15 +353,17 @@ def _kept(ann: Annotation) -> tuple[InstanceData, dict]:
 
 
 def _merge(base: dict[int, dict], current: list[Annotation], instances: list[InstanceData],
-           columns: list[dict], deletes: set[int] = frozenset()) -> _Merged:
+           columns: list[dict], deletes: set[int] = frozenset(), known: dict[int, dict] | None = None) -> _Merged:
     """Three-way merge of a save that started from ``base`` (the image's annotations at the revision it saw)
     with the image's annotations now: an instance the save left as it was (or made equal to what is there now)
     stays as it is now; one it changed or deleted takes its change, unless someone else changed or deleted it
     since (a conflict); instances it adds are added; instances others added since stay, unless the save
-    ``deletes`` them by name (a conflict: it deletes what it cannot have seen)."""
+    ``deletes`` them by name (a conflict: it deletes what it cannot have seen). ``known``: what the caller saw,
+    when the instances were read later on the server (``base``): someone else's changes are those since ``known``."""
     now = {ann.id: ann for ann in current}
-    changed_since = {ann_id for ann_id in base.keys() | now.keys()
-                     if (ann_id in base) != (ann_id in now) or _content(base[ann_id]) != _content(_row(now[ann_id]))}
+    known = base if known is None else known
+    changed_since = {ann_id for ann_id in known.keys() | now.keys()
+                     if (ann_id in known) != (ann_id in now) or _content(known[ann_id]) != _content(_row(now[ann_id]))}
     out = _Merged([], [], [], [])
     mentioned = set()
 
@@ -397,6 +427,7 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
                 raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
         columns = [_columns(inst, image, user) for inst in instances]
         seen, own = _split(seen_revision)
+        read = _read_at(seen_revision)
         seen_revision = seen_revision.revision if isinstance(seen_revision, Seen) else seen_revision
         if _bump(session, image_id, seen) is not None:
             current = _current(session, image_id)
@@ -404,8 +435,10 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
             attempt = session.begin_nested()
             image = _bump(session, image_id, None)  # holds the image while the merge reads it
             current = _current(session, image_id)
-            base = _rows_at(session, image_id, seen_revision, current, image.revision - 1, own)
-            merged = None if base is None else _merge(base, current, instances, columns, deletes)
+            known = _rows_at(session, image_id, seen_revision, current, image.revision - 1, own)
+            base = known if read is None or known is None else _rows_at(session, image_id, read, current,
+                                                                         image.revision - 1, own)
+            merged = None if base is None else _merge(base, current, instances, columns, deletes, known)
             if merged is None or merged.conflicts:
                 attempt.rollback()
                 image = session.get(Image, image_id)
@@ -602,7 +635,8 @@ def recover_lost(db: Database, image_id: int, *, seen_revision: int, user: str |
     if not entries:
         raise WorkbenchError("you have no lost version of this image to recover")
     entry = entries[0]
-    _, rows = get_annotations(db, image_id, decode_masks=False)
+    read, rows = get_annotations(db, image_id, decode_masks=False)
+    seen_revision = (seen_revision if isinstance(seen_revision, Seen) else Seen(int(seen_revision))).reading(read)
     current = {r["id"]: r for r in rows}
     if entry.content == "snapshot":  # the whole image, as the save that lost sent it
         data = [_lost_instance(row, current) for row in entry.snapshot]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from db import queries
-from db.annotations import InstanceData, get_annotations, save_annotations
+from db.annotations import InstanceData, Seen, get_annotations, save_annotations
 from db.engine import Database
 from db.imagestore import ImageStore, load_rgb
 
@@ -54,6 +54,8 @@ def propose(db: Database, image_id: int, predictor, version_id: int | None, *, s
     revision, rows = get_annotations(db, image_id, decode_masks=False)
     if seen_revision is None:
         seen_revision = revision
+    else:  # the caller's view, with the rows this save is computed from (db.annotations.Seen)
+        seen_revision = (seen_revision if isinstance(seen_revision, Seen) else Seen(int(seen_revision))).reading(revision)
     if instances is None:
         image = image_rgb(db, image_id) if image is None else image
         instances = predictor(image, score_threshold=min(threshold, LOW_CONFIDENCE_FLOOR))

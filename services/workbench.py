@@ -155,13 +155,14 @@ def _check_box_count(count: int, where: str) -> None:
 
 
 def _write_revision(seen_revision, revision: int) -> int:
-    """The revision a read-compute-save checks: the caller's, when given (what it saw: older than the rows read
-    means someone saved since, a conflict), else the one read together with the rows the save was computed
-    from (a save that lands while this one computes is never written over)."""
+    """The revision a read-compute-save starts from: the caller's, when given (what it saw), with the revision
+    of the rows the save was computed from (db.annotations.Seen: others' changes since the caller looked are
+    merged, or a conflict where they touched the instance it edits), else the one read with the rows (a save
+    that lands while this one computes is merged, never written over)."""
     if isinstance(seen_revision, Seen):  # a batch of the canvas's edits (services.review)
-        return seen_revision
+        return seen_revision.reading(revision)
     seen = wire.revision(seen_revision)
-    return revision if seen is None else seen
+    return revision if seen is None else Seen(seen, read=revision)
 
 
 def _mode_name(mode):
