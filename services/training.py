@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -321,6 +322,8 @@ def start_training(db: Database, spec: TrainingSpec) -> int:
         registry.finish_run(db, run_id, RunStatus.failed, f"the training process could not be started: {exc}")
         raise WorkbenchError(f"the training process could not be started: {exc}") from None
     registry.set_pid(db, run_id, process.pid)
+    # the server reaps its child when it ends (else a finished run stays a zombie process of the server)
+    threading.Thread(target=process.wait, name=f"reap-training-{run_id}", daemon=True).start()
     return run_id
 
 

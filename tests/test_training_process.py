@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,9 @@ def test_a_starting_run_counts_as_alive_until_its_pid_is_known(db_with_data, mon
             assert polled.wait(60)
             self.pid = os.getpid()
 
+        def wait(self):  # what the server's reaper thread calls
+            return 0
+
     def poll():
         barrier.wait()
         try:
@@ -169,3 +173,21 @@ def test_a_starting_run_counts_as_alive_until_its_pid_is_known(db_with_data, mon
                                                       - timedelta(seconds=training.STARTING_GRACE_S + 1))
     state = run_state(db, stuck)
     assert state.status == "failed" and "did not start" in state.message
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_finished_training_process_is_reaped(db_with_data, monkeypatch, tmp_path):
+    """Issue 26, bug 6: finished training processes stayed zombies of the server (never waited for). Here the
+    process is a stand-in script that exits at once: it must leave the process table, not stay a zombie."""
+    from services import training
+
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.setattr(training, "LAUNCH", script)
+    run_id = start_training(db_with_data, TrainingSpec(iterations=5, **TINY))
+    pid = registry.get_run(db_with_data, run_id).pid
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}").exists() else None
+    assert state is None, f"the training process {pid} is still in the process table (state {state})"
