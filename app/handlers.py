@@ -490,7 +490,10 @@ class Handlers:
         state = self.wb.run_state(int(run_id))
         fraction = state.iteration / state.iterations if state.iterations else 0.0
         loss = "" if state.loss is None else f", loss {state.loss:.4f}"
-        text = f"**Training run {state.run_id}: {state.status}** · iteration {state.iteration}/{state.iterations}{loss}"
+        status = "cancelling…" if state.cancelling else state.status
+        text = f"**Training run {state.run_id}: {status}** · iteration {state.iteration}/{state.iterations}{loss}"
+        if state.cancelling:
+            text += " · the training process stops at its next step"
         eta = state.eta_seconds
         if eta is not None:
             text += f" · about {eta / 60:.1f} min left" if eta >= 90 else f" · about {eta:.0f} s left"

@@ -103,6 +103,11 @@ def record_progress(db: Database, run_id: int, *, iteration: int, loss: float, m
         return run.cancel_requested
 
 
+def cancel_is_requested(db: Database, run_id: int) -> bool:
+    with db.session() as session:
+        return bool(session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == run_id)))
+
+
 def request_cancel(db: Database, run_id: int) -> None:
     with db.session() as session:
         session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(cancel_requested=True))

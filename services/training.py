@@ -37,6 +37,7 @@ from services.models import read_image
 from services.presets import PRESETS, TrainingSpec
 
 PROGRESS_EVERY = 10  # iterations between progress records in the database (and cancel checks)
+CANCEL_POLL_S = 1.0  # between those, a cancel is looked for at least this often (an iteration can take seconds)
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 ACTIVE = registry.ACTIVE
 # A run is recorded before its process starts (the process reads its spec from it), so for a moment it has no pid:
@@ -176,7 +177,7 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
 
         bar = tqdm(total=iterations, desc=f"training run {run_id} ({mode})", unit="it", file=sys.stderr,
                    dynamic_ncols=True)
-    cancel = {"requested": False}
+    cancel = {"requested": False, "polled": time.monotonic()}
 
     def on_progress(progress: TrainProgress) -> None:
         loss = progress.losses.get("total", float("nan"))
@@ -186,6 +187,10 @@ def train_from_database(db: Database, spec: TrainingSpec, *, config: MNCConfig |
         if progress.iteration % PROGRESS_EVERY == 0 or progress.iteration == progress.iterations:
             cancel["requested"] = registry.record_progress(db, run_id, iteration=progress.iteration, loss=loss,
                                                            seconds=time.perf_counter() - start)
+            cancel["polled"] = time.monotonic()
+        elif time.monotonic() - cancel["polled"] >= CANCEL_POLL_S:
+            cancel["requested"] = registry.cancel_is_requested(db, run_id)
+            cancel["polled"] = time.monotonic()
 
     start = time.perf_counter()
     try:
@@ -255,6 +260,7 @@ class RunState:
     history: list
     message: str
     version_id: int | None
+    cancelling: bool = False  # a cancel was asked for and the run has not ended yet
 
     @property
     def eta_seconds(self) -> float | None:
@@ -351,4 +357,5 @@ def run_state(db: Database, run_id: int) -> RunState:
         run = registry.get_run(db, run_id)
     version = next((v.id for v in registry.list_versions(db) if v.training_run_id == run_id), None)
     return RunState(run_id=run.id, status=run.status.value, iteration=run.iteration, iterations=run.iterations,
-                    loss=run.loss, history=list(run.history), message=run.message, version_id=version)
+                    loss=run.loss, history=list(run.history), message=run.message, version_id=version,
+                    cancelling=run.cancel_requested and run.status in ACTIVE)

@@ -416,6 +416,9 @@ def test_two_training_runs_started_at_once_one_runs(database, monkeypatch):
             started.append(command)
             self.pid = os.getpid()
 
+        def wait(self):  # what the server's reaper thread calls
+            return 0
+
     monkeypatch.setattr(training.subprocess, "Popen", Process)
     spec = TrainingSpec(iterations=5, image_size=64, backbone_weights="none", device="cpu")
     results = at_once(lambda _: training.start_training(database, spec), [0, 1])

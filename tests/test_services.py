@@ -194,6 +194,9 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
         def __init__(self, command, **kwargs):
             commands.append(command)
 
+        def wait(self):  # what the server's reaper thread calls
+            return 0
+
     monkeypatch.setattr(training.subprocess, "Popen", FakeProcess)
     spec = TrainingSpec(mode="heads", device="cpu", low_priority=True)
     run_id = training.start_training(db, spec)
@@ -229,3 +232,29 @@ def test_training_choices_are_listed_once_and_checked():
             TrainingSpec(**bad)
     with pytest.raises(WorkbenchError, match="unknown training settings lr_decay"):
         TrainingSpec.from_dict({"lr_decay": 1})
+
+
+def test_a_cancel_is_seen_within_a_second_and_shown_at_once(tmp_path, synthetic_coco, monkeypatch):
+    """Issue 26, bug 6: Cancel showed nothing for 43 s (the training process looked for it only with its progress
+    records, every PROGRESS_EVERY iterations). The page says "cancelling" at once, and the process looks for a
+    cancel at least every CANCEL_POLL_S between its records."""
+    from app.handlers import Handlers
+    from db.coco_import import import_coco
+    from services import training
+    from services.workbench import Workbench
+
+    db = open_database(tmp_path / "data")
+    import_coco(db, synthetic_coco, synthetic_coco.parent / "images")
+    queued = registry.create_run(db, mode="heads", iterations=5, params={})
+    training.cancel_training(db, queued)
+    shown = Handlers(Workbench(db, device="cpu")).run_outputs(queued).status
+    assert "cancelling" in shown and "stops at its next step" in shown
+    registry.finish_run(db, queued, registry.RunStatus.cancelled)
+    monkeypatch.setattr(training, "PROGRESS_EVERY", 10**6)  # no progress record before the end
+    monkeypatch.setattr(training, "CANCEL_POLL_S", 0.0)
+    polls = []  # someone pressed Cancel: the next look finds it
+    monkeypatch.setattr(registry, "cancel_is_requested", lambda db_, run_id: polls.append(run_id) or True)
+    result = training.train_from_database(db, TrainingSpec(iterations=200, image_size=64, backbone_weights="none",
+                                                             device="cpu"))
+    assert result.stopped_early and result.iterations <= 2 and polls == [result.run_id] * len(polls) != []
+    assert registry.get_run(db, result.run_id).status == registry.RunStatus.cancelled
