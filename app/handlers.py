@@ -346,7 +346,14 @@ class Handlers:
     def on_review_setting(self, image_id, model_thresholds, slider):
         """The model's thresholds (ticked: each version's and class's, services.payoff) or the slider's override
         -> (the review setting, the slider (usable only as an override), the canvas)."""
-        setting = None if model_thresholds else float(slider)
+        setting = None
+        if not model_thresholds:
+            try:
+                setting = float(slider)
+            except (TypeError, ValueError):  # the number box cleared or half typed: the setting stays as it was
+                return gr.skip(), gr.skip(), gr.skip()
+            if not 0.0 <= setting <= 1.0:
+                return gr.skip(), gr.skip(), gr.skip()
         return setting, gr.Slider(interactive=not model_thresholds), self.canvas(image_id, setting)
 
     def on_canvas_save(self, review_threshold, status_filter, order, evt: gr.EventData, request: gr.Request) -> Saved:

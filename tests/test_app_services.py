@@ -488,3 +488,16 @@ def test_a_huge_unknown_class_name_is_not_echoed_whole(db):
     with pytest.raises(WorkbenchError) as error:
         Workbench(db).category_id("x" * 10_000_000)
     assert "there is no class 'xxxx" in str(error.value) and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize("typed", [None, "", "a", "nan", 1.5, -0.1])
+def test_a_cleared_or_wrong_review_threshold_keeps_the_setting(db, typed):
+    """Issue 26, bug 5: clearing the review threshold's number box raised a server traceback. Nothing that is not a
+    number from 0 to 1 changes the setting (the page keeps what it had)."""
+    from app.handlers import Handlers
+    from services.workbench import Workbench
+
+    ui = Handlers(Workbench(db, device="cpu"))
+    assert all(out is gr.skip() or out == gr.skip() for out in ui.on_review_setting(None, False, typed))
+    setting, _, canvas = ui.on_review_setting(None, False, 0.3)
+    assert setting == 0.3 and canvas["threshold"] == 0.3
