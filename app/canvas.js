@@ -274,7 +274,7 @@ function apply(op) {  // an edit on the local state (also re-applied on top of a
   if (op.kind === 'review') for (const id of op.ids) { const inst = byId(id); if (inst) inst.state = op.state; }
   else if (op.kind === 'keep_box') { const inst = byId(op.id); if (inst) inst.state = 'accepted'; }
   else if (op.kind === 'delete') for (const id of op.ids) { const inst = byId(id); if (inst) inst.deleted = true; }
-  else if (op.kind === 'class') { const inst = byId(op.id); if (inst) { inst.category_id = op.category_id; inst.state = 'accepted'; } }
+  else if (op.kind === 'class') { const inst = byId(op.id); if (inst) { inst.category_id = op.category_id; inst.state = 'accepted'; inst.color = classColor(op.category_id); } }
   else if (op.kind === 'accept_all') {
     for (const inst of visible()) if (inst.state === 'proposed' && (op.threshold == null || (inst.score ?? 0) >= op.threshold)) inst.state = 'accepted';
   } else if (op.kind === 'mask') {

@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
-from app.display import hex_color, hex_of, hidden_message, instance_colors, shown_instances
+from app.display import class_shades, hex_color, hex_of, hidden_message, shown_instances
 from services.workbench import MAX_BOXES, MAX_EDITS
 
 
@@ -106,7 +106,7 @@ def canvas_value(*, image: dict | None, image_url: str | None, revision: int | N
             f"⚠️ No proposal reaches the review threshold {review_threshold:.2f}: the model's {len(low)} best "
             f"guesses are shown, faded (scores {guesses}). Accept, correct or reject them; retraining with more "
             "labelled photos makes the model surer.")
-    colors = instance_colors([r["id"] for r in shown])
+    colors = class_shades(shown)
     return {
         "image_id": None if image is None else int(image["id"]), "revision": revision,
         "width": 0 if image is None else int(image["width"]), "height": 0 if image is None else int(image["height"]),

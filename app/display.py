@@ -44,6 +44,25 @@ def instance_colors(annotation_ids: list[int]) -> dict[int, tuple[int, int, int]
     return out
 
 
+SHADES = (0.95, 0.72, 0.84, 0.6, 0.9, 0.66, 0.78)  # brightness steps of one class's instances on the review
+
+
+def class_shades(rows: list[dict]) -> dict[int, tuple[int, int, int]]:
+    """The review's colour per instance: its class's hue (a person drawn in the car's colour is a car: a wrong
+    class shows), instances of one class told apart by brightness (their order by id), as CVAT and Label
+    Studio colour by label."""
+    out: dict[int, tuple[int, int, int]] = {}
+    seen: dict[int, int] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        category_id = int(row["category_id"])
+        place = seen.get(category_id, 0)
+        seen[category_id] = place + 1
+        hue = (category_id * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, SHADES[place % len(SHADES)])
+        out[int(row["id"])] = (int(r * 255), int(g * 255), int(b * 255))
+    return out
+
+
 def hex_color(category_id: int) -> str:
     return hex_of(category_color(category_id))
 

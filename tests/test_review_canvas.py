@@ -3,6 +3,8 @@ saves, the value it is given (app.canvas), "done, next image" (Handlers.on_done)
 
 from __future__ import annotations
 
+import colorsys
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -157,7 +159,16 @@ def test_the_canvas_value_draws_what_the_review_shows(db):
     states = {i["id"]: (i["state"], i["score"]) for i in value["instances"]}
     assert sorted(s for s, _ in states.values()).count("proposed") == 2  # 0.9 and 0.6; 0.2 is under 0.5
     assert value["width"] == 64 and value["height"] == 48 and value["image_url"].startswith("/gradio_api/file=")
-    assert len({i["color"] for i in value["instances"]}) == len(value["instances"])  # a colour per instance
+    # colour by class (issue 26, finding 7): one hue per class, the instances of a class told apart by shade
+    hues = {}
+    for inst in value["instances"]:
+        r, g, b = (int(inst["color"][k:k + 2], 16) / 255 for k in (1, 3, 5))
+        hues.setdefault(inst["category_id"], []).append(colorsys.rgb_to_hsv(r, g, b)[0])
+    assert all(max(h) - min(h) < 0.02 for h in hues.values())  # (8-bit colour channels round a little)
+    firsts = sorted(h[0] for h in hues.values())
+    assert all(b - a > 0.05 for a, b in zip(firsts, firsts[1:]))  # classes apart
+    same_class = [i["color"] for i in value["instances"] if i["category_id"] == value["instances"][0]["category_id"]]
+    assert len(set(same_class)) == len(same_class)
     _, rows = get_annotations(db, 1, decode_masks=False)
     stored = {r["id"]: r["mask_rle"] for r in rows}
     assert all(i["counts"] == stored[i["id"]] for i in value["instances"])  # the stored RLE, not re-encoded
