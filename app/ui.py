@@ -286,6 +286,13 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                                                                            order=order_by),
                               [status_filter, order, image_id], gallery_outputs, show_progress="hidden", **private)
 
+        def opened(event):
+            """After opening an image (which may have proposed on it), its gallery caption and the counts follow."""
+            return event.then(lambda status, order_by, current: (*ui.gallery(status, keep=current, selected=current,
+                                                                             order=order_by), ui.summary_line()),
+                              [status_filter, order, image_id], [*gallery_outputs, overview], show_progress="hidden",
+                              **private)
+
         # ---- overview (also the `overview` API) --------------------------------------------
         images_table = gr.Dataframe(headers=IMAGE_HEADERS, interactive=False, visible=False, elem_id="images")
         demo.load(ui.overview, outputs=[overview, categories, images_table], api_name="overview")
@@ -303,11 +310,11 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         status_filter.input(lambda status, order_by, current: ui.gallery(status, selected=current, order=order_by),
                             [status_filter, order, image_id], gallery_outputs, **private)
         order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private, **writes)
-        gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private, **writes)
-        next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold, order],
-                       [*open_outputs, gallery], **private, **writes)
-        prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold, order],
-                       [*open_outputs, gallery], **private, **writes)
+        opened(gallery.select(ui.on_select, [ids, review_threshold], open_outputs, **private, **writes))
+        opened(next_btn.click(ui.step(+1), [image_id, ids, status_filter, review_threshold, order],
+                              [*open_outputs, gallery], **private, **writes))
+        opened(prev_btn.click(ui.step(-1), [image_id, ids, status_filter, review_threshold, order],
+                              [*open_outputs, gallery], **private, **writes))
 
         # ---- review: the canvas edits in the browser and saves in the background ----------------
         for control in (review_slider, model_thresholds):

@@ -463,3 +463,31 @@ def test_the_delete_class_confirmation_is_asked_again_after_each_delete(workbenc
         finally:
             browser.close()
     assert victim not in queries.category_names(db).values()
+
+
+def test_opening_a_photo_that_gets_proposals_updates_its_caption_and_the_counts(workbench, tmp_path):
+    """Issue 26, bug 6: opening a new photo proposes on it, but its gallery caption still said "new" and the
+    overview's counts stayed as they were until Refresh."""
+    from playwright.sync_api import sync_playwright
+
+    from db.uploads import add_images
+
+    url, db = workbench
+    pixels = np.full((120, 160, 3), 70, np.uint8)
+    pixels[20:80, 30:100] = (200, 60, 60)
+    Image.fromarray(pixels).save(tmp_path / "fresh.png")
+    image_id = add_images(db, [tmp_path / "fresh.png"]).image_ids[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            wait_text(page, "#gallery", f"{image_id} · new")
+            before = page.inner_text("#overview")
+            page.locator("#gallery").get_by_text(f"{image_id} · new").click()
+            wait_text(page, "#review-canvas .wb-message", "model proposed")
+            wait_text(page, "#gallery", f"{image_id} · proposed")
+            page.wait_for_function("t => document.querySelector('#overview').innerText !== t", arg=before,
+                                   timeout=30_000)
+        finally:
+            browser.close()
