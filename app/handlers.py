@@ -255,7 +255,7 @@ class Handlers:
 
     # ---- events of the image list -----------------------------------------------------
     def on_upload(self, files, split, review_threshold, request: gr.Request, progress=gr.Progress()):
-        """Upload message, overview, gallery outputs, then the first new image opened."""
+        """Upload message, overview, gallery outputs, the first new image opened, the upload widget emptied."""
         text, first = "", None
         if files:
             try:
@@ -263,11 +263,12 @@ class Handlers:
                                                       for f in files], split=split,
                                         progress=progress_adapter(progress))
                 text = result.summary().replace("\n", "  \n")
-                first = result.image_ids[0] if result.image_ids else None
+                first = (result.new_ids or result.image_ids or [None])[0]  # the first new photo, else the first
             except WorkbenchError as exc:
                 text = error_text(exc)
         opened = self.open(first, review_threshold, user=user_of(request))  # proposes first: the counts include it
-        return (text, self.overview()[0], *self.gallery("all"), *opened)
+        # the widget is emptied: the next upload sends only its own files, not every earlier one again
+        return (text, self.overview()[0], *self.gallery("all"), *opened, None)
 
     def on_select(self, id_list, review_threshold, evt: gr.SelectData, request: gr.Request) -> Opened:
         if evt.index is None or evt.index >= len(id_list):

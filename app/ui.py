@@ -306,7 +306,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         # ---- images ----------------------------------------------------------------------
         # opening an image proposes when the active model has not seen it: selecting, Next and Previous write
         upload.upload(ui.on_upload, [upload, split, review_threshold],
-                      [upload_msg, overview, *gallery_outputs, *open_outputs], **private, **writes)
+                      [upload_msg, overview, *gallery_outputs, *open_outputs, upload], **private, **writes)
         status_filter.input(lambda status, order_by, current: ui.gallery(status, selected=current, order=order_by),
                             [status_filter, order, image_id], gallery_outputs, **private)
         order.input(ui.order_gallery, [status_filter, order], gallery_outputs, **private, **writes)

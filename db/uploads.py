@@ -20,6 +20,7 @@ MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 @dataclass
 class UploadResult:
     image_ids: list[int] = field(default_factory=list)  # one per accepted file, in order (existing ones too)
+    new_ids: list[int] = field(default_factory=list)  # those this upload added, in order
     added: int = 0
     existing: int = 0
     refused: list[str] = field(default_factory=list)  # one message per refused file
@@ -72,6 +73,7 @@ def add_images(db: Database, files: list[str | Path], *, split: str = "train", n
                     session.add(image)
                     session.flush()
                     result.image_ids.append(image.id)
+                result.new_ids.append(result.image_ids[-1])
                 result.added += 1
             except IntegrityError:  # someone else added the same image meanwhile: theirs stands (and its file)
                 with db.session() as session:

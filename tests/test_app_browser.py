@@ -491,3 +491,32 @@ def test_opening_a_photo_that_gets_proposals_updates_its_caption_and_the_counts(
                                    timeout=30_000)
         finally:
             browser.close()
+
+
+def test_a_second_upload_sends_only_its_own_files_and_opens_the_new_photo(workbench, tmp_path):
+    """Issue 26, bug 5: the upload widget kept its files, so the next upload sent every earlier one again
+    ("1 added, 1 already there") and then opened the first of them, not the new photo."""
+    from playwright.sync_api import sync_playwright
+
+    url, db = workbench
+    files = []
+    for k in range(2):
+        pixels = np.full((90, 120, 3), 50 + 90 * k, np.uint8)
+        pixels[10:50, 20:80] = (60, 60 + 100 * k, 200)
+        files.append(tmp_path / f"upload{k}.png")
+        Image.fromarray(pixels).save(files[-1])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector("#gallery", timeout=60_000)
+            page.locator("#upload input[type=file]").set_input_files([str(files[0])])
+            wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
+            wait_text(page, "#image-title", "upload0.png")
+            page.wait_for_function("() => !document.querySelector('#upload .file-preview')", timeout=30_000)
+            page.locator("#upload input[type=file]").set_input_files([str(files[1])])
+            wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
+            wait_text(page, "#image-title", "upload1.png")
+        finally:
+            browser.close()
