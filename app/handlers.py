@@ -60,14 +60,15 @@ class Opened(NamedTuple):
 
 
 class Saved(NamedTuple):
-    """The canvas's edits saved: its new state, the title, the summary line, and the image list when the
-    image's status changed."""
+    """The canvas's edits saved: its new state, the title, the summary line, the image list when the image's
+    status changed, and the Classes tab's table (its counts follow every edit, not only Refresh)."""
     canvas: dict
     title: str
     overview: Any
     gallery: Any
     ids: Any
     statuses: Any
+    classes: Any
 
 
 class ClassView(NamedTuple):
@@ -370,18 +371,18 @@ class Handlers:
             problem = None
         if image_id is None:
             text = error_text(problem) if problem else "⚠️ Open an image first."
-            return Saved(self.canvas(None, review_threshold, text, status="not saved", ack=seq), *[gr.skip()] * 5)
+            return Saved(self.canvas(None, review_threshold, text, status="not saved", ack=seq), *[gr.skip()] * 6)
         try:
             before = self.wb.image_status(self.wb.instances(image_id)["instances"])
             result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
             return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
-                         *[gr.skip()] * 5)
+                         *[gr.skip()] * 6)
         except Exception as exc:  # noqa: BLE001 (the canvas must get an answer, or it waits for this batch forever)
             log.exception("the canvas's edits of image %s failed", image_id)
             return Saved(self.canvas(image_id, review_threshold, f"⚠️ Not saved: an internal error ({exc}); your "
                                      "last edits are not in the database. Reload the image.", status="not saved",
-                                     ack=seq), *[gr.skip()] * 5)
+                                     ack=seq), *[gr.skip()] * 6)
         messages = [proposal_message(r, self.wb.score_threshold) for r in result.proposals]
         status = "saved"
         if result.error is not None:
@@ -392,11 +393,12 @@ class Handlers:
                              created=result.created, current=current, user=user_of(request))
         rows = current["instances"]
         title = self.title(image_id, self.wb.image_info(image_id), rows, current["revision"])
-        overview = self.summary_line()
+        summary = self.wb.summary()
+        overview, classes = self.summary_line(summary), category_rows(summary)
         if self.wb.image_status(rows) == before:
-            return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip())
+            return Saved(canvas, title, overview, gr.skip(), gr.skip(), gr.skip(), classes)
         return Saved(canvas, title, overview, *self.gallery(status_filter, keep=image_id, selected=image_id,
-                                                            order=order))
+                                                            order=order), classes)
 
     def on_visit(self, evt: gr.EventData, request: gr.Request) -> None:
         """The canvas's input times of a visit of an image (sent when it is left): its active time is recorded

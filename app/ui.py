@@ -322,7 +322,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                            [review_threshold, review_slider, canvas], trigger_mode="always_last",
                            show_progress="hidden", **private)
         canvas.save(ui.on_canvas_save, [review_threshold, status_filter, order],
-                    [canvas, title, overview, *gallery_outputs],
+                    [canvas, title, overview, *gallery_outputs, categories],
                     trigger_mode="multiple", show_progress="hidden", **private, **writes)
         canvas.visit(ui.on_visit, None, None, trigger_mode="multiple", show_progress="hidden", **private, **writes)
         canvas.done(ui.on_done, [ids, status_filter, review_threshold, order], [*open_outputs, *gallery_outputs],

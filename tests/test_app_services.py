@@ -179,8 +179,10 @@ def test_ui_handlers_show_proposals_and_surface_a_conflict(db, tmp_path_factory,
         return ui.on_canvas_save(0.0, "all", "upload", gr.EventData(None, {"image_id": new_id, "revision": revision,
                                                                  "seq": seq, "ops": list(ops)}), None)
     # person B (same revision) accepts one proposal on the canvas
+    classes_before = ui.overview()[1]
     out_b = save(revision_a, {"kind": "review", "ids": [first], "state": "accepted"})
     assert out_b.canvas["status"] == "saved" and out_b.canvas["ack"] == 1
+    assert out_b.classes == ui.overview()[1] != classes_before  # the Classes tab's counts follow (issue 26)
     assert out_b.canvas["revision"] == revision_a + 1 and "in review" in out_b.title
     assert out_b.gallery is not gr.skip() and out_b.statuses.choices  # the status changed: the list follows
     # person A, still on revision_a, deletes another one: merged (issue 26: other instances do not conflict)
