@@ -198,6 +198,17 @@ class Handlers:
         return View(self.title(image_id, info, rows, current["revision"]), canvas, annotator, current["revision"],
                     self.statuses(), box_ids, message)
 
+    def current_title(self, image_id):
+        """The open image's title as it is now (a model trained or activated meanwhile shows in it)."""
+        if image_id is None:
+            return gr.skip()
+        try:
+            current = self.wb.instances(int(image_id))
+            return self.title(int(image_id), self.wb.image_info(int(image_id)), current["instances"],
+                              current["revision"])
+        except (WorkbenchError, OSError):
+            return gr.skip()
+
     def title(self, image_id: int, info: dict, rows: list[dict], revision: int) -> str:
         active = self.wb.active_version_id()
         return (f"**Image {image_id}** · {isolated(info['file_name'])} · {info['width']}×{info['height']} · "

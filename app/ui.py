@@ -353,10 +353,12 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         score_threshold.input(ui.set_score_threshold, [score_threshold], [score_threshold], **private)
         timer.tick(ui.run_outputs, [run_id], run_outputs, show_progress="hidden", **private).then(
             wb.training_estimate, estimate_inputs, [train_estimate], show_progress="hidden", **private).then(
-            ui.summary_line, None, [overview], show_progress="hidden", **private)  # a new active model shows
+            ui.summary_line, None, [overview], show_progress="hidden", **private).then(  # a new active model
+            ui.current_title, [image_id], [title], show_progress="hidden", **private)  # shows (title said "none yet")
         cancel_btn.click(ui.cancel_training, [run_id], run_outputs, **private, **writes)
         activate_btn.click(ui.activate, [version_pick, run_id], run_outputs, **private, **writes).then(
-            ui.summary_line, None, [overview], show_progress="hidden", **private)
+            ui.summary_line, None, [overview], show_progress="hidden", **private).then(
+            ui.current_title, [image_id], [title], show_progress="hidden", **private)
 
         # ---- model help ------------------------------------------------------------------------
         help_outputs = [help_note, help_plot, help_seconds, help_versions, help_classes]

@@ -503,3 +503,17 @@ def test_a_cleared_or_wrong_review_threshold_keeps_the_setting(db, typed):
     assert all(out is gr.skip() or out == gr.skip() for out in ui.on_review_setting(None, False, typed))
     setting, _, canvas = ui.on_review_setting(None, False, 0.3)
     assert setting == 0.3 and canvas["threshold"] == 0.3
+
+
+def test_the_open_images_title_follows_a_new_active_model(db, tmp_path_factory):
+    """Issue 26, bug 6: after training, the open image's title still said "model: none yet" (the training
+    timer's ticks and Activate now refresh it)."""
+    from app.handlers import Handlers
+    from services.workbench import Workbench
+
+    ui = Handlers(Workbench(db, device="cpu"))
+    image_id = ui.wb.list_images()[0]["id"]
+    assert "model: none yet" in ui.current_title(image_id)
+    version = register_tiny_model(db, tmp_path_factory.getbasetemp())
+    assert f"model: v{version}" in ui.current_title(image_id)
+    assert ui.current_title(None) == gr.skip()  # no image open: the title stays
