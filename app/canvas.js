@@ -492,6 +492,11 @@ function sync() {
     S.refine = {id: null, positive: [], negative: []};
     S.imageId = value.image_id; S.sel = null; S.polygon = []; S.cut = {clicks: [], segments: [], asked: S.cut.asked + 1}; S.drag = null; S.layers = new Map();
     S.pending = []; S.inflight = null; S.fittedFor = null; S.localMessage = '';
+    if (value.image_id != null) {  // a link per image: a reload (or the link sent to someone) opens it again
+      const url = new URL(window.location.href);
+      url.searchParams.set('image', String(value.image_id));
+      window.history.replaceState(window.history.state, '', url);
+    }
   }
   if (S.inflight && value.ack === S.inflight.seq) {
     S.perf.roundTrips.push(performance.now() - S.inflight.sentAt); S.inflight = null; clearTimeout(S.saveTimer);

@@ -254,6 +254,19 @@ class Handlers:
             message = (message + "\n\n" if message else "") + error_text(exc)
         return Opened.of(image_id, self.safe_view(image_id, review_threshold, message, user))
 
+    def on_load(self, review_threshold, request: gr.Request) -> Opened:
+        """The page loads: the image its link names (``?image=N``, which the canvas puts in the address of every
+        image it opens) is opened again, as a gallery click would; without one, nothing is open."""
+        link = (getattr(request, "query_params", None) or {}).get("image")
+        if link is None:
+            return self.open(None, review_threshold)
+        try:
+            image_id = wire.strict_id(link, "the image in the link")
+            self.wb.image_info(image_id)
+        except WorkbenchError as exc:
+            return self.open(None, review_threshold, error_text(exc))
+        return self.open(image_id, review_threshold, user=user_of(request))
+
     def act(self, image_id, review_threshold, action, success, user: str | None = None) -> View:
         """Run an edit; on any problem (a conflict included) show it and the image as it is now."""
         if image_id is None:

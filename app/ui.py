@@ -299,7 +299,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         demo.load(lambda: ui.gallery("all"), outputs=gallery_outputs, **private)
         demo.load(lambda: ui.class_outputs()[3:], outputs=class_outputs[3:], **private)
         demo.load(ui.active_run_outputs, outputs=run_outputs, **private)
-        demo.load(lambda threshold: ui.canvas(None, threshold), [review_threshold], [canvas], **private)
+        demo.load(ui.on_load, [review_threshold], open_outputs, **private)  # ?image=N: the image of the link
         refresh.click(ui.refresh_all, [status_filter, order], [overview, categories, images_table, *gallery_outputs],
                       **private)
 

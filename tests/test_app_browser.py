@@ -520,3 +520,27 @@ def test_a_second_upload_sends_only_its_own_files_and_opens_the_new_photo(workbe
             wait_text(page, "#image-title", "upload1.png")
         finally:
             browser.close()
+
+
+def test_a_reload_opens_the_same_image_again(workbench):
+    """Issue 26, bug 6: a reload forgot the open image (there was no link per image). The address carries
+    ?image=N for the open image; loading it opens that image; a link to no image says so."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = workbench
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector("#gallery", timeout=60_000)
+            wait_text(page, "#gallery", "3 · ")
+            page.locator("#gallery").get_by_text("3 · ", exact=False).first.click()
+            wait_text(page, "#image-title", "Image 3 ")
+            page.wait_for_function("() => new URL(location.href).searchParams.get('image') === '3'", timeout=30_000)
+            page.reload()
+            wait_text(page, "#image-title", "Image 3 ")
+            page.goto(url.rstrip("/") + "/?image=999")
+            wait_text(page, "#review-canvas .wb-message", "no image 999")
+        finally:
+            browser.close()
