@@ -237,7 +237,7 @@ function setHtml(box, html) { if (shownHtml.get(box) !== html) { shownHtml.set(b
 function panel() {
   setHtml(classBox, S.classes.length
     ? S.classes.map((c, i) => `<button class="wb-class${c.id === S.drawClass ? ' on' : ''}" data-class="${c.id}" tabindex="-1">` +
-      `<span class="swatch" style="background:${c.color}"></span>${i < 9 ? `<b>${i + 1}</b> ` : ''}${nameHtml(c.name)}</button>`).join('')
+      `<span class="swatch" style="background:${c.color}"></span>${S.keyOf && S.keyOf[c.id] ? `<b>${S.keyOf[c.id]}</b> ` : ''}${nameHtml(c.name)}</button>`).join('')
     : '<i>No classes yet: add one in the Classes tab (it appears here at once).</i>');
   const rows = order();
   setHtml(listBox, rows.map((inst) => `<div class="wb-row${inst.low ? ' low' : ''}" data-id="${inst.id}">` +
@@ -334,9 +334,29 @@ function walk(step) {
   S.sel = rows[(at + step + rows.length) % rows.length].id;
   draw(); panel();
 }
-function setClass(index) {
-  const c = S.classes[index];
-  if (!c) return say(`There is no class ${index + 1}.`);
+// Number keys 1-9 stay with their class: a class keeps its number while it exists (kept in this browser), a new
+// class takes the smallest free one, so deleting or merging a class renumbers no other class.
+const KEYS_STORE = 'wb-class-keys';
+function loadKeys() { try { return JSON.parse(window.localStorage.getItem(KEYS_STORE) || '{}') || {}; } catch (e) { return {}; } }
+function assignKeys() {
+  const stored = loadKeys(), keyOf = {}, used = new Set();
+  for (const c of S.classes) {
+    const k = stored[c.id];
+    if (Number.isInteger(k) && k >= 1 && k <= 9 && !used.has(k)) { keyOf[c.id] = k; used.add(k); }
+  }
+  for (const c of S.classes) {
+    if (keyOf[c.id] != null) continue;
+    for (let k = 1; k <= 9; k++) if (!used.has(k)) { keyOf[c.id] = k; used.add(k); break; }
+  }
+  S.keyOf = keyOf;
+  try { window.localStorage.setItem(KEYS_STORE, JSON.stringify(keyOf)); } catch (e) { /* private mode: per page */ }
+}
+function setClass(key) {
+  const c = S.classes.find((k) => S.keyOf && S.keyOf[k.id] === key);
+  if (!c) return say(`No class has the key ${key}.`);
+  setClassOf(c);
+}
+function setClassOf(c) {  // the selected instance gets the class (or new instances do)
   const inst = selected();
   if (inst && inst.id > 0) { edit({kind: 'class', id: inst.id, category_id: c.id}); return; }
   S.drawClass = c.id; say('New instances get the class {name}.', c.name);
@@ -513,6 +533,7 @@ function sync() {
   if (S.sel != null && created[S.sel] != null) S.sel = created[S.sel];
   S.rev = value.revision; S.W = value.width || 0; S.H = value.height || 0; S.threshold = value.threshold === undefined ? 0.5 : value.threshold;  // null: the model's thresholds
   S.classes = value.classes || [];
+  assignKeys();
   if (S.drawClass != null && !S.classes.some((c) => c.id === S.drawClass)) S.drawClass = null;
   if (value.image_url && value.image_url !== S.imgUrl) {
     S.imgUrl = value.image_url; S.img = new Image(); S.perf.imageDrawnAt = null;
@@ -593,7 +614,7 @@ root.addEventListener('keydown', (event) => {
     say(`Brush radius ${S.radius} px.`); draw(); event.preventDefault(); return;
   }
   if (key === '+' || key === '=' || key === '-') { zoomAt(key === '-' ? 1 / 1.25 : 1.25, stage.clientWidth / 2, stage.clientHeight / 2); draw(); event.preventDefault(); return; }
-  if (/^[1-9]$/.test(key)) { setClass(Number(key) - 1); event.preventDefault(); return; }
+  if (/^[1-9]$/.test(key)) { setClass(Number(key)); event.preventDefault(); return; }
   if (TOOLS[key]) { setTool(TOOLS[key]); event.preventDefault(); return; }
   if (KEYS[key] !== undefined) { act(KEYS[key]); event.preventDefault(); }
 });
@@ -608,8 +629,8 @@ root.addEventListener('click', (event) => {
   if (target.dataset.act) act(target.dataset.act);
   else if (target.dataset.tool) setTool(target.dataset.tool);
   else if (target.dataset.class) {
-    const index = S.classes.findIndex((c) => c.id === Number(target.dataset.class));
-    setClass(index);
+    const c = S.classes.find((k) => k.id === Number(target.dataset.class));
+    if (c) setClassOf(c);
   } else { S.sel = Number(target.dataset.id); draw(); panel(); }
   cv.focus({preventScroll: true});
 });

@@ -544,3 +544,38 @@ def test_a_reload_opens_the_same_image_again(workbench):
             wait_text(page, "#review-canvas .wb-message", "no image 999")
         finally:
             browser.close()
+
+
+def test_number_keys_stay_with_their_class_when_a_class_is_deleted(workbench):
+    """Issue 26, bug 5: the number keys were positions in the class list, so deleting or merging a class gave the
+    later classes other numbers (a person's "3" became another class). Each class keeps its key while it exists."""
+    from playwright.sync_api import sync_playwright
+
+    from db.annotations import get_annotations
+
+    url, db = workbench
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url.rstrip("/") + "/?image=1")
+            page.wait_for_function("() => window.__wbCanvas && __wbCanvas.imageId === 1 && __wbCanvas.keyOf", timeout=60_000)
+            keys = page.evaluate("() => __wbCanvas.keyOf")
+            assert keys == {"3": 1, "7": 2, "12": 3}, keys
+            page.get_by_role("tab", name="Classes").click()
+            page.locator("#class-pick input").click()
+            page.get_by_role("option", name="ball (id 7)").click()
+            page.locator("#confirm-delete input").check()
+            page.locator("#delete-class").click()
+            wait_text(page, "#class-message", "Class deleted")
+            page.get_by_role("tab", name="Review").click()
+            page.wait_for_function("() => !__wbCanvas.classes.some(c => c.id === 7)", timeout=30_000)
+            assert page.evaluate("() => __wbCanvas.keyOf") == {"3": 1, "12": 3}
+            target = page.evaluate("() => __wbCanvas.instances.find(i => i.category_id === 3).id")
+            page.evaluate("id => { __wbCanvas.sel = id; }", target)
+            page.locator("#image-title").click()
+            page.keyboard.press("3")  # still "sign"
+            wait_saved(page)
+        finally:
+            browser.close()
+    assert next(r for r in get_annotations(db, 1)[1] if r["id"] == target)["category_id"] == 12
