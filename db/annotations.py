@@ -270,7 +270,7 @@ def _require_revision(seen_revision, needs: str, then: str) -> None:
 
 def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int,
                      user: str | None = None, action: str = "save", proposing: bool = False,
-                     deletes: Iterable[int] = ()) -> int:
+                     deletes: Iterable[int] = (), created: list[int] | None = None) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
     the others added, the rest deleted). Returns the new revision. ``proposing``: a model's new proposals
     replace its unreviewed ones (recorded as replaced, not rejected; see db.fates).
@@ -281,11 +281,12 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
     (imports and scripts that own the image use :func:`save_annotations_unchecked`).
 
     ``deletes``: annotations the caller deletes by name (an instance it left out is otherwise deleted only if it
-    was there at ``seen_revision``: one added since is someone else's, which the caller never saw)."""
+    was there at ``seen_revision``: one added since is someone else's, which the caller never saw). ``created``:
+    a list that gets the ids of the annotations this save added (the caller's new instances, in their order)."""
     _require_revision(seen_revision, f"a save of image {image_id} needs the revision its annotations were read "
                                      "at", "read the image first")
     return _save(db, image_id, instances, seen_revision, user=user, action=action, proposing=proposing,
-                 deletes=set(deletes))
+                 deletes=set(deletes), created=created)
 
 
 def save_annotations_unchecked(db: Database, image_id: int, instances: list[InstanceData], *,
@@ -415,7 +416,7 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
 
 def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revision: int | None, *,
           user: str | None, action: str, proposing: bool, recovered: int | None = None,
-          deletes: set[int] = frozenset()) -> int:
+          deletes: set[int] = frozenset(), created: list[int] | None = None) -> int:
     conflict = None
     with db.session() as session:
         image = session.get(Image, image_id)
@@ -456,6 +457,8 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
                 instances, columns = merged.instances, merged.columns
         if conflict is None:
             revision, added = _apply(session, image, instances, columns, current, action, user)
+            if created is not None:
+                created.extend(ann.id for ann, _ in added)
             fates.record_changes(session, image, added, action="propose" if proposing else "save", user=user)
             if recovered is not None:  # a lost version put back: no longer offered
                 session.get(JournalEntry, recovered).undone = True

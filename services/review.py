@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from db.annotations import ConflictError, Seen, get_annotations
+from db.annotations import ConflictError, Seen
 from db.errors import WorkbenchError
 from services import wire
 from services.proposals import MAX_BOXES
@@ -41,10 +41,6 @@ class EditsResult:
     created: dict[int, int] = field(default_factory=dict)  # temp id -> annotation id
     proposals: list = field(default_factory=list)          # services.proposals.ProposalResult of propose edits
     error: Exception | None = None      # why the batch stopped early (a ConflictError or WorkbenchError)
-
-
-def _ids(image_id: int, db) -> set[int]:
-    return {row["id"] for row in get_annotations(db, image_id, decode_masks=False)[1]}
 
 
 def apply_edits(workbench, image_id: int, edits, seen_revision: int | None, user: str | None = None) -> EditsResult:
@@ -71,77 +67,127 @@ def apply_edits(workbench, image_id: int, edits, seen_revision: int | None, user
     return result
 
 
-def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: str | None,
-               seen: Seen | None) -> None:
-    if not isinstance(edit, dict) or edit.get("kind") not in EDIT_KINDS:
-        raise WorkbenchError(f"edit {index} must be an object whose kind is one of {', '.join(EDIT_KINDS)}")
-    kind, rev = edit["kind"], seen
+@dataclass
+class _Edit:
+    """One edit of a batch as its handler gets it: the workbench, the image, the edit, its place in the batch,
+    the batch's result so far, the user and the revision the edit starts from (db.annotations.Seen)."""
+    wb: object
+    image_id: int
+    edit: dict
+    index: int
+    result: EditsResult
+    user: str | None
+    seen: Seen | None
 
-    def annotation_id(value) -> int:  # an annotation id, or a temp id of an instance made earlier in the batch
-        number = wire.temporary_or_strict_id(value, f"edit {index}: an instance id")
+    def annotation_id(self, value) -> int:
+        """An annotation id, or the temp id of an instance made earlier in the batch."""
+        number = wire.temporary_or_strict_id(value, f"edit {self.index}: an instance id")
         if number < 0:
-            if number not in result.created:
-                raise WorkbenchError(f"edit {index}: instance {number} was never saved; draw it again")
-            return result.created[number]
+            if number not in self.result.created:
+                raise WorkbenchError(f"edit {self.index}: instance {number} was never saved; draw it again")
+            return self.result.created[number]
         return number
 
-    # a new instance's temp id, checked before anything is saved
-    temp = None if edit.get("temp_id") is None else wire.temporary_or_strict_id(edit["temp_id"],
-                                                                                f"edit {index}: temp_id")
+    def ids(self) -> list[int]:
+        return [self.annotation_id(i) for i in wire.listed(self.edit.get("ids"), f"edit {self.index}: ids",
+                                                            item="instance ids")]
 
-    def made(before: set[int]) -> None:  # the annotation a new-instance edit made gets its temp id's mapping
-        new = sorted(_ids(image_id, wb.db) - before)
-        if temp is not None and len(new) == 1:
-            result.created[temp] = new[0]
+    def temp_id(self) -> int | None:
+        """A new instance's temp id, checked before anything is saved."""
+        value = self.edit.get("temp_id")
+        return None if value is None else wire.temporary_or_strict_id(value, f"edit {self.index}: temp_id")
 
-    if kind == "review":
-        if edit.get("state") not in ("accepted", "rejected", "proposed"):
-            raise WorkbenchError(f"edit {index}: state must be accepted, rejected or proposed")
-        ids = wire.listed(edit.get("ids"), f"edit {index}: ids", item="instance ids")
-        result.revision = wb.review(image_id, [annotation_id(i) for i in ids], edit["state"], rev, user)
-    elif kind == "delete":
-        for value in wire.listed(edit.get("ids"), f"edit {index}: ids", item="instance ids"):
-            result.revision = wb.delete_instance(image_id, annotation_id(value), rev, user)
-            rev = rev.after(result.revision) if rev is not None else None
-    elif kind == "class":
-        result.revision = wb.set_category(image_id, annotation_id(edit.get("id")), edit.get("category_id"), rev, user)
-    elif kind == "accept_all":
-        threshold = edit.get("threshold", 0.0)  # None: the proposals the model's thresholds show
-        threshold = None if threshold is None else wire.fraction(threshold, f"edit {index}: threshold")
-        result.revision, _ = wb.accept_all(image_id, threshold, rev, user)
-    elif kind == "mask":
-        if edit.get("tool") not in TOOLS:
-            raise WorkbenchError(f"edit {index}: tool must be one of {', '.join(TOOLS)}")
-        counts = edit.get("counts")
-        if not isinstance(counts, str) or not counts:
-            raise WorkbenchError(f"edit {index}: counts must be a compressed COCO RLE string")
-        target = None if edit.get("id") is None else annotation_id(edit["id"])
-        before = _ids(image_id, wb.db)
-        result.revision = wb.save_mask(image_id, target, edit.get("category_id"), None, rev, user,
-                                       tool="polygon" if edit["tool"] == "polygon" else "brush", counts=counts)
-        if target is None:
-            made(before)
-    elif kind == "box":  # checked and clipped to the image before the model or GrabCut sees it
-        info = wb.image_info(image_id)
-        box = wire.clipped_box(edit.get("box"), info["width"], info["height"], f"edit {index}: box")
-        before = _ids(image_id, wb.db)
-        category_id = wb.category_id(edit.get("category_id"))
-        result.revision, sources = wb.add_boxes(image_id, [(category_id, box)], box_only=False, seen_revision=rev,
-                                                user=user)
-        made(before)
-    elif kind == "refine":
-        info = wb.image_info(image_id)
-        positive, negative = (wire.points_in_image(edit.get(key), info["width"], info["height"], f"edit {index}: {key}")
-                              for key in ("positive", "negative"))
-        result.revision = wb.refine_with_clicks(image_id, annotation_id(edit.get("id")), positive, negative, rev,
-                                                user)
-    elif kind == "keep_box":
-        result.revision = wb.keep_box(image_id, annotation_id(edit.get("id")), rev, user)
-    elif kind == "undo":
-        result.revision = wb.undo(image_id, rev, user)
-    elif kind == "propose":
-        proposed = wb.propose(image_id, seen_revision=rev, user=user)
-        result.revision = proposed.revision
-        result.proposals.append(proposed)
-    elif kind == "recover":
-        result.revision = wb.recover_conflict(image_id, rev, user)
+    def made(self, temp: int | None, created: list[int]) -> None:
+        """The annotation a new-instance edit made (the save says its id) answers to its temp id."""
+        if temp is not None and len(created) == 1:
+            self.result.created[temp] = created[0]
+
+
+def _review(e: _Edit) -> None:
+    if e.edit.get("state") not in ("accepted", "rejected", "proposed"):
+        raise WorkbenchError(f"edit {e.index}: state must be accepted, rejected or proposed")
+    e.result.revision = e.wb.review(e.image_id, e.ids(), e.edit["state"], e.seen, e.user)
+
+
+def _delete(e: _Edit) -> None:
+    seen = e.seen
+    for ann_id in e.ids():
+        e.result.revision = e.wb.delete_instance(e.image_id, ann_id, seen, e.user)
+        seen = seen.after(e.result.revision) if seen is not None else None
+
+
+def _class(e: _Edit) -> None:
+    e.result.revision = e.wb.set_category(e.image_id, e.annotation_id(e.edit.get("id")), e.edit.get("category_id"),
+                                          e.seen, e.user)
+
+
+def _accept_all(e: _Edit) -> None:
+    threshold = e.edit.get("threshold", 0.0)  # None: the proposals the model's thresholds show
+    threshold = None if threshold is None else wire.fraction(threshold, f"edit {e.index}: threshold")
+    e.result.revision, _ = e.wb.accept_all(e.image_id, threshold, e.seen, e.user)
+
+
+def _mask(e: _Edit) -> None:
+    if e.edit.get("tool") not in TOOLS:
+        raise WorkbenchError(f"edit {e.index}: tool must be one of {', '.join(TOOLS)}")
+    counts = e.edit.get("counts")
+    if not isinstance(counts, str) or not counts:
+        raise WorkbenchError(f"edit {e.index}: counts must be a compressed COCO RLE string")
+    temp = e.temp_id()
+    target = None if e.edit.get("id") is None else e.annotation_id(e.edit["id"])
+    created: list[int] = []
+    e.result.revision = e.wb.save_mask(e.image_id, target, e.edit.get("category_id"), None, e.seen, e.user,
+                                       tool="polygon" if e.edit["tool"] == "polygon" else "brush", counts=counts,
+                                       created=created)
+    if target is None:
+        e.made(temp, created)
+
+
+def _box(e: _Edit) -> None:  # checked and clipped to the image before the model or GrabCut sees it
+    temp = e.temp_id()
+    info = e.wb.image_info(e.image_id)
+    box = wire.clipped_box(e.edit.get("box"), info["width"], info["height"], f"edit {e.index}: box")
+    category_id = e.wb.category_id(e.edit.get("category_id"))
+    created: list[int] = []
+    e.result.revision, _ = e.wb.add_boxes(e.image_id, [(category_id, box)], box_only=False, seen_revision=e.seen,
+                                          user=e.user, created=created)
+    e.made(temp, created)
+
+
+def _refine(e: _Edit) -> None:
+    info = e.wb.image_info(e.image_id)
+    positive, negative = (wire.points_in_image(e.edit.get(key), info["width"], info["height"],
+                                               f"edit {e.index}: {key}") for key in ("positive", "negative"))
+    e.result.revision = e.wb.refine_with_clicks(e.image_id, e.annotation_id(e.edit.get("id")), positive, negative,
+                                                e.seen, e.user)
+
+
+def _keep_box(e: _Edit) -> None:
+    e.result.revision = e.wb.keep_box(e.image_id, e.annotation_id(e.edit.get("id")), e.seen, e.user)
+
+
+def _undo(e: _Edit) -> None:
+    e.result.revision = e.wb.undo(e.image_id, e.seen, e.user)
+
+
+def _propose(e: _Edit) -> None:
+    proposed = e.wb.propose(e.image_id, seen_revision=e.seen, user=e.user)
+    e.result.revision = proposed.revision
+    e.result.proposals.append(proposed)
+
+
+def _recover(e: _Edit) -> None:
+    e.result.revision = e.wb.recover_conflict(e.image_id, e.seen, e.user)
+
+
+EDIT_HANDLERS = {"review": _review, "delete": _delete, "class": _class, "accept_all": _accept_all, "mask": _mask,
+                 "box": _box, "refine": _refine, "undo": _undo, "propose": _propose, "recover": _recover,
+                 "keep_box": _keep_box}  # an edit's kind -> what applies it
+assert set(EDIT_HANDLERS) == set(EDIT_KINDS)
+
+
+def _apply_one(wb, image_id: int, edit, index: int, result: EditsResult, user: str | None,
+               seen: Seen | None) -> None:
+    if not isinstance(edit, dict) or edit.get("kind") not in EDIT_HANDLERS:
+        raise WorkbenchError(f"edit {index} must be an object whose kind is one of {', '.join(EDIT_KINDS)}")
+    EDIT_HANDLERS[edit["kind"]](_Edit(wb, image_id, edit, index, result, user, seen))

@@ -577,7 +577,8 @@ class Workbench:
         return revision, said
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
-                  box_only: bool, seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
+                  box_only: bool, seen_revision: int | None, user: str | None = None,
+                  created: list[int] | None = None) -> tuple[int, list[str]]:
         """Boxes a person drew (category id, x1 y1 x2 y2 in image pixels) become accepted annotations,
         with the active model's mask for that box and class (box-only classes included, through the
         weight transfer) or, without a model that knows the class, GrabCut. Each box is checked before any of
@@ -597,7 +598,8 @@ class Workbench:
             new.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             sources.append(how)
         revision = save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows] + new,
-                                    seen_revision=_write_revision(seen_revision, revision), user=user)
+                                    seen_revision=_write_revision(seen_revision, revision), user=user,
+                                    created=created)
         return revision, sources
 
     def _box_masks(self, image_id: int, box_only: bool):
@@ -653,7 +655,7 @@ class Workbench:
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
                   seen_revision: int | None, user: str | None = None, tool: str = "brush", *,
-                  counts: str | None = None) -> int:
+                  counts: str | None = None, created: list[int] | None = None) -> int:
         """A mask painted by a person replaces an annotation's mask (or makes a new annotation of ``category``,
         recorded as made with ``tool``: brush, polygon, grabcut, box or other): ``mask`` an (H, W) bool array,
         or ``counts`` the compressed COCO RLE of the image's size (the review canvas encodes its masks in the
@@ -677,7 +679,7 @@ class Workbench:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
             data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user)
+                                user=user, created=created)
 
     def refine_with_clicks(self, image_id: int, ann_id: int, positive_points, negative_points,
                            seen_revision: int | None, user: str | None = None) -> int:
