@@ -254,6 +254,26 @@ def lost_edits(db, tally: Tally) -> list[dict]:
     return lost
 
 
+def journal_of(db, image_id: int, ann_id: int) -> list[dict]:
+    """The journal's entries of an image that touched an instance: revision, action, user, how."""
+    from sqlalchemy import select
+
+    from db.models import JournalEntry
+
+    with db.session() as session:
+        entries = list(session.scalars(select(JournalEntry).where(JournalEntry.image_id == image_id)
+                                       .order_by(JournalEntry.id)))
+    out = []
+    for entry in entries:
+        rows = [row for row in entry.snapshot or [] if row.get("id") == ann_id]
+        if ann_id in (entry.added or []) or rows:
+            out.append({"revision": entry.revision, "action": entry.action, "user": entry.user,
+                        "content": entry.content, "added": ann_id in (entry.added or []),
+                        "rows": [{k: v for k, v in row.items() if k not in ("mask_rle", "mask_polygons")}
+                                 for row in rows]})
+    return out
+
+
 def journalled(db, tally: Tally) -> int:
     """Same-instance refusals whose edit is in the journal as a lost version (content "lost", its instance)."""
     from sqlalchemy import select
@@ -292,6 +312,10 @@ def run(args, url: str | None, backend: str) -> dict:
             thread.join()
         classify_refusals(db, tally)
         lost = lost_edits(db, tally)
+        for item in lost[:3]:  # what the journal says of a lost instance (to find why)
+            item["journal"] = journal_of(db, item["image"], item["id"])
+            item["acknowledged_edits"] = [a for a in tally.acknowledged
+                                          if a["image"] == item["image"] and a["id"] == item["id"]]
         out = {"backend": backend, "labellers": args.labellers, "seconds": args.seconds, "photos": args.photos,
                "own_share": args.own, "attempts": tally.attempts, "acknowledged": len(tally.acknowledged),
                "acknowledged_lost": len(lost), "phantom_conflicts": len(tally.phantom),
