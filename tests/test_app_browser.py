@@ -7,6 +7,7 @@ failure are written to the test's temporary folder (its path is printed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -56,6 +57,21 @@ def workbench(tmp_path, tmp_path_factory):
             yield url, db
     finally:
         db.close()
+
+
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A page of a headless Chromium at ``url`` (closed afterwards)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
 
 
 def wait_text(page, selector: str, text: str, timeout: float = 60):
@@ -398,7 +414,6 @@ def test_most_useful_next_proposes_once_per_photo(workbench, tmp_path):
     """Issue 26, bug 1: choosing Order -> "most useful next" (the dropdown sends its input again when it loses
     focus) runs the model once per unlabelled photo: nothing is journalled as a conflict, so no photo offers to
     "recover my lost version" that nobody made."""
-    from playwright.sync_api import sync_playwright
     from sqlalchemy import select
 
     from db.models import JournalEntry
@@ -417,22 +432,16 @@ def test_most_useful_next_proposes_once_per_photo(workbench, tmp_path):
         with db.session() as session:
             return [(e.image_id, e.action) for e in session.scalars(select(JournalEntry))]
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url)
-            page.wait_for_selector("#gallery", timeout=60_000)
-            page.locator("#gallery-order input").click()
-            page.get_by_role("option", name="most useful next").click()
-            page.locator("#app-title").click()  # focus leaves the dropdown: Gradio sends its input again
-            wait_text(page, "#gallery", "uncertainty")
-            deadline = time.monotonic() + 60
-            while sum(image in new_ids for image, _ in journal()) < len(new_ids) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(3)  # room for a second run to store (or lose) its proposals
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.wait_for_selector("#gallery", timeout=60_000)
+        page.locator("#gallery-order input").click()
+        page.get_by_role("option", name="most useful next").click()
+        page.locator("#app-title").click()  # focus leaves the dropdown: Gradio sends its input again
+        wait_text(page, "#gallery", "uncertainty")
+        deadline = time.monotonic() + 60
+        while sum(image in new_ids for image, _ in journal()) < len(new_ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # room for a second run to store (or lose) its proposals
     entries = [(image, action) for image, action in journal() if image in new_ids]
     assert sorted(entries) == sorted((image, "save") for image in new_ids), entries
 
@@ -440,35 +449,27 @@ def test_most_useful_next_proposes_once_per_photo(workbench, tmp_path):
 def test_the_delete_class_confirmation_is_asked_again_after_each_delete(workbench):
     """Issue 26, bug 5: after a class was deleted with its annotations, the confirmation stayed ticked, so the
     next delete went through in one click. It is unticked after every delete."""
-    from playwright.sync_api import sync_playwright
 
     from db import queries
 
     url, db = workbench
     names = queries.category_names(db)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url)
-            page.wait_for_selector("#gallery", timeout=60_000)
-            page.get_by_role("tab", name="Classes").click()
-            victim = next(iter(names.values()))
-            page.locator("#class-pick input").click()
-            page.get_by_role("option", name=f"{victim} (id", exact=False).first.click()
-            page.locator("#confirm-delete input").check()
-            page.locator("#delete-class").click()
-            wait_text(page, "#class-message", "Class deleted")
-            page.wait_for_function("() => !document.querySelector('#confirm-delete input').checked", timeout=30_000)
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.wait_for_selector("#gallery", timeout=60_000)
+        page.get_by_role("tab", name="Classes").click()
+        victim = next(iter(names.values()))
+        page.locator("#class-pick input").click()
+        page.get_by_role("option", name=f"{victim} (id", exact=False).first.click()
+        page.locator("#confirm-delete input").check()
+        page.locator("#delete-class").click()
+        wait_text(page, "#class-message", "Class deleted")
+        page.wait_for_function("() => !document.querySelector('#confirm-delete input').checked", timeout=30_000)
     assert victim not in queries.category_names(db).values()
 
 
 def test_opening_a_photo_that_gets_proposals_updates_its_caption_and_the_counts(workbench, tmp_path):
     """Issue 26, bug 6: opening a new photo proposes on it, but its gallery caption still said "new" and the
     overview's counts stayed as they were until Refresh."""
-    from playwright.sync_api import sync_playwright
 
     from db.uploads import add_images
 
@@ -477,26 +478,19 @@ def test_opening_a_photo_that_gets_proposals_updates_its_caption_and_the_counts(
     pixels[20:80, 30:100] = (200, 60, 60)
     Image.fromarray(pixels).save(tmp_path / "fresh.png")
     image_id = add_images(db, [tmp_path / "fresh.png"]).image_ids[0]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url)
-            wait_text(page, "#gallery", f"{image_id} · new")
-            before = page.inner_text("#overview")
-            page.locator("#gallery").get_by_text(f"{image_id} · new").click()
-            wait_text(page, "#review-canvas .wb-message", "model proposed")
-            wait_text(page, "#gallery", f"{image_id} · proposed")
-            page.wait_for_function("t => document.querySelector('#overview').innerText !== t", arg=before,
-                                   timeout=30_000)
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        wait_text(page, "#gallery", f"{image_id} · new")
+        before = page.inner_text("#overview")
+        page.locator("#gallery").get_by_text(f"{image_id} · new").click()
+        wait_text(page, "#review-canvas .wb-message", "model proposed")
+        wait_text(page, "#gallery", f"{image_id} · proposed")
+        page.wait_for_function("t => document.querySelector('#overview').innerText !== t", arg=before,
+                               timeout=30_000)
 
 
 def test_a_second_upload_sends_only_its_own_files_and_opens_the_new_photo(workbench, tmp_path):
     """Issue 26, bug 5: the upload widget kept its files, so the next upload sent every earlier one again
     ("1 added, 1 already there") and then opened the first of them, not the new photo."""
-    from playwright.sync_api import sync_playwright
 
     url, db = workbench
     files = []
@@ -505,77 +499,57 @@ def test_a_second_upload_sends_only_its_own_files_and_opens_the_new_photo(workbe
         pixels[10:50, 20:80] = (60, 60 + 100 * k, 200)
         files.append(tmp_path / f"upload{k}.png")
         Image.fromarray(pixels).save(files[-1])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url)
-            page.wait_for_selector("#gallery", timeout=60_000)
-            page.locator("#upload input[type=file]").set_input_files([str(files[0])])
-            wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
-            wait_text(page, "#image-title", "upload0.png")
-            page.wait_for_function("() => !document.querySelector('#upload .file-preview')", timeout=30_000)
-            page.locator("#upload input[type=file]").set_input_files([str(files[1])])
-            wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
-            wait_text(page, "#image-title", "upload1.png")
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.wait_for_selector("#gallery", timeout=60_000)
+        page.locator("#upload input[type=file]").set_input_files([str(files[0])])
+        wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
+        wait_text(page, "#image-title", "upload0.png")
+        page.wait_for_function("() => !document.querySelector('#upload .file-preview')", timeout=30_000)
+        page.locator("#upload input[type=file]").set_input_files([str(files[1])])
+        wait_text(page, "#upload-message", "1 image(s) added, 0 already there")
+        wait_text(page, "#image-title", "upload1.png")
 
 
 def test_a_reload_opens_the_same_image_again(workbench):
     """Issue 26, bug 6: a reload forgot the open image (there was no link per image). The address carries
     ?image=N for the open image; loading it opens that image; a link to no image says so."""
-    from playwright.sync_api import sync_playwright
 
     url, _ = workbench
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url)
-            page.wait_for_selector("#gallery", timeout=60_000)
-            wait_text(page, "#gallery", "3 · ")
-            page.locator("#gallery").get_by_text("3 · ", exact=False).first.click()
-            wait_text(page, "#image-title", "Image 3 ")
-            page.wait_for_function("() => new URL(location.href).searchParams.get('image') === '3'", timeout=30_000)
-            page.reload()
-            wait_text(page, "#image-title", "Image 3 ")
-            page.goto(url.rstrip("/") + "/?image=999")
-            wait_text(page, "#review-canvas .wb-message", "no image 999")
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.wait_for_selector("#gallery", timeout=60_000)
+        wait_text(page, "#gallery", "3 · ")
+        page.locator("#gallery").get_by_text("3 · ", exact=False).first.click()
+        wait_text(page, "#image-title", "Image 3 ")
+        page.wait_for_function("() => new URL(location.href).searchParams.get('image') === '3'", timeout=30_000)
+        page.reload()
+        wait_text(page, "#image-title", "Image 3 ")
+        page.goto(url.rstrip("/") + "/?image=999")
+        wait_text(page, "#review-canvas .wb-message", "no image 999")
 
 
 def test_number_keys_stay_with_their_class_when_a_class_is_deleted(workbench):
     """Issue 26, bug 5: the number keys were positions in the class list, so deleting or merging a class gave the
     later classes other numbers (a person's "3" became another class). Each class keeps its key while it exists."""
-    from playwright.sync_api import sync_playwright
 
     from db.annotations import get_annotations
 
     url, db = workbench
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(url.rstrip("/") + "/?image=1")
-            page.wait_for_function("() => window.__wbCanvas && __wbCanvas.imageId === 1 && __wbCanvas.keyOf", timeout=60_000)
-            keys = page.evaluate("() => __wbCanvas.keyOf")
-            assert keys == {"3": 1, "7": 2, "12": 3}, keys
-            page.get_by_role("tab", name="Classes").click()
-            page.locator("#class-pick input").click()
-            page.get_by_role("option", name="ball (id 7)").click()
-            page.locator("#confirm-delete input").check()
-            page.locator("#delete-class").click()
-            wait_text(page, "#class-message", "Class deleted")
-            page.get_by_role("tab", name="Review").click()
-            page.wait_for_function("() => !__wbCanvas.classes.some(c => c.id === 7)", timeout=30_000)
-            assert page.evaluate("() => __wbCanvas.keyOf") == {"3": 1, "12": 3}
-            target = page.evaluate("() => __wbCanvas.instances.find(i => i.category_id === 3).id")
-            page.evaluate("id => { __wbCanvas.sel = id; }", target)
-            page.locator("#image-title").click()
-            page.keyboard.press("3")  # still "sign"
-            wait_saved(page)
-        finally:
-            browser.close()
+    with browser_page(url.rstrip("/") + "/?image=1") as page:
+        page.wait_for_function("() => window.__wbCanvas && __wbCanvas.imageId === 1 && __wbCanvas.keyOf", timeout=60_000)
+        keys = page.evaluate("() => __wbCanvas.keyOf")
+        assert keys == {"3": 1, "7": 2, "12": 3}, keys
+        page.get_by_role("tab", name="Classes").click()
+        page.locator("#class-pick input").click()
+        page.get_by_role("option", name="ball (id 7)").click()
+        page.locator("#confirm-delete input").check()
+        page.locator("#delete-class").click()
+        wait_text(page, "#class-message", "Class deleted")
+        page.get_by_role("tab", name="Review").click()
+        page.wait_for_function("() => !__wbCanvas.classes.some(c => c.id === 7)", timeout=30_000)
+        assert page.evaluate("() => __wbCanvas.keyOf") == {"3": 1, "12": 3}
+        target = page.evaluate("() => __wbCanvas.instances.find(i => i.category_id === 3).id")
+        page.evaluate("id => { __wbCanvas.sel = id; }", target)
+        page.locator("#image-title").click()
+        page.keyboard.press("3")  # still "sign"
+        wait_saved(page)
     assert next(r for r in get_annotations(db, 1)[1] if r["id"] == target)["category_id"] == 12

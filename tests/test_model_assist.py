@@ -226,12 +226,14 @@ def test_the_scissors_through_the_workbench(bench):  # noqa: F811
 
 
 # ---- next-photo prefetch --------------------------------------------------------------------------------------
-def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F811
+def held_model(bench) -> tuple[threading.Event, threading.Event, list[int]]:  # noqa: F811
+    """The bench's workbench gets an active model whose run is held until the test releases it -> (set when it
+    runs, release, the photos it ran on)."""
     wb, image_id, h, w, version = bench
     made = [FakeInstance(3, 0.9, (0, 0, 8, 8), box_mask(h, w, 0, 0, 8, 8))]
     predicting, release, runs = threading.Event(), threading.Event(), []
 
-    def predictions(image_id_, image):  # the model, held until the test releases it
+    def predictions(image_id_, image):
         runs.append(image_id_)
         predicting.set()
         assert release.wait(10)
@@ -239,6 +241,12 @@ def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F81
 
     wb.models.predictions = predictions
     registry.activate_version(wb.db, version)
+    return predicting, release, runs
+
+
+def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F811
+    wb, image_id, h, w, version = bench
+    predicting, release, runs = held_model(bench)
     wb.prefetcher.ahead_count = 2  # the suite turns prefetch off by default (conftest)
     wb.prefetch([image_id])
     assert predicting.wait(10)
@@ -264,17 +272,7 @@ def test_the_same_photo_opened_twice_at_once_proposes_once_without_a_conflict(be
     """Two tabs open one photo (or the page sends the open twice) while the model runs: one run, one set of
     proposals, both callers get its result, no conflict journalled and nothing to "recover" (issue 26, bug 1)."""
     wb, image_id, h, w, version = bench
-    made = [FakeInstance(3, 0.9, (0, 0, 8, 8), box_mask(h, w, 0, 0, 8, 8))]
-    predicting, release, runs = threading.Event(), threading.Event(), []
-
-    def predictions(image_id_, image):  # the model, held until the second open is waiting
-        runs.append(image_id_)
-        predicting.set()
-        assert release.wait(10)
-        return version, made
-
-    wb.models.predictions = predictions
-    registry.activate_version(wb.db, version)
+    predicting, release, runs = held_model(bench)  # the model, held until the second open is waiting
     results = [None, None]
 
     def open_photo(k: int) -> None:
