@@ -346,11 +346,10 @@ class _Merged:
     #                                "deleted"}; "conflict": one of ``conflicts``): a refused save's lost version
 
 
-def _kept(ann: Annotation) -> tuple[InstanceData, dict]:
-    """An annotation as it is, as a (instance, columns) pair that _apply leaves unchanged."""
-    names = ("category_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "mask_polygons", "area", "iscrowd",
-             "source", "review_state", "score", "model_version_id", *_WHO)
-    return InstanceData(category_id=ann.category_id, id=ann.id), {name: getattr(ann, name) for name in names}
+def _changed_since(known: dict[int, dict], now: dict[int, Annotation], ids) -> set[int]:
+    """Of ``ids``, the instances someone changed, added or deleted between ``known`` and ``now``."""
+    return {i for i in ids if (i in known) != (i in now)
+            or (i in known and _content(known[i]) != _content(_row(now[i])))}
 
 
 def _merge(base: dict[int, dict], current: list[Annotation], instances: list[InstanceData],
@@ -363,13 +362,16 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
     when the instances were read later on the server (``base``): someone else's changes are those since ``known``."""
     now = {ann.id: ann for ann in current}
     known = base if known is None else known
-    changed_since = {ann_id for ann_id in known.keys() | now.keys()
-                     if (ann_id in known) != (ann_id in now) or _content(known[ann_id]) != _content(_row(now[ann_id]))}
+    changed_since = _changed_since(known, now, known.keys() | now.keys())
     out = _Merged([], [], [], [])
     mentioned = set()
 
     def changed(values: dict, ann_id: int | None, conflict: bool = False) -> None:
         out.changes.append({**{k: _plain(v) for k, v in values.items()}, "id": ann_id, "conflict": conflict})
+
+    def keep(ann: Annotation) -> None:  # as it is now (a pair that _apply leaves unchanged)
+        out.instances.append(InstanceData(category_id=ann.category_id, id=ann.id))
+        out.columns.append({name: getattr(ann, name) for name in _SNAPSHOT_FIELDS if name != "id"})
 
     for inst, values in zip(instances, columns):
         ann_id = inst.id
@@ -383,17 +385,13 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
         as_now = ann_id in now and mine == _content(_row(now[ann_id]))
         if as_now or (ann_id in base and mine == _content(base[ann_id])):
             if ann_id in now:  # not changed by this save: as it is now (deleted by someone else: stays deleted)
-                kept, kept_values = _kept(now[ann_id])
-                out.instances.append(kept)
-                out.columns.append(kept_values)
+                keep(now[ann_id])
             continue
         changed(values, ann_id, conflict=ann_id in changed_since)
         if ann_id in changed_since:
             out.conflicts.append(ann_id)
             if ann_id in now:
-                kept, kept_values = _kept(now[ann_id])
-                out.instances.append(kept)
-                out.columns.append(kept_values)
+                keep(now[ann_id])
             continue
         out.instances.append(inst)
         out.columns.append(values)
@@ -407,9 +405,7 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
             continue  # deleted by this save
         if deleted:  # deleted by this save, changed by someone else since
             out.conflicts.append(ann_id)
-        kept, kept_values = _kept(ann)  # added by someone else since (the save never saw it), or the conflict's
-        out.instances.append(kept)
-        out.columns.append(kept_values)
+        keep(ann)  # added by someone else since (the save never saw it), or the conflict's
     out.conflicts.sort()
     return out
 
@@ -516,9 +512,7 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
             image = _bump(session, image_id, None)
             current = {ann.id: ann for ann in _current(session, image_id)}
             base = _rows_at(session, image_id, seen_revision, list(current.values()), image.revision - 1, own)
-            clashes = None if base is None else sorted(
-                i for i in set(ids) if (i in base) != (i in current)
-                or (i in base and _content(base[i]) != _content(_row(current[i]))))
+            clashes = None if base is None else sorted(_changed_since(base, current, set(ids)))
             if clashes is None or clashes:
                 attempt.rollback()
                 session.refresh(image)  # the revision as it is again (the bump was rolled back)
