@@ -295,10 +295,12 @@ def run_mnc(args) -> None:
 def run_peer(args) -> None:
     import torch
 
-    from maskrcnn_peer import peer_predict, train_peer
+    from maskrcnn_peer import peer_predict, save_peer, train_peer
+    from mnc_core import MNCConfig
 
     images = ImageCache()
     dataset, truth, image_ids, images_dir = datasets(args, images)
+    limits = MNCConfig().for_instances(dataset.most_instances)  # as many outputs as MNC may give
     torch.manual_seed(args.seed)
     progress = Progress(args.name)
     load_before = loadavg()
@@ -306,8 +308,11 @@ def run_peer(args) -> None:
     model, summary = train_peer(dataset, iterations=args.iterations, image_size=args.image_size or 600,
                                 weights=str(args.weights), lr=lr, seed=args.seed, optimizer=args.optimizer,
                                 frozen_blocks=args.frozen_blocks, scale_jitter=tuple(args.scale_jitter),
-                                pyramid=not args.single_scale, channels=args.channels, on_progress=progress)
+                                pyramid=not args.single_scale, channels=args.channels,
+                                detections_per_img=limits.detections_per_image,
+                                rpn_post_nms_top_n_test=limits.rpn_post_nms_top_n_test, on_progress=progress)
     model.roi_heads.score_thresh = args.score_threshold if args.score_threshold is not None else 0.05  # torchvision's name
+    save_peer(args.work / "ckpt" / f"{args.name}.peer.pt", model, summary["build"], dataset.categories)
     metrics = evaluate(lambda im: peer_predict(model, im, dataset.categories), truth, image_ids, images_dir, images)
     record(args, {"iterations": args.iterations, "train_images": len(dataset), "train_seconds": round(summary["seconds"], 1),
                   "seconds_per_iteration": round(summary["seconds"] / max(1, args.iterations), 3),
@@ -315,7 +320,7 @@ def run_peer(args) -> None:
                   "load_after": loadavg(), "lr": lr, "optimizer": args.optimizer,
                   "frozen_blocks": args.frozen_blocks, "scale_jitter": args.scale_jitter, "curve": progress.points,
                   "pyramid": not args.single_scale, "channels": args.channels,
-                  **metrics})
+                  "detections_per_image": limits.detections_per_image, **metrics})
 
 
 def checkpoint_predictor(args):

@@ -141,14 +141,16 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
                hflip_prob: float = 0.5, seed: int = 0, device: str = "cpu",
                rpn_post_nms_top_n_train: int = 300, box_batch_size_per_image: int = 64, optimizer: str = "sgd",
                frozen_blocks: int = 4, scale_jitter: tuple[float, ...] = (1.0,), pyramid: bool = False,
-               channels: int = 128, cache_bytes: int = 2 * 2**30,
+               channels: int = 128, cache_bytes: int = 2 * 2**30, detections_per_img: int = 100,
+               rpn_post_nms_top_n_test: int = 300,
                on_progress: Callable[[int, float, float], None] | None = None) -> tuple[MaskRCNN, dict]:
     """Training RoI budget defaults to MNC's (300 proposals, 64 sampled RoIs per image, 25 % foreground)
     rather than torchvision's 2000 / 512: on this 2-core CPU the stock budget's mask head (4 convs on up
     to 128 positives) makes an iteration ~2.5x slower than MNC's. Batch 1 SGD with linear warmup and step decay (MNC's train_model schedule, torchvision's reference
     optimiser, or AdamW with `optimizer="adamw"`); images drawn in a seeded random order epoch by epoch,
     horizontal flips, a short side drawn from image_size x `scale_jitter` per image; annotations without
-    a mask (and crowd regions) are dropped. pyramid: the fair peer (module doc), its frozen features cached per
+    a mask (and crowd regions) are dropped. detections_per_img / rpn_post_nms_top_n_test: inference limits (the
+    benchmarks pass MNC's, `MNCConfig.for_instances`, so that both may output as many objects). pyramid: the fair peer (module doc), its frozen features cached per
     (image, flip) in `cache_bytes` when the whole body is frozen and there is no scale jitter."""
     random.seed(seed)
     np.random.seed(seed)
@@ -158,11 +160,12 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
     cat_to_label = {c: i + 1 for i, (c, _) in enumerate(categories)}
     # torchvision draws the training short side from the tuple and evaluates at its last entry: image_size
     sizes = tuple(sorted({int(round(image_size * f)) for f in scale_jitter} - {image_size})) + (image_size,)
-    model = build_peer(len(categories) + 1, weights, min_size=sizes if len(sizes) > 1 else image_size,
-                       max_size=max(max(sizes), int(max(sizes) * 5 / 3)), frozen_blocks=frozen_blocks,
-                       rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-                       box_batch_size_per_image=box_batch_size_per_image, pyramid=pyramid, channels=channels,
-                       cache_bytes=cache_bytes).to(device).train()
+    build = {"num_classes_with_bg": len(categories) + 1, "min_size": sizes if len(sizes) > 1 else image_size,
+             "max_size": max(max(sizes), int(max(sizes) * 5 / 3)), "frozen_blocks": frozen_blocks,
+             "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+             "box_batch_size_per_image": box_batch_size_per_image, "pyramid": pyramid, "channels": channels,
+             "detections_per_img": detections_per_img, "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test}
+    model = build_peer(weights=weights, cache_bytes=cache_bytes, **build).to(device).train()
     cached = pyramid and len(sizes) == 1 and model.backbone.body.frozen_blocks == model.backbone.body.num_blocks
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
@@ -215,7 +218,27 @@ def train_peer(dataset, *, iterations: int, image_size: int, weights: str | Path
         model.backbone.cache.clear()
     tail = history[-20:]
     return model, {"iterations": iterations, "seconds": time.perf_counter() - start, "categories": categories,
-                   "final_loss": sum(tail) / len(tail) if tail else math.nan}
+                   "final_loss": sum(tail) / len(tail) if tail else math.nan, "build": build}
+
+
+def save_peer(path: Path, model: MaskRCNN, build: dict, categories: list[tuple[int, str]]) -> None:
+    """A trained peer: its weights and what build_peer needs to make it again (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save({"build": build, "categories": categories, "state_dict": model.state_dict(),
+                "score_thresh": model.roi_heads.score_thresh}, temporary)
+    temporary.replace(path)
+
+
+def load_peer(path: Path) -> tuple[MaskRCNN, list[tuple[int, str]]]:
+    """(model in eval mode, categories) of a save_peer file; the evaluation short side is the training one."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    build = dict(saved["build"])
+    if isinstance(build["min_size"], (tuple, list)):
+        build["min_size"] = build["min_size"][-1]
+    model = build_peer(weights=None, box_score_thresh=saved["score_thresh"], **build)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), [(int(c), str(n)) for c, n in saved["categories"]]
 
 
 @torch.inference_mode()
