@@ -7,6 +7,7 @@
         [--optimizer sgd|adamw] [--frozen-blocks K] [--scale-jitter F ...]
     python benchmarks/bench_recipe.py reeval NAME [--set FIELD=VALUE ...] [--score-threshold T]
     python benchmarks/bench_recipe.py diagnose NAME --checkpoint RUN [--split ...] [--set FIELD=VALUE ...]
+    python benchmarks/bench_recipe.py latency NAME --checkpoint MNC_RUN --peer-checkpoint PEER_RUN [--images N]
     python benchmarks/bench_recipe.py table [--split select|val]
 
 Projects: `person` (the coco_subset photos that show people, person only) and `all` (every photo, all
@@ -22,7 +23,7 @@ presets, changed by `--set`; the peer is torchvision's Mask R-CNN on the same ba
 (benchmarks/maskrcnn_peer.py). Evaluation: COCOeval mask and box AP of the project's classes
 (services.evaluation.coco_metrics), the model's own score threshold unless --score-threshold.
 Each run appends a line to WORK/results.jsonl (with its command, timing and the load average) and saves
-its checkpoint in WORK/ckpt/NAME.pt (MNC); `table` prints the runs of a split.
+its checkpoint in WORK/ckpt/NAME.pt (MNC) or NAME.peer.pt (peer); `latency` times two of them; `table` prints the runs of a split.
 """
 from __future__ import annotations
 
@@ -349,6 +350,46 @@ def run_reeval(args) -> None:
                   "score_threshold": args.score_threshold, **metrics})
 
 
+def run_latency(args) -> None:
+    """Latency of two trained models on the split's held-out photos, in one run: MNC (--checkpoint, the model users
+    get: Mask^X final masks, its own image size and score threshold) and the peer (--peer-checkpoint, its own
+    0.05 threshold), photo by photo, the order alternating, after --warmup photos. Times include preprocessing
+    and pasting the masks (each model's whole predict)."""
+    import numpy as np
+
+    from maskrcnn_peer import load_peer, peer_predict
+
+    if not args.peer_checkpoint:
+        raise SystemExit("latency needs --checkpoint MNC_RUN and --peer-checkpoint PEER_RUN (in WORK/ckpt)")
+    predictor, truth, image_ids, images, images_dir = checkpoint_predictor(args)
+    peer, peer_categories = load_peer(args.work / "ckpt" / f"{args.peer_checkpoint}.peer.pt")
+    models = {"mnc": lambda image: predictor(image),
+              "peer": lambda image: peer_predict(peer, image, peer_categories)}
+    chosen = image_ids[:args.warmup + args.images]
+    seconds = {name: [] for name in models}
+    counts = {name: [] for name in models}
+    load_before = loadavg()
+    for index, image_id in enumerate(chosen):
+        image = images(images_dir / truth.imgs[image_id]["file_name"])
+        order = list(models) if index % 2 == 0 else list(models)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            instances = models[name](image)
+            took = time.perf_counter() - start
+            if index >= args.warmup:
+                seconds[name].append(took)
+                counts[name].append(len(instances))
+    ratios = [m / p for m, p in zip(seconds["mnc"], seconds["peer"])]
+    summary = {name: {"median_ms": round(1000 * float(np.median(v)), 1), "mean_ms": round(1000 * float(np.mean(v)), 1),
+                      "mean_detections": round(float(np.mean(counts[name])), 1)} for name, v in seconds.items()}
+    record(args, {"checkpoint": args.checkpoint, "peer_checkpoint": args.peer_checkpoint, "images": len(ratios),
+                  "warmup": args.warmup, "threads": args.threads, "load_before": load_before, "load_after": loadavg(),
+                  "latency": summary,
+                  "ratio_of_medians": round(summary["mnc"]["median_ms"] / summary["peer"]["median_ms"], 3),
+                  "ratio_per_photo_median": round(float(np.median(ratios)), 3),
+                  "ratio_per_photo_range": [round(min(ratios), 3), round(max(ratios), 3)]})
+
+
 def size_class(area: float) -> str:
     return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"  # COCO's area ranges
 
@@ -427,7 +468,7 @@ def table(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["mnc", "peer", "reeval", "diagnose", "table"])
+    parser.add_argument("kind", choices=["mnc", "peer", "reeval", "diagnose", "latency", "table"])
     parser.add_argument("name", nargs="?", default="")
     parser.add_argument("--project", choices=["person", "all", *ONE_FILE_PROJECTS], default="person")
     parser.add_argument("--more", type=int, default=0, metavar="N",
@@ -447,6 +488,9 @@ def main() -> int:
                         help="an MNCConfig field, e.g. --set roi_batch_size=64 --set 'scale_jitter=[0.8,1.0]'")
     parser.add_argument("--score-threshold", type=float, default=None)
     parser.add_argument("--checkpoint", default=None, help="reeval: the run whose checkpoint to evaluate")
+    parser.add_argument("--peer-checkpoint", default=None, help="latency: the peer run whose checkpoint to time")
+    parser.add_argument("--images", type=int, default=20, help="latency: photos timed (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2, help="latency: photos run first and not timed")
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     parser.add_argument("--frozen-blocks", type=int, default=4)
     parser.add_argument("--single-scale", action="store_true", help="peer: the earlier one-map peer (else the FPN peer)")
@@ -473,7 +517,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.kind == "peer" and args.iterations is None:
         parser.error("peer runs need --iterations (the budget of the MNC run they stand beside)")
-    {"mnc": run_mnc, "peer": run_peer, "reeval": run_reeval, "diagnose": run_diagnose}[args.kind](args)
+    {"mnc": run_mnc, "peer": run_peer, "reeval": run_reeval, "diagnose": run_diagnose,
+     "latency": run_latency}[args.kind](args)
     return 0
 
 
