@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "which keeps a password out of the command line)")
 
     parser = argparse.ArgumentParser(
-        prog="launch.py", description="Instance segmentation annotation workbench. Without a sub-command: serve "
-                                      "(`python launch.py --port 8000` = `python launch.py serve --port 8000`).")
+        prog="workbench", description="Instance segmentation annotation workbench. Without a sub-command: serve "
+                                      "(`workbench --port 8000` = `workbench serve --port 8000`; `python launch.py` is the same).")
     sub = parser.add_subparsers(dest="command", metavar="SUB-COMMAND")
 
     serve = sub.add_parser("serve", parents=[common], help="start the browser workbench (the default)")
@@ -293,7 +293,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from db.errors import WorkbenchError
 

@@ -292,7 +292,7 @@ function edit(op) {  // shown at once; sent after the next frame is painted (the
   apply(op); S.pending.push(op); S.localMessage = ''; draw(); panel();
   requestAnimationFrame(() => setTimeout(flush, 0));
 }
-// a batch stays within the server's limits (services.review: MAX_EDITS edits, MAX_BOXES box, refine and
+// a batch stays within the server's limits (services.editing: MAX_EDITS edits, MAX_BOXES box, refine and
 // propose edits); the edits beyond them go in the next batch (app/canvas.py fills these numbers in)
 const BATCH_LIMITS = {edits: 500, costly: 20};
 const COSTLY_KINDS = ['box', 'refine', 'propose', 'keep_box'];
@@ -635,6 +635,26 @@ root.addEventListener('click', (event) => {
   cv.focus({preventScroll: true});
 });
 cv.addEventListener('contextmenu', (event) => event.preventDefault());
+// The page around the canvas (keyboard traps): a control clicked with the mouse (a button, a tick box, the slider,
+// a gallery photo) hands the keyboard back to the canvas, so that Tab walks the instances and the review keys
+// work at once; keyboard users who Tab to a control and press it keep their focus (their clicks have detail 0).
+// A number box takes only what can make a number: a review key typed into one (a, r, d...) is not a value.
+if (!window.__wbPageKeys) {
+  window.__wbPageKeys = true;
+  document.addEventListener('click', (event) => {
+    const view = document.querySelector('#review-canvas canvas.wb-view');
+    const state = window.__wbCanvas;
+    if (!view || !state || state.imageId == null || event.detail === 0 || view.closest('.wb-canvas').contains(event.target)) return;
+    if (!event.target.closest('button, input[type=checkbox], input[type=radio], input[type=range], label, #gallery')) return;
+    if (event.target.closest('input[type=number], input[type=text], textarea, select, [role=listbox]')) return;
+    setTimeout(() => { if (view.offsetParent) view.focus({preventScroll: true}); }, 0);
+  }, true);
+  document.addEventListener('keydown', (event) => {
+    const box = event.target.closest && event.target.closest('input[type=number]');
+    if (!box || event.ctrlKey || event.metaKey || event.altKey || event.key.length !== 1) return;
+    if (!/[0-9.,-]/.test(event.key)) event.preventDefault();
+  }, true);
+}
 cv.addEventListener('wheel', (event) => {
   event.preventDefault();
   const [, , sx, sy] = toImage(event);

@@ -19,7 +19,7 @@ from services.workbench import MAX_BOXES, MAX_EDITS
 
 
 def _script() -> str:
-    """canvas.js with the server's limits of a batch of edits (services.review) in its BATCH_LIMITS line."""
+    """canvas.js with the server's limits of a batch of edits (services.editing) in its BATCH_LIMITS line."""
     text = Path(__file__).with_name("canvas.js").read_text(encoding="utf-8")
     line = "const BATCH_LIMITS = {edits: 500, costly: 20};"
     if line not in text:

@@ -160,9 +160,11 @@ class Handlers:
         index = ids.index(selected) if selected in ids else None
         return gr.Gallery(value=items, selected_index=index) if items is not None else gr.Gallery(selected_index=index)
 
-    def overview(self):
-        """Summary line, class table, image table (also the `overview` API)."""
+    def overview(self, with_images: bool = True):
+        """Summary line, class table and (``with_images``: the `overview` API's) image table."""
         summary = self.wb.summary()
+        if not with_images:  # the page: its gallery lists the images
+            return self.summary_line(summary), category_rows(summary)
         images = [[row[h] for h in IMAGE_HEADERS] for row in self.wb.list_images()]
         return self.summary_line(summary), category_rows(summary), images
 
@@ -172,7 +174,8 @@ class Handlers:
         return f"{overview_text(summary, self.wb.status_counts())} · model on {self.wb.device_text()}"
 
     def refresh_all(self, status, order="upload"):
-        return (*self.overview(), *self.gallery(status, order=order))
+        """Refresh: the summary line, the class table and the gallery."""
+        return (*self.overview(with_images=False), *self.gallery(status, order=order))
 
     # ---- the current image ----------------------------------------------------------------
     def view(self, image_id, review_threshold, message: str = "", user: str | None = None) -> View:
@@ -232,7 +235,7 @@ class Handlers:
                             revision=current["revision"], instances=current["instances"],
                             classes=self.wb.category_names(), review_threshold=threshold,
                             score_threshold=self.wb.score_threshold, message=message, status=status, ack=ack,
-                            created=created, lost=len(self.wb.conflicts(image_id, user)), policies=current.get("policy"))
+                            created=created, lost=len(self.wb.editor.conflicts(image_id, user)), policies=current.get("policy"))
 
     def safe_view(self, image_id, review_threshold, message, user: str | None = None) -> View:
         try:
@@ -383,7 +386,7 @@ class Handlers:
         return setting, gr.Slider(interactive=not model_thresholds), self.canvas(image_id, setting)
 
     def on_canvas_save(self, review_threshold, status_filter, order, evt: gr.EventData, request: gr.Request) -> Saved:
-        """A batch of the canvas's edits (services.review) saved in order; the canvas gets the image's new
+        """A batch of the canvas's edits (services.editing) saved in order; the canvas gets the image's new
         state with the batch's number (``ack``) and the ids its new instances got."""
         data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
         image_id, seq = data.get("image_id"), data.get("seq")
@@ -398,7 +401,7 @@ class Handlers:
             return Saved(self.canvas(None, review_threshold, text, status="not saved", ack=seq), *[gr.skip()] * 6)
         try:
             before = self.wb.image_status(self.wb.instances(image_id)["instances"])
-            result = self.wb.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
+            result = self.wb.editor.apply_edits(image_id, data.get("ops"), data.get("revision"), user_of(request))
         except (WorkbenchError, OSError, ValueError, TypeError) as exc:
             return Saved(self.canvas(image_id, review_threshold, error_text(exc), status="not saved", ack=seq),
                          *[gr.skip()] * 6)
@@ -445,7 +448,7 @@ class Handlers:
         if image_id is None:
             return (*self.open(None, review_threshold), *self.gallery(status_filter))
         try:
-            self.wb.finish_image(image_id, revision, user_of(request), review_threshold)
+            self.wb.editor.finish_image(image_id, revision, user_of(request), review_threshold)
         except (WorkbenchError, OSError, ValueError) as exc:  # a conflict: stay, and show the image as it is
             return (*Opened.of(image_id, self.safe_view(image_id, review_threshold, error_text(exc),
                                                          user_of(request))),
@@ -464,7 +467,7 @@ class Handlers:
             info = self.wb.image_info(int(image_id))
             drawn = [dict(box, id=(box_ids or {}).get(",".join(str(int(v)) for v in box.get("color") or ())))
                      for box in (value or {}).get("boxes") or []]
-            return self.wb.save_drawn_boxes(int(image_id), drawn, scale_for(info["height"], info["width"]),
+            return self.wb.editor.save_drawn_boxes(int(image_id), drawn, scale_for(info["height"], info["width"]),
                                             box_only=bool(box_only), seen_revision=revision, user=user_of(request))
         return self.act(image_id, review_threshold, action, lambda r: f"Boxes saved: {'; '.join(r[1])}.",
                         user_of(request))

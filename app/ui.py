@@ -29,7 +29,7 @@ from app.api import Api, WorkbenchBlocks  # noqa: E402
 from app.canvas import CSS as CANVAS_CSS, JS as CANVAS_JS, KEYS as CANVAS_KEYS, TEMPLATE as CANVAS_TEMPLATE  # noqa: E402
 from app.guard import (HostCheck, LoginCheck, LoginRequired, LoginThrottle, OriginCheck,  # noqa: E402
                        RequestSizeLimit, allowed_names)
-from app.display import CATEGORY_HEADERS, IMAGE_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
+from app.display import CATEGORY_HEADERS, STATUS_FILTERS, VERSION_HEADERS  # noqa: E402
 from app.handlers import HELP_COLUMNS, ORDER_CHOICES, Handlers  # noqa: E402
 from services.users import server_auth  # noqa: E402
 from services.workbench import (MAX_UPLOAD_BYTES, PRESETS, Workbench, WorkbenchError,  # noqa: E402
@@ -140,7 +140,7 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                 with gr.Row():
                     prev_btn = gr.Button("◀ Previous", elem_id="prev-image", size="sm", min_width=60)
                     next_btn = gr.Button("Next ▶", elem_id="next-image", size="sm", min_width=60)
-                    refresh = gr.Button("Refresh", size="sm", min_width=60)
+                    refresh = gr.Button("Refresh", size="sm", min_width=60, elem_id="refresh")
             with gr.Column(scale=5):
                 with gr.Row(equal_height=True):
                     title = gr.Markdown("Upload images or pick one in the gallery.", elem_id="image-title")
@@ -242,34 +242,6 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                         export_file = gr.File(label="COCO file", elem_id="export-file")
                     with gr.Tab("Keys", id="keys"):
                         gr.Markdown(_shortcuts_markdown(), elem_id="shortcuts")
-        with gr.Row(visible=False):  # the headless API's inputs and outputs
-            api_files = gr.File(file_count="multiple", label="files")
-            api_split = gr.Textbox(value="train", label="split")
-            api_image = gr.JSON(label="image_id")  # any JSON: app.api checks it and says what is wrong
-            # numbers come as JSON too: a text where a number belongs is refused by app.api with its field's name
-            api_score_threshold = gr.JSON(value=wb.score_threshold, label="score_threshold")
-            api_instances = gr.JSON(label="instances")
-            api_seen = gr.JSON(label="seen_revision")  # required: the revision from /instances or the last save
-            api_mode = gr.Textbox(value="heads", label="mode")
-            api_iterations = gr.JSON(value=0, label="iterations")
-            api_size = gr.JSON(value=0, label="image_size")
-            api_weights = gr.Textbox(value="", label="backbone_weights")
-            api_format = gr.Textbox(value="polygon", label="mask_format")
-            api_which = gr.Textbox(value="all", label="images")
-            api_out = gr.JSON(label="result")
-            api_file = gr.File(label="coco_file")
-            api_buttons = [gr.Button(f"api{i}") for i in range(5)]
-            api_ann = gr.JSON(label="ann_id")
-            api_positive = gr.JSON(label="positive_points")
-            api_negative = gr.JSON(label="negative_points")
-            api_times = gr.JSON(label="event_times")
-            api_status = gr.Textbox(value="all", label="status")
-            api_order = gr.Textbox(value="upload", label="order")
-            api_missing = gr.JSON(value=0, label="propose_missing")
-            help_api_buttons = [gr.Button(f"help_api{i}") for i in range(6)]
-            api_points = gr.JSON(label="points")
-            api_image_ids = gr.JSON(label="image_ids")
-            assist_api_buttons = [gr.Button(f"assist_api{i}") for i in range(4)]
 
         view_outputs = [title, canvas, annotator, revision, status_filter, box_ids, draw_message]  # handlers.View
         open_outputs = [image_id, *view_outputs]  # the fields of handlers.Opened
@@ -293,15 +265,13 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
                               [status_filter, order, image_id], [*gallery_outputs, overview], show_progress="hidden",
                               **private)
 
-        # ---- overview (also the `overview` API) --------------------------------------------
-        images_table = gr.Dataframe(headers=IMAGE_HEADERS, interactive=False, visible=False, elem_id="images")
-        demo.load(ui.overview, outputs=[overview, categories, images_table], api_name="overview")
+        # ---- overview (the `overview` API, with the image table too, is api.overview) -----------------------
+        demo.load(lambda: ui.overview(with_images=False), outputs=[overview, categories], **private)
         demo.load(lambda: ui.gallery("all"), outputs=gallery_outputs, **private)
         demo.load(lambda: ui.class_outputs()[3:], outputs=class_outputs[3:], **private)
         demo.load(ui.active_run_outputs, outputs=run_outputs, **private)
         demo.load(ui.on_load, [review_threshold], open_outputs, **private)  # ?image=N: the image of the link
-        refresh.click(ui.refresh_all, [status_filter, order], [overview, categories, images_table, *gallery_outputs],
-                      **private)
+        refresh.click(ui.refresh_all, [status_filter, order], [overview, categories, *gallery_outputs], **private)
 
         # ---- images ----------------------------------------------------------------------
         # opening an image proposes when the active model has not seen it: selecting, Next and Previous write
@@ -368,31 +338,26 @@ def build_app(db, *, score_threshold: float | None = None, device: str | None = 
         # ---- export ----------------------------------------------------------------------------
         export_btn.click(ui.on_export, [mask_format, which], [export_summary, export_file], **private, **writes)
 
-        # ---- the headless API (the writing endpoints share the page's queue: WRITES) -------------------------
-        api_buttons[0].click(api.upload_images, [api_files, api_split], api_out, api_name="upload_images", **writes)
-        api_buttons[1].click(api.propose, [api_image, api_score_threshold], api_out, api_name="propose", **writes)
-        api_buttons[2].click(api.save_annotations, [api_image, api_instances, api_seen], api_out,
-                             api_name="save_annotations", **writes)
+        # ---- the headless API: gr.api endpoints (app.api.Api: parameters, defaults and results from the type
+        # hints; nothing of the page serves them). The writing endpoints share the page's queue: WRITES.
+        gr.api(api.upload_images, api_name="upload_images", **writes)
+        gr.api(api.propose, api_name="propose", **writes)
+        gr.api(api.save_annotations, api_name="save_annotations", **writes)
         # retrain waits (minutes) for the training process it starts: in WRITES it would hold a place all that time
         # (a second run is refused while one runs)
-        api_buttons[3].click(api.retrain, [api_mode, api_iterations, api_size, api_weights], api_out,
-                             api_name="retrain")
-        api_buttons[4].click(api.export_coco, [api_format, api_which], api_file, api_name="export_coco", **writes)
-        help_api_buttons[0].click(api.add_boxes, [api_image, api_instances, api_seen], api_out, api_name="add_boxes",
-                                  **writes)
-        help_api_buttons[1].click(api.refine, [api_image, api_ann, api_positive, api_negative, api_seen], api_out,
-                                  api_name="refine", **writes)
-        help_api_buttons[2].click(api.record_visit, [api_image, api_times], api_out, api_name="record_visit",
-                                  **writes)
-        help_api_buttons[3].click(api.list_images, [api_status, api_order, api_missing], api_out,
-                                  api_name="list_images", **writes)  # propose_missing runs the model
-        help_api_buttons[4].click(api.model_help, None, api_out, api_name="model_help")
-        help_api_buttons[5].click(api.instances, [api_image], api_out, api_name="instances")
-        assist_api_buttons[0].click(api.finish_image, [api_image, api_seen], api_out, api_name="finish_image", **writes)
-        assist_api_buttons[1].click(api.keep_box, [api_image, api_ann, api_seen], api_out, api_name="keep_box",
-                                    **writes)
-        assist_api_buttons[2].click(api.scissors_path, [api_image, api_points], api_out, api_name="scissors_path")
-        assist_api_buttons[3].click(api.prefetch, [api_image_ids], api_out, api_name="prefetch")
+        gr.api(api.retrain, api_name="retrain")
+        gr.api(api.export_coco, api_name="export_coco", **writes)
+        gr.api(api.add_boxes, api_name="add_boxes", **writes)
+        gr.api(api.refine, api_name="refine", **writes)
+        gr.api(api.record_visit, api_name="record_visit", **writes)
+        gr.api(api.list_images, api_name="list_images", **writes)  # propose_missing runs the model
+        gr.api(api.model_help, api_name="model_help")
+        gr.api(api.instances, api_name="instances")
+        gr.api(api.overview, api_name="overview")
+        gr.api(api.finish_image, api_name="finish_image", **writes)
+        gr.api(api.keep_box, api_name="keep_box", **writes)
+        gr.api(api.scissors_path, api_name="scissors_path")
+        gr.api(api.prefetch, api_name="prefetch")
     demo.workbench, demo.ui = wb, ui  # for tests and scripts
     return demo
 

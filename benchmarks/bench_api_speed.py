@@ -88,7 +88,6 @@ def make_base(args, log) -> dict:
     train_s = run_launch(["train", "--mode", "heads", "--iterations", str(args.base_iterations), "--image-size",
                           str(args.base_image_size), "--backbone-weights", str(args.weights), "--device", "cpu",
                           "--data-dir", str(base)], log, env=ENV)
-    sys.path.insert(0, str(REPO))
     from db import registry
     from db.engine import open_database
 
@@ -359,7 +358,6 @@ def during_retrain(url: str, args, image_ids: list[int], base_version: int, back
 def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Path, save_ids: list[int]) -> dict:
     """The same photos without the server: predictor alone, storing the proposals, reading them back,
     and add_images alone; the API's overhead is what the API's figures have beyond these."""
-    sys.path.insert(0, str(REPO))
     import torch
     from PIL import Image
 
@@ -399,7 +397,7 @@ def breakdown(run_data: Path, base: dict, image_ids: list[int], upload_photo: Pa
         out = wb.instances(image_id)
         for k in range(5):
             send = [dict(i) for i in out["instances"]]
-            seconds, revision = timed(wb.save_json, image_id, send, out["revision"])
+            seconds, revision = timed(wb.editor.save_json, image_id, send, out["revision"])
             read_s, out = timed(wb.instances, image_id)
             saves.append({"image_id": image_id, "save_json_s": seconds, "instances_s": read_s,
                           "instances": len(send)})
@@ -505,7 +503,6 @@ def main() -> int:
 
         # 2. saves: on the uploaded photo with the most proposals, and on the imported photo with the most
         # annotations (its instances as the page shows them, read from the database)
-        sys.path.insert(0, str(REPO))
         from services.workbench import Workbench
         from db import queries
         from db.engine import open_database

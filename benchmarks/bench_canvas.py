@@ -27,12 +27,9 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import DEFAULT_DATA, cpu_name, load_coco, loadavg_text, require, stamp, write_json  # noqa: E402
 
@@ -125,7 +122,7 @@ def server_save_times(ui, image_id: int, repeats: int) -> list[float]:
         out = ui.on_canvas_save(0.5, "all", "upload", event, None)
         times.append(1000 * (time.perf_counter() - start))
         assert out.canvas["status"] == "saved", out.canvas["message"]
-        ui.wb.review(image_id, [target["id"]], "proposed", out.canvas["revision"])
+        ui.wb.editor.review(image_id, [target["id"]], "proposed", out.canvas["revision"])
     return times
 
 

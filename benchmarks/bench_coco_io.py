@@ -68,7 +68,7 @@ def run_phase(args: list[str]) -> dict:
     """Run launch.py in a child process; returns its wall time and peak memory."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TQDM_DISABLE="1")
     code = ("import resource, sys, time, runpy; sys.argv = ['launch.py'] + sys.argv[1:]; t = time.perf_counter()\n"
-            f"sys.path.insert(0, {str(REPO)!r}); import launch; rc = launch.main(sys.argv[1:])\n"
+            "import launch; rc = launch.main(sys.argv[1:])\n"
             "print('BENCH', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH")), None)

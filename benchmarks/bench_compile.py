@@ -23,9 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch  # noqa: E402
 
 from bench_mnc_latency import build_mnc, compile_modules, load_images  # noqa: E402

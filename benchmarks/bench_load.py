@@ -38,9 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench_api_speed import Server, client_for, make_base, make_photos, others_running  # noqa: E402
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, copy_fresh, loadavg, percentile, stamp,  # noqa: E402
                     write_json)

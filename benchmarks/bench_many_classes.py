@@ -49,7 +49,6 @@ import numpy as np
 from common import (DEFAULT_DATA as DATA, DEFAULT_WEIGHTS as WEIGHTS, REPO, cpu_name, load_coco, loadavg,
                     percentile, proc_status_mb, read_rgb, stamp, usable_anns, write_json)
 
-sys.path.insert(0, str(REPO))
 
 OUT = REPO / "benchmarks" / "out" / "many_classes"
 

@@ -27,12 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, load_coco, loadavg_text, require, run_launch,  # noqa: E402
                     stamp, write_json)
 
-sys.path.insert(0, str(REPO))
 
 ALL_STEPS = ["mnc", "peer", "novote", "detach", "stages3"]
 

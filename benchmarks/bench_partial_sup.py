@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -40,7 +39,6 @@ import numpy as np
 from common import (DEFAULT_DATA as DATA, DEFAULT_WEIGHTS as WEIGHTS, REPO, index_quietly, load_coco, loadavg,
                     read_rgb, stamp, usable_anns, write_json)
 
-sys.path.insert(0, str(REPO))
 
 WORK = REPO / "benchmarks" / "out" / "partial_sup"
 

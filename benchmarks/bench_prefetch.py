@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import DEFAULT_DATA, cpu_name, loadavg_text  # noqa: E402
 
 

@@ -35,14 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from bench_partial_sup import (CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt,  # noqa: E402
                                split_sets)
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, SHARED, index_quietly, load_coco, loadavg,  # noqa: E402
                     require, stamp)
 
-sys.path.insert(0, str(REPO))
 
 WORK = REPO / "benchmarks" / "out" / "recipe"
 PERSON = 1

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Refining a mask with clicks (issue 15, part 4): GrabCut with the clicks as hard labels (what
-`Workbench.refine_with_clicks` does) vs re-running the model on the box the clicks refine.
+`Editor.refine_with_clicks` does) vs re-running the model on the box the clicks refine.
 
 For each true instance (COCO val photos of --classes, area >= --min-area; or synthetic shapes with
 --synthetic N) the start is the mask a person gets for its tight box: GrabCut's (no model) or, with
 --checkpoint, the model's mask for the box. Then up to --clicks clicks, each where the mask is most wrong
 (bench_labelling.next_click: positive on a missed region, negative on background taken), and after each:
   grabcut: partial_sup.grabcut.refine_mask(image, current mask, positives, negatives) (the product's method:
-           Workbench.refine_with_clicks refines the stored mask with the clicks sent);
+           Editor.refine_with_clicks refines the stored mask with the clicks sent);
   model-box: the box grown to take in every positive click (plus 3 px) and, for each negative click inside it,
              the box edge nearest the click moved onto it; the model's mask for that box and class.
 Reported: mean IoU with the truth after 0..N clicks, and the mean time of one refinement.
@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_labelling import iou, next_click
-from common import DEFAULT_DATA, REPO, loadavg_text, read_rgb, stamp, write_json
-
-sys.path.insert(0, str(REPO))
+from common import DEFAULT_DATA, loadavg_text, read_rgb, stamp, write_json
 
 
 def coco_instances(data: Path, classes: list[str], min_area: float, limit: int, skip: int = 0):

@@ -27,16 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, loadavg_text, require,  # noqa: E402
                     run_launch, stamp, write_json)
-
-sys.path.insert(0, str(REPO))
 
 
 def version_metrics(data_dir: Path) -> dict:

@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from pathlib import Path
-
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from bench_partial_sup import ImageCache  # noqa: E402
 from bench_recipe import datasets, parse_sets  # noqa: E402

@@ -11,7 +11,7 @@ The database: PHOTOS synthetic photos of 256x192 with 12 accepted instances each
 Labeller k: reads a photo (revision and instances), thinks 0-40 ms (others save meanwhile), then edits one
 instance: with probability --own its "own" ones (instance id % labellers == k: people working on different
 objects of one image), else any one (two people on the same object). Edits: another class, accept / reject,
-a new mask, delete, or a new instance. Even labellers use the canvas's path (Workbench.apply_edits, a batch of
+a new mask, delete, or a new instance. Even labellers use the canvas's path (Editor.apply_edits, a batch of
 one edit, as app.handlers.on_canvas_save), odd ones the API over HTTP (/instances, then /save_annotations with
 the whole list read, edited: what a script does).
 
@@ -34,10 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, loadavg, stamp  # noqa: E402
 
-sys.path.insert(0, str(REPO))
 
 WIDTH, HEIGHT, PER_PHOTO = 256, 192, 12
 CLASSES = {1: "car", 2: "ball", 3: "sign"}  # ids in the order add_category gives them
@@ -129,7 +127,7 @@ def canvas_edit(wb, image_id: int, read: dict, kind: str, target: dict | None, f
     else:
         edit = {"kind": "mask", "tool": "brush", "counts": fields["mask_rle"], "category_id": fields["category_id"],
                 **({"id": target["id"]} if target else {"temp_id": -1})}
-    result = wb.apply_edits(image_id, [edit], read["revision"], user)
+    result = wb.editor.apply_edits(image_id, [edit], read["revision"], user)
     if result.error is not None:
         raise result.error
     return result.revision, target["id"] if target else result.created.get(-1)

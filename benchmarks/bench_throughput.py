@@ -29,9 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch  # noqa: E402
 
 from common import DEFAULT_DATA, DEFAULT_WEIGHTS, cpu_name, load_coco, loadavg, read_rgb, require, stamp, write_json  # noqa: E402

@@ -20,14 +20,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (DEFAULT_WEIGHTS, REPO, echo_command, launch_command, loadavg, proc_status_mb,  # noqa: E402
                     require, write_json)

@@ -43,6 +43,11 @@ if [ -n "$wheels" ]; then
     "$python" -m pip install --quiet --no-index --no-deps --target "$site" "$wheels"/*.whl || echo "warning: wheels not installed" >&2
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The packages come from the installed project (`pip install -r requirements.txt` installs it, editable); a
+# machine that has only the repository and its Python (a device machine) gets this checkout on PYTHONPATH instead.
+if ! (cd / && "$python" -c 'import launch, mnc_core' 2>/dev/null); then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 steps=()
 
 step() {  # step NAME COMMAND...: runs it, records its exit status and seconds
@@ -78,7 +83,7 @@ step throughput "$python" benchmarks/bench_throughput.py --device "$device" --da
     "${throughput[@]}" --out "$out/throughput.json"
 
 ddp_dir=$(mktemp -d)
-step ddp bash -c "ann=\$('$python' -c 'import sys; sys.path.insert(0, \"tests\"); from conftest import make_synthetic_coco; \
+step ddp bash -c "ann=\$(cd tests && '$python' -c 'from conftest import make_synthetic_coco; \
 from pathlib import Path; print(make_synthetic_coco(Path(\"$ddp_dir/coco\"), n_images=8, seed=1))') && \
 '$python' launch.py import-coco \"\$ann\" --images '$ddp_dir/coco/images' --data-dir '$ddp_dir/data' && \
 '$python' -m torch.distributed.run --standalone --nproc_per_node 1 launch.py train --iterations $ddp_iterations \

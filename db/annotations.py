@@ -76,15 +76,13 @@ class Seen:
         return revision
 
 
-def _split(seen) -> tuple[int | None, frozenset[int]]:
-    """A seen revision (int, Seen or None) -> (the revision to check first, own revisions)."""
+def _unpack(seen) -> tuple[int | None, int | None, frozenset[int], int | None]:
+    """A seen revision (int, Seen or None) -> (the revision to check first: the newest the caller knows all of,
+    the revision it saw, the revisions of its own changes, the revision its rows were read at)."""
     if isinstance(seen, Seen):
-        return seen.latest(), seen.own
-    return (None if seen is None else int(seen)), frozenset()
-
-
-def _read_at(seen) -> int | None:
-    return seen.read if isinstance(seen, Seen) else None
+        return seen.latest(), seen.revision, seen.own, seen.read
+    number = None if seen is None else int(seen)
+    return number, number, frozenset(), None
 
 
 @dataclass
@@ -423,9 +421,7 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
             if inst.category_id not in known:
                 raise WorkbenchError(f"category {inst.category_id} does not exist; add it first")
         columns = [_columns(inst, image, user) for inst in instances]
-        seen, own = _split(seen_revision)
-        read = _read_at(seen_revision)
-        seen_revision = seen_revision.revision if isinstance(seen_revision, Seen) else seen_revision
+        seen, seen_revision, own, read = _unpack(seen_revision)
         if _bump(session, image_id, seen) is not None:
             current = _current(session, image_id)
         else:  # changed since the caller saw it: merge instance by instance, or refuse what conflicts
@@ -503,8 +499,7 @@ def set_review_state(db: Database, image_id: int, annotation_ids: Iterable[int],
     ids = list(annotation_ids)
     target = ReviewState(state)
     conflict = None
-    seen, own = _split(seen_revision)
-    seen_revision = seen_revision.revision if isinstance(seen_revision, Seen) else seen_revision
+    seen, seen_revision, own, _ = _unpack(seen_revision)
     with db.session() as session:
         image = _bump(session, image_id, seen)
         if image is None:  # changed since the caller saw it: merged unless someone changed the named instances
@@ -549,7 +544,7 @@ def undo(db: Database, image_id: int, *, seen_revision: int, user: str | None = 
     What the undo replaces is journalled in turn (action "undo"), so nothing saved ever leaves the journal."""
     _require_revision(seen_revision, f"an undo of image {image_id} needs the revision the image was seen at",
                       "reload the image")
-    seen_revision, _ = _split(seen_revision)
+    seen_revision = _unpack(seen_revision)[0]
     with db.session() as session:
         image = _bump(session, image_id, seen_revision)  # first: a concurrent change waits, then finds this one's
         if image is None:

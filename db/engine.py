@@ -192,7 +192,7 @@ def _connected_engine(url: str) -> Engine:
         engine = make_engine(url)
     except (NoSuchModuleError, ImportError) as exc:
         raise WorkbenchError(f"cannot use the database {shown}: {exc}; use postgresql://USER@HOST:PORT/DB "
-                             "(psycopg 3 is in requirements.txt) or sqlite:///PATH") from None
+                             "(psycopg 3 is in the project's pins: pip install -r requirements.txt) or sqlite:///PATH") from None
     try:
         with engine.connect():
             pass

@@ -155,9 +155,10 @@ def latest_run(db: Database, active_only: bool = False) -> int | None:
         return session.scalar(query)
 
 
-def last_training_pace(db: Database, mode: str) -> float | None:
-    """Seconds per iteration of the newest succeeded training run of ``mode`` (from its progress history,
-    which records [iteration, loss, seconds]), or None when there is none."""
+def last_training_pace(db: Database, mode: str) -> tuple[float, int | None] | None:
+    """(seconds per iteration, its short side in pixels or None where the run did not record it) of the newest
+    succeeded training run of ``mode`` (from its progress history, which records [iteration, loss, seconds]), or
+    None when there is none."""
     with db.session() as session:
         runs = session.scalars(select(TrainingRun).where(TrainingRun.mode == mode,
                                                          TrainingRun.status == RunStatus.succeeded)
@@ -165,7 +166,9 @@ def last_training_pace(db: Database, mode: str) -> float | None:
         for run in runs:
             timed = [h for h in run.history or [] if len(h) > 2 and h[0] > 0 and h[2] is not None]
             if timed:
-                return float(timed[-1][2]) / float(timed[-1][0])
+                size = (run.params or {}).get("image_size")
+                return float(timed[-1][2]) / float(timed[-1][0]), (int(size) if isinstance(size, int) and size > 0
+                                                                   else None)
     return None
 
 

@@ -1,5 +1,5 @@
 """What comes over the wire, checked before the workbench uses it: the headless API's fields (app.api), the
-review canvas's edits (services.review), the page's fields and the Draw tab's boxes (services.workbench).
+review canvas's edits, the page's fields and the Draw tab's boxes (services.editing).
 
 One function per concept, used by every entry that takes it; each returns the value as the workbench uses it
 or raises WorkbenchError with a message that names the field and says what to send. The rules of numbers, ids
@@ -32,7 +32,7 @@ def strict_id(value, what: str, *, text: bool = True) -> int:
 
 def temporary_or_strict_id(value, what: str) -> int:
     """An instance id of the review canvas: an annotation id, or the negative temporary id the browser gave a
-    new instance of the same batch (services.review)."""
+    new instance of the same batch (services.editing)."""
     return strict_int(value, what, -MAX_ID, MAX_ID)
 
 

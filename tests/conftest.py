@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +15,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # no background proposals on the next photos (services.prefetch) unless a test asks for them: they would change

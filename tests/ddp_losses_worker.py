@@ -16,11 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from mnc_core import distributed, train_model  # noqa: E402
-from test_mnc_helpers import ShapesDataset, small_config  # noqa: E402
+from mnc_core import distributed, train_model
+from test_mnc_helpers import ShapesDataset, small_config
 
 SIZE = 64
 ITERATIONS = 4

@@ -315,7 +315,7 @@ def test_200_canvas_edits_grow_the_journal_by_their_own_size_and_undo_restores_e
             mask[y - 3:y + 3, x - 3:x + 3] = True
             edit = {"kind": "mask", "id": target["id"], "category_id": target["category_id"],
                     "counts": masks.encode(mask), "tool": "brush"}
-        result = wb.apply_edits(image_id, [edit], revision, user="ana")  # one canvas batch per edit: each state
+        result = wb.editor.apply_edits(image_id, [edit], revision, user="ana")  # one canvas batch per edit: each state
         assert result.error is None, result.error
         revision = result.revision
         edits.append(edit)
@@ -325,7 +325,7 @@ def test_200_canvas_edits_grow_the_journal_by_their_own_size_and_undo_restores_e
     assert grown < 2 * sent and grown < 200 * row_bytes, (grown, sent, row_bytes)  # (measured: 27 KB, sent 29 KB)
     assert 200 * whole_image > 20 * grown  # whole-image snapshots: 5.2 MB
     for step in range(200, 0, -1):  # undo walks back every edit
-        revision = wb.undo(image_id, revision, user="ana")
+        revision = wb.editor.undo(image_id, revision, user="ana")
         assert _state(database, image_id) == states[step - 1], f"undo of edit {step} ({edits[step - 1]['kind']})"
 
 

@@ -270,3 +270,58 @@ def test_every_refusal_through_the_server_says_what_was_wrong(app_server):
         event, payload = call(http, api_name, data)
         assert event == "error" and message in ((payload or {}).get("error") or ""), (api_name, data, payload)
     assert call(http, "instances", [1])[0] == "complete"
+
+
+# ---- issue 26: the endpoints are gr.api declarations, as README.md's "Headless API" documents them ----------------
+DOCUMENTED = {  # endpoint -> its parameters in order, with their defaults (absent: required)
+    "/upload_images": [("files",), ("split", "train")], "/propose": [("image_id",), ("score_threshold", None)],
+    "/save_annotations": [("image_id",), ("instances",), ("seen_revision",)],
+    "/retrain": [("mode", "heads"), ("iterations", 0), ("image_size", 0), ("backbone_weights", "")],
+    "/export_coco": [("mask_format", "polygon"), ("images", "all")], "/overview": [], "/instances": [("image_id",)],
+    "/finish_image": [("image_id",), ("seen_revision",)], "/keep_box": [("image_id",), ("ann_id",), ("seen_revision",)],
+    "/scissors_path": [("image_id",), ("points",)], "/prefetch": [("image_ids",)],
+    "/add_boxes": [("image_id",), ("boxes",), ("seen_revision",)],
+    "/refine": [("image_id",), ("ann_id",), ("positive_points",), ("negative_points",), ("seen_revision",)],
+    "/record_visit": [("image_id",), ("event_times",)],
+    "/list_images": [("status", "all"), ("order", "upload"), ("propose_missing", 0)], "/model_help": []}
+
+
+def test_every_documented_endpoint_is_listed_with_its_parameters(client):
+    """view_api lists exactly the documented endpoints, each with its parameters' names, order and defaults (what
+    gradio_client's positional and keyword calls rely on), one result each (/overview: three; /export_coco: a
+    file that gradio_client downloads)."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    listed = {name: [(p["parameter_name"], p["parameter_default"]) if p["parameter_has_default"]
+                     else (p["parameter_name"],) for p in endpoint["parameters"]]
+              for name, endpoint in endpoints.items()}
+    assert listed == DOCUMENTED
+    assert {name: len(endpoint["returns"]) for name, endpoint in endpoints.items()} == \
+        {name: 3 if name == "/overview" else 1 for name in DOCUMENTED}
+    assert endpoints["/export_coco"]["returns"][0]["python_type"]["type"] == "filepath"
+    assert endpoints["/upload_images"]["parameters"][0]["python_type"]["type"] == "list[filepath]"
+    overview, categories, images = client.predict(api_name="/overview")
+    assert "images" in overview and set(categories) == set(images) == {"headers", "data", "metadata"}
+    assert categories["headers"][:2] == ["id", "name"] and images["headers"][:2] == ["id", "file_name"]
+    instances = client.predict(image_id=1, api_name="/instances")  # by name as well as by position
+    assert instances == client.predict(1, api_name="/instances") and instances["image_id"] == 1
+
+
+@pytest.mark.backends("sqlite")
+def test_no_hidden_component_or_button_serves_the_api(database):
+    """The endpoints are gr.api declarations: triggered by no button or other event, their inputs and outputs
+    Gradio's API placeholders ("api"), none of the page's components; nothing on the page is hidden to serve
+    them (there were 22 hidden components and 11 hidden buttons in a hidden row)."""
+    from app.ui import build_app
+
+    config = build_app(database).config
+    components = {component["id"]: component for component in config["components"]}
+    hidden = [(c["type"], c["props"].get("label")) for c in components.values() if c["props"].get("visible") is False]
+    assert hidden == []
+    public = [d for d in config["dependencies"] if d["api_visibility"] != "private"]
+    assert sorted("/" + d["api_name"] for d in public) == sorted(DOCUMENTED)
+    for dependency in public:
+        assert dependency["targets"] == [], dependency["api_name"]
+        kinds = {components[i]["type"] for i in dependency["inputs"] + dependency["outputs"]}
+        assert kinds <= {"api"}, (dependency["api_name"], kinds)
+    assert not any(c["type"] == "api" for d in config["dependencies"] if d["api_visibility"] == "private"
+                   for c in map(components.get, d["inputs"] + d["outputs"]))

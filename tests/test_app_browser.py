@@ -553,3 +553,36 @@ def test_number_keys_stay_with_their_class_when_a_class_is_deleted(workbench):
         page.keyboard.press("3")  # still "sign"
         wait_saved(page)
     assert next(r for r in get_annotations(db, 1)[1] if r["id"] == target)["category_id"] == 12
+
+
+def test_a_control_clicked_hands_the_keyboard_back_and_number_boxes_take_only_numbers(workbench):
+    """Issue 26, bug 5: after a control was clicked, Tab moved the browser's focus (to the review threshold's
+    number box, where a review key typed became the threshold). A control clicked with the mouse gives the
+    keyboard back to the canvas (Tab walks the instances); a number box takes only what makes a number."""
+
+    url, _ = workbench
+    with browser_page(url.rstrip("/") + "/?image=1") as page:
+        page.wait_for_function("() => window.__wbCanvas && __wbCanvas.imageId === 1 && __wbCanvas.instances.length > 1",
+                               timeout=60_000)
+        page.evaluate("() => { __wbCanvas.sel = null; }")
+        page.locator("#refresh").click()
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.classList.contains('wb-view')")
+        assert page.evaluate("() => __wbCanvas.sel") is not None  # Tab walked to an instance
+        page.locator("#model-thresholds input").uncheck()  # the slider's override: its number box takes input
+        box = page.locator("#threshold input[type=number]")
+        page.wait_for_function("() => !document.querySelector('#threshold input[type=number]').disabled",
+                               timeout=30_000)
+        box.click()
+        box.press("End")
+        before, threshold = box.input_value(), page.evaluate("() => __wbCanvas.threshold")
+        for key in "arAde":  # review keys and tools; "e" (eraser) is what a browser lets into a number box
+            box.press(key)
+        box.press("Tab")  # the box's value is sent when it loses focus
+        page.wait_for_timeout(1000)
+        assert box.input_value() == before  # no review key became the threshold
+        assert page.evaluate("() => __wbCanvas.threshold") == threshold
+        box.click()
+        box.fill("0.7")
+        box.press("Enter")
+        page.wait_for_function("() => __wbCanvas.threshold === 0.7", timeout=30_000)

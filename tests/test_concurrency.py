@@ -297,17 +297,17 @@ def _proposal_ids(database, image_id: int) -> list[int]:
 
 
 WRITES = {  # each a read, then a computation, then a save of image 1 by Workbench (seen_revision: None)
-    "add_boxes": lambda wb, ids: wb.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=None),
-    "refine_with_clicks": lambda wb, ids: wb.refine_with_clicks(1, ids[0], [[10, 10]], [[50, 40]], None),
-    "save_mask": lambda wb, ids: wb.save_mask(1, ids[0], None, np.eye(48, 64, dtype=bool), None),
-    "set_category": lambda wb, ids: wb.set_category(1, ids[0], 12, None),
-    "delete_instance": lambda wb, ids: wb.delete_instance(1, ids[0], None),
-    "accept_all": lambda wb, ids: wb.accept_all(1, 0.5, None),
-    "finish_image": lambda wb, ids: wb.finish_image(1, None),
-    "save_drawn_boxes": lambda wb, ids: wb.save_drawn_boxes(1, [{"xmin": 4, "ymin": 4, "xmax": 30, "ymax": 24,
+    "add_boxes": lambda wb, ids: wb.editor.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=None),
+    "refine_with_clicks": lambda wb, ids: wb.editor.refine_with_clicks(1, ids[0], [[10, 10]], [[50, 40]], None),
+    "save_mask": lambda wb, ids: wb.editor.save_mask(1, ids[0], None, np.eye(48, 64, dtype=bool), None),
+    "set_category": lambda wb, ids: wb.editor.set_category(1, ids[0], 12, None),
+    "delete_instance": lambda wb, ids: wb.editor.delete_instance(1, ids[0], None),
+    "accept_all": lambda wb, ids: wb.editor.accept_all(1, 0.5, None),
+    "finish_image": lambda wb, ids: wb.editor.finish_image(1, None),
+    "save_drawn_boxes": lambda wb, ids: wb.editor.save_drawn_boxes(1, [{"xmin": 4, "ymin": 4, "xmax": 30, "ymax": 24,
                                                                   "label": "sign", "id": None}], 1.0, box_only=True,
                                                              seen_revision=None),
-    "recover_conflict": lambda wb, ids: wb.recover_conflict(1, None),
+    "recover_conflict": lambda wb, ids: wb.editor.recover_conflict(1, None),
 }
 
 
@@ -319,7 +319,7 @@ def test_a_write_that_computes_merges_with_a_save_that_lands_meanwhile(database,
     (the caller gave none); B's save of another instance lands meanwhile: both stand (issue 26: instance-level
     merge; before, the write was refused as a conflict)."""
     import db.annotations
-    from services import workbench as workbench_module
+    from services import editing
     from services.workbench import Workbench
 
     import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
@@ -327,12 +327,12 @@ def test_a_write_that_computes_merges_with_a_save_that_lands_meanwhile(database,
     ids = _proposal_ids(database, 1)
     if write == "recover_conflict":  # a lost version to recover: an edit of a proposal someone else edited first
         seen, rows = get_annotations(database, 1, decode_masks=False)
-        wb.set_category(1, ids[0], 12, seen)
+        wb.editor.set_category(1, ids[0], 12, seen)
         with pytest.raises(ConflictError):
             save_annotations(database, 1, [InstanceData.from_row(r, category_id=7) if r["id"] == ids[0]
                                            else InstanceData.from_row(r) for r in rows], seen_revision=seen)
     before = get_annotations(database, 1, decode_masks=False)[1]
-    reads = db.annotations if write == "recover_conflict" else workbench_module  # (recover_lost reads there)
+    reads = db.annotations if write == "recover_conflict" else editing  # (recover_lost reads there)
     lands = _a_save_lands_meanwhile(monkeypatch, database, 1, reads)
     try:
         written = WRITES[write](wb, ids)
@@ -360,10 +360,10 @@ def test_a_write_sent_with_an_older_revision_than_it_read_is_merged_or_a_conflic
     wb = Workbench(database, device="cpu")
     ids = _proposal_ids(database, 1)
     old = get_annotations(database, 1)[0] - 1  # what the caller saw: the image changed since
-    calls = {"add_boxes": lambda: wb.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=old),
-             "refine_with_clicks": lambda: wb.refine_with_clicks(1, ids[0], [[10, 10]], [], old),
-             "set_category": lambda: wb.set_category(1, ids[0], 12, old),
-             "delete_instance": lambda: wb.delete_instance(1, ids[0], old)}
+    calls = {"add_boxes": lambda: wb.editor.add_boxes(1, [(7, (4.0, 4.0, 30.0, 24.0))], box_only=False, seen_revision=old),
+             "refine_with_clicks": lambda: wb.editor.refine_with_clicks(1, ids[0], [[10, 10]], [], old),
+             "set_category": lambda: wb.editor.set_category(1, ids[0], 12, old),
+             "delete_instance": lambda: wb.editor.delete_instance(1, ids[0], old)}
     if write == "add_boxes":
         before = len(get_annotations(database, 1)[1])
         assert calls[write]()[0] == old + 2

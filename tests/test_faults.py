@@ -237,12 +237,12 @@ def test_file_size_limit_during_export_leaves_no_file(exportable, tmp_path):
     data_dir, size = exportable
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code = ("import sys, resource; sys.path.insert(0, sys.argv[1])\n"
+    code = ("import sys, resource\n"
             "from db.engine import open_database\nfrom db.coco_export import export_coco\n"
-            "db = open_database(sys.argv[2])\n"  # the database is opened before the limit applies
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]),) * 2)\n"
-            "export_coco(db, sys.argv[3], mask_format='rle')\n")
-    done = limited([sys.executable, "-c", code, str(ROOT), str(data_dir), str(out_dir / "coco.json"),
+            "db = open_database(sys.argv[1])\n"  # the database is opened before the limit applies
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]),) * 2)\n"
+            "export_coco(db, sys.argv[2], mask_format='rle')\n")
+    done = limited([sys.executable, "-c", code, str(data_dir), str(out_dir / "coco.json"),
                     str(size // 2)], max_bytes=2**40)
     assert done.returncode != 0
     assert "File too large" in done.stderr and "nothing was written" in done.stderr
@@ -279,12 +279,12 @@ def test_file_size_limit_during_a_checkpoint_leaves_no_file(tmp_path_factory, tm
     checkpoint = tiny_checkpoint(tmp_path_factory.getbasetemp())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+    code = ("import sys\n"
             "from mnc_core.checkpoint import load_checkpoint, save_checkpoint\n"
-            "model, config, categories, extra = load_checkpoint(sys.argv[2])\n"
-            "save_checkpoint(sys.argv[3], model, config, categories, extra)\n")
+            "model, config, categories, extra = load_checkpoint(sys.argv[1])\n"
+            "save_checkpoint(sys.argv[2], model, config, categories, extra)\n")
     size = checkpoint.stat().st_size
-    done = limited([sys.executable, "-c", code, str(ROOT), str(checkpoint), str(out_dir / "model.pt")],
+    done = limited([sys.executable, "-c", code, str(checkpoint), str(out_dir / "model.pt")],
                    max_bytes=size // 2)
     assert done.returncode != 0
     assert "could not write checkpoint" in done.stderr and "File too large" in done.stderr

@@ -94,7 +94,7 @@ def workbench(database, synthetic_coco):
 def test_random_instances_are_refused_clearly_or_stored_readably(workbench, tmp_path, batch):
     db = workbench.db
     try:
-        workbench.save_json(1, batch, workbench.annotations(1)[0])
+        workbench.editor.save_json(1, batch, workbench.annotations(1)[0])
     except WorkbenchError as exc:
         assert str(exc) and len(str(exc)) < 1000
         event("refused")

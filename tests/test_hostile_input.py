@@ -113,26 +113,26 @@ def test_hostile_boxes_are_refused_by_the_api_the_canvas_and_the_draw_tab(workbe
     message = refusal(Api(workbench).add_boxes, 1, [{"category": "ball", "box": box}], before[0], request=None)
     assert message.startswith("box 0") and any(said in message for said in (
         "[x1, y1, x2, y2]", "a box value must be a finite number", "has no area", "more than one image size outside"))
-    result = workbench.apply_edits(1, [{"kind": "box", "temp_id": -1, "category_id": 7, "box": box}], before[0])
+    result = workbench.editor.apply_edits(1, [{"kind": "box", "temp_id": -1, "category_id": 7, "box": box}], before[0])
     assert result.applied == 0 and "edit 0: box" in str(result.error)
     if isinstance(box, list) and len(box) == 4:
         drawn = [{"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3], "label": "ball", "id": None}]
         with pytest.raises(WorkbenchError, match="drawn box 1"):
-            workbench.save_drawn_boxes(1, drawn, 1.0, box_only=False, seen_revision=None)
+            workbench.editor.save_drawn_boxes(1, drawn, 1.0, box_only=False, seen_revision=None)
     assert state(db) == before
 
 
 def test_boxes_partly_outside_are_clipped_and_the_api_save_keeps_its_limit(workbench):
     """A drawn box that overlaps the image is clipped to it (its mask is made inside the image); the API's save
     stores a box as sent, up to one image size outside the 64x48 image."""
-    revision, how = workbench.add_boxes(1, [(7, [-10, -5, 30, 400 / 10])], box_only=False, seen_revision=None)
+    revision, how = workbench.editor.add_boxes(1, [(7, [-10, -5, 30, 400 / 10])], box_only=False, seen_revision=None)
     _, rows = get_annotations(workbench.db, 1, decode_masks=False)
     assert rows[-1]["box"] == (0.0, 0.0, 30.0, 40.0) and how == ["grabcut mask"]
     with pytest.raises(WorkbenchError, match="does not overlap the 64x48 image"):
-        workbench.add_boxes(1, [(7, [70, 5, 100, 20])], box_only=False, seen_revision=None)
-    revision = workbench.save_json(1, [{"category": "ball", "box": [-64, -48, 128, 96]}], revision)
+        workbench.editor.add_boxes(1, [(7, [70, 5, 100, 20])], box_only=False, seen_revision=None)
+    revision = workbench.editor.save_json(1, [{"category": "ball", "box": [-64, -48, 128, 96]}], revision)
     with pytest.raises(WorkbenchError, match="more than one image size outside"):
-        workbench.save_json(1, [{"category": "ball", "box": [-64.5, -48, 128, 96]}], revision)
+        workbench.editor.save_json(1, [{"category": "ball", "box": [-64.5, -48, 128, 96]}], revision)
 
 
 @pytest.mark.parametrize("points", [[[math.nan, 3]], [[3, math.inf]], [[1e39, 3]], [[3, "4"]], [[True, 3]],
@@ -144,7 +144,7 @@ def test_hostile_clicks_are_refused_by_the_api_and_the_canvas(workbench, points)
     before = state(db)
     ann_id = before[1][0][0]
     assert refusal(Api(workbench).refine, 1, ann_id, points, [], before[0], request=None).startswith("positive_points")
-    result = workbench.apply_edits(1, [{"kind": "refine", "id": ann_id, "positive": points}], before[0])
+    result = workbench.editor.apply_edits(1, [{"kind": "refine", "id": ann_id, "positive": points}], before[0])
     assert result.applied == 0 and "edit 0: positive" in str(result.error)
     assert state(db) == before
 
@@ -330,16 +330,16 @@ def test_ids_are_plain_ascii_digits_everywhere(workbench, value):
                  {"kind": "class", "id": rows[0]["id"], "category_id": value}):
         if value is None and edit["kind"] != "class":
             continue  # no id: nothing to review or delete
-        result = workbench.apply_edits(1, [edit], revision)
+        result = workbench.editor.apply_edits(1, [edit], revision)
         assert result.applied == 0 and any(said in str(result.error) for said in ("whole number", "no class",
                                                                                     "was never saved"))
     with pytest.raises(WorkbenchError):
-        workbench.apply_edits(value, [], None)
+        workbench.editor.apply_edits(value, [], None)
     if value is not None:
         with pytest.raises(WorkbenchError, match="whole number"):
             _need(value, "a model version")
     with pytest.raises(WorkbenchError, match="there is no class"):
-        workbench.category_id(value)
+        workbench.editor.category_id(value)
     assert get_annotations(workbench.db, 1, decode_masks=False)[0] == revision
 
 
@@ -348,11 +348,11 @@ def test_ids_as_numbers_and_digit_texts_still_work(workbench):
 
     api = Api(workbench)
     assert api.instances(1)["image_id"] == api.instances("1")["image_id"] == 1
-    assert workbench.category_id(7) == workbench.category_id("7") == workbench.category_id(" Ball ") == 7
+    assert workbench.editor.category_id(7) == workbench.editor.category_id("7") == workbench.editor.category_id(" Ball ") == 7
     revision = api.instances(1)["revision"]
     assert api.save_annotations("1", api.instances(1)["instances"], str(revision), request=None)["revision"] == \
         revision + 1
-    result = workbench.apply_edits(1, [{"kind": "delete", "ids": "12"}], revision + 1)  # a text is not a list of ids
+    result = workbench.editor.apply_edits(1, [{"kind": "delete", "ids": "12"}], revision + 1)  # a text is not a list of ids
     assert result.applied == 0 and "ids must be a list" in str(result.error)
 
 
@@ -393,13 +393,13 @@ def test_names_are_bidi_isolated_in_the_page_texts(workbench):
     from app.handlers import Handlers
 
     flipped = workbench.add_category("\u202ecar2")
-    revision, said = workbench.save_drawn_boxes(1, [{"xmin": 2, "ymin": 2, "xmax": 30, "ymax": 30, "label": flipped,
+    revision, said = workbench.editor.save_drawn_boxes(1, [{"xmin": 2, "ymin": 2, "xmax": 30, "ymax": 30, "label": flipped,
                                                      "id": None}], 1.0, box_only=True, seen_revision=None)
     assert said[-1] == "\u2068car2\u2069 added (box only)"
     choices = Handlers(workbench).class_outputs().class_pick.choices
     assert ("\u2068car2\u2069 (id %d)" % flipped, flipped) in [tuple(c) for c in choices]
     with pytest.raises(WorkbenchError) as refused:
-        workbench.category_id("dog")
+        workbench.editor.category_id("dog")
     assert "\u202e" not in str(refused.value) and "\u2068car2\u2069" in str(refused.value)
 
 

@@ -40,9 +40,9 @@ def test_add_boxes_refuses_more_boxes_than_the_limit_and_names_it(db, monkeypatc
     revision, _ = get_annotations(db, 1, decode_masks=False)
     boxes = [(7, (2.0 + k % 10, 2.0, 30.0 + k % 10, 30.0)) for k in range(MAX_BOXES + 1)]
     with pytest.raises(WorkbenchError, match=f"{MAX_BOXES + 1} boxes in one call: at most {MAX_BOXES} boxes"):
-        wb.add_boxes(1, boxes, box_only=False, seen_revision=revision)
+        wb.editor.add_boxes(1, boxes, box_only=False, seen_revision=revision)
     assert seen == [] and get_annotations(db, 1, decode_masks=False)[0] == revision  # nothing ran, nothing saved
-    revision, sources = wb.add_boxes(1, boxes[:MAX_BOXES], box_only=False, seen_revision=revision)
+    revision, sources = wb.editor.add_boxes(1, boxes[:MAX_BOXES], box_only=False, seen_revision=revision)
     assert sources == ["grabcut mask"] * MAX_BOXES and len(seen) == MAX_BOXES
 
 
@@ -54,9 +54,9 @@ def test_the_draw_tabs_save_counts_the_boxes_that_get_a_mask(db):
     drawn = [{"xmin": 2 + k % 10, "ymin": 2, "xmax": 30 + k % 10, "ymax": 30, "label": "ball", "id": None}
              for k in range(MAX_BOXES + 1)]
     with pytest.raises(WorkbenchError, match=f"at most {MAX_BOXES} boxes get a mask in one call"):
-        wb.save_drawn_boxes(1, drawn, 1.0, box_only=False, seen_revision=revision)
+        wb.editor.save_drawn_boxes(1, drawn, 1.0, box_only=False, seen_revision=revision)
     assert get_annotations(db, 1, decode_masks=False)[0] == revision
-    _, said = wb.save_drawn_boxes(1, drawn, 1.0, box_only=True, seen_revision=revision)  # no mask: no GrabCut
+    _, said = wb.editor.save_drawn_boxes(1, drawn, 1.0, box_only=True, seen_revision=revision)  # no mask: no GrabCut
     assert sum(text == "ball added (box only)" for text in said) == MAX_BOXES + 1
 
 
@@ -74,13 +74,13 @@ def test_grabcut_on_a_large_photo_gets_at_most_max_pixels_per_box_and_per_refine
     image_id = wb.upload([tmp_path / "large.png"]).image_ids[0]
     seen = counting_grabcut(monkeypatch)
     boxes = [(7, (300.0, 120.0, 1300.0, 1080.0)), (7, (100.0, 50.0, 1500.0, 1150.0))]
-    revision, sources = wb.add_boxes(image_id, boxes, box_only=False, seen_revision=None)
+    revision, sources = wb.editor.add_boxes(image_id, boxes, box_only=False, seen_revision=None)
     assert sources == ["grabcut mask", "grabcut mask"]
     assert len(seen) == 2 and max(seen) <= MAX_PIXELS
     _, rows = get_annotations(db, image_id)
     found = rows[0]["mask"]
     assert (found & (disc > 0)).sum() / (found | (disc > 0)).sum() > 0.9  # still the object
-    wb.refine_with_clicks(image_id, rows[0]["id"], [[1150, 600]], [[450, 230]], revision)
+    wb.editor.refine_with_clicks(image_id, rows[0]["id"], [[1150, 600]], [[450, 230]], revision)
     assert len(seen) == 3 and seen[-1] <= MAX_PIXELS
 
 
@@ -95,9 +95,9 @@ def test_a_canvas_batch_with_too_many_grabcut_or_model_edits_is_refused_before_a
     too_many = [*boxes, {"kind": "review", "ids": [], "state": "accepted"}, {"kind": "propose"}]
     with pytest.raises(WorkbenchError, match=f"{MAX_BOXES + 1} box, refine and propose edits in one batch: at most "
                                              f"{MAX_BOXES}"):
-        wb.apply_edits(1, too_many, revision)
+        wb.editor.apply_edits(1, too_many, revision)
     assert seen == [] and get_annotations(db, 1, decode_masks=False)[0] == revision
-    result = wb.apply_edits(1, boxes, revision)  # exactly the limit: applied
+    result = wb.editor.apply_edits(1, boxes, revision)  # exactly the limit: applied
     assert result.error is None and result.applied == MAX_BOXES and len(seen) == MAX_BOXES
 
 
@@ -180,8 +180,8 @@ def test_no_more_writing_events_than_the_limit_run_at_once(tmp_path_factory, mon
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(wb, "apply_edits", held(wb.apply_edits))
-    monkeypatch.setattr(wb, "save_json", held(wb.save_json))
+    monkeypatch.setattr(wb.editor, "apply_edits", held(wb.editor.apply_edits))
+    monkeypatch.setattr(wb.editor, "save_json", held(wb.editor.save_json))
     save_event = next(fn for fn in demo.fns.values() if function_name(fn) == "on_canvas_save")
 
     def canvas_save(k: int) -> None:

@@ -8,20 +8,16 @@ must reproduce them. Regenerate (only after a change that is meant to change the
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from mnc_core import build_model, train_model
+from mnc_core.preprocess import batch_images
+from mnc_core.training_data import prepare_sample
 
-from mnc_core import build_model, train_model  # noqa: E402
-from mnc_core.preprocess import batch_images  # noqa: E402
-from mnc_core.training_data import prepare_sample  # noqa: E402
-
-from test_mnc_helpers import ShapesDataset, small_config  # noqa: E402
+from test_mnc_helpers import ShapesDataset, small_config
 
 MODULES = ("backbone", "rpn", "mask_head", "classify_head", "final_mask_head")
 

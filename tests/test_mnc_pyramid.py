@@ -159,7 +159,7 @@ def test_400_instances_reach_the_canvas_the_export_and_the_evaluation(database, 
                          score_threshold=0.05)
     assert len(value["instances"]) == 400 and all(row["counts"] for row in value["instances"])
 
-    _, accepted = wb.accept_all(image_id, 0.5, revision)
+    _, accepted = wb.editor.accept_all(image_id, 0.5, revision)
     assert accepted == 400
     out = tmp_path / "export.json"
     export_coco(database, out, mask_format="rle")

@@ -81,12 +81,12 @@ def test_hidden_proposals_are_neither_drawn_nor_charged_and_are_marked_on_done(b
     overridden = wb.instances(image_id, review_threshold=0.65)  # the slider's override shows what reaches it
     assert sum(i.get("shown", False) for i in overridden["instances"]) == 3
     with pytest.raises(WorkbenchError, match="no proposals shown"):
-        wb.accept_all(image_id, None, current["revision"])
+        wb.editor.accept_all(image_id, None, current["revision"])
     # a person draws the first proposal's object by hand, then "done"
-    revision = wb.save_json(image_id, [*[i for i in current["instances"]],
+    revision = wb.editor.save_json(image_id, [*[i for i in current["instances"]],
                                        {"category": 3, "box": [0, 0, 8, 8], "mask": box_mask(h, w, 0, 0, 8, 8)
                                         .astype(np.uint8).tolist(), "tool": "box"}], current["revision"])
-    done = wb.finish_image(image_id, revision)
+    done = wb.editor.finish_image(image_id, revision)
     assert done["hidden"] == 4 and done["rejected"] == 0
     rows = [r for r in fate_rows(wb.db) if r["kind"] == "proposal"]
     assert sorted(r["fate"] for r in rows) == ["hidden"] * 4
@@ -111,7 +111,7 @@ def test_the_versions_policy_from_val_shows_the_best_proposals_up_to_the_cap(ben
     assert [i["score"] for i in shown] == [0.9]  # 0.8 reaches the threshold too, but the cap is 1 per photo
     text = next(v.policy_text for v in wb.versions() if v.id == version)
     assert "≥ 0.75" in text and "≤ 1/photo" in text and "precision 60%" in text and "val" in text
-    revision, accepted = wb.accept_all(image_id, None, wb.instances(image_id)["revision"])
+    revision, accepted = wb.editor.accept_all(image_id, None, wb.instances(image_id)["revision"])
     assert accepted == 1
 
 
@@ -165,8 +165,6 @@ def test_the_start_is_chosen_from_the_clicks_record_else_from_val():
 
 # ---- keep the box -------------------------------------------------------------------------------------------
 def test_keep_the_box_keeps_class_and_box_and_replaces_the_mask(bench):  # noqa: F811
-    from services import review
-
     wb, image_id, h, w, version = bench
     wb.models.active = lambda: (None, None)  # the fake checkpoint holds no model: the box's mask is GrabCut's
     wrong = box_mask(h, w, 2, 2, 6, 6)  # a poor mask in a good box
@@ -174,7 +172,7 @@ def test_keep_the_box_keeps_class_and_box_and_replaces_the_mask(bench):  # noqa:
             instances=[FakeInstance(3, 0.9, (0.0, 0.0, 30.0, 24.0), wrong), FakeInstance(3, 0.8, (0, 0, 9, 9), wrong)])
     before = {i["id"]: i for i in wb.instances(image_id)["instances"]}
     first, second = sorted(before)
-    revision = wb.keep_box(image_id, first, wb.instances(image_id)["revision"])
+    revision = wb.editor.keep_box(image_id, first, wb.instances(image_id)["revision"])
     after = {i["id"]: i for i in wb.instances(image_id)["instances"]}
     kept = after[first]
     x1, y1, x2, y2 = kept["box"]  # a box always encloses its mask tightly (COCO); the mask stays in the kept box
@@ -184,9 +182,9 @@ def test_keep_the_box_keeps_class_and_box_and_replaces_the_mask(bench):  # noqa:
     fate = next(r for r in fate_rows(wb.db) if r["annotation_id"] == first)
     assert fate["fate"] == "edited"
     with pytest.raises(WorkbenchError, match="not a proposal"):
-        wb.keep_box(image_id, first, revision)
+        wb.editor.keep_box(image_id, first, revision)
     # the canvas's edit (key k) does the same
-    result = review.apply_edits(wb, image_id, [{"kind": "keep_box", "id": second}], revision)
+    result = wb.editor.apply_edits(image_id, [{"kind": "keep_box", "id": second}], revision)
     assert result.error is None and wb.annotation(image_id, second)["review_state"] == "accepted"
 
 
@@ -251,7 +249,7 @@ def test_prefetch_proposes_once_and_never_overwrites_a_save(bench):  # noqa: F81
     wb.prefetch([image_id])
     assert predicting.wait(10)
     # a person saves while the model runs in the background: the save goes through at once
-    revision = wb.save_json(image_id, [{"category": 3, "box": [20, 20, 30, 30],
+    revision = wb.editor.save_json(image_id, [{"category": 3, "box": [20, 20, 30, 30],
                                         "mask": box_mask(h, w, 20, 20, 30, 30).astype(np.uint8).tolist()}],
                             wb.instances(image_id)["revision"])
     release.set()
@@ -289,7 +287,7 @@ def test_the_same_photo_opened_twice_at_once_proposes_once_without_a_conflict(be
     release.set()
     first.join(10)
     second.join(10)
-    assert wb.conflicts(image_id) == [] and runs == [image_id]
+    assert wb.editor.conflicts(image_id) == [] and runs == [image_id]
     assert [r["review_state"] for r in wb.instances(image_id)["instances"]] == ["proposed"]
     assert results[0] is results[1] and results[0].added == 1 and wb.flights.joined == 1
     assert wb.propose_if_needed(image_id) is None  # opened again later: the model has seen it

@@ -41,7 +41,7 @@ def bench(database, synthetic_coco):
     checkpoint.write_bytes(b"")
     version = registry.register_version(database, checkpoint, name="fake", config={}, metrics={})
     wb = Workbench(database, device="cpu")
-    wb.save_json(image_id, [], wb.annotations(image_id)[0])  # start from no annotations
+    wb.editor.save_json(image_id, [], wb.annotations(image_id)[0])  # start from no annotations
     return wb, image_id, h, w, version
 
 
@@ -61,10 +61,10 @@ def test_accept_edit_reject_delete_and_hand_made_are_recorded(bench):
     revision, rows = wb.annotations(image_id)
     a, b, c, d = (r["id"] for r in rows)
     assert {r["fate"] for r in fates(wb).values()} == {"proposed"}
-    revision = wb.review(image_id, [a, b, d], "accepted", revision, user="ana")
-    revision = wb.review(image_id, [c], "rejected", revision, user="ana")
+    revision = wb.editor.review(image_id, [a, b, d], "accepted", revision, user="ana")
+    revision = wb.editor.review(image_id, [c], "rejected", revision, user="ana")
     # b: its mask painted over (a quarter of it kept) and its class changed
-    revision = wb.save_mask(image_id, b, None, box_mask(h, w, 4, 0, 6, 8), revision, user="ana")
+    revision = wb.editor.save_mask(image_id, b, None, box_mask(h, w, 4, 0, 6, 8), revision, user="ana")
     row_b = wb.annotation(image_id, b)
     json_rows = [{"id": r["id"], "category_id": 7 if r["id"] == b else r["category_id"],
                   "mask": r["mask"].astype(int).tolist(), "source": r["source"], "review_state": r["review_state"],
@@ -73,8 +73,8 @@ def test_accept_edit_reject_delete_and_hand_made_are_recorded(bench):
     assert row_b["source"] == "drawn"
     json_rows.append({"category_id": 7, "mask": box_mask(h, w, 30, 20, 40, 30).astype(int).tolist(),
                       "tool": "polygon"})
-    revision = wb.save_json(image_id, json_rows, revision, user="ana")
-    revision, _ = wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=revision)
+    revision = wb.editor.save_json(image_id, json_rows, revision, user="ana")
+    revision, _ = wb.editor.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=revision)
     got = fates(wb)
     assert got[a]["fate"] == "accepted" and got[a]["iou"] is None
     assert got[b]["fate"] == "edited" and got[b]["iou"] == pytest.approx(0.25) and \
@@ -84,8 +84,8 @@ def test_accept_edit_reject_delete_and_hand_made_are_recorded(bench):
     assert hand == [("box", "kept"), ("polygon", "kept")]
     assert all(r["model_version_id"] == version for r in got.values())
     # undo the box: its record goes; undo the save: d is back accepted and the hand-made polygon gone
-    revision = wb.undo(image_id, revision)
-    wb.undo(image_id, revision)
+    revision = wb.editor.undo(image_id, revision)
+    wb.editor.undo(image_id, revision)
     got = fates(wb)
     assert got[d]["fate"] == "accepted" and got[b]["category_id"] == 3 and got[b]["fate"] == "edited"
     assert [r["tool"] for r in got.values() if r["kind"] == "hand"] == []
@@ -101,7 +101,7 @@ def test_new_proposals_replace_unreviewed_ones_without_rejecting_them(bench):
     fates_now = sorted(r["fate"] for r in fates(wb).values())
     assert fates_now == ["proposed"] * 3 + ["replaced"] * 2
     revision, rows = wb.annotations(image_id)
-    wb.save_json(image_id, [{"id": r["id"], "category_id": r["category_id"], "box": list(r["box"]),
+    wb.editor.save_json(image_id, [{"id": r["id"], "category_id": r["category_id"], "box": list(r["box"]),
                              "mask": r["mask"].astype(int).tolist(), "source": "model", "review_state": "proposed",
                              "model_version_id": version, "score": r["score"]} for r in rows[1:]], revision)
     assert sorted(r["fate"] for r in fates(wb).values()) == ["proposed"] * 2 + ["rejected"] + ["replaced"] * 2
@@ -111,7 +111,7 @@ def test_active_time_leaves_idle_gaps_out_and_counts_per_version(bench):
     wb, image_id, h, w, version = bench
     visit = wb.record_visit(image_id, [100.0, 101.5, 104.0, 200.0, 230.0], user="ana")
     assert visit == {"image_id": image_id, "active_seconds": 34.0, "idle_seconds": 96.0, "events": 5}
-    wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
+    wb.editor.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
     row = wb.model_help()["versions"][0]
     assert (row["version_id"], row["final"], row["hand"], row["active_seconds"], row["seconds_per_instance"]) == \
         (version, 1, 1, 34.0, 34.0)
@@ -131,7 +131,7 @@ def test_a_failing_record_does_not_fail_the_save(bench, monkeypatch, caplog):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(fates_module, "_update", broken)
-    revision, _ = wb.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
+    revision, _ = wb.editor.add_boxes(image_id, [(3, (40, 30, 60, 45))], box_only=True, seen_revision=None)
     assert len(wb.annotations(image_id)[1]) == 1 and "recording the fates" in caplog.text
     assert fates(wb) == {}  # the savepoint took the half-written record back
 
@@ -139,7 +139,7 @@ def test_a_failing_record_does_not_fail_the_save(bench, monkeypatch, caplog):
 def test_a_tool_must_be_known(bench):
     wb, image_id, h, w, version = bench
     with pytest.raises(WorkbenchError, match="tool must be one of box, polygon, brush, grabcut, other"):
-        wb.save_json(image_id, [{"category_id": 3, "box": [1, 1, 9, 9], "tool": "lasso"}], None)
+        wb.editor.save_json(image_id, [{"category_id": 3, "box": [1, 1, 9, 9], "tool": "lasso"}], None)
 
 
 # ---- "most useful next" ------------------------------------------------------------------------------------
@@ -208,24 +208,24 @@ def test_click_refinement_improves_iou_on_a_synthetic_shape(database, tmp_path):
     wb.add_category("blob")
     rough = np.zeros((h, w), bool)
     rough[40:80, 50:95] = True
-    revision = wb.save_mask(image_id, None, "blob", rough, None)
+    revision = wb.editor.save_mask(image_id, None, "blob", rough, None)
     ann_id = wb.annotations(image_id)[1][0]["id"]
 
     def iou(mask):
         return (mask & truth).sum() / (mask | truth).sum()
 
     before = iou(wb.annotation(image_id, ann_id)["mask"])
-    revision = wb.refine_with_clicks(image_id, ann_id, [(80, 60), (115, 75)], [(20, 20)], revision)
+    revision = wb.editor.refine_with_clicks(image_id, ann_id, [(80, 60), (115, 75)], [(20, 20)], revision)
     after = iou(wb.annotation(image_id, ann_id)["mask"])
     assert before < 0.5 and after > 0.75 and after > before + 0.25
     row = wb.annotation(image_id, ann_id)
     assert (row["source"], row["review_state"]) == ("grabcut", "accepted")
     with pytest.raises(WorkbenchError, match="outside the 160x120 image"):
-        wb.refine_with_clicks(image_id, ann_id, [(500, 5)], [], revision)
+        wb.editor.refine_with_clicks(image_id, ann_id, [(500, 5)], [], revision)
     with pytest.raises(WorkbenchError, match="click the instance first"):
-        wb.refine_with_clicks(image_id, ann_id, [], None, revision)
+        wb.editor.refine_with_clicks(image_id, ann_id, [], None, revision)
     with pytest.raises(WorkbenchError, match=r"each point must be \[x, y\]"):
-        wb.refine_with_clicks(image_id, ann_id, [5], [], revision)
+        wb.editor.refine_with_clicks(image_id, ann_id, [5], [], revision)
 
 
 # ---- the page -------------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_the_model_help_tab_and_the_gallery_order(bench, tmp_path):
     wb, image_id, h, w, version = bench
     proposals(wb.db, image_id, version, h, w)
     revision, rows = wb.annotations(image_id)
-    wb.review(image_id, [rows[0]["id"]], "accepted", revision)
+    wb.editor.review(image_id, [rows[0]["id"]], "accepted", revision)
     note, shares, seconds, table, per_class = Handlers(wb).show_model_help()
     assert "1 version(s)" in note
     assert set(shares["figure"]) == {"accepted unchanged", "added by hand"} and len(seconds) == 0
@@ -283,6 +283,6 @@ def test_a_database_of_schema_0004_is_upgraded_and_records_fates(tmp_path, datab
     PILImage.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
     image_id = add_images(db, [image]).image_ids[0]
     wb = Workbench(db, device="cpu")
-    wb.save_json(image_id, [{"category": "dog", "box": [1, 1, 10, 10], "tool": "box"}], wb.annotations(image_id)[0])
+    wb.editor.save_json(image_id, [{"category": "dog", "box": [1, 1, 10, 10], "tool": "box"}], wb.annotations(image_id)[0])
     assert [(r["kind"], r["tool"], r["fate"]) for r in fate_rows(db)] == [("hand", "box", "kept")]
     db.close()

@@ -1,4 +1,4 @@
-"""The review canvas's server side: its batches of edits (services.review) through the revision-checked
+"""The review canvas's server side: its batches of edits (services.editing) through the revision-checked
 saves, the value it is given (app.canvas), "done, next image" (Handlers.on_done)."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_a_batch_of_canvas_edits_is_saved_in_order(db):
              {"kind": "mask", "temp_id": -1, "category_id": 12, "counts": counts_of(drawn), "tool": "polygon"},
              {"kind": "mask", "id": -1, "category_id": 12, "counts": counts_of(drawn[::-1]), "tool": "brush"},
              {"kind": "box", "temp_id": -2, "category_id": "ball", "box": [2.0, 2.0, 24.0, 20.0]}]
-    result = wb.apply_edits(1, edits, revision)
+    result = wb.editor.apply_edits(1, edits, revision)
     assert result.error is None and result.applied == len(edits) and result.revision == revision + len(edits)
     _, after = get_annotations(db, 1)
     by_id = {r["id"]: r for r in after}
@@ -68,7 +68,7 @@ def test_a_batch_of_canvas_edits_is_saved_in_order(db):
     assert len(after) == len(rows) + 2
     # undo is one edit too: the box goes again
     box_id = result.created[-2]
-    result = wb.apply_edits(1, [{"kind": "undo"}], result.revision)
+    result = wb.editor.apply_edits(1, [{"kind": "undo"}], result.revision)
     _, after = get_annotations(db, 1, decode_masks=False)
     assert result.error is None and box_id not in {r["id"] for r in after} and len(after) == len(rows) + 1
 
@@ -82,15 +82,15 @@ def test_a_batch_merges_edits_of_other_instances_and_stops_at_a_conflict(db):
     revision = proposals(db, 1)
     _, rows = get_annotations(db, 1, decode_masks=False)
     ids = [r["id"] for r in rows if r["review_state"] == "proposed"]
-    other = wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
-    mine = wb.apply_edits(1, [{"kind": "delete", "ids": [ids[1]]}, {"kind": "review", "ids": [ids[0]],
+    other = wb.editor.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.editor.apply_edits(1, [{"kind": "delete", "ids": [ids[1]]}, {"kind": "review", "ids": [ids[0]],
                                                                      "state": "rejected"},
                               {"kind": "delete", "ids": [ids[2]]}], revision, "A")
     assert isinstance(mine.error, ConflictError) and mine.error.instance_ids == [ids[0]]
     assert mine.applied == 1 and mine.revision == other.revision + 1
     now = {r["id"]: r["review_state"] for r in get_annotations(db, 1, decode_masks=False)[1]}
     assert ids[1] not in now and now[ids[0]] == "accepted" and ids[2] in now
-    assert len(wb.conflicts(1, "A")) == 1 and wb.conflicts(1, "B") == []  # A's reject, for A to recover
+    assert len(wb.editor.conflicts(1, "A")) == 1 and wb.editor.conflicts(1, "B") == []  # A's reject, for A to recover
 
 
 def test_a_batch_never_conflicts_with_its_own_edits(db):
@@ -101,8 +101,8 @@ def test_a_batch_never_conflicts_with_its_own_edits(db):
     wb = Workbench(db)
     revision = proposals(db, 1)
     ids = [r["id"] for r in get_annotations(db, 1, states=["proposed"], decode_masks=False)[1]]
-    wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
-    mine = wb.apply_edits(1, [{"kind": "class", "id": ids[1], "category_id": 7},
+    wb.editor.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.editor.apply_edits(1, [{"kind": "class", "id": ids[1], "category_id": 7},
                               {"kind": "review", "ids": [ids[1]], "state": "rejected"},
                               {"kind": "delete", "ids": [ids[2]]}], revision, "A")
     assert mine.error is None and mine.applied == 3 and mine.revision == revision + 4
@@ -118,8 +118,8 @@ def test_an_undo_sent_with_a_stale_revision_is_a_conflict_and_undoes_nothing(db)
     wb = Workbench(db)
     revision = proposals(db, 1)
     ids = [r["id"] for r in get_annotations(db, 1, states=["proposed"], decode_masks=False)[1]]
-    theirs = wb.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
-    mine = wb.apply_edits(1, [{"kind": "undo"}], revision, "A")
+    theirs = wb.editor.apply_edits(1, [{"kind": "review", "ids": [ids[0]], "state": "accepted"}], revision, "B")
+    mine = wb.editor.apply_edits(1, [{"kind": "undo"}], revision, "A")
     assert isinstance(mine.error, ConflictError) and mine.applied == 0 and mine.revision == theirs.revision
     assert "nothing was changed" in str(mine.error)
     accepted = {r["id"] for r in get_annotations(db, 1, states=["accepted"], decode_masks=False)[1]}
@@ -142,9 +142,9 @@ def test_bad_edits_are_refused_with_a_reason(db, edits, message):
     revision, rows = get_annotations(db, 1, decode_masks=False)
     if not isinstance(edits, list):
         with pytest.raises(WorkbenchError, match=message):
-            wb.apply_edits(1, edits, revision)
+            wb.editor.apply_edits(1, edits, revision)
         return
-    result = wb.apply_edits(1, edits, revision)
+    result = wb.editor.apply_edits(1, edits, revision)
     assert result.applied == 0 and message in str(result.error)
     assert get_annotations(db, 1, decode_masks=False)[0] == revision  # nothing written
 
@@ -205,5 +205,5 @@ def test_an_edited_image_stays_in_a_filtered_list(db):
     revision = proposals(db, 2)
     _, ids, _ = ui.gallery("in review")  # the image has accepted annotations and proposals
     assert 2 in ids
-    ui.wb.finish_image(2, revision)
+    ui.wb.editor.finish_image(2, revision)
     assert 2 not in ui.gallery("in review")[1] and 2 in ui.gallery("in review", keep=2)[1]

@@ -170,7 +170,7 @@ def test_a_mode_without_iterations_or_size_runs_its_preset(tmp_path, synthetic_c
     tiny = presets.Preset(iterations=3, gpu_iterations=7, image_size=64,
                           config=(("num_stages", 3), ("roi_batch_size", 8), ("test_score", "cls"),
                                   ("inference_stages", 5)),
-                          freeze_body=True, cache_frozen_features=True, cpu_minutes=1.0, description="tiny")
+                          freeze_body=True, cache_frozen_features=True, description="tiny")
     monkeypatch.setitem(presets.PRESETS, "heads", tiny)
     db = open_database(tmp_path / "data")
     import_coco(db, synthetic_coco, synthetic_coco.parent / "images")
