@@ -268,7 +268,8 @@ def _require_revision(seen_revision, needs: str, then: str) -> None:
 
 def save_annotations(db: Database, image_id: int, instances: list[InstanceData], *, seen_revision: int,
                      user: str | None = None, action: str = "save", proposing: bool = False,
-                     deletes: Iterable[int] = (), created: list[int] | None = None) -> int:
+                     deletes: Iterable[int] = (), edits: Iterable[int] = (),
+                     created: list[int] | None = None) -> int:
     """Make ``instances`` the image's annotations (those with an ``id`` are updated in place,
     the others added, the rest deleted). Returns the new revision. ``proposing``: a model's new proposals
     replace its unreviewed ones (recorded as replaced, not rejected; see db.fates).
@@ -279,12 +280,15 @@ def save_annotations(db: Database, image_id: int, instances: list[InstanceData],
     (imports and scripts that own the image use :func:`save_annotations_unchecked`).
 
     ``deletes``: annotations the caller deletes by name (an instance it left out is otherwise deleted only if it
-    was there at ``seen_revision``: one added since is someone else's, which the caller never saw). ``created``:
+    was there at ``seen_revision``: one added since is someone else's, which the caller never saw). ``edits``:
+    annotations the caller edits by name (a server-side edit of one instance): one someone else deleted since is
+    a conflict even where the edit leaves it as the caller read it (else the edit would be acknowledged for an
+    instance that is gone). ``created``:
     a list that gets the ids of the annotations this save added (the caller's new instances, in their order)."""
     _require_revision(seen_revision, f"a save of image {image_id} needs the revision its annotations were read "
                                      "at", "read the image first")
     return _save(db, image_id, instances, seen_revision, user=user, action=action, proposing=proposing,
-                 deletes=set(deletes), created=created)
+                 deletes=set(deletes), edits=set(edits), created=created)
 
 
 def save_annotations_unchecked(db: Database, image_id: int, instances: list[InstanceData], *,
@@ -351,12 +355,14 @@ def _changed_since(known: dict[int, dict], now: dict[int, Annotation], ids) -> s
 
 
 def _merge(base: dict[int, dict], current: list[Annotation], instances: list[InstanceData],
-           columns: list[dict], deletes: set[int] = frozenset(), known: dict[int, dict] | None = None) -> _Merged:
+           columns: list[dict], deletes: set[int] = frozenset(), known: dict[int, dict] | None = None,
+           edits: set[int] = frozenset()) -> _Merged:
     """Three-way merge of a save that started from ``base`` (the image's annotations at the revision it saw)
     with the image's annotations now: an instance the save left as it was (or made equal to what is there now)
     stays as it is now; one it changed or deleted takes its change, unless someone else changed or deleted it
     since (a conflict); instances it adds are added; instances others added since stay, unless the save
-    ``deletes`` them by name (a conflict: it deletes what it cannot have seen). ``known``: what the caller saw,
+    ``deletes`` them by name (a conflict: it deletes what it cannot have seen); an instance the save ``edits`` by name
+    that someone else deleted since is a conflict, changed by the save or not. ``known``: what the caller saw,
     when the instances were read later on the server (``base``): someone else's changes are those since ``known``."""
     now = {ann.id: ann for ann in current}
     known = base if known is None else known
@@ -384,6 +390,9 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
         if as_now or (ann_id in base and mine == _content(base[ann_id])):
             if ann_id in now:  # not changed by this save: as it is now (deleted by someone else: stays deleted)
                 keep(now[ann_id])
+            elif ann_id in edits:  # the instance this save edits is gone: tell its author, never "saved"
+                changed(values, ann_id, conflict=True)
+                out.conflicts.append(ann_id)
             continue
         changed(values, ann_id, conflict=ann_id in changed_since)
         if ann_id in changed_since:
@@ -410,7 +419,8 @@ def _merge(base: dict[int, dict], current: list[Annotation], instances: list[Ins
 
 def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revision: int | None, *,
           user: str | None, action: str, proposing: bool, recovered: int | None = None,
-          deletes: set[int] = frozenset(), created: list[int] | None = None) -> int:
+          deletes: set[int] = frozenset(), edits: set[int] = frozenset(),
+          created: list[int] | None = None) -> int:
     conflict = None
     with db.session() as session:
         image = session.get(Image, image_id)
@@ -431,7 +441,7 @@ def _save(db: Database, image_id: int, instances: list[InstanceData], seen_revis
             known = _rows_at(session, image_id, seen_revision, current, image.revision - 1, own)
             base = known if read is None or known is None else _rows_at(session, image_id, read, current,
                                                                          image.revision - 1, own)
-            merged = None if base is None else _merge(base, current, instances, columns, deletes, known)
+            merged = None if base is None else _merge(base, current, instances, columns, deletes, known, edits)
             if merged is None or merged.conflicts:
                 attempt.rollback()
                 image = session.get(Image, image_id)

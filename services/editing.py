@@ -380,7 +380,7 @@ class Editor:
         seen = wire.required_revision(seen_revision)
         return save_annotations(self.db, image_id, data, seen_revision=seen, user=user)
 
-    def review(self, image_id: int, ids: list[int], state: str, seen_revision: int | None,
+    def review(self, image_id: int, ids: list[int], state: str, seen_revision: SeenRevision,
                user: str | None = None) -> int:
         """Accept, reject or reopen the named instances (``seen_revision`` None: the image as it is now; only the
         named instances change)."""
@@ -388,7 +388,7 @@ class Editor:
             raise WorkbenchError("select an instance first (click it on the image or pick it in the list)")
         return set_review_state(self.db, image_id, ids, state, seen_revision=seen_revision, user=user)
 
-    def accept_all(self, image_id: int, review_threshold: float | None, seen_revision: int | None,
+    def accept_all(self, image_id: int, review_threshold: float | None, seen_revision: SeenRevision,
                    user: str | None = None) -> tuple[int, int]:
         """Accept every proposal a person is shown: scoring at least ``review_threshold``, or with None those the
         model's policy shows (services.payoff) -> (revision, how many)."""
@@ -400,14 +400,14 @@ class Editor:
                                  f"no proposals with a score of at least {float(review_threshold):.2f} to accept")
         return self.review(image_id, ids, "accepted", _write_revision(seen_revision, revision), user), len(ids)
 
-    def delete_instance(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
+    def delete_instance(self, image_id: int, ann_id: int, seen_revision: SeenRevision, user: str | None = None) -> int:
         revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is not on image {image_id} (anymore)")
         return save_annotations(self.db, image_id, [InstanceData.from_row(r) for r in rows if r["id"] != ann_id],
                                 seen_revision=_write_revision(seen_revision, revision), user=user, deletes=[ann_id])
 
-    def undo(self, image_id: int, seen_revision: int, user: str | None = None) -> int:
+    def undo(self, image_id: int, seen_revision: SeenRevision, user: str | None = None) -> int:
         """Undo the image's newest change that is not undone yet, if the image is still at ``seen_revision``
         (the revision the person sees; otherwise a ConflictError: what someone else saved meanwhile is never
         undone unseen). What the undo replaces stays in the journal."""
@@ -416,7 +416,7 @@ class Editor:
         return undo(self.db, image_id, seen_revision=as_seen(seen_revision), user=user)
 
     def save_drawn_boxes(self, image_id: int, drawn: list[dict], scale: float, *, box_only: bool,
-                         seen_revision: int | None, user: str | None = None) -> tuple[int, list[str]]:
+                         seen_revision: SeenRevision, user: str | None = None) -> tuple[int, list[str]]:
         """The Draw tab's boxes become the image's accepted annotations. ``drawn``: {"xmin", "ymin", "xmax",
         "ymax", "label", "id"} in the pixels of the image shown at ``scale``; label a class name or id; id the
         accepted annotation the box was drawn from (None for a new box). A new box is added as
@@ -485,11 +485,11 @@ class Editor:
             data.append(InstanceData(category_id=category_id, box=box, tool=_box_tool(changes), **changes))
             said.append(f"{isolated(names[category_id])} added ({how})")
         revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                    user=user)
+                                    user=user, edits=list(changed))
         return revision, said
 
     def add_boxes(self, image_id: int, boxes: list[tuple[int, tuple[float, float, float, float]]], *,
-                  box_only: bool, seen_revision: int | None, user: str | None = None,
+                  box_only: bool, seen_revision: SeenRevision, user: str | None = None,
                   created: list[int] | None = None) -> tuple[int, list[str]]:
         """Boxes a person drew (category id, x1 y1 x2 y2 in image pixels) become accepted annotations,
         with the active model's mask for that box and class (box-only classes included, through the
@@ -542,7 +542,7 @@ class Editor:
         return box_masks.choose_start(fates.box_start_records(self.db, version.id),
                                       (version.metrics or {}).get("box_start"), int(category_id), model_knows=True)
 
-    def keep_box(self, image_id: int, ann_id: int, seen_revision: int | None, user: str | None = None) -> int:
+    def keep_box(self, image_id: int, ann_id: int, seen_revision: SeenRevision, user: str | None = None) -> int:
         """Keep a proposal's box, not its mask: it becomes an accepted instance with the same id, class and box,
         its mask made again from the box as for a box a person drew (the class's start, services.box_masks);
         its fate is "edited". Instead of reject and redraw. -> the new revision."""
@@ -563,10 +563,10 @@ class Editor:
         data = [InstanceData.from_row(r, **changes, box=box, review_state="accepted") if r["id"] == ann_id
                 else InstanceData.from_row(r) for r in rows]
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user)
+                                user=user, edits=[ann_id])
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
-                  seen_revision: int | None, user: str | None = None, tool: str = "brush", *,
+                  seen_revision: SeenRevision, user: str | None = None, tool: str = "brush", *,
                   counts: str | None = None, created: list[int] | None = None) -> int:
         """A mask painted by a person replaces an annotation's mask (or makes a new annotation of ``category``,
         recorded as made with ``tool``: brush, polygon, grabcut, box or other): ``mask`` an (H, W) bool array,
@@ -591,10 +591,11 @@ class Editor:
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
             data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user, created=created)
+                                user=user, created=created,
+                                edits=[] if ann_id is None else [ann_id])
 
     def refine_with_clicks(self, image_id: int, ann_id: int, positive_points, negative_points,
-                           seen_revision: int | None, user: str | None = None) -> int:
+                           seen_revision: SeenRevision, user: str | None = None) -> int:
         """Correct an instance's mask with clicks: ``positive_points`` "this is object", ``negative_points``
         "this is not", each a list of (x, y) in the image's full-resolution pixels. GrabCut starts from the
         current mask (a box-only instance: its box) inside the box it was made from (the box drawn, the model's box
@@ -630,11 +631,11 @@ class Editor:
                                       score=None, model_version_id=None) if r["id"] == row["id"]
                 else InstanceData.from_row(r) for r in rows]
         revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                    user=user)
+                                    user=user, edits=[ann_id])
         fates.add_clicks(self.db, image_id, ann_id, len(positive) + len(negative))
         return revision
 
-    def set_category(self, image_id: int, ann_id: int, category, seen_revision: int | None,
+    def set_category(self, image_id: int, ann_id: int, category, seen_revision: SeenRevision,
                      user: str | None = None) -> int:
         """Give an instance another class (a proposal given a class by a person is accepted)."""
         category_id = self.category_id(category)
@@ -644,14 +645,14 @@ class Editor:
         data = [InstanceData.from_row(r, category_id=category_id, review_state="accepted") if r["id"] == ann_id
                 else InstanceData.from_row(r) for r in rows]
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user)
+                                user=user, edits=[ann_id])
 
     def apply_edits(self, image_id: int, edits, seen_revision: int | None, user: str | None = None):
         """The review canvas's batch of edits, in order (apply_edits, EDIT_HANDLERS) -> EditsResult."""
         return apply_edits(self, wire.strict_id(image_id, "image_id"), edits,
                            wire.revision(seen_revision, "the revision"), user)
 
-    def finish_image(self, image_id: int, seen_revision: int | None, user: str | None = None,
+    def finish_image(self, image_id: int, seen_revision: SeenRevision, user: str | None = None,
                      review_threshold=None) -> dict:
         """"Done" with an image: the proposals nobody accepted are rejected (the image counts as done); those a
         person was never shown (``review_threshold`` None: the model's policy; else under that threshold) get the
@@ -675,7 +676,7 @@ class Editor:
         refused because someone else changed the same instances first."""
         return [entry.id for entry in conflict_versions(self.db, image_id, user)]
 
-    def recover_conflict(self, image_id: int, seen_revision: int | None, user: str | None = None) -> int:
+    def recover_conflict(self, image_id: int, seen_revision: SeenRevision, user: str | None = None) -> int:
         """Put the caller's newest lost version back onto the instances it conflicted with (db.annotations.
         recover_lost); ``seen_revision`` None: the image as it is now."""
         revision = get_annotations(self.db, image_id, decode_masks=False)[0]

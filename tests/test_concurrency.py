@@ -375,6 +375,46 @@ def test_a_write_sent_with_an_older_revision_than_it_read_is_merged_or_a_conflic
     assert get_annotations(database, 1)[0] == old + 1  # nothing written
 
 
+@pytest.mark.parametrize("write", ["set_category", "save_mask"])
+def test_an_edit_that_ends_as_the_instance_is_of_one_deleted_meanwhile_is_a_conflict(database, synthetic_coco,
+                                                                                    monkeypatch, write):
+    """Found by bench_team.py (PostgreSQL, 5 labellers): A saw instance X as class 3 and gives it class 12; B had
+    already given it 12 (A's server-side read sees that), and C deletes X while A's edit computes. A's save then
+    changed nothing against what it read, so it was acknowledged, yet X is gone: A was told "saved" for an edit of
+    an instance that no longer exists. An edit of a named instance someone deleted meanwhile is a conflict."""
+    from services import editing
+    from services.workbench import Workbench
+
+    import_coco(database, synthetic_coco, synthetic_coco.parent / "images")
+    wb = Workbench(database, device="cpu")
+    ids = _proposal_ids(database, 1)
+    target = ids[0]
+    seen = get_annotations(database, 1)[0]  # what A saw
+    wb.editor.set_category(1, target, 12, None, user="B")  # B: the class A is about to give
+    mask = np.zeros((48, 64), bool)
+    mask[5:20, 5:30] = True
+    if write == "save_mask":  # B's mask is the one A paints
+        wb.editor.save_mask(1, target, None, mask, None, user="B")
+    real = editing.get_annotations
+    deleted = []
+
+    def read_then_c_deletes(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not deleted:
+            deleted.append(None)  # (C's delete reads too)
+            deleted[0] = wb.editor.delete_instance(1, target, None, user="C")
+        return result
+
+    monkeypatch.setattr(editing, "get_annotations", read_then_c_deletes)
+    calls = {"set_category": lambda: wb.editor.set_category(1, target, 12, seen, user="A"),
+             "save_mask": lambda: wb.editor.save_mask(1, target, None, mask, seen, user="A")}
+    with pytest.raises(ConflictError) as error:
+        calls[write]()
+    assert deleted and error.value.instance_ids == [target]
+    assert get_annotations(database, 1)[0] == deleted[0]  # nothing written after C's delete
+    assert [entry.id for entry in conflict_versions(database, 1, "A")]  # A's lost version is journalled
+
+
 def test_propose_merges_with_a_save_that_lands_meanwhile(database, synthetic_coco, monkeypatch):
     """A model's proposals replace its unreviewed ones, merged with a save of another instance made meanwhile."""
     from types import SimpleNamespace
