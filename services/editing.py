@@ -560,10 +560,8 @@ class Editor:
         changes, _ = self._box_masks(image_id, box_only=False)(row["category_id"], box)
         changes.pop("start", None)
         changes.pop("model_version_id", None)  # it stays the proposal's version (its fate: edited)
-        data = [InstanceData.from_row(r, **changes, box=box, review_state="accepted") if r["id"] == ann_id
-                else InstanceData.from_row(r) for r in rows]
-        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user, edits=[ann_id])
+        return self._save_one(image_id, rows, revision, ann_id, seen_revision, user, **changes, box=box,
+                              review_state="accepted")
 
     def save_mask(self, image_id: int, ann_id: int | None, category, mask: np.ndarray | None,
                   seen_revision: SeenRevision, user: str | None = None, tool: str = "brush", *,
@@ -577,22 +575,15 @@ class Editor:
             raise WorkbenchError("the mask is empty: paint the object with the brush first")
         drawn = dict(mask=mask) if counts is None else dict(mask_rle=counts)
         revision, rows = get_annotations(self.db, image_id, decode_masks=False)
-        data = []
-        found = False
-        for row in rows:
-            if ann_id is not None and row["id"] == ann_id:
-                found = True
-                data.append(InstanceData.from_row(row, **drawn, box=None, source="drawn", review_state="accepted",
-                                                  score=None, model_version_id=None))
-            else:
-                data.append(InstanceData.from_row(row))
-        if not found:
-            if ann_id is not None:
+        if ann_id is not None:
+            if not any(r["id"] == ann_id for r in rows):
                 raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
-            data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
+            return self._save_one(image_id, rows, revision, ann_id, seen_revision, user, **drawn, box=None,
+                                  source="drawn", review_state="accepted", score=None, model_version_id=None)
+        data = [InstanceData.from_row(r) for r in rows]
+        data.append(InstanceData(category_id=self.category_id(category), **drawn, source="drawn", tool=tool))
         return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                user=user, created=created,
-                                edits=[] if ann_id is None else [ann_id])
+                                user=user, created=created)
 
     def refine_with_clicks(self, image_id: int, ann_id: int, positive_points, negative_points,
                            seen_revision: SeenRevision, user: str | None = None) -> int:
@@ -627,11 +618,8 @@ class Editor:
         if not refined.any():
             raise WorkbenchError("the clicks leave nothing of the instance; click on the object (left click) "
                                  "or delete the instance")
-        data = [InstanceData.from_row(r, mask=refined, box=None, source="grabcut", review_state="accepted",
-                                      score=None, model_version_id=None) if r["id"] == row["id"]
-                else InstanceData.from_row(r) for r in rows]
-        revision = save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
-                                    user=user, edits=[ann_id])
+        revision = self._save_one(image_id, rows, revision, ann_id, seen_revision, user, mask=refined, box=None,
+                                  source="grabcut", review_state="accepted", score=None, model_version_id=None)
         fates.add_clicks(self.db, image_id, ann_id, len(positive) + len(negative))
         return revision
 
@@ -642,9 +630,16 @@ class Editor:
         revision, rows = get_annotations(self.db, image_id, decode_masks=False)
         if not any(r["id"] == ann_id for r in rows):
             raise WorkbenchError(f"annotation {ann_id} is gone from image {image_id}; reload the image")
-        data = [InstanceData.from_row(r, category_id=category_id, review_state="accepted") if r["id"] == ann_id
-                else InstanceData.from_row(r) for r in rows]
-        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, revision),
+        return self._save_one(image_id, rows, revision, ann_id, seen_revision, user, category_id=category_id,
+                              review_state="accepted")
+
+    def _save_one(self, image_id: int, rows: list[dict], read: int, ann_id: int, seen_revision: SeenRevision,
+                  user: str | None, **changes) -> int:
+        """The edit of one named instance (class, keep box, refine, a mask painted over it): ``rows`` (read at
+        revision ``read``) saved with ``changes`` on ``ann_id``, merged with what others saved since; a conflict
+        where someone else changed that instance since, or deleted it (``edits``)."""
+        data = [InstanceData.from_row(r, **changes) if r["id"] == ann_id else InstanceData.from_row(r) for r in rows]
+        return save_annotations(self.db, image_id, data, seen_revision=_write_revision(seen_revision, read),
                                 user=user, edits=[ann_id])
 
     def apply_edits(self, image_id: int, edits, seen_revision: int | None, user: str | None = None):
