@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, cpu_name, load_coco, loadavg_text, require, stamp, write_json  # noqa: E402
+from common import DEFAULT_DATA, cpu_name, load_coco, loadavg_text, require, stamp, write_json
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

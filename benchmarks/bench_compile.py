@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from bench_mnc_latency import build_mnc, compile_modules, load_images  # noqa: E402
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, stamp, write_json  # noqa: E402
+from bench_mnc_latency import build_mnc, compile_modules, load_images
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, stamp, write_json
 
 
 def timed(fn) -> tuple[float, object]:

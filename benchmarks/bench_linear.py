@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from common import cpu_name, loadavg, stamp, write_json  # noqa: E402
-from mnc_core.linear import ONEDNN_LINEAR, ONEDNN_PREFERRED, linear  # noqa: E402
+from common import cpu_name, loadavg, stamp, write_json
+from mnc_core.linear import ONEDNN_LINEAR, ONEDNN_PREFERRED, linear
 
 SHAPES = [(300, 50176, 256), (300, 12544, 512), (100, 50176, 256), (100, 12544, 512), (32, 50176, 256),
           (32, 12544, 512)]

@@ -38,8 +38,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench_api_speed import Server, client_for, make_base, make_photos, others_running  # noqa: E402
-from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, copy_fresh, loadavg, percentile, stamp,  # noqa: E402
+from bench_api_speed import Server, client_for, make_base, make_photos, others_running
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, copy_fresh, loadavg, percentile, stamp,
                     write_json)
 
 OPS = ("upload", "propose", "save", "hot_save")

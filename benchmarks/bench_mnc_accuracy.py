@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, load_coco, loadavg_text, require, run_launch,  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, load_coco, loadavg_text, require, run_launch,
                     stamp, write_json)
 
 

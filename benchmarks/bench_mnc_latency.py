@@ -36,12 +36,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, cpu_name, read_rgb, stamp, write_json  # noqa: E402
-from mnc_core.linear import ONEDNN_PREFERRED  # noqa: E402
-from maskrcnn_peer import build_peer, image_tensor  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, benchmark_device, cpu_name, read_rgb, stamp, write_json
+from mnc_core.linear import ONEDNN_PREFERRED
+from maskrcnn_peer import build_peer, image_tensor
 
 MNC_STAGES = ["input", "backbone", "stage1_rpn", "stage2_mask", "stage3_cls", "stage4_mask", "stage5_cls", "other"]
 PEER_STAGES = ["transform", "backbone", "rpn", "box_head", "mask_head", "other"]

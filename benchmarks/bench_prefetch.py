@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, cpu_name, loadavg_text  # noqa: E402
+from common import DEFAULT_DATA, cpu_name, loadavg_text
 
 
 def main(argv=None) -> int:

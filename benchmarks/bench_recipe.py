@@ -35,9 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_partial_sup import (CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt,  # noqa: E402
+from bench_partial_sup import (CocoFileDataset, ImageCache, _box_window, _iou, restrict_gt,
                                split_sets)
-from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, SHARED, index_quietly, load_coco, loadavg,  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, SHARED, index_quietly, load_coco, loadavg,
                     require, stamp)
 
 

@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, loadavg_text, require,  # noqa: E402
+from common import (DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, coco_subset_file, loadavg_text, require,
                     run_launch, stamp, write_json)
 
 

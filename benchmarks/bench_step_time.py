@@ -15,9 +15,9 @@ import argparse
 import json
 import os
 
-from bench_partial_sup import ImageCache  # noqa: E402
-from bench_recipe import datasets, parse_sets  # noqa: E402
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, require  # noqa: E402
+from bench_partial_sup import ImageCache
+from bench_recipe import datasets, parse_sets
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, require
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, loadavg, stamp  # noqa: E402
+from common import REPO, loadavg, stamp
 
 
 WIDTH, HEIGHT, PER_PHOTO = 256, 192, 12

@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, cpu_name, load_coco, loadavg, read_rgb, require, stamp, write_json  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, cpu_name, load_coco, loadavg, read_rgb, require, stamp, write_json
 
 
 def device_name(device: torch.device) -> str:

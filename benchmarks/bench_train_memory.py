@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (DEFAULT_WEIGHTS, REPO, echo_command, launch_command, loadavg, proc_status_mb,  # noqa: E402
+from common import (DEFAULT_WEIGHTS, REPO, echo_command, launch_command, loadavg, proc_status_mb,
                     require, write_json)
 
 WIDTH, HEIGHT = 320, 240

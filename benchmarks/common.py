@@ -2,8 +2,9 @@
 
 The scripts run as `python benchmarks/NAME.py` (from any folder), so this folder is on sys.path (as the
 script's folder) both for the script and for the benchmark scripts it imports: `from common import ...`
-needs nothing more; the project's packages come from the installed project (`pip install -r requirements.txt`). Heavy libraries (numpy, PIL, pycocotools) are imported inside the helpers that use
-them, so importing this module costs nothing.
+needs nothing more; the project's packages come from the installed project (`pip install -r
+requirements.txt`). Heavy libraries (numpy, PIL, pycocotools) are imported inside the helpers that use them,
+so importing this module costs nothing.
 """
 from __future__ import annotations
 
